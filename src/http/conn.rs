@@ -1,0 +1,784 @@
+//! One HTTP/1.1 connection, sans-IO: received bytes go in, complete requests
+//! go to a [`Service`], responses come out in request order.
+//!
+//! Requests are parsed straight from the bytes handed in (the reactor's
+//! receive buffer). Only an incomplete request, or requests left unparsed
+//! while the pipeline is full, are copied into the connection's own buffer.
+
+use super::chunked::{ChunkedDecoder, ChunkedLimits};
+use super::request::{
+    BodyFraming, HeadLimits, Method, RequestHead, Version, check_incomplete_head, parse_head,
+};
+use super::response::{
+    CONTINUE, ConnectionHeader, DateHeader, Rejection, ResponseWriter, Sent, Status,
+};
+
+/// The limits one connection is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Request line and header section limits.
+    pub head: HeadLimits,
+    /// Largest request body, after chunked decoding.
+    pub max_body_bytes: usize,
+    /// Most responses written but not yet sent; past it the connection stops
+    /// parsing (and the reactor stops reading) until sends drain.
+    pub max_pipeline_depth: usize,
+}
+
+/// What a connection needs from its executor besides bytes.
+pub struct HttpEnv<'a> {
+    /// Limits.
+    pub limits: &'a Limits,
+    /// The cached `Date` header.
+    pub date: &'a DateHeader,
+}
+
+/// A complete request as a handler sees it. Borrowed from the receive
+/// buffer (or the connection's copy); nothing is allocated for it.
+pub struct Request<'a> {
+    /// The method.
+    pub method: Method,
+    /// The version.
+    pub version: Version,
+    /// The path, percent-encoding untouched.
+    pub path: &'a [u8],
+    /// The query string after `?`, if any.
+    pub query: Option<&'a [u8]>,
+    /// The body, decoded if it was chunked.
+    pub body: &'a [u8],
+    /// Request line and header section, already validated.
+    head: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    /// The value of the first header field called `name` (any case),
+    /// surrounding whitespace trimmed.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        let head = self.head;
+        head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
+}
+
+/// The application behind the HTTP layer.
+pub trait Service {
+    /// Answer a complete request by writing exactly one response.
+    fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent;
+
+    /// Answer a request the HTTP layer refused. The connection closes after it.
+    fn reject(&mut self, rejection: Rejection, response: ResponseWriter<'_>) -> Sent {
+        response.reject(rejection)
+    }
+}
+
+/// Where a connection is in its request cycle; the reactor picks the timeout
+/// that applies from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing received of a next request, nothing unsent.
+    Idle,
+    /// Part of a request head received, or requests waiting for the pipeline
+    /// to drain.
+    Head,
+    /// A head received, its body still arriving.
+    Body,
+    /// A response that closes the connection has been written; input is
+    /// discarded.
+    Closing,
+}
+
+/// A request whose head is parsed and whose body is still arriving.
+struct BodyInProgress {
+    head: RequestHead,
+    chunked: Option<ChunkedBody>,
+    /// `100 Continue` already written for this request.
+    continued: bool,
+}
+
+struct ChunkedBody {
+    decoder: ChunkedDecoder,
+    /// How far into the request's bytes the decoder has read.
+    read_to: usize,
+}
+
+/// The HTTP state of one connection.
+#[derive(Default)]
+pub struct HttpConnection {
+    /// Bytes of a request not yet complete (or not yet parsed while the
+    /// pipeline is full). It always starts at the start of a request.
+    pending: Vec<u8>,
+    /// How much of `pending` has been searched for the end of a head, so that
+    /// a head trickling in byte by byte is not parsed again for every byte.
+    head_scanned: usize,
+    body: Option<BodyInProgress>,
+    /// The decoded body of a chunked request, reused between requests.
+    decoded: Vec<u8>,
+    /// Responses written and not yet reported sent.
+    unsent: usize,
+    /// A response carrying `Connection: close` has been written.
+    closing: bool,
+    /// The server is shutting down: the next response closes the connection.
+    draining: bool,
+}
+
+enum Step {
+    /// One response written; `consumed` bytes of input belonged to its request.
+    Answered { consumed: usize },
+    /// The next request is not complete yet.
+    NeedMore,
+}
+
+impl HttpConnection {
+    /// A connection with nothing received.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take received bytes: answer every complete request (up to the pipeline
+    /// limit), keep a copy of whatever is left. Returns the number of
+    /// responses written to `out`.
+    pub fn receive<S: Service>(
+        &mut self,
+        input: &[u8],
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> usize {
+        if self.closing {
+            return 0;
+        }
+        if self.pending.is_empty() {
+            let (consumed, written) = self.process(input, service, out, env);
+            if !self.closing {
+                self.pending.extend_from_slice(&input[consumed..]);
+                self.compact_chunked();
+            }
+            return written;
+        }
+        self.pending.extend_from_slice(input);
+        let pending = std::mem::take(&mut self.pending);
+        let (consumed, written) = self.process(&pending, service, out, env);
+        self.pending = pending;
+        if self.closing {
+            self.pending.clear();
+        } else {
+            self.pending.drain(..consumed);
+            self.compact_chunked();
+        }
+        written
+    }
+
+    /// Parse what is already buffered, after [`responses_sent`] made room in
+    /// the pipeline. Returns the number of responses written.
+    ///
+    /// [`responses_sent`]: HttpConnection::responses_sent
+    pub fn resume<S: Service>(
+        &mut self,
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> usize {
+        self.receive(&[], service, out, env)
+    }
+
+    /// `count` responses have been handed to the kernel.
+    pub fn responses_sent(&mut self, count: usize) {
+        debug_assert!(count <= self.unsent);
+        self.unsent -= count;
+    }
+
+    /// Responses written and not yet reported sent.
+    pub fn unsent(&self) -> usize {
+        self.unsent
+    }
+
+    /// The pipeline is full: stop reading until responses are sent.
+    pub fn is_paused(&self, limits: &Limits) -> bool {
+        !self.closing && self.unsent >= limits.max_pipeline_depth
+    }
+
+    /// The connection closes once its output is sent.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Nothing received, nothing unsent: safe to close without losing a request.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.body.is_none() && self.unsent == 0
+    }
+
+    /// Where the connection is in its request cycle.
+    pub fn phase(&self) -> Phase {
+        if self.closing {
+            Phase::Closing
+        } else if self.body.is_some() {
+            Phase::Body
+        } else if !self.pending.is_empty() {
+            Phase::Head
+        } else {
+            Phase::Idle
+        }
+    }
+
+    /// The server is shutting down: finish the request in progress, answer
+    /// it with `Connection: close`, accept no other.
+    pub fn start_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// The request head did not arrive in time: answer 408 if any of it
+    /// arrived. Returns the number of responses written (0 or 1); either way
+    /// the connection is closing afterwards.
+    pub fn time_out<S: Service>(
+        &mut self,
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> usize {
+        let answer = !self.closing && self.phase() == Phase::Head && self.unsent == 0;
+        self.closing = true;
+        self.pending.clear();
+        if !answer {
+            return 0;
+        }
+        let rejection = Rejection::new(Status::RequestTimeout, "request head not received in time");
+        self.reject(rejection, service, out, env);
+        1
+    }
+
+    /// Answer requests from `data` until it runs out, the pipeline is full or
+    /// the connection is closing. Returns (bytes consumed, responses written).
+    fn process<S: Service>(
+        &mut self,
+        data: &[u8],
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> (usize, usize) {
+        let mut pos = 0;
+        let mut written = 0;
+        while !self.closing && self.unsent < env.limits.max_pipeline_depth {
+            let rest = &data[pos..];
+            let step = match self.body.take() {
+                None => self.start_request(rest, service, out, env),
+                Some(body) => self.continue_body(body, rest, service, out, env),
+            };
+            match step {
+                Step::Answered { consumed } => {
+                    pos += consumed;
+                    written += 1;
+                }
+                Step::NeedMore => break,
+            }
+        }
+        (pos, written)
+    }
+
+    fn start_request<S: Service>(
+        &mut self,
+        rest: &[u8],
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> Step {
+        if rest.is_empty() {
+            return Step::NeedMore;
+        }
+        // A head can only have become complete if a line ended since the last try.
+        let unchanged = self.head_scanned > 0
+            && self.head_scanned <= rest.len()
+            && !rest[self.head_scanned..].contains(&b'\n');
+        let parsed = if unchanged {
+            // Still check the size limits: a line that never ends must not grow forever.
+            check_incomplete_head(rest, &env.limits.head).map(|()| None)
+        } else {
+            parse_head(rest, &env.limits.head)
+        };
+        let head = match parsed {
+            Err(rejection) => return self.reject(rejection, service, out, env),
+            Ok(None) => {
+                self.head_scanned = rest.len();
+                return Step::NeedMore;
+            }
+            Ok(Some(head)) => head,
+        };
+        self.head_scanned = 0;
+        let chunked = match head.framing {
+            BodyFraming::None => {
+                let len = head.len;
+                self.answer(&head, &rest[..len], &[], service, out, env);
+                return Step::Answered { consumed: len };
+            }
+            BodyFraming::Length(n) if n > env.limits.max_body_bytes as u64 => {
+                let rejection =
+                    Rejection::new(Status::PayloadTooLarge, "body larger than max_body_bytes");
+                return self.reject(rejection, service, out, env);
+            }
+            BodyFraming::Length(_) => None,
+            BodyFraming::Chunked => {
+                self.decoded.clear();
+                Some(ChunkedBody {
+                    decoder: ChunkedDecoder::new(),
+                    read_to: head.len,
+                })
+            }
+        };
+        let body = BodyInProgress {
+            head,
+            chunked,
+            continued: false,
+        };
+        self.continue_body(body, rest, service, out, env)
+    }
+
+    fn continue_body<S: Service>(
+        &mut self,
+        mut body: BodyInProgress,
+        rest: &[u8],
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> Step {
+        let head_len = body.head.len;
+        let complete = match (&mut body.chunked, body.head.framing) {
+            (None, BodyFraming::Length(n)) => {
+                let end = head_len + n as usize;
+                if rest.len() >= end {
+                    self.answer(
+                        &body.head,
+                        &rest[..head_len],
+                        &rest[head_len..end],
+                        service,
+                        out,
+                        env,
+                    );
+                    return Step::Answered { consumed: end };
+                }
+                false
+            }
+            (Some(chunked), _) => {
+                let limits = ChunkedLimits {
+                    max_body_bytes: env.limits.max_body_bytes,
+                    max_trailer_bytes: env.limits.head.max_header_bytes,
+                };
+                match chunked
+                    .decoder
+                    .decode(&rest[chunked.read_to..], &mut self.decoded, &limits)
+                {
+                    Err(rejection) => return self.reject(rejection, service, out, env),
+                    Ok(progress) => {
+                        chunked.read_to += progress.consumed;
+                        progress.done
+                    }
+                }
+            }
+            (None, _) => unreachable!("a body in progress is either sized or chunked"),
+        };
+        if complete {
+            let consumed = body.chunked.as_ref().map_or(0, |c| c.read_to);
+            let decoded = std::mem::take(&mut self.decoded);
+            self.answer(&body.head, &rest[..head_len], &decoded, service, out, env);
+            self.decoded = decoded;
+            return Step::Answered { consumed };
+        }
+        if body.head.expect_continue && !body.continued {
+            out.extend_from_slice(CONTINUE);
+            body.continued = true;
+        }
+        self.body = Some(body);
+        Step::NeedMore
+    }
+
+    /// Drop the chunked framing already decoded from `pending`, keeping the
+    /// head, so a long chunked body is held once (decoded), not twice.
+    fn compact_chunked(&mut self) {
+        if let Some(BodyInProgress {
+            head,
+            chunked: Some(chunked),
+            ..
+        }) = &mut self.body
+            && chunked.read_to > head.len
+        {
+            self.pending.drain(head.len..chunked.read_to);
+            chunked.read_to = head.len;
+        }
+    }
+
+    fn answer<S: Service>(
+        &mut self,
+        head: &RequestHead,
+        head_bytes: &[u8],
+        body: &[u8],
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) {
+        let keep_alive = head.keep_alive && !self.draining;
+        let connection = match (keep_alive, head.version) {
+            (false, _) => ConnectionHeader::Close,
+            (true, Version::Http10) => ConnectionHeader::KeepAlive,
+            (true, Version::Http11) => ConnectionHeader::None,
+        };
+        let request = Request {
+            method: head.method,
+            version: head.version,
+            path: &head_bytes[head.path.clone()],
+            query: head.query.clone().map(|q| &head_bytes[q]),
+            body,
+            head: head_bytes,
+        };
+        let writer = ResponseWriter::new(out, env.date, connection, head.method == Method::Head);
+        let sent = service.handle(&request, writer);
+        self.unsent += 1;
+        self.closing |= sent.close;
+    }
+
+    fn reject<S: Service>(
+        &mut self,
+        rejection: Rejection,
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> Step {
+        let writer = ResponseWriter::new(out, env.date, ConnectionHeader::Close, false);
+        let _ = service.reject(rejection, writer);
+        self.unsent += 1;
+        self.closing = true;
+        self.body = None;
+        Step::Answered { consumed: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers `200` with `path|body` so tests can see which request it was.
+    struct Echo;
+
+    impl Service for Echo {
+        fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent {
+            let body = [request.path, b"|", request.body].concat();
+            response.send(Status::Ok, "text/plain", &body)
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        head: HeadLimits {
+            max_request_line_bytes: 256,
+            max_header_bytes: 512,
+            max_headers: 16,
+        },
+        max_body_bytes: 64,
+        max_pipeline_depth: 1000,
+    };
+
+    /// Feed `chunks` one after another; return everything written.
+    fn run(conn: &mut HttpConnection, limits: &Limits, chunks: &[&[u8]]) -> String {
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits,
+            date: &date,
+        };
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let written = conn.receive(chunk, &mut Echo, &mut out, &env);
+            conn.responses_sent(written);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The bodies of the responses in `text`, in order.
+    fn bodies(text: &str) -> Vec<String> {
+        let mut bodies = Vec::new();
+        let mut rest = text;
+        while let Some(head_end) = rest.find("\r\n\r\n") {
+            let head = &rest[..head_end];
+            if head.starts_with("HTTP/1.1 100") {
+                rest = &rest[head_end + 4..];
+                continue;
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body_start = head_end + 4;
+            bodies.push(rest[body_start..body_start + length].to_string());
+            rest = &rest[body_start + length..];
+        }
+        bodies
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let input: String = (0..100).map(|i| get(&format!("/{i}"))).collect();
+        let out = run(&mut HttpConnection::new(), &LIMITS, &[input.as_bytes()]);
+        let expected: Vec<String> = (0..100).map(|i| format!("/{i}|")).collect();
+        assert_eq!(bodies(&out), expected);
+    }
+
+    #[test]
+    fn one_byte_at_a_time_gives_the_same_answers() {
+        let input = (0..10).map(|i| get(&format!("/{i}"))).collect::<String>()
+            + "POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+            + "POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n";
+        let whole = run(&mut HttpConnection::new(), &LIMITS, &[input.as_bytes()]);
+        let bytes: Vec<&[u8]> = input.as_bytes().chunks(1).collect();
+        let mut conn = HttpConnection::new();
+        let split = run(&mut conn, &LIMITS, &bytes);
+        assert_eq!(bodies(&split), bodies(&whole));
+        assert_eq!(bodies(&split).len(), 12);
+        assert_eq!(
+            bodies(&split)[10..],
+            ["/b|abc".to_string(), "/c|xy".to_string()]
+        );
+        assert!(conn.is_idle());
+    }
+
+    #[test]
+    fn a_full_pipeline_pauses_until_responses_are_sent() {
+        let limits = Limits {
+            max_pipeline_depth: 4,
+            ..LIMITS
+        };
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &limits,
+            date: &date,
+        };
+        let input: String = (0..10).map(|i| get(&format!("/{i}"))).collect();
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        assert_eq!(conn.receive(input.as_bytes(), &mut Echo, &mut out, &env), 4);
+        assert!(conn.is_paused(&limits));
+        assert_eq!(conn.phase(), Phase::Head);
+        conn.responses_sent(4);
+        assert_eq!(conn.resume(&mut Echo, &mut out, &env), 4);
+        conn.responses_sent(3);
+        assert_eq!(conn.resume(&mut Echo, &mut out, &env), 2);
+        conn.responses_sent(3);
+        assert_eq!(conn.resume(&mut Echo, &mut out, &env), 0);
+        assert!(conn.is_idle());
+        let expected: Vec<String> = (0..10).map(|i| format!("/{i}|")).collect();
+        assert_eq!(bodies(&String::from_utf8(out).unwrap()), expected);
+    }
+
+    #[test]
+    fn bodies_split_across_reads() {
+        let mut conn = HttpConnection::new();
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[
+                b"PUT /k HTTP/1.1\r\nHost: t\r\nContent-Le",
+                b"ngth: 10\r\n\r\n01234",
+                b"56789GET /n",
+                b"ext HTTP/1.1\r\nHost: t\r\n\r\n",
+            ],
+        );
+        assert_eq!(bodies(&out), ["/k|0123456789", "/next|"]);
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[
+                b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+                b"c\r\n4;ext=1\r\ndefg\r\n0\r\nTrailer: x\r\n\r\nGET /after HTTP/1.1\r\nHost: t\r\n\r\n",
+            ],
+        );
+        assert_eq!(bodies(&out), ["/c|abcdefg", "/after|"]);
+        assert!(conn.is_idle());
+    }
+
+    #[test]
+    fn expect_continue_is_answered_only_while_the_body_is_missing() {
+        let head =
+            "PUT /k HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let out = run(
+            &mut HttpConnection::new(),
+            &LIMITS,
+            &[head.as_bytes(), b"ok"],
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("100 Continue").count(), 1);
+        assert_eq!(bodies(&out), ["/k|ok"]);
+
+        let whole = format!("{head}ok");
+        let out = run(&mut HttpConnection::new(), &LIMITS, &[whole.as_bytes()]);
+        assert!(!out.contains("100 Continue"), "{out}");
+
+        let too_big =
+            "PUT /k HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 65\r\n\r\n";
+        let out = run(&mut HttpConnection::new(), &LIMITS, &[too_big.as_bytes()]);
+        assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+        assert!(!out.contains("100 Continue"), "{out}");
+    }
+
+    #[test]
+    fn http10_closes_unless_asked_to_keep_alive() {
+        let mut conn = HttpConnection::new();
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n"],
+        );
+        assert_eq!(bodies(&out), ["/a|"]);
+        assert!(out.contains("Connection: close\r\n"));
+        assert!(conn.is_closing());
+
+        let mut conn = HttpConnection::new();
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"],
+        );
+        assert!(out.contains("Connection: keep-alive\r\n"));
+        assert!(!conn.is_closing());
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let mut conn = HttpConnection::new();
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n"],
+        );
+        assert_eq!(bodies(&out), ["/a|"]);
+        assert!(out.contains("Connection: close\r\n"));
+        assert_eq!(conn.phase(), Phase::Closing);
+    }
+
+    #[test]
+    fn errors_close_and_discard_what_follows() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"GET / HTTP/1.1\nHost: t\n\nGET / HTTP/1.1\r\nHost: t\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 65\r\n\r\n",
+                "413",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n",
+                "413",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "400",
+            ),
+        ];
+        for (input, status) in cases {
+            let mut conn = HttpConnection::new();
+            let out = run(
+                &mut conn,
+                &LIMITS,
+                &[input, b"GET /more HTTP/1.1\r\nHost: t\r\n\r\n"],
+            );
+            assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{out}");
+            assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+            assert!(out.contains("Connection: close\r\n"), "{out}");
+            assert!(conn.is_closing());
+        }
+    }
+
+    #[test]
+    fn a_head_that_never_ends_is_refused_at_its_limit() {
+        let mut conn = HttpConnection::new();
+        let mut chunks: Vec<Vec<u8>> = vec![b"GET / HTTP/1.1\r\nHost: t\r\n".to_vec()];
+        chunks.extend((0..100).map(|_| b"X-Filler: 0123456789\r\n".to_vec()));
+        let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let out = run(&mut conn, &LIMITS, &refs);
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert!(conn.is_closing());
+    }
+
+    #[test]
+    fn draining_closes_after_the_request_in_progress() {
+        let mut conn = HttpConnection::new();
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[b"PUT /k HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n"],
+        );
+        assert_eq!(out, "");
+        assert_eq!(conn.phase(), Phase::Body);
+        conn.start_drain();
+        let out = run(
+            &mut conn,
+            &LIMITS,
+            &[b"okGET / HTTP/1.1\r\nHost: t\r\n\r\n"],
+        );
+        assert_eq!(bodies(&out), ["/k|ok"]);
+        assert!(out.contains("Connection: close\r\n"));
+        assert!(conn.is_closing());
+    }
+
+    #[test]
+    fn timing_out_answers_408_only_for_a_partial_head() {
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+        };
+        let mut out = Vec::new();
+        let mut conn = HttpConnection::new();
+        assert_eq!(conn.time_out(&mut Echo, &mut out, &env), 0);
+        assert!(out.is_empty());
+
+        let mut conn = HttpConnection::new();
+        conn.receive(b"GET / HT", &mut Echo, &mut out, &env);
+        assert_eq!(conn.phase(), Phase::Head);
+        assert_eq!(conn.time_out(&mut Echo, &mut out, &env), 1);
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "));
+        assert!(conn.is_closing());
+    }
+
+    #[test]
+    fn head_requests_get_no_body() {
+        let out = run(
+            &mut HttpConnection::new(),
+            &LIMITS,
+            &[b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n"],
+        );
+        assert!(out.contains("Content-Length: 3\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn header_lookup_is_case_insensitive() {
+        struct Look;
+        impl Service for Look {
+            fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent {
+                let value = request.header("content-type").unwrap_or(b"none");
+                response.send(Status::Ok, "text/plain", value)
+            }
+        }
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+        };
+        let mut out = Vec::new();
+        HttpConnection::new().receive(
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-TYPE:  application/json \r\n\r\n",
+            &mut Look,
+            &mut out,
+            &env,
+        );
+        assert!(String::from_utf8_lossy(&out).ends_with("\r\n\r\napplication/json"));
+    }
+}

@@ -1,0 +1,360 @@
+//! Responses: status codes, the cached `Date` header, and the encoder that
+//! writes a whole response into a connection's output buffer.
+
+use std::io::Write as _;
+use std::time::SystemTime;
+
+/// The statuses millrace answers with. A closed set, so that metrics can
+/// count by status in a fixed array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// 200
+    Ok,
+    /// 202: the write is queued.
+    Accepted,
+    /// 204
+    NoContent,
+    /// 400: malformed request; the connection closes.
+    BadRequest,
+    /// 401
+    Unauthorized,
+    /// 404
+    NotFound,
+    /// 405, with an `Allow` header.
+    MethodNotAllowed,
+    /// 408: the request head did not arrive within `header_timeout_ms`.
+    RequestTimeout,
+    /// 413: body over `max_body_bytes`.
+    PayloadTooLarge,
+    /// 414: request line over `max_request_line_bytes`.
+    UriTooLong,
+    /// 415
+    UnsupportedMediaType,
+    /// 417: an `Expect` other than `100-continue`.
+    ExpectationFailed,
+    /// 431: header section over `max_header_bytes` or more than `max_headers` fields.
+    HeaderFieldsTooLarge,
+    /// 500
+    InternalServerError,
+    /// 501: unknown method or transfer coding.
+    NotImplemented,
+    /// 503: not ready, draining, or shedding load.
+    ServiceUnavailable,
+    /// 505: neither HTTP/1.0 nor HTTP/1.1.
+    VersionNotSupported,
+}
+
+impl Status {
+    /// Every status, in the order of [`Status::index`].
+    pub const ALL: [Status; 17] = [
+        Status::Ok,
+        Status::Accepted,
+        Status::NoContent,
+        Status::BadRequest,
+        Status::Unauthorized,
+        Status::NotFound,
+        Status::MethodNotAllowed,
+        Status::RequestTimeout,
+        Status::PayloadTooLarge,
+        Status::UriTooLong,
+        Status::UnsupportedMediaType,
+        Status::ExpectationFailed,
+        Status::HeaderFieldsTooLarge,
+        Status::InternalServerError,
+        Status::NotImplemented,
+        Status::ServiceUnavailable,
+        Status::VersionNotSupported,
+    ];
+
+    /// A dense index in `0..Status::ALL.len()`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            Status::Ok => 200,
+            Status::Accepted => 202,
+            Status::NoContent => 204,
+            Status::BadRequest => 400,
+            Status::Unauthorized => 401,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::RequestTimeout => 408,
+            Status::PayloadTooLarge => 413,
+            Status::UriTooLong => 414,
+            Status::UnsupportedMediaType => 415,
+            Status::ExpectationFailed => 417,
+            Status::HeaderFieldsTooLarge => 431,
+            Status::InternalServerError => 500,
+            Status::NotImplemented => 501,
+            Status::ServiceUnavailable => 503,
+            Status::VersionNotSupported => 505,
+        }
+    }
+
+    /// The status line, CRLF included.
+    pub fn status_line(self) -> &'static [u8] {
+        match self {
+            Status::Ok => b"HTTP/1.1 200 OK\r\n",
+            Status::Accepted => b"HTTP/1.1 202 Accepted\r\n",
+            Status::NoContent => b"HTTP/1.1 204 No Content\r\n",
+            Status::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
+            Status::Unauthorized => b"HTTP/1.1 401 Unauthorized\r\n",
+            Status::NotFound => b"HTTP/1.1 404 Not Found\r\n",
+            Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
+            Status::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
+            Status::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
+            Status::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\n",
+            Status::UnsupportedMediaType => b"HTTP/1.1 415 Unsupported Media Type\r\n",
+            Status::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
+            Status::HeaderFieldsTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            Status::InternalServerError => b"HTTP/1.1 500 Internal Server Error\r\n",
+            Status::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
+            Status::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
+            Status::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
+        }
+    }
+}
+
+/// A request refused by the HTTP layer or a handler: the status and a short
+/// reason that becomes the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The status to answer with.
+    pub status: Status,
+    /// One line, no trailing newline, safe to show a client.
+    pub reason: &'static str,
+}
+
+impl Rejection {
+    /// A rejection with its status and reason.
+    pub const fn new(status: Status, reason: &'static str) -> Self {
+        Rejection { status, reason }
+    }
+}
+
+/// The `Date` header value, formatted once per second rather than per response.
+pub struct DateHeader {
+    value: [u8; 29],
+    second: u64,
+}
+
+impl DateHeader {
+    /// A header holding the current time.
+    pub fn new() -> Self {
+        let mut date = DateHeader {
+            value: [b' '; 29],
+            second: u64::MAX,
+        };
+        date.refresh(SystemTime::now());
+        date
+    }
+
+    /// Reformat if `now` is in a later second than the cached value.
+    pub fn refresh(&mut self, now: SystemTime) {
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second == self.second {
+            return;
+        }
+        self.second = second;
+        let mut cursor = &mut self.value[..];
+        // An IMF-fixdate is always 29 bytes, so this never runs out of room.
+        let _ = write!(cursor, "{}", httpdate::HttpDate::from(now));
+    }
+
+    /// `Sun, 06 Nov 1994 08:49:37 GMT`
+    pub fn as_bytes(&self) -> &[u8; 29] {
+        &self.value
+    }
+}
+
+impl Default for DateHeader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Proof that exactly one response was written for a request. Only
+/// [`ResponseWriter`] makes one.
+#[must_use]
+#[derive(Debug)]
+pub struct Sent {
+    pub(crate) status: Status,
+    pub(crate) close: bool,
+}
+
+impl Sent {
+    /// The status that was written.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+}
+
+/// Writes one response into a connection's output buffer. Consumed by the
+/// write, so a handler cannot answer twice or not at all.
+pub struct ResponseWriter<'a> {
+    out: &'a mut Vec<u8>,
+    date: &'a DateHeader,
+    /// How the `Connection` header reads: `None` on an HTTP/1.1 keep-alive
+    /// exchange, where it is left out.
+    connection: ConnectionHeader,
+    /// HEAD: headers as for GET, no body.
+    head_only: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionHeader {
+    None,
+    KeepAlive,
+    Close,
+}
+
+impl<'a> ResponseWriter<'a> {
+    pub(crate) fn new(
+        out: &'a mut Vec<u8>,
+        date: &'a DateHeader,
+        connection: ConnectionHeader,
+        head_only: bool,
+    ) -> Self {
+        ResponseWriter {
+            out,
+            date,
+            connection,
+            head_only,
+        }
+    }
+
+    /// Ask for the connection to close after this response.
+    pub fn close(mut self) -> Self {
+        self.connection = ConnectionHeader::Close;
+        self
+    }
+
+    /// Write a complete response.
+    pub fn send(self, status: Status, content_type: &str, body: &[u8]) -> Sent {
+        self.send_with_headers(status, &[], content_type, body)
+    }
+
+    /// Write a complete response with extra header fields (`Allow`, `Retry-After`).
+    pub fn send_with_headers(
+        self,
+        status: Status,
+        headers: &[(&str, &str)],
+        content_type: &str,
+        body: &[u8],
+    ) -> Sent {
+        let out = self.out;
+        out.extend_from_slice(status.status_line());
+        out.extend_from_slice(b"Server: millrace\r\nDate: ");
+        out.extend_from_slice(self.date.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        match self.connection {
+            ConnectionHeader::None => {}
+            ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.head_only {
+            out.extend_from_slice(body);
+        }
+        Sent {
+            status,
+            close: self.connection == ConnectionHeader::Close,
+        }
+    }
+
+    /// Write a rejection: its status, its reason as a plain-text body.
+    pub fn reject(self, rejection: Rejection) -> Sent {
+        self.reject_with_headers(rejection, &[])
+    }
+
+    /// Write a rejection with extra header fields.
+    pub fn reject_with_headers(self, rejection: Rejection, headers: &[(&str, &str)]) -> Sent {
+        let mut body = [0u8; 256];
+        let len = rejection.reason.len().min(body.len() - 1);
+        body[..len].copy_from_slice(&rejection.reason.as_bytes()[..len]);
+        body[len] = b'\n';
+        self.send_with_headers(
+            rejection.status,
+            headers,
+            "text/plain; charset=utf-8",
+            &body[..=len],
+        )
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn status_index_matches_all() {
+        for (i, status) in Status::ALL.iter().enumerate() {
+            assert_eq!(status.index(), i);
+            let line = std::str::from_utf8(status.status_line()).unwrap();
+            assert!(line.starts_with(&format!("HTTP/1.1 {} ", status.code())));
+            assert!(line.ends_with("\r\n"));
+        }
+    }
+
+    #[test]
+    fn date_is_imf_fixdate_and_cached_per_second() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let mut date = DateHeader::new();
+        date.refresh(t);
+        assert_eq!(date.as_bytes(), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        date.refresh(t + Duration::from_millis(500));
+        assert_eq!(date.as_bytes(), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        date.refresh(t + Duration::from_secs(1));
+        assert_eq!(date.as_bytes(), b"Sun, 06 Nov 1994 08:49:38 GMT");
+    }
+
+    #[test]
+    fn writes_a_complete_response() {
+        let mut date = DateHeader::new();
+        date.refresh(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777));
+        let mut out = Vec::new();
+        let sent = ResponseWriter::new(&mut out, &date, ConnectionHeader::None, false).send(
+            Status::Ok,
+            "text/plain",
+            b"Hello, World!",
+        );
+        assert!(!sent.close);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: millrace\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+              Content-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!"
+        );
+    }
+
+    #[test]
+    fn head_only_keeps_length_drops_body() {
+        let date = DateHeader::new();
+        let mut out = Vec::new();
+        let sent = ResponseWriter::new(&mut out, &date, ConnectionHeader::Close, true)
+            .send_with_headers(Status::Ok, &[("Allow", "GET")], "text/plain", b"abc");
+        assert!(sent.close);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 3\r\n"));
+        assert!(text.contains("Allow: GET\r\nConnection: close\r\n\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}
