@@ -1,7 +1,26 @@
 //! millrace: a thread-per-core io_uring API server.
 //!
-//! Layout, with data flowing down the list:
+//! Layout, with requests flowing down the list:
 //!
-//! - [`http`]: HTTP/1.1, sans-IO. Request heads, chunked bodies, responses,
+//! - [`server`]: `millrace serve`: probes the kernel, binds one SO_REUSEPORT
+//!   listener per executor, starts the pinned executors, handles signals.
+//! - [`reactor`]: one executor per core: its io_uring ring, provided buffers,
+//!   connections and timers. Moves bytes; knows nothing of HTTP's rules.
+//! - [`http`]: HTTP/1.1, sans-IO: request heads, chunked bodies, responses,
 //!   one connection's state. Pure functions over bytes.
+//! - [`api`]: the routing table and one file per endpoint.
+//! - [`metrics`]: per-core counters and their Prometheus exposition.
+//!
+//! Beside them: [`config`] (flags > environment > file > defaults),
+//! [`lifecycle`] (starting, ready, draining), [`probe`] and [`doctor`]
+//! (what this kernel offers).
+
+pub mod api;
+pub mod config;
+pub mod doctor;
 pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod probe;
+pub mod reactor;
+pub mod server;

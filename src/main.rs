@@ -1,1 +1,81 @@
-fn main() {}
+//! The `millrace` command: `serve` and `doctor`.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
+
+use millrace::config::ServeOptions;
+use millrace::{doctor, server};
+
+/// A thread-per-core io_uring API server.
+#[derive(Parser)]
+#[command(name = "millrace", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API: one pinned executor per CPU, each with its own io_uring ring and listener
+    Serve(Box<ServeOptions>),
+    /// Check this host: kernel, io_uring features, limits; exits 1 if millrace cannot run
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match Cli::parse().command {
+        Command::Serve(options) => {
+            let print_config = options.print_config;
+            let config = match options.resolve() {
+                Ok(config) => config,
+                Err(error) => return fail(&error),
+            };
+            if print_config {
+                print!("{}", config.to_toml());
+                return ExitCode::SUCCESS;
+            }
+            match server::serve(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
+        Command::Doctor => {
+            let (report, runnable) = doctor::report(&doctor::checks());
+            print!("{report}");
+            if runnable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn fail(error: &str) -> ExitCode {
+    tracing::error!("{error}");
+    eprintln!("millrace: {error}");
+    ExitCode::FAILURE
+}
+
+/// Logs to stderr, filtered by RUST_LOG (`info` unless set).
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| Targets::from_str(&spec).ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        .init();
+}

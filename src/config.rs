@@ -1,0 +1,447 @@
+//! `millrace serve` configuration. Each value comes from, in order of
+//! precedence: a command-line flag, its `MILLRACE_*` environment variable,
+//! the TOML file named by `--config`, the default. Every option is listed once
+//! below; the file's keys are the flag names with `_` for `-`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::Limits;
+use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
+use crate::reactor::ExecutorConfig;
+
+/// Declares every option once: the optional layer that flags, environment
+/// and file fill ([`ServeOptions`]), and the resolved values ([`ServeConfig`]).
+macro_rules! serve_options {
+    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:expr, env $env:literal; )*) => {
+        /// `millrace serve` flags; each also reads its environment variable.
+        #[derive(clap::Args, Deserialize, Default, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct ServeOptions {
+            /// TOML file with any of these options (keys use `_` for `-`)
+            #[arg(long, env = "MILLRACE_CONFIG", value_name = "FILE")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            /// Print the resolved configuration as TOML and exit
+            #[arg(long)]
+            #[serde(skip)]
+            pub print_config: bool,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// The resolved configuration.
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        pub struct ServeConfig {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for ServeConfig {
+            fn default() -> Self {
+                ServeConfig { $( $name: $default, )* }
+            }
+        }
+
+        impl ServeOptions {
+            /// These options over `lower`'s, over the defaults.
+            fn over(self, lower: ServeOptions) -> ServeConfig {
+                let defaults = ServeConfig::default();
+                ServeConfig { $( $name: self.$name.or(lower.$name).unwrap_or(defaults.$name), )* }
+            }
+        }
+    };
+}
+
+serve_options! {
+    /// Address to listen on, every executor on the same port (SO_REUSEPORT) [default: 0.0.0.0:8080]
+    listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), env "MILLRACE_LISTEN";
+    /// Executor CPUs: a count N (the first N CPUs this process may use), a list such as 0,1 or 2-5 (a single CPU: 3,), or all [default: all]
+    cores: CoreSpec = CoreSpec::All, env "MILLRACE_CORES";
+    /// Listen queue length per executor; the kernel caps it at net.core.somaxconn [default: 4096]
+    listen_backlog: u32 = 4096, env "MILLRACE_LISTEN_BACKLOG";
+    /// Connections per executor; beyond it new connections are closed at once [default: 16384]
+    max_connections: usize = 16384, env "MILLRACE_MAX_CONNECTIONS";
+    /// Longest request line, in bytes; longer gets 414 [default: 8192]
+    max_request_line_bytes: usize = 8192, env "MILLRACE_MAX_REQUEST_LINE_BYTES";
+    /// Largest header section after the request line, in bytes; larger gets 431 [default: 8192]
+    max_header_bytes: usize = 8192, env "MILLRACE_MAX_HEADER_BYTES";
+    /// Most header fields in a request (at most 256); more gets 431 [default: 64]
+    max_headers: usize = 64, env "MILLRACE_MAX_HEADERS";
+    /// Largest request body, in bytes, after chunked decoding; larger gets 413 [default: 1048576]
+    max_body_bytes: usize = 1024 * 1024, env "MILLRACE_MAX_BODY_BYTES";
+    /// Responses a connection may have unsent before it stops being read [default: 256]
+    max_pipeline_depth: usize = 256, env "MILLRACE_MAX_PIPELINE_DEPTH";
+    /// Time allowed for a request head to arrive, in milliseconds; then 408 and close [default: 10000]
+    header_timeout_ms: u64 = 10_000, env "MILLRACE_HEADER_TIMEOUT_MS";
+    /// Time a connection may make no progress (idle keep-alive, a stalled body or send), in milliseconds [default: 60000]
+    idle_timeout_ms: u64 = 60_000, env "MILLRACE_IDLE_TIMEOUT_MS";
+    /// Time a closing connection keeps reading so its last response is not lost to a reset, in milliseconds [default: 2000]
+    close_linger_ms: u64 = 2_000, env "MILLRACE_CLOSE_LINGER_MS";
+    /// On SIGTERM, time /readyz answers 503 before accepting stops, in milliseconds [default: 0]
+    drain_delay_ms: u64 = 0, env "MILLRACE_DRAIN_DELAY_MS";
+    /// On SIGTERM, time in-flight requests get to finish before connections are cut, in milliseconds [default: 30000]
+    shutdown_timeout_ms: u64 = 30_000, env "MILLRACE_SHUTDOWN_TIMEOUT_MS";
+    /// io_uring submission queue entries per executor, a power of two [default: 4096]
+    ring_entries: u32 = 4096, env "MILLRACE_RING_ENTRIES";
+    /// Provided receive buffers per executor, a power of two up to 32768 [default: 2048]
+    recv_buffers: u32 = 2048, env "MILLRACE_RECV_BUFFERS";
+    /// Size of each receive buffer, in bytes [default: 4096]
+    recv_buffer_bytes: u32 = 4096, env "MILLRACE_RECV_BUFFER_BYTES";
+}
+
+impl ServeOptions {
+    /// Resolve flags and environment over the file named by `--config` (if
+    /// any) over the defaults, and check every value.
+    pub fn resolve(mut self) -> Result<ServeConfig, String> {
+        let file = match self.config.take() {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<ServeOptions>(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+            None => ServeOptions::default(),
+        };
+        let config = self.over(file);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ServeConfig {
+    /// Check every value against its range; the error names the option.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections as u64),
+            ("max_request_line_bytes", self.max_request_line_bytes as u64),
+            ("max_header_bytes", self.max_header_bytes as u64),
+            ("max_headers", self.max_headers as u64),
+            ("max_pipeline_depth", self.max_pipeline_depth as u64),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("listen_backlog", u64::from(self.listen_backlog)),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_headers > MAX_HEADERS_LIMIT {
+            return Err(format!("max_headers must be at most {MAX_HEADERS_LIMIT}"));
+        }
+        if !self.ring_entries.is_power_of_two() || !(2..=32_768).contains(&self.ring_entries) {
+            return Err("ring_entries must be a power of two from 2 to 32768".into());
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32_768 {
+            return Err("recv_buffers must be a power of two from 1 to 32768".into());
+        }
+        if !(512..=1 << 20).contains(&self.recv_buffer_bytes) {
+            return Err("recv_buffer_bytes must be from 512 to 1048576".into());
+        }
+        Ok(())
+    }
+
+    /// Render as TOML, loadable with `--config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// What each executor gets.
+    pub fn executor(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            ring_entries: self.ring_entries,
+            recv_buffers: self.recv_buffers as u16,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            close_linger: Duration::from_millis(self.close_linger_ms),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            limits: Limits {
+                head: HeadLimits {
+                    max_request_line_bytes: self.max_request_line_bytes,
+                    max_header_bytes: self.max_header_bytes,
+                    max_headers: self.max_headers,
+                },
+                max_body_bytes: self.max_body_bytes,
+                max_pipeline_depth: self.max_pipeline_depth,
+            },
+        }
+    }
+}
+
+/// Which CPUs get an executor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoreSpec {
+    /// Every CPU this process may run on.
+    All,
+    /// The first N of them.
+    Count(usize),
+    /// These CPU ids, in this order.
+    List(Vec<usize>),
+}
+
+impl CoreSpec {
+    /// The CPU ids, checked against those this process may run on.
+    pub fn resolve(&self, available: &[usize]) -> Result<Vec<usize>, String> {
+        let shown = || {
+            available
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            CoreSpec::All => Ok(available.to_vec()),
+            CoreSpec::Count(n) if *n > available.len() => Err(format!(
+                "--cores asks for {n} CPUs; this process may use {} ({})",
+                available.len(),
+                shown()
+            )),
+            CoreSpec::Count(n) => Ok(available[..*n].to_vec()),
+            CoreSpec::List(ids) => match ids.iter().find(|id| !available.contains(id)) {
+                Some(id) => Err(format!(
+                    "--cores names CPU {id}, which this process may not use (available: {})",
+                    shown()
+                )),
+                None => Ok(ids.clone()),
+            },
+        }
+    }
+}
+
+impl FromStr for CoreSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(CoreSpec::All);
+        }
+        let bad = || {
+            format!(
+                "invalid core list {s:?}: expected a count such as 4, a list such as 0,1 or 2-5, or all"
+            )
+        };
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<usize>() {
+                Ok(0) | Err(_) => Err(bad()),
+                Ok(n) => Ok(CoreSpec::Count(n)),
+            };
+        }
+        let mut ids = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (low, high) = match item.split_once('-') {
+                Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
+                None => (item.parse(), item.parse()),
+            };
+            let (Ok(low), Ok(high)) = (low, high) else {
+                return Err(bad());
+            };
+            if low > high || high - low > 4096 {
+                return Err(bad());
+            }
+            for id in low..=high {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        if ids.is_empty() {
+            return Err(bad());
+        }
+        Ok(CoreSpec::List(ids))
+    }
+}
+
+impl fmt::Display for CoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreSpec::All => f.write_str("all"),
+            CoreSpec::Count(n) => write!(f, "{n}"),
+            CoreSpec::List(ids) => {
+                let ids: Vec<String> = ids.iter().map(usize::to_string).collect();
+                // A single id keeps its comma so it reads back as a list, not a count.
+                write!(
+                    f,
+                    "{}{}",
+                    ids.join(","),
+                    if ids.len() == 1 { "," } else { "" }
+                )
+            }
+        }
+    }
+}
+
+impl Serialize for CoreSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CoreSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// `cores = 2` and `cores = "0,1"` both read naturally in TOML.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(usize),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(n) => n.to_string().parse(),
+            Raw::Text(s) => s.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: ServeOptions,
+    }
+
+    #[test]
+    fn core_specs_parse_and_resolve() {
+        let available = [0, 1, 2, 3];
+        let cases = [
+            ("all", Ok(vec![0, 1, 2, 3])),
+            ("2", Ok(vec![0, 1])),
+            ("0,1", Ok(vec![0, 1])),
+            ("3,", Ok(vec![3])),
+            ("1-3", Ok(vec![1, 2, 3])),
+            ("3,1,1", Ok(vec![3, 1])),
+            ("5", Err("asks for 5 CPUs")),
+            ("0,7", Err("CPU 7")),
+        ];
+        for (text, expected) in cases {
+            let resolved = text.parse::<CoreSpec>().unwrap().resolve(&available);
+            match expected {
+                Ok(ids) => assert_eq!(resolved.unwrap(), ids, "{text}"),
+                Err(needle) => assert!(resolved.unwrap_err().contains(needle), "{text}"),
+            }
+        }
+        for bad in ["", "0", "-1", "a", "1-", "3-1", "1,,x"] {
+            assert!(bad.parse::<CoreSpec>().is_err(), "{bad:?}");
+        }
+        for spec in ["all", "2", "0,1", "3,"] {
+            let parsed: CoreSpec = spec.parse().unwrap();
+            assert_eq!(parsed.to_string().parse::<CoreSpec>().unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file: ServeOptions =
+            toml::from_str("max_headers = 10\nidle_timeout_ms = 5\ncores = 1\n").unwrap();
+        let cli = Cli::try_parse_from(["serve", "--max-headers", "20"]).unwrap();
+        let config = cli.options.over(file);
+        assert_eq!(config.max_headers, 20);
+        assert_eq!(config.idle_timeout_ms, 5);
+        assert_eq!(config.cores, CoreSpec::Count(1));
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let error = toml::from_str::<ServeOptions>("max_header = 10\n").unwrap_err();
+        assert!(error.to_string().contains("max_header"), "{error}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_toml() {
+        let config = ServeConfig {
+            cores: CoreSpec::List(vec![1]),
+            ..ServeConfig::default()
+        };
+        let options: ServeOptions = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(ServeOptions::default().over(options), config);
+    }
+
+    #[test]
+    fn help_states_each_default() {
+        let command = Cli::command();
+        let defaults = toml::to_string(&ServeConfig::default()).unwrap();
+        for line in defaults.lines() {
+            let (key, value) = line.split_once(" = ").unwrap();
+            let value = value.trim_matches('"');
+            let flag = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("no --{flag}"));
+            let help = arg.get_help().unwrap().to_string();
+            assert!(
+                help.contains(&format!("[default: {value}]")),
+                "--{flag}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn validation_names_the_option() {
+        let cases = [
+            (
+                ServeConfig {
+                    max_headers: 0,
+                    ..Default::default()
+                },
+                "max_headers",
+            ),
+            (
+                ServeConfig {
+                    max_headers: 1000,
+                    ..Default::default()
+                },
+                "max_headers",
+            ),
+            (
+                ServeConfig {
+                    recv_buffers: 1000,
+                    ..Default::default()
+                },
+                "recv_buffers",
+            ),
+            (
+                ServeConfig {
+                    ring_entries: 3,
+                    ..Default::default()
+                },
+                "ring_entries",
+            ),
+            (
+                ServeConfig {
+                    recv_buffer_bytes: 10,
+                    ..Default::default()
+                },
+                "recv_buffer_bytes",
+            ),
+            (
+                ServeConfig {
+                    header_timeout_ms: 0,
+                    ..Default::default()
+                },
+                "header_timeout_ms",
+            ),
+        ];
+        for (config, name) in cases {
+            assert!(config.validate().unwrap_err().contains(name), "{name}");
+        }
+        ServeConfig::default().validate().unwrap();
+    }
+}

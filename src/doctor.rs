@@ -1,0 +1,261 @@
+//! `millrace doctor`: whether this host can run millrace, and how well.
+//! Each line is a check, its verdict and the figure behind it; failures say
+//! what fixes them. Exits non-zero when io_uring cannot run.
+
+use std::fmt::Write as _;
+
+use crate::probe::{self, RingFeatures};
+use crate::server::available_cpus;
+
+/// A check's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but not as well as it could.
+    Warn,
+    /// millrace cannot run.
+    Fail,
+}
+
+/// One line of the report.
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// The outcome.
+    pub verdict: Verdict,
+    /// The figure found, and the fix when it is not `Ok`.
+    pub detail: String,
+}
+
+/// Run every check.
+pub fn checks() -> Vec<Check> {
+    let mut checks = vec![Check {
+        name: "kernel",
+        verdict: Verdict::Ok,
+        detail: kernel_release(),
+    }];
+    match probe::probe_ring() {
+        Err(why) => checks.push(Check {
+            name: "io_uring",
+            verdict: Verdict::Fail,
+            detail: why,
+        }),
+        Ok(features) => ring_checks(&features, &mut checks),
+    }
+    checks.push(memlock_check());
+    checks.push(open_files_check());
+    checks.push(somaxconn_check());
+    let cpus = available_cpus();
+    checks.push(Check {
+        name: "CPUs",
+        verdict: if cpus.is_empty() {
+            Verdict::Fail
+        } else {
+            Verdict::Ok
+        },
+        detail: format!(
+            "{} usable: {}",
+            cpus.len(),
+            cpus.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    });
+    checks
+}
+
+fn ring_checks(features: &RingFeatures, checks: &mut Vec<Check>) {
+    let required = |result: &Result<(), String>, fix: &str| match result {
+        Ok(()) => (Verdict::Ok, "yes".to_string()),
+        Err(why) => (Verdict::Fail, format!("{why}; {fix}")),
+    };
+    checks.push(Check {
+        name: "io_uring",
+        verdict: if features.ext_arg {
+            Verdict::Ok
+        } else {
+            Verdict::Fail
+        },
+        detail: if features.ext_arg {
+            "available".into()
+        } else {
+            "no IORING_FEAT_EXT_ARG; needs Linux 5.11+".into()
+        },
+    });
+    let flags = features.setup.names();
+    checks.push(Check {
+        name: "ring setup flags",
+        verdict: if features.setup.defer_taskrun { Verdict::Ok } else { Verdict::Warn },
+        detail: if features.setup.defer_taskrun {
+            flags.join(" ")
+        } else {
+            format!(
+                "{} (no DEFER_TASKRUN: completions interrupt the executor; Linux 6.1+ batches them)",
+                if flags.is_empty() { "none".to_string() } else { flags.join(" ") }
+            )
+        },
+    });
+    for (name, result, fix) in [
+        ("buffer rings", &features.buffer_rings, "needs Linux 5.19+"),
+        (
+            "multishot accept",
+            &features.multishot_accept,
+            "needs Linux 5.19+",
+        ),
+        (
+            "multishot recv",
+            &features.multishot_recv,
+            "needs Linux 6.0+",
+        ),
+    ] {
+        let (verdict, detail) = required(result, fix);
+        checks.push(Check {
+            name,
+            verdict,
+            detail,
+        });
+    }
+    checks.push(Check {
+        name: "SEND_ZC",
+        verdict: if features.send_zc {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        },
+        detail: if features.send_zc {
+            "yes (unused: responses are small; see docs/design.md)".into()
+        } else {
+            "no (optional; Linux 6.0+)".into()
+        },
+    });
+}
+
+fn kernel_release() -> String {
+    probe::read_proc("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into())
+}
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct passed.
+    (unsafe { libc::getrlimit(resource, &mut limit) } == 0)
+        .then_some((limit.rlim_cur, limit.rlim_max))
+}
+
+fn shown(value: u64, unit: u64, suffix: &str) -> String {
+    if value == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{}{suffix}", value / unit)
+    }
+}
+
+fn memlock_check() -> Check {
+    const WANTED: u64 = 8 << 20;
+    let Some((soft, hard)) = rlimit(libc::RLIMIT_MEMLOCK) else {
+        return Check {
+            name: "memlock limit",
+            verdict: Verdict::Warn,
+            detail: "unreadable".into(),
+        };
+    };
+    let verdict = if soft >= WANTED {
+        Verdict::Ok
+    } else {
+        Verdict::Warn
+    };
+    let mut detail = format!(
+        "{} soft, {} hard",
+        shown(soft, 1024, " KiB"),
+        shown(hard, 1024, " KiB")
+    );
+    if verdict != Verdict::Ok {
+        let _ = write!(
+            detail,
+            "; kernels before 5.12 charge rings to it: raise to 8 MiB or more (ulimit -l, LimitMEMLOCK=infinity)"
+        );
+    }
+    Check {
+        name: "memlock limit",
+        verdict,
+        detail,
+    }
+}
+
+fn open_files_check() -> Check {
+    const WANTED: u64 = 65_536;
+    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {
+        return Check {
+            name: "open files limit",
+            verdict: Verdict::Warn,
+            detail: "unreadable".into(),
+        };
+    };
+    // `serve` raises the soft limit to the hard one, so the hard one is what counts.
+    let verdict = if hard >= WANTED {
+        Verdict::Ok
+    } else {
+        Verdict::Warn
+    };
+    let mut detail = format!("{} soft, {} hard", shown(soft, 1, ""), shown(hard, 1, ""));
+    if verdict != Verdict::Ok {
+        let _ = write!(
+            detail,
+            "; every connection is a file: raise to {WANTED} or more (LimitNOFILE, ulimit -Hn)"
+        );
+    }
+    Check {
+        name: "open files limit",
+        verdict,
+        detail,
+    }
+}
+
+fn somaxconn_check() -> Check {
+    const WANTED: u64 = 4096;
+    let value =
+        probe::read_proc("/proc/sys/net/core/somaxconn").and_then(|v| v.parse::<u64>().ok());
+    match value {
+        Some(v) if v >= WANTED => Check {
+            name: "net.core.somaxconn",
+            verdict: Verdict::Ok,
+            detail: v.to_string(),
+        },
+        Some(v) => Check {
+            name: "net.core.somaxconn",
+            verdict: Verdict::Warn,
+            detail: format!(
+                "{v}; caps listen_backlog, so bursts of connects are refused: sysctl -w net.core.somaxconn={WANTED}"
+            ),
+        },
+        None => Check {
+            name: "net.core.somaxconn",
+            verdict: Verdict::Warn,
+            detail: "unreadable".into(),
+        },
+    }
+}
+
+/// The report as printed, and whether millrace can run here.
+pub fn report(checks: &[Check]) -> (String, bool) {
+    let mut out = String::from("millrace doctor\n");
+    for check in checks {
+        let verdict = match check.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        let _ = writeln!(out, "  {:<20} {:<5} {}", check.name, verdict, check.detail);
+    }
+    let runnable = checks.iter().all(|c| c.verdict != Verdict::Fail);
+    out.push_str(if runnable {
+        "millrace can run on this host.\n"
+    } else {
+        "millrace cannot run on this host: see FAIL above.\n"
+    });
+    (out, runnable)
+}

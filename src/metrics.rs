@@ -1,0 +1,474 @@
+//! Per-core metrics and their Prometheus text exposition.
+//!
+//! Each executor owns a [`CoreMetrics`] of plain integers: no atomics, no
+//! sharing on the hot path. Now and then (and whenever `/metrics` is served)
+//! an executor copies its figures into its own slot of the
+//! [`MetricsRegistry`]; a scrape renders every core's slot, one `core` label
+//! per core. Nothing is summed across cores here: Prometheus does that.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::api::Route;
+use crate::http::Status;
+
+/// How stale another core's figures may be in a scrape, at most.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Upper bounds of the request-duration histogram buckets, in nanoseconds.
+const DURATION_BOUNDS_NS: [u64; 15] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+];
+
+/// A fixed-bucket latency histogram (Prometheus style: cumulative on output).
+#[derive(Clone, Debug, Default)]
+pub struct DurationHistogram {
+    /// Per-bucket counts; the last one is `+Inf`.
+    buckets: [u64; DURATION_BOUNDS_NS.len() + 1],
+    sum_ns: u64,
+    count: u64,
+}
+
+impl DurationHistogram {
+    /// Record `count` requests that each took `duration`.
+    pub fn observe(&mut self, duration: Duration, count: u64) {
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BOUNDS_NS
+            .iter()
+            .position(|&bound| ns <= bound)
+            .unwrap_or(DURATION_BOUNDS_NS.len());
+        self.buckets[bucket] += count;
+        self.sum_ns = self.sum_ns.saturating_add(ns.saturating_mul(count));
+        self.count += count;
+    }
+
+    /// Requests recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// Why a connection was closed by a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// A request head took longer than `header_timeout_ms`.
+    Header,
+    /// No progress for `idle_timeout_ms`.
+    Idle,
+}
+
+/// One core's figures. Owned and written by its executor only.
+#[derive(Clone, Debug)]
+pub struct CoreMetrics {
+    /// The CPU this executor is pinned to; the `core` label.
+    pub core: usize,
+    responses: [[u64; Status::ALL.len()]; Route::ALL.len()],
+    /// Requests parsed whose responses have not yet been handed to the kernel.
+    pub in_flight: u64,
+    /// Time from a request's arrival to its response being sent.
+    pub duration: DurationHistogram,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Connections closed at once because `max_connections` was reached.
+    pub connections_rejected: u64,
+    /// Connections closed by the header timeout.
+    pub header_timeouts: u64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: u64,
+    /// Submission queue entries handed to the kernel.
+    pub ring_submissions: u64,
+    /// Completion queue entries reaped.
+    pub ring_completions: u64,
+    /// `io_uring_enter` calls.
+    pub ring_enters: u64,
+    /// Times a multishot receive stopped because every provided buffer was in use.
+    pub recv_buffers_exhausted: u64,
+    /// Bytes received from clients.
+    pub bytes_received: u64,
+    /// Bytes sent to clients.
+    pub bytes_sent: u64,
+}
+
+impl CoreMetrics {
+    /// Zeroed figures for the executor on `core`.
+    pub fn new(core: usize) -> Self {
+        CoreMetrics {
+            core,
+            responses: [[0; Status::ALL.len()]; Route::ALL.len()],
+            in_flight: 0,
+            duration: DurationHistogram::default(),
+            connections_open: 0,
+            connections_accepted: 0,
+            connections_rejected: 0,
+            header_timeouts: 0,
+            idle_timeouts: 0,
+            ring_submissions: 0,
+            ring_completions: 0,
+            ring_enters: 0,
+            recv_buffers_exhausted: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    /// Count one response.
+    pub fn record_response(&mut self, route: Route, status: Status) {
+        self.responses[route.index()][status.index()] += 1;
+    }
+
+    /// Responses counted for `route` with `status`.
+    pub fn responses(&self, route: Route, status: Status) -> u64 {
+        self.responses[route.index()][status.index()]
+    }
+
+    /// Count a connection closed by a timer.
+    pub fn record_timeout(&mut self, kind: TimeoutKind) {
+        match kind {
+            TimeoutKind::Header => self.header_timeouts += 1,
+            TimeoutKind::Idle => self.idle_timeouts += 1,
+        }
+    }
+}
+
+/// Every core's last published figures, for scraping.
+pub struct MetricsRegistry {
+    cores: Box<[Mutex<CoreMetrics>]>,
+}
+
+impl MetricsRegistry {
+    /// One slot per executor, in executor order, labelled with its CPU.
+    pub fn new(cpus: &[usize]) -> Self {
+        MetricsRegistry {
+            cores: cpus
+                .iter()
+                .map(|&cpu| Mutex::new(CoreMetrics::new(cpu)))
+                .collect(),
+        }
+    }
+
+    /// Copy executor `index`'s figures into its slot.
+    pub fn publish(&self, index: usize, metrics: &CoreMetrics) {
+        lock(&self.cores[index]).clone_from(metrics);
+    }
+
+    /// A copy of every slot, in executor order.
+    pub fn snapshot(&self) -> Vec<CoreMetrics> {
+        self.cores.iter().map(|slot| lock(slot).clone()).collect()
+    }
+
+    /// Render every slot in the Prometheus text format (version 0.0.4).
+    pub fn render(&self, out: &mut String) {
+        render(&self.snapshot(), out);
+    }
+}
+
+/// A slot holds plain numbers, so a panic elsewhere cannot leave it half
+/// written in a way that matters: use it even if poisoned.
+fn lock(slot: &Mutex<CoreMetrics>) -> std::sync::MutexGuard<'_, CoreMetrics> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `Content-Type` of [`MetricsRegistry::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn render(cores: &[CoreMetrics], out: &mut String) {
+    family(
+        out,
+        "millrace_http_requests_total",
+        "counter",
+        "HTTP responses sent, by route and status; route=\"unmatched\" counts requests refused before routing.",
+    );
+    for m in cores {
+        for route in Route::ALL {
+            for status in Status::ALL {
+                let n = m.responses(route, status);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "millrace_http_requests_total{{core=\"{}\",route=\"{}\",status=\"{}\"}} {n}",
+                        m.core,
+                        route.name(),
+                        status.code()
+                    );
+                }
+            }
+        }
+    }
+    gauge(
+        out,
+        cores,
+        "millrace_http_requests_in_flight",
+        "Requests parsed whose responses are not yet sent.",
+        |m| m.in_flight,
+    );
+    family(
+        out,
+        "millrace_http_request_duration_seconds",
+        "histogram",
+        "Time from a request's arrival to its response being handed to the kernel.",
+    );
+    for m in cores {
+        let h = &m.duration;
+        let mut cumulative = 0;
+        for (i, count) in h.buckets.iter().enumerate() {
+            cumulative += count;
+            let le = DURATION_BOUNDS_NS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |&ns| seconds(ns));
+            let _ = writeln!(
+                out,
+                "millrace_http_request_duration_seconds_bucket{{core=\"{}\",le=\"{le}\"}} {cumulative}",
+                m.core
+            );
+        }
+        let _ = writeln!(
+            out,
+            "millrace_http_request_duration_seconds_sum{{core=\"{}\"}} {}",
+            m.core,
+            seconds(h.sum_ns)
+        );
+        let _ = writeln!(
+            out,
+            "millrace_http_request_duration_seconds_count{{core=\"{}\"}} {}",
+            m.core, h.count
+        );
+    }
+    gauge(
+        out,
+        cores,
+        "millrace_connections_open",
+        "Client connections open.",
+        |m| m.connections_open,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_connections_accepted_total",
+        "Client connections accepted.",
+        |m| m.connections_accepted,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_connections_rejected_total",
+        "Client connections closed at once because max_connections was reached.",
+        |m| m.connections_rejected,
+    );
+    family(
+        out,
+        "millrace_connection_timeouts_total",
+        "counter",
+        "Client connections closed by a timer, by which timer.",
+    );
+    for m in cores {
+        let _ = writeln!(
+            out,
+            "millrace_connection_timeouts_total{{core=\"{}\",kind=\"header\"}} {}",
+            m.core, m.header_timeouts
+        );
+        let _ = writeln!(
+            out,
+            "millrace_connection_timeouts_total{{core=\"{}\",kind=\"idle\"}} {}",
+            m.core, m.idle_timeouts
+        );
+    }
+    counter(
+        out,
+        cores,
+        "millrace_ring_submissions_total",
+        "io_uring submission queue entries submitted.",
+        |m| m.ring_submissions,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_ring_completions_total",
+        "io_uring completion queue entries reaped.",
+        |m| m.ring_completions,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_ring_enters_total",
+        "io_uring_enter system calls.",
+        |m| m.ring_enters,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_recv_buffers_exhausted_total",
+        "Multishot receives stopped because every provided buffer was in use.",
+        |m| m.recv_buffers_exhausted,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_bytes_received_total",
+        "Bytes received from clients.",
+        |m| m.bytes_received,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_bytes_sent_total",
+        "Bytes sent to clients.",
+        |m| m.bytes_sent,
+    );
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(
+    out: &mut String,
+    cores: &[CoreMetrics],
+    name: &str,
+    help: &str,
+    value: fn(&CoreMetrics) -> u64,
+) {
+    per_core(out, cores, name, "counter", help, value);
+}
+
+fn gauge(
+    out: &mut String,
+    cores: &[CoreMetrics],
+    name: &str,
+    help: &str,
+    value: fn(&CoreMetrics) -> u64,
+) {
+    per_core(out, cores, name, "gauge", help, value);
+}
+
+fn per_core(
+    out: &mut String,
+    cores: &[CoreMetrics],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: fn(&CoreMetrics) -> u64,
+) {
+    family(out, name, kind, help);
+    for m in cores {
+        let _ = writeln!(out, "{name}{{core=\"{}\"}} {}", m.core, value(m));
+    }
+}
+
+/// Nanoseconds as decimal seconds, exactly (no float rounding).
+fn seconds(ns: u64) -> String {
+    let whole = ns / 1_000_000_000;
+    let frac = ns % 1_000_000_000;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{frac:09}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_seconds() {
+        let mut m = CoreMetrics::new(3);
+        m.duration.observe(Duration::from_micros(40), 2);
+        m.duration.observe(Duration::from_millis(3), 1);
+        m.duration.observe(Duration::from_secs(10), 1);
+        let mut out = String::new();
+        render(&[m], &mut out);
+        let line = |needle: &str| {
+            out.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{out}"))
+                .to_string()
+        };
+        assert!(
+            line("millrace_http_request_duration_seconds_bucket{core=\"3\",le=\"0.00005\"}")
+                .ends_with(" 2")
+        );
+        assert!(
+            line("millrace_http_request_duration_seconds_bucket{core=\"3\",le=\"0.0025\"}")
+                .ends_with(" 2")
+        );
+        assert!(
+            line("millrace_http_request_duration_seconds_bucket{core=\"3\",le=\"0.005\"}")
+                .ends_with(" 3")
+        );
+        assert!(
+            line("millrace_http_request_duration_seconds_bucket{core=\"3\",le=\"2.5\"}")
+                .ends_with(" 3")
+        );
+        assert!(
+            line("millrace_http_request_duration_seconds_bucket{core=\"3\",le=\"+Inf\"}")
+                .ends_with(" 4")
+        );
+        assert_eq!(
+            line("millrace_http_request_duration_seconds_sum{core=\"3\"}"),
+            "millrace_http_request_duration_seconds_sum{core=\"3\"} 10.00308"
+        );
+        assert!(line("millrace_http_request_duration_seconds_count{core=\"3\"}").ends_with(" 4"));
+    }
+
+    #[test]
+    fn responses_are_labelled_by_core_route_and_status() {
+        let registry = MetricsRegistry::new(&[0, 1]);
+        let mut m = CoreMetrics::new(1);
+        m.record_response(Route::Plaintext, Status::Ok);
+        m.record_response(Route::Plaintext, Status::Ok);
+        m.record_response(Route::Unmatched, Status::NotFound);
+        registry.publish(1, &m);
+        let mut out = String::new();
+        registry.render(&mut out);
+        assert!(out.contains(
+            "millrace_http_requests_total{core=\"1\",route=\"plaintext\",status=\"200\"} 2\n"
+        ));
+        assert!(out.contains(
+            "millrace_http_requests_total{core=\"1\",route=\"unmatched\",status=\"404\"} 1\n"
+        ));
+        assert!(
+            !out.contains("core=\"0\",route="),
+            "zero series are left out"
+        );
+        assert!(out.contains("millrace_connections_open{core=\"0\"} 0\n"));
+        // Every sample line belongs to a family announced before it.
+        let mut families = Vec::new();
+        for line in out.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                families.push(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(
+                    families.iter().any(|f| name.starts_with(f.as_str())),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn seconds_are_exact() {
+        assert_eq!(seconds(50_000), "0.00005");
+        assert_eq!(seconds(2_500_000_000), "2.5");
+        assert_eq!(seconds(1_000_000_000), "1");
+        assert_eq!(seconds(0), "0");
+    }
+}

@@ -1,0 +1,209 @@
+//! A client connection as the reactor holds it: its socket, its HTTP state,
+//! its output buffers and which operations it has in flight. Connections live
+//! in a slab indexed by the slot number their tokens carry.
+
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use crate::http::HttpConnection;
+
+use super::token::GENERATION_MASK;
+
+/// Output buffers that grew past this are freed once sent, so one large
+/// response does not pin memory for the life of a connection.
+pub const RETAINED_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Where a connection is on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Serving requests.
+    Open,
+    /// Its final response is sent and its write side shut: reading (and
+    /// discarding) until the peer closes or `close_linger_ms` passes, so the
+    /// peer reads that response rather than a reset.
+    Lingering,
+    /// Waiting for its operations to finish, then closed.
+    Closing,
+}
+
+/// One client connection.
+pub struct Connection {
+    pub fd: OwnedFd,
+    pub http: HttpConnection,
+    /// Responses written since the last send started.
+    pub out: Vec<u8>,
+    /// Responses in `out`.
+    pub out_responses: usize,
+    /// When the first request answered in `out` arrived.
+    pub out_since: Option<Instant>,
+    /// The bytes the current send works through; untouched while a send is in flight.
+    pub sending: Vec<u8>,
+    /// Bytes of `sending` the kernel has taken.
+    pub sent: usize,
+    /// Responses in `sending`.
+    pub sending_responses: usize,
+    /// When the first request answered in `sending` arrived.
+    pub sending_since: Option<Instant>,
+    pub send_in_flight: bool,
+    /// A multishot receive is outstanding.
+    pub recv_armed: bool,
+    /// A cancellation of the outstanding receive has been submitted.
+    pub recv_cancelled: bool,
+    /// A cancellation of the send in flight has been submitted.
+    pub send_cancelled: bool,
+    /// The peer closed its side.
+    pub read_closed: bool,
+    /// No request answered yet: the header timeout runs from the connect.
+    pub fresh: bool,
+    pub life: Life,
+    /// Queued to be settled at the end of this turn.
+    pub touched: bool,
+}
+
+impl Connection {
+    /// A connection just accepted.
+    pub fn new(fd: OwnedFd, http: HttpConnection) -> Self {
+        Connection {
+            fd,
+            http,
+            out: Vec::new(),
+            out_responses: 0,
+            out_since: None,
+            sending: Vec::new(),
+            sent: 0,
+            sending_responses: 0,
+            sending_since: None,
+            send_in_flight: false,
+            recv_armed: false,
+            recv_cancelled: false,
+            send_cancelled: false,
+            read_closed: false,
+            fresh: true,
+            life: Life::Open,
+            touched: false,
+        }
+    }
+
+    /// Nothing written is waiting to be sent.
+    pub fn output_drained(&self) -> bool {
+        !self.send_in_flight && self.sent == self.sending.len() && self.out.is_empty()
+    }
+
+    /// Responses written and not yet sent.
+    pub fn unsent_responses(&self) -> usize {
+        self.out_responses + self.sending_responses
+    }
+
+    /// `count` responses were appended to `out` for requests that arrived at `now`.
+    pub fn wrote(&mut self, count: usize, now: Instant) {
+        if count > 0 {
+            self.out_responses += count;
+            self.out_since.get_or_insert(now);
+            self.fresh = false;
+        }
+    }
+
+    /// Move `out` into `sending` if the previous send is done. Returns the
+    /// bytes a send should take now, if any.
+    pub fn next_send(&mut self) -> Option<&[u8]> {
+        if self.send_in_flight {
+            return None;
+        }
+        if self.sent == self.sending.len() {
+            if self.out.is_empty() {
+                return None;
+            }
+            self.sending.clear();
+            std::mem::swap(&mut self.out, &mut self.sending);
+            self.sent = 0;
+            self.sending_responses = std::mem::take(&mut self.out_responses);
+            self.sending_since = self.out_since.take();
+        }
+        Some(&self.sending[self.sent..])
+    }
+
+    /// The current send batch went out whole: returns its response count
+    /// and when its first request arrived, and frees an oversized buffer.
+    pub fn finish_batch(&mut self) -> (usize, Option<Instant>) {
+        self.sending.clear();
+        self.sent = 0;
+        if self.sending.capacity() > RETAINED_BUFFER_BYTES {
+            self.sending = Vec::new();
+        }
+        (
+            std::mem::take(&mut self.sending_responses),
+            self.sending_since.take(),
+        )
+    }
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Connection>,
+}
+
+/// Connections by slot number; freed slots are reused with a new generation.
+#[derive(Default)]
+pub struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slab {
+    /// Connections held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Store `conn`; returns its slot and generation.
+    pub fn insert(&mut self, conn: Connection) -> (u32, u32) {
+        self.len += 1;
+        if let Some(slot) = self.free.pop() {
+            let entry = &mut self.slots[slot as usize];
+            entry.conn = Some(conn);
+            return (slot, entry.generation);
+        }
+        let slot = u32::try_from(self.slots.len()).expect("fewer than 2^32 connections");
+        self.slots.push(Slot {
+            generation: 0,
+            conn: Some(conn),
+        });
+        (slot, 0)
+    }
+
+    /// The connection in `slot`, if it is still the one `generation` names.
+    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<(&mut Connection, u32)> {
+        let entry = self.slots.get_mut(slot as usize)?;
+        if entry.generation != generation {
+            return None;
+        }
+        Some((entry.conn.as_mut()?, generation))
+    }
+
+    /// The connection in `slot`, whatever its generation, with that generation.
+    pub fn slot_mut(&mut self, slot: u32) -> Option<(&mut Connection, u32)> {
+        let entry = self.slots.get_mut(slot as usize)?;
+        let generation = entry.generation;
+        Some((entry.conn.as_mut()?, generation))
+    }
+
+    /// Take the connection out of `slot`; the slot's next occupant gets a new generation.
+    pub fn remove(&mut self, slot: u32) -> Option<Connection> {
+        let entry = self.slots.get_mut(slot as usize)?;
+        let conn = entry.conn.take()?;
+        entry.generation = (entry.generation + 1) & GENERATION_MASK;
+        self.free.push(slot);
+        self.len -= 1;
+        Some(conn)
+    }
+
+    /// Slots that hold a connection.
+    pub fn occupied(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.conn.is_some())
+            .map(|(i, _)| i as u32)
+    }
+}

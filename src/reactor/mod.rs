@@ -1,0 +1,625 @@
+//! The per-core reactor: one thread, one io_uring ring, one listener, its
+//! connections. Nothing here is shared with another core.
+//!
+//! One turn of the loop: submit what was queued and wait for a completion or
+//! the next deadline; handle every completion (received bytes go straight from
+//! the provided buffer into the connection's HTTP state and the buffer goes
+//! back); expire timers; then settle each connection touched this turn: start
+//! its send (all responses written this turn go out in one send), arm or
+//! cancel its receive, pick its timer, close it when it is done.
+
+pub mod buffers;
+mod connection;
+pub mod ring;
+pub mod timers;
+pub mod token;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::Socket;
+
+use crate::api::{Api, ApiShared};
+use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
+use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
+
+use buffers::ProvidedBuffers;
+use connection::{Connection, Life, Slab};
+use ring::SetupFlags;
+use timers::{TimerKind, Timers};
+use token::{OpKind, Token};
+
+/// The buffer group id of every executor's provided buffers (one per ring).
+const BUFFER_GROUP: u16 = 0;
+
+/// How long to wait before re-arming an accept that failed for lack of
+/// file descriptors or memory.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// At most one accept-failure warning per this interval.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What an executor is configured with.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Submission queue entries.
+    pub ring_entries: u32,
+    /// Provided receive buffers (a power of two).
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_bytes: u32,
+    /// Connections this executor holds at most; more are closed on accept.
+    pub max_connections: usize,
+    /// See [`TimerKind::Header`].
+    pub header_timeout: Duration,
+    /// See [`TimerKind::Idle`].
+    pub idle_timeout: Duration,
+    /// See [`TimerKind::Linger`].
+    pub close_linger: Duration,
+    /// How long a drain may take before the remaining connections are closed.
+    pub shutdown_timeout: Duration,
+    /// HTTP limits.
+    pub limits: Limits,
+}
+
+/// The completion fields the loop uses.
+#[derive(Clone, Copy)]
+struct Completion {
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+/// One core's server.
+pub struct Executor {
+    // Field order is drop order: the ring goes first, so the kernel has
+    // stopped using the buffers and the wake-up word before they are freed.
+    ring: IoUring,
+    buffers: ProvidedBuffers,
+    wake_word: Box<u64>,
+    wake: OwnedFd,
+    listener: Option<Socket>,
+    accept_armed: bool,
+    accept_retry_at: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    conns: Slab,
+    timers: Timers,
+    /// Connections to settle at the end of this turn.
+    touched: Vec<u32>,
+    completions: Vec<Completion>,
+    metrics: CoreMetrics,
+    shared: Arc<ApiShared>,
+    /// This executor's index among all executors (its metrics slot).
+    index: usize,
+    config: ExecutorConfig,
+    date: DateHeader,
+    /// The time this turn started; every timestamp in a turn uses it.
+    now: Instant,
+    next_publish: Instant,
+    /// Set once a drain has begun: when the remaining connections are cut.
+    drain_deadline: Option<Instant>,
+}
+
+impl Executor {
+    /// Set up the ring and buffers. Call on the executor's own (pinned)
+    /// thread: the ring accepts submissions from its creator only.
+    pub fn new(
+        config: ExecutorConfig,
+        listener: Socket,
+        wake: OwnedFd,
+        shared: Arc<ApiShared>,
+        index: usize,
+        cpu: usize,
+    ) -> io::Result<(Self, SetupFlags)> {
+        let (ring, flags) = ring::build(config.ring_entries)?;
+        let buffers =
+            ProvidedBuffers::new(config.recv_buffers, config.recv_buffer_bytes, BUFFER_GROUP)?;
+        buffers.register(&ring.submitter())?;
+        let now = Instant::now();
+        let executor = Executor {
+            ring,
+            buffers,
+            wake_word: Box::new(0),
+            wake,
+            listener: Some(listener),
+            accept_armed: false,
+            accept_retry_at: None,
+            last_accept_warning: None,
+            conns: Slab::default(),
+            timers: Timers::new(
+                config.header_timeout,
+                config.idle_timeout,
+                config.close_linger,
+            ),
+            touched: Vec::new(),
+            completions: Vec::new(),
+            metrics: CoreMetrics::new(cpu),
+            shared,
+            index,
+            config,
+            date: DateHeader::new(),
+            now,
+            next_publish: now,
+            drain_deadline: None,
+        };
+        Ok((executor, flags))
+    }
+
+    /// Serve until a drain, signalled through the wake-up eventfd, finishes.
+    pub fn run(mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        while !self.finished() {
+            self.enter()?;
+            self.now = Instant::now();
+            self.date.refresh(SystemTime::now());
+            self.reap();
+            self.buffers.publish();
+            self.expire_timers();
+            self.settle_touched();
+            self.retry_accept();
+            if self.now >= self.next_publish {
+                self.shared.registry.publish(self.index, &self.metrics);
+                self.next_publish = self.now + PUBLISH_INTERVAL;
+            }
+        }
+        self.shared.registry.publish(self.index, &self.metrics);
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.drain_deadline.is_some() && self.conns.len() == 0 && !self.accept_armed
+    }
+
+    /// Submit everything queued; wait for one completion or the next deadline.
+    fn enter(&mut self) -> io::Result<()> {
+        let mut wake_at = self.next_publish;
+        for deadline in [
+            self.timers.next_deadline(),
+            self.accept_retry_at,
+            self.drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            wake_at = wake_at.min(deadline);
+        }
+        let timeout = types::Timespec::from(wake_at.saturating_duration_since(Instant::now()));
+        let args = types::SubmitArgs::new().timespec(&timeout);
+        self.metrics.ring_enters += 1;
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            // ETIME: the deadline came first. EINTR: a signal. EBUSY: the
+            // completion queue overflowed; reaping makes room.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self) {
+        self.completions.clear();
+        self.completions
+            .extend(self.ring.completion().map(|cqe| Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            }));
+        self.metrics.ring_completions += self.completions.len() as u64;
+        for i in 0..self.completions.len() {
+            let completion = self.completions[i];
+            let Some(token) = Token::decode(completion.user_data) else {
+                continue;
+            };
+            match token.kind {
+                OpKind::Accept => self.on_accept(completion),
+                OpKind::Recv => self.on_recv(token, completion),
+                OpKind::Send => self.on_send(token, completion),
+                OpKind::Wake => self.begin_drain(),
+                OpKind::Cancel => {}
+            }
+        }
+    }
+
+    fn on_accept(&mut self, completion: Completion) {
+        if !cqueue::more(completion.flags) {
+            self.accept_armed = false;
+            if self.drain_deadline.is_some() {
+                self.listener = None;
+            }
+        }
+        if completion.result < 0 {
+            self.accept_failed(-completion.result);
+            return;
+        }
+        // SAFETY: a successful accept completion's result is a new file
+        // descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(completion.result) };
+        if self.conns.len() >= self.config.max_connections {
+            self.metrics.connections_rejected += 1;
+            return; // Dropping `fd` closes it.
+        }
+        let mut http = HttpConnection::new();
+        if self.drain_deadline.is_some() {
+            http.start_drain();
+        }
+        let (slot, _) = self.conns.insert(Connection::new(fd, http));
+        self.metrics.connections_accepted += 1;
+        self.metrics.connections_open += 1;
+        self.timers.arm(slot, TimerKind::Header, self.now);
+        self.touch(slot);
+    }
+
+    fn accept_failed(&mut self, errno: i32) {
+        match errno {
+            libc::ECANCELED => {}
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                self.accept_retry_at = Some(self.now + ACCEPT_RETRY);
+                let quiet = self
+                    .last_accept_warning
+                    .is_some_and(|at| self.now < at + ACCEPT_WARNING_INTERVAL);
+                if !quiet {
+                    self.last_accept_warning = Some(self.now);
+                    tracing::warn!(
+                        core = self.metrics.core,
+                        error = %io::Error::from_raw_os_error(errno),
+                        "accept failed; retrying (out of file descriptors? raise LimitNOFILE / ulimit -n)"
+                    );
+                }
+            }
+            _ => tracing::debug!(error = %io::Error::from_raw_os_error(errno), "accept failed"),
+        }
+    }
+
+    fn on_recv(&mut self, token: Token, completion: Completion) {
+        let buffer = cqueue::buffer_select(completion.flags);
+        let Some((conn, _)) = self.conns.get_mut(token.slot, token.generation) else {
+            if let Some(bid) = buffer {
+                self.buffers.recycle(bid);
+            }
+            return;
+        };
+        if !cqueue::more(completion.flags) {
+            conn.recv_armed = false;
+            conn.recv_cancelled = false;
+        }
+        match completion.result {
+            n if n > 0 => {
+                let bid = buffer.expect("a receive that returned data names its buffer");
+                let bytes = self.buffers.get(bid, n as usize);
+                self.metrics.bytes_received += n as u64;
+                if conn.life == Life::Open && !conn.read_closed {
+                    let env = HttpEnv {
+                        limits: &self.config.limits,
+                        date: &self.date,
+                    };
+                    let mut api = Api {
+                        shared: &self.shared,
+                        executor: self.index,
+                        metrics: &mut self.metrics,
+                    };
+                    let written = conn.http.receive(bytes, &mut api, &mut conn.out, &env);
+                    conn.wrote(written, self.now);
+                    self.metrics.in_flight += written as u64;
+                    if written > 0 {
+                        // A request was answered: the next one gets a fresh header deadline.
+                        self.timers.disarm(token.slot);
+                    }
+                }
+                self.buffers.recycle(bid);
+            }
+            0 => conn.read_closed = true,
+            n if n == -libc::ENOBUFS => self.metrics.recv_buffers_exhausted += 1,
+            n if n == -libc::ECANCELED => {}
+            _ => conn.life = Life::Closing,
+        }
+        self.touch(token.slot);
+    }
+
+    fn on_send(&mut self, token: Token, completion: Completion) {
+        let Some((conn, _)) = self.conns.get_mut(token.slot, token.generation) else {
+            return;
+        };
+        conn.send_in_flight = false;
+        conn.send_cancelled = false;
+        if completion.result <= 0 {
+            conn.life = Life::Closing;
+            self.touch(token.slot);
+            return;
+        }
+        self.metrics.bytes_sent += completion.result as u64;
+        conn.sent += completion.result as usize;
+        if conn.sent == conn.sending.len() {
+            let (responses, since) = conn.finish_batch();
+            conn.http.responses_sent(responses);
+            self.metrics.in_flight -= responses as u64;
+            if let (Some(since), true) = (since, responses > 0) {
+                self.metrics
+                    .duration
+                    .observe(self.now.saturating_duration_since(since), responses as u64);
+            }
+            if conn.life == Life::Open {
+                // The pipeline has room again: answer requests that waited for it.
+                let env = HttpEnv {
+                    limits: &self.config.limits,
+                    date: &self.date,
+                };
+                let mut api = Api {
+                    shared: &self.shared,
+                    executor: self.index,
+                    metrics: &mut self.metrics,
+                };
+                let written = conn.http.resume(&mut api, &mut conn.out, &env);
+                conn.wrote(written, self.now);
+                self.metrics.in_flight += written as u64;
+            }
+        }
+        self.touch(token.slot);
+    }
+
+    fn touch(&mut self, slot: u32) {
+        if let Some((conn, _)) = self.conns.slot_mut(slot)
+            && !conn.touched
+        {
+            conn.touched = true;
+            self.touched.push(slot);
+        }
+    }
+
+    fn settle_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for &slot in &touched {
+            self.settle(slot);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    /// Bring one connection's operations in line with its state.
+    fn settle(&mut self, slot: u32) {
+        let Some((conn, generation)) = self.conns.slot_mut(slot) else {
+            return;
+        };
+        conn.touched = false;
+        let draining = self.drain_deadline.is_some();
+
+        if conn.life == Life::Open && conn.output_drained() {
+            if conn.http.is_closing() {
+                // The final response is out: no more writes; read until the
+                // peer closes so that it sees the response, not a reset.
+                // SAFETY: shutdown(2) on a socket this connection owns.
+                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
+                conn.life = Life::Lingering;
+                self.timers.arm(slot, TimerKind::Linger, self.now);
+            } else if conn.read_closed || (draining && conn.http.is_idle()) {
+                conn.life = Life::Closing;
+            }
+        }
+        if conn.life == Life::Lingering && conn.read_closed {
+            conn.life = Life::Closing;
+        }
+
+        let fd = types::Fd(conn.fd.as_raw_fd());
+        if conn.life != Life::Closing
+            && let Some(bytes) = conn.next_send()
+        {
+            let entry = opcode::Send::new(fd, bytes.as_ptr(), bytes.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(
+                    Token {
+                        kind: OpKind::Send,
+                        slot,
+                        generation,
+                    }
+                    .encode(),
+                );
+            push(&mut self.ring, &mut self.metrics, &entry);
+            conn.send_in_flight = true;
+        }
+
+        let want_recv = match conn.life {
+            Life::Open => !conn.read_closed && !conn.http.is_paused(&self.config.limits),
+            Life::Lingering => !conn.read_closed,
+            Life::Closing => false,
+        };
+        let recv_token = Token {
+            kind: OpKind::Recv,
+            slot,
+            generation,
+        }
+        .encode();
+        if want_recv && !conn.recv_armed {
+            let entry = opcode::RecvMulti::new(fd, self.buffers.group())
+                .build()
+                .user_data(recv_token);
+            push(&mut self.ring, &mut self.metrics, &entry);
+            conn.recv_armed = true;
+        } else if !want_recv && conn.recv_armed && !conn.recv_cancelled {
+            cancel(&mut self.ring, &mut self.metrics, recv_token);
+            conn.recv_cancelled = true;
+        }
+        if conn.life == Life::Closing && conn.send_in_flight && !conn.send_cancelled {
+            let send_token = Token {
+                kind: OpKind::Send,
+                slot,
+                generation,
+            }
+            .encode();
+            cancel(&mut self.ring, &mut self.metrics, send_token);
+            conn.send_cancelled = true;
+        }
+
+        match conn.life {
+            Life::Open => {
+                let kind = if !conn.output_drained() {
+                    TimerKind::Idle
+                } else {
+                    match conn.http.phase() {
+                        Phase::Head => TimerKind::Header,
+                        Phase::Idle if conn.fresh => TimerKind::Header,
+                        _ => TimerKind::Idle,
+                    }
+                };
+                self.timers.arm(slot, kind, self.now);
+            }
+            Life::Lingering => {}
+            Life::Closing => self.timers.disarm(slot),
+        }
+
+        if conn.life == Life::Closing && !conn.recv_armed && !conn.send_in_flight {
+            self.release(slot);
+        }
+    }
+
+    /// Close a connection whose operations have all completed.
+    fn release(&mut self, slot: u32) {
+        self.timers.disarm(slot);
+        if let Some(conn) = self.conns.remove(slot) {
+            self.metrics.connections_open -= 1;
+            self.metrics.in_flight -= conn.unsent_responses() as u64;
+            // Dropping the connection closes its socket.
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        if let Some(deadline) = self.drain_deadline
+            && self.now >= deadline
+            && self.conns.len() > 0
+        {
+            tracing::warn!(
+                core = self.metrics.core,
+                connections = self.conns.len(),
+                "shutdown timeout reached; closing the remaining connections"
+            );
+            let slots: Vec<u32> = self.conns.occupied().collect();
+            for slot in slots {
+                if let Some((conn, _)) = self.conns.slot_mut(slot) {
+                    conn.life = Life::Closing;
+                }
+                self.touch(slot);
+            }
+        }
+        while let Some((slot, kind)) = self.timers.pop_expired(self.now) {
+            let Some((conn, _)) = self.conns.slot_mut(slot) else {
+                continue;
+            };
+            match kind {
+                TimerKind::Header => {
+                    self.metrics.record_timeout(TimeoutKind::Header);
+                    let env = HttpEnv {
+                        limits: &self.config.limits,
+                        date: &self.date,
+                    };
+                    let mut api = Api {
+                        shared: &self.shared,
+                        executor: self.index,
+                        metrics: &mut self.metrics,
+                    };
+                    let written = conn.http.time_out(&mut api, &mut conn.out, &env);
+                    conn.wrote(written, self.now);
+                    self.metrics.in_flight += written as u64;
+                    if written == 0 {
+                        conn.life = Life::Closing;
+                    }
+                }
+                TimerKind::Idle => {
+                    self.metrics.record_timeout(TimeoutKind::Idle);
+                    conn.life = Life::Closing;
+                }
+                TimerKind::Linger => conn.life = Life::Closing,
+            }
+            self.touch(slot);
+        }
+    }
+
+    /// Stop accepting, let every connection finish the request it is on.
+    fn begin_drain(&mut self) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        self.drain_deadline = Some(self.now + self.config.shutdown_timeout);
+        if self.accept_armed {
+            cancel(
+                &mut self.ring,
+                &mut self.metrics,
+                Token::global(OpKind::Accept).encode(),
+            );
+        } else {
+            self.listener = None;
+        }
+        let slots: Vec<u32> = self.conns.occupied().collect();
+        for slot in slots {
+            if let Some((conn, _)) = self.conns.slot_mut(slot) {
+                conn.http.start_drain();
+            }
+            self.touch(slot);
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::global(OpKind::Accept).encode());
+        push(&mut self.ring, &mut self.metrics, &entry);
+        self.accept_armed = true;
+        self.accept_retry_at = None;
+    }
+
+    fn retry_accept(&mut self) {
+        if !self.accept_armed
+            && self.drain_deadline.is_none()
+            && self.accept_retry_at.is_none_or(|at| self.now >= at)
+        {
+            self.arm_accept();
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let word: *mut u64 = &mut *self.wake_word;
+        let entry = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), word.cast(), 8)
+            .build()
+            .user_data(Token::global(OpKind::Wake).encode());
+        push(&mut self.ring, &mut self.metrics, &entry);
+    }
+}
+
+/// Queue a submission, submitting what is queued first if the queue is full.
+fn push(ring: &mut IoUring, metrics: &mut CoreMetrics, entry: &squeue::Entry) {
+    loop {
+        // SAFETY: every entry the executor builds points at memory that
+        // outlives the operation: a connection's `sending` buffer is not
+        // touched, and the connection not freed, while its send is in flight;
+        // the wake-up word and the provided buffers live until the ring is
+        // dropped (field order of `Executor`).
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            metrics.ring_submissions += 1;
+            return;
+        }
+        metrics.ring_enters += 1;
+        if let Err(e) = ring.submit() {
+            tracing::warn!(error = %e, "submitting a full queue failed");
+        }
+    }
+}
+
+/// Ask the kernel to cancel the operation carrying `user_data`.
+fn cancel(ring: &mut IoUring, metrics: &mut CoreMetrics, user_data: u64) {
+    let entry = opcode::AsyncCancel::new(user_data)
+        .build()
+        .user_data(Token::global(OpKind::Cancel).encode());
+    push(ring, metrics, &entry);
+}

@@ -1,0 +1,82 @@
+//! Creating an executor's ring with the best setup flags the kernel takes.
+
+use std::io;
+
+use io_uring::IoUring;
+
+/// Which optional setup flags the ring was created with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetupFlags {
+    /// Only the creating thread submits: the kernel skips locking (6.0).
+    pub single_issuer: bool,
+    /// Completions are produced only when this thread asks for them, in
+    /// batches, rather than by interrupting it (6.1).
+    pub defer_taskrun: bool,
+    /// The kernel does not interrupt the thread to run completion work (5.19).
+    pub coop_taskrun: bool,
+}
+
+impl SetupFlags {
+    /// Flag names, for logs and `millrace doctor`.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.single_issuer, "SINGLE_ISSUER"),
+            (self.defer_taskrun, "DEFER_TASKRUN"),
+            (self.coop_taskrun, "COOP_TASKRUN"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// The combinations tried, best first. DEFER_TASKRUN needs SINGLE_ISSUER.
+const ATTEMPTS: [SetupFlags; 4] = [
+    SetupFlags {
+        single_issuer: true,
+        defer_taskrun: true,
+        coop_taskrun: false,
+    },
+    SetupFlags {
+        single_issuer: true,
+        defer_taskrun: false,
+        coop_taskrun: true,
+    },
+    SetupFlags {
+        single_issuer: false,
+        defer_taskrun: false,
+        coop_taskrun: true,
+    },
+    SetupFlags {
+        single_issuer: false,
+        defer_taskrun: false,
+        coop_taskrun: false,
+    },
+];
+
+/// A ring of `entries` submission slots (completion queue four times that),
+/// with the best flags this kernel accepts. Must be called on the thread that
+/// will submit to it.
+pub fn build(entries: u32) -> io::Result<(IoUring, SetupFlags)> {
+    let mut last_error = None;
+    for flags in ATTEMPTS {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries.saturating_mul(4));
+        if flags.single_issuer {
+            builder.setup_single_issuer();
+        }
+        if flags.defer_taskrun {
+            builder.setup_defer_taskrun();
+        }
+        if flags.coop_taskrun {
+            builder.setup_coop_taskrun();
+        }
+        match builder.build(entries) {
+            Ok(ring) => return Ok((ring, flags)),
+            // EINVAL: a flag this kernel does not know; try fewer.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}

@@ -1,0 +1,324 @@
+//! `millrace serve`: probe the kernel, bind one listener per executor, start
+//! the pinned executors, then wait for signals. The first SIGTERM or SIGINT
+//! drains (readiness fails, accepting stops, in-flight requests finish); a
+//! second exits at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::api::ApiShared;
+use crate::config::ServeConfig;
+use crate::lifecycle::{Lifecycle, Stage};
+use crate::metrics::MetricsRegistry;
+use crate::probe;
+use crate::reactor::Executor;
+
+/// How often the main thread looks at its executors between signals.
+const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Serve until a signal drains the server. Errors are complete sentences
+/// for an operator.
+pub fn serve(config: &ServeConfig) -> Result<(), String> {
+    let features = probe::probe_ring()?;
+    if let Some(missing) = features.missing() {
+        return Err(missing);
+    }
+    let cpus = config.cores.resolve(&available_cpus())?;
+    let nofile = raise_open_files_limit();
+    let wanted = config.max_connections.saturating_mul(cpus.len()) as u64;
+    if nofile < wanted {
+        tracing::warn!(
+            open_files_limit = nofile,
+            max_connections_total = wanted,
+            "the open files limit is below max_connections x cores; accepts will fail first"
+        );
+    }
+    let listeners = bind_listeners(config.listen, cpus.len(), config.listen_backlog)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let local = listeners[0]
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(config.listen);
+
+    let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let lifecycle = Arc::new(Lifecycle::new());
+    let shared = Arc::new(ApiShared {
+        lifecycle: Arc::clone(&lifecycle),
+        registry: Arc::new(MetricsRegistry::new(&cpus)),
+    });
+
+    let (started_tx, started_rx) = mpsc::channel();
+    let mut executors = Vec::with_capacity(cpus.len());
+    for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
+        let wake = event_fd().map_err(|e| format!("cannot create an eventfd: {e}"))?;
+        let executor_wake = wake
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate an eventfd: {e}"))?;
+        let executor_config = config.executor();
+        let shared = Arc::clone(&shared);
+        let started = started_tx.clone();
+        let thread = thread::Builder::new()
+            .name(format!("millrace-core-{cpu}"))
+            .spawn(move || -> Result<(), String> {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                    let error = format!("cannot pin an executor to CPU {cpu}");
+                    let _ = started.send(Err(error.clone()));
+                    return Err(error);
+                }
+                match Executor::new(executor_config, listener, executor_wake, shared, index, cpu) {
+                    Err(e) => {
+                        let error =
+                            format!("executor on CPU {cpu}: {}", probe::explain_setup_error(&e));
+                        let _ = started.send(Err(error.clone()));
+                        Err(error)
+                    }
+                    Ok((executor, flags)) => {
+                        tracing::info!(cpu, flags = ?flags.names(), "executor started");
+                        let _ = started.send(Ok(()));
+                        drop(started);
+                        let result = executor
+                            .run()
+                            .map_err(|e| format!("executor on CPU {cpu} failed: {e}"));
+                        tracing::info!(cpu, "executor stopped");
+                        result
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start an executor thread: {e}"))?;
+        executors.push(Running { cpu, wake, thread });
+    }
+    drop(started_tx);
+
+    let mut startup_error = None;
+    for _ in 0..executors.len() {
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                startup_error.get_or_insert(e);
+            }
+            Err(_) => {
+                startup_error.get_or_insert("an executor exited during start-up".into());
+            }
+        }
+    }
+    if let Some(error) = startup_error {
+        drain(&executors, &lifecycle);
+        join_all(executors);
+        return Err(error);
+    }
+    lifecycle.set(Stage::Ready);
+    tracing::info!(listen = %local, cpus = ?cpus, "listening");
+
+    supervise(
+        &signals,
+        executors,
+        &lifecycle,
+        Duration::from_millis(config.drain_delay_ms),
+    )
+}
+
+/// An executor thread and the eventfd that wakes it.
+struct Running {
+    cpu: usize,
+    wake: OwnedFd,
+    thread: JoinHandle<Result<(), String>>,
+}
+
+/// Wait for a signal or an executor failure, then drain and join.
+fn supervise(
+    signals: &ShutdownSignals,
+    executors: Vec<Running>,
+    lifecycle: &Lifecycle,
+    drain_delay: Duration,
+) -> Result<(), String> {
+    let mut failure = None;
+    loop {
+        if let Some(signal) = signals.wait(SUPERVISE_INTERVAL) {
+            tracing::info!(signal = signal_name(signal), "draining");
+            break;
+        }
+        if let Some(stopped) = executors.iter().find(|e| e.thread.is_finished()) {
+            failure = Some(format!(
+                "the executor on CPU {} stopped unexpectedly",
+                stopped.cpu
+            ));
+            break;
+        }
+    }
+    lifecycle.set(Stage::Draining);
+    // Readiness fails first, so a load balancer can move traffic away before
+    // accepting stops.
+    let delay_end = Instant::now() + drain_delay;
+    while Instant::now() < delay_end {
+        if let Some(signal) = signals.wait(delay_end.saturating_duration_since(Instant::now())) {
+            exit_now(signal);
+        }
+    }
+    drain(&executors, lifecycle);
+    while !executors.iter().all(|e| e.thread.is_finished()) {
+        if let Some(signal) = signals.wait(SUPERVISE_INTERVAL) {
+            exit_now(signal);
+        }
+    }
+    let errors = join_all(executors);
+    match (failure, errors.into_iter().next()) {
+        (_, Some(error)) | (Some(error), None) => Err(error),
+        (None, None) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn exit_now(signal: i32) -> ! {
+    tracing::warn!(
+        signal = signal_name(signal),
+        "second signal: exiting at once"
+    );
+    std::process::exit(128 + signal);
+}
+
+fn drain(executors: &[Running], lifecycle: &Lifecycle) {
+    lifecycle.set(Stage::Draining);
+    for executor in executors {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this thread owns.
+        unsafe { libc::write(executor.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+}
+
+/// Join every executor thread; returns the errors they reported.
+fn join_all(executors: Vec<Running>) -> Vec<String> {
+    executors
+        .into_iter()
+        .filter_map(|e| match e.thread.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(format!("the executor on CPU {} panicked", e.cpu)),
+        })
+        .collect()
+}
+
+/// The CPUs this process may run on.
+pub fn available_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// One listener per executor on the same address, so the kernel spreads
+/// connections over them. Port 0 is resolved by the first bind.
+fn bind_listeners(addr: SocketAddr, count: usize, backlog: u32) -> io::Result<Vec<Socket>> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        // Accepted sockets inherit it: responses leave without Nagle's delay.
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        if addr.port() == 0 {
+            addr = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("listener has no socket address"))?;
+        }
+        listeners.push(socket);
+    }
+    Ok(listeners)
+}
+
+/// Raise the soft open-files limit to the hard one; returns the result.
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+fn event_fd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no memory arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// SIGINT and SIGTERM, blocked in every thread and taken synchronously by
+/// the main thread.
+struct ShutdownSignals {
+    set: libc::sigset_t,
+}
+
+impl ShutdownSignals {
+    /// Block the signals in this thread and every thread it starts afterwards.
+    fn block() -> io::Result<Self> {
+        // SAFETY: sigset_t is plain data; the sig* calls only write to `set`
+        // and this thread's signal mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(ShutdownSignals { set })
+        }
+    }
+
+    /// The next signal, if one arrives within `timeout`.
+    fn wait(&self, timeout: Duration) -> Option<i32> {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: `set` is initialised; a null siginfo pointer is allowed.
+        let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &timeout) };
+        (signal > 0).then_some(signal)
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
