@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Turn scripts/bench-http.sh's measurements into JSON and a markdown table.
+
+Input: a TSV of server, depth, requests/s, server CPU ticks, error notes.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+
+
+def machine() -> dict:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "host": platform.node(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    for name in ["results", "json", "markdown", "command"]:
+        p.add_argument(f"--{name}", required=True)
+    for name in ["duration", "connections", "server-cpu", "load-cpu", "clk-tck",
+                 "idle-connections", "rss-before-kib", "rss-after-kib"]:
+        p.add_argument(f"--{name}", type=int, required=True)
+    a = p.parse_args()
+
+    runs = []
+    with open(a.results) as f:
+        for line in f:
+            server, depth, rps, ticks, errors = (line.rstrip("\n").split("\t") + [""])[:5]
+            cpu_seconds = int(ticks) / a.clk_tck
+            rps = float(rps)
+            requests = rps * a.duration
+            runs.append({
+                "server": server,
+                "depth": int(depth),
+                "requests_per_second": round(rps),
+                "server_cpu_seconds": cpu_seconds,
+                "requests_per_cpu_second": round(requests / cpu_seconds) if cpu_seconds else None,
+                "errors": errors.strip(),
+            })
+
+    def figure(server: str, depth: int, key: str):
+        return next((r[key] for r in runs if r["server"] == server and r["depth"] == depth), None)
+
+    ratios = {}
+    for depth in (1, 16):
+        ours = figure("millrace", depth, "requests_per_cpu_second")
+        for peer in ("may_minihttp", "nginx"):
+            theirs = figure(peer, depth, "requests_per_cpu_second")
+            if ours and theirs:
+                ratios[f"millrace/{peer} req per CPU-s, depth {depth}"] = round(ours / theirs, 2)
+
+    idle_mib = (a.rss_after_kib - a.rss_before_kib) / 1024
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": a.command,
+        "machine": machine(),
+        "method": {
+            "load_generator": "wrk -t1, pipelining Lua script",
+            "connections": a.connections,
+            "duration_seconds": a.duration,
+            "server_cpu": a.server_cpu,
+            "load_cpu": a.load_cpu,
+            "cpu_accounting": "utime+stime of the server's processes from /proc over the measured window",
+        },
+        "runs": runs,
+        "ratios": ratios,
+        "idle_connections": {
+            "connections": a.idle_connections,
+            "rss_before_kib": a.rss_before_kib,
+            "rss_after_kib": a.rss_after_kib,
+            "added_mib": round(idle_mib, 1),
+        },
+    }
+    with open(a.json, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+
+    m = report["machine"]
+    lines = [
+        f"GET /plaintext, {a.connections} connections, {a.duration} s per run, server on CPU {a.server_cpu}, "
+        f"wrk on CPU {a.load_cpu}; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}.",
+        f"Command: `{a.command}`",
+        "",
+        "| server | depth | requests/s | server CPU-s | requests per CPU-second |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        per_cpu = f"{r['requests_per_cpu_second']:,}" if r["requests_per_cpu_second"] else "n/a"
+        note = f" ({r['errors']})" if r["errors"] else ""
+        lines.append(f"| {r['server']}{note} | {r['depth']} | {r['requests_per_second']:,} | "
+                     f"{r['server_cpu_seconds']:.2f} | {per_cpu} |")
+    lines.append("")
+    for name, ratio in ratios.items():
+        lines.append(f"- {name}: **{ratio}x**")
+    lines.append(f"- {a.idle_connections:,} idle keep-alive connections on one executor added "
+                 f"**{idle_mib:.1f} MiB** RSS ({a.rss_before_kib:,} KiB -> {a.rss_after_kib:,} KiB)")
+    with open(a.markdown, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

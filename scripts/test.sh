@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# scripts/test.sh: pass millrace's whole test suite on a fresh Debian machine.
+#
+# Installs what the tests need (curl and python3, the real clients the tests
+# drive), then checks formatting and lints and runs every test: unit tests of
+# the sans-IO protocol code, and integration tests that start the real binary
+# and talk to it over loopback sockets.
+#
+# Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+need_packages curl python3 ca-certificates
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "tests"
+if cargo nextest --version > /dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi

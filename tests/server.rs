@@ -1,0 +1,300 @@
+//! The server as an operator runs it: executors, signals, configuration,
+//! `millrace doctor`.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use common::{Server, closed_by_server, read_response, sample};
+
+fn millrace(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sigterm_drains_a_request_in_flight_then_exits_zero() {
+    let mut server = Server::start(&["--drain-delay-ms", "400"]);
+    let mut idle = server.connect();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).status, 200);
+    assert_eq!(server.get("/readyz").text(), "ready\n");
+
+    // A request whose body is half sent when the signal arrives.
+    let mut in_flight = server.connect();
+    in_flight
+        .write_all(b"PUT /livez HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    server.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(100));
+
+    // During the drain delay readiness fails but connections are still served.
+    let readyz = server.get("/readyz");
+    assert_eq!((readyz.status, readyz.text().as_str()), (503, "draining\n"));
+    assert!(server.running());
+
+    // After it, accepting stops and idle connections close.
+    thread::sleep(Duration::from_millis(500));
+    assert!(closed_by_server(&mut idle));
+    assert!(server.running(), "waits for the request in flight");
+
+    in_flight.write_all(b"56789").unwrap();
+    let response = read_response(&mut in_flight);
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert!(closed_by_server(&mut in_flight));
+
+    let status = server.wait();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("draining") && log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--shutdown-timeout-ms", "60000"]);
+    let mut in_flight = server.connect();
+    in_flight
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    server.signal(libc::SIGINT);
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        server.running(),
+        "the first signal waits for the request in flight"
+    );
+    server.signal(libc::SIGINT);
+    let status = server.wait();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{}", server.log());
+}
+
+#[test]
+fn the_shutdown_timeout_cuts_stalled_connections() {
+    let mut server = Server::start(&["--shutdown-timeout-ms", "300"]);
+    let mut stalled = server.connect();
+    stalled
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    server.signal(libc::SIGTERM);
+    assert!(closed_by_server(&mut stalled));
+    assert_eq!(server.wait().code(), Some(0));
+    assert!(server.log().contains("shutdown timeout reached"));
+}
+
+#[test]
+fn two_executors_share_the_port() {
+    let available = std::thread::available_parallelism().map_or(1, usize::from);
+    if available < 2 {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let server = Server::start_with(&["--listen", "127.0.0.1:0", "--cores", "2"]);
+    let mut streams: Vec<_> = (0..64).map(|_| server.connect()).collect();
+    for stream in &mut streams {
+        stream
+            .write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(stream).status, 200);
+    }
+    let metrics = server.metrics();
+    let per_core: Vec<u64> = (0..2)
+        .map(|core| {
+            sample(
+                &metrics,
+                &format!("millrace_http_requests_total{{core=\"{core}\",route=\"plaintext\",status=\"200\"}}"),
+            )
+        })
+        .collect();
+    assert_eq!(per_core.iter().sum::<u64>(), 64, "{metrics}");
+    assert!(
+        per_core.iter().all(|&n| n > 0),
+        "both cores served: {per_core:?}"
+    );
+}
+
+#[test]
+fn metrics_cover_requests_connections_ring_and_bytes() {
+    let server = Server::start(&[]);
+    server.get("/plaintext");
+    server.get("/nope");
+    let metrics = server.metrics();
+    for series in [
+        "millrace_http_requests_total{core=\"0\",route=\"plaintext\",status=\"200\"} 1",
+        "millrace_http_requests_total{core=\"0\",route=\"unmatched\",status=\"404\"} 1",
+        "millrace_http_requests_in_flight{core=\"0\"} ",
+        "millrace_http_request_duration_seconds_count{core=\"0\"} 2",
+        "millrace_connections_open{core=\"0\"} 1",
+        "millrace_connections_accepted_total{core=\"0\"} 3",
+    ] {
+        assert!(metrics.contains(series), "missing {series}:\n{metrics}");
+    }
+    for counter in [
+        "millrace_ring_submissions_total{core=\"0\"}",
+        "millrace_ring_completions_total{core=\"0\"}",
+        "millrace_ring_enters_total{core=\"0\"}",
+        "millrace_bytes_received_total{core=\"0\"}",
+        "millrace_bytes_sent_total{core=\"0\"}",
+    ] {
+        assert!(sample(&metrics, counter) > 0, "{counter}:\n{metrics}");
+    }
+}
+
+#[test]
+fn configuration_precedence_is_flag_env_file_default() {
+    let dir = std::env::temp_dir().join(format!("millrace-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("millrace.toml");
+    std::fs::write(
+        &file,
+        "max_headers = 10\nmax_body_bytes = 11\nidle_timeout_ms = 12\ncores = \"0,\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args([
+            "serve",
+            "--print-config",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-headers",
+            "30",
+        ])
+        .env("MILLRACE_MAX_HEADERS", "20")
+        .env("MILLRACE_MAX_BODY_BYTES", "21")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        "max_headers = 30",
+        "max_body_bytes = 21",
+        "idle_timeout_ms = 12",
+        "cores = \"0,\"",
+        "header_timeout_ms = 10000",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "missing {line}:\n{printed}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_configuration_gets_a_clear_error() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--cores", "99"], "asks for 99 CPUs"),
+        (&["serve", "--cores", "0,999"], "CPU 999"),
+        (&["serve", "--cores", "x"], "invalid core list"),
+        (
+            &["serve", "--max-headers", "0"],
+            "max_headers must be at least 1",
+        ),
+        (
+            &["serve", "--recv-buffers", "3"],
+            "recv_buffers must be a power of two",
+        ),
+        (
+            &["serve", "--header-timeout-ms", "soon"],
+            "invalid value 'soon'",
+        ),
+        (
+            &["serve", "--config", "/nonexistent/millrace.toml"],
+            "cannot read config file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let output = millrace(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_reported() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = millrace(&["serve", "--listen", &addr, "--cores", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
+fn serve_help_documents_every_option_with_its_unit() {
+    let output = millrace(&["serve", "--help"]);
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "--listen",
+        "--cores",
+        "--max-connections",
+        "--max-request-line-bytes",
+        "--max-header-bytes",
+        "--max-headers",
+        "--max-body-bytes",
+        "--max-pipeline-depth",
+        "--header-timeout-ms",
+        "--idle-timeout-ms",
+        "--close-linger-ms",
+        "--drain-delay-ms",
+        "--shutdown-timeout-ms",
+        "--ring-entries",
+        "--recv-buffers",
+        "--recv-buffer-bytes",
+        "--config",
+    ] {
+        assert!(help.contains(option), "{option} missing from:\n{help}");
+    }
+    for env in [
+        "MILLRACE_LISTEN",
+        "MILLRACE_MAX_HEADER_BYTES",
+        "MILLRACE_CONFIG",
+    ] {
+        assert!(help.contains(env), "{env} missing");
+    }
+    assert!(help.contains("in bytes") && help.contains("in milliseconds"));
+}
+
+#[test]
+fn doctor_reports_io_uring_features() {
+    let output = millrace(&["doctor"]);
+    let report = String::from_utf8(output.stdout).unwrap();
+    for check in [
+        "kernel",
+        "io_uring",
+        "ring setup flags",
+        "buffer rings",
+        "multishot accept",
+        "multishot recv",
+        "SEND_ZC",
+        "memlock limit",
+        "open files limit",
+        "net.core.somaxconn",
+        "CPUs",
+    ] {
+        assert!(report.contains(check), "{check} missing:\n{report}");
+    }
+    // This suite runs on hosts that can run millrace.
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("millrace can run on this host"));
+}
