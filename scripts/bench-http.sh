@@ -8,22 +8,27 @@
 # prints requests/s and requests per server CPU-second: utime+stime of the
 # server's processes from /proc over exactly the measured window. At depth 1
 # the load generator, not the server, limits raw requests/s, so the per-CPU
-# figure is the one to compare. Then it opens 10,000 idle keep-alive
-# connections to a fresh single-core millrace and prints the RSS they add.
+# figure is the one to compare. This machine is shared and noisy, so the
+# servers take turns for ROUNDS rounds (a fresh process each time, the order
+# rotating) and the report gives each figure's median. Then it opens 10,000
+# idle keep-alive connections to a fresh single-core millrace and prints the
+# RSS they add.
 #
 # Results: benches/results/<date>-<host>-http.json and .md
 #
-# Usage: scripts/bench-http.sh [--duration SECONDS] [--connections N] [--no-build]
+# Usage: scripts/bench-http.sh [--duration SECONDS] [--connections N] [--rounds N] [--no-build]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
 set -euo pipefail
 
 duration=5
 connections=64
+rounds=3
 build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -96,52 +101,58 @@ bench() {
   done
 }
 
-port=$(free_port)
-step "millrace on CPU $server_cpu"
-taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
-  > "$work/millrace.log" 2>&1 &
-pids+=($!)
-wait_for_http "http://127.0.0.1:$port/plaintext"
-bench millrace "${pids[-1]}" "http://127.0.0.1:$port/plaintext"
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-
-port=$(free_port)
-step "may_minihttp (1 worker) on CPU $server_cpu"
-taskset -c "$server_cpu" "$may_peer" "127.0.0.1:$port" > "$work/may.log" 2>&1 &
-pids+=($!)
-wait_for_http "http://127.0.0.1:$port/plaintext"
-bench may_minihttp "${pids[-1]}" "http://127.0.0.1:$port/plaintext"
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-
-port=$(free_port)
-step "nginx (1 worker, return 200) on CPU $server_cpu"
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx/nginx.conf" <<NGINX
+cat > "$work/nginx.conf.in" <<'NGINX'
 worker_processes 1;
 master_process off;
 daemon off;
 error_log stderr warn;
-pid $work/nginx/nginx.pid;
+pid @WORK@/nginx/nginx.pid;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 100000000;
-  client_body_temp_path $work/nginx;
-  proxy_temp_path $work/nginx;
-  fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx;
-  scgi_temp_path $work/nginx;
+  client_body_temp_path @WORK@/nginx;
+  proxy_temp_path @WORK@/nginx;
+  fastcgi_temp_path @WORK@/nginx;
+  uwsgi_temp_path @WORK@/nginx;
+  scgi_temp_path @WORK@/nginx;
   server {
-    listen 127.0.0.1:$port;
+    listen 127.0.0.1:@PORT@;
     location /plaintext { default_type text/plain; return 200 "Hello, World!"; }
   }
 }
 NGINX
-taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" > "$work/nginx.log" 2>&1 &
-pids+=($!)
-wait_for_http "http://127.0.0.1:$port/plaintext"
-bench nginx "${pids[-1]}" "http://127.0.0.1:$port/plaintext"
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+mkdir -p "$work/nginx/logs"
+
+# start_server NAME PORT: start it pinned to the server CPU; sets server_pid.
+start_server() {
+  local name="$1" port="$2"
+  case "$name" in
+    millrace)
+      taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
+        > "$work/$name.log" 2>&1 & ;;
+    may_minihttp)
+      taskset -c "$server_cpu" "$may_peer" "127.0.0.1:$port" > "$work/$name.log" 2>&1 & ;;
+    nginx)
+      sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$port|g" "$work/nginx.conf.in" > "$work/nginx/nginx.conf"
+      taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" > "$work/$name.log" 2>&1 & ;;
+  esac
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_for_http "http://127.0.0.1:$port/plaintext"
+}
+
+servers=(millrace may_minihttp nginx)
+for round in $(seq 1 "$rounds"); do
+  step "round $round of $rounds"
+  for i in 0 1 2; do
+    name="${servers[$(( (i + round - 1) % 3 ))]}"
+    port=$(free_port)
+    start_server "$name" "$port"
+    bench "$name" "$server_pid" "http://127.0.0.1:$port/plaintext"
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  done
+done
 
 step "10,000 idle keep-alive connections to one millrace executor"
 port=$(free_port)
@@ -168,10 +179,10 @@ host="$(hostname -s 2>/dev/null || hostname)"
 base="benches/results/${stamp}-${host}-http"
 python3 scripts/bench_report.py \
   --results "$results" --json "$base.json" --markdown "$base.md" \
-  --duration "$duration" --connections "$connections" \
+  --duration "$duration" --connections "$connections" --rounds "$rounds" \
   --server-cpu "$server_cpu" --load-cpu "$load_cpu" --clk-tck "$(getconf CLK_TCK)" \
   --idle-connections 10000 --rss-before-kib "$rss_before" --rss-after-kib "$rss_after" \
-  --command "scripts/bench-http.sh --duration $duration --connections $connections"
+  --command "scripts/bench-http.sh --duration $duration --connections $connections --rounds $rounds"
 echo
 cat "$base.md"
 echo "written: $base.json $base.md"

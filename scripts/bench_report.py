@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Turn scripts/bench-http.sh's measurements into JSON and a markdown table.
 
-Input: a TSV of server, depth, requests/s, server CPU ticks, error notes.
+Input: a TSV of server, depth, requests/s, server CPU ticks, error notes, one
+line per run; several rounds give several lines per server and depth, and the
+table shows their medians (every run is kept in the JSON).
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import statistics
 
 
 def machine() -> dict:
@@ -29,7 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     for name in ["results", "json", "markdown", "command"]:
         p.add_argument(f"--{name}", required=True)
-    for name in ["duration", "connections", "server-cpu", "load-cpu", "clk-tck",
+    for name in ["duration", "connections", "rounds", "server-cpu", "load-cpu", "clk-tck",
                  "idle-connections", "rss-before-kib", "rss-after-kib"]:
         p.add_argument(f"--{name}", type=int, required=True)
     a = p.parse_args()
@@ -50,14 +53,33 @@ def main() -> None:
                 "errors": errors.strip(),
             })
 
+    summary = []
+    for server in dict.fromkeys(r["server"] for r in runs):
+        for depth in (1, 16):
+            mine = [r for r in runs if r["server"] == server and r["depth"] == depth]
+            if not mine:
+                continue
+            per_cpu = [r["requests_per_cpu_second"] for r in mine if r["requests_per_cpu_second"]]
+            summary.append({
+                "server": server,
+                "depth": depth,
+                "runs": len(mine),
+                "median_requests_per_second": round(statistics.median(r["requests_per_second"] for r in mine)),
+                "median_server_cpu_seconds": statistics.median(r["server_cpu_seconds"] for r in mine),
+                "median_requests_per_cpu_second": round(statistics.median(per_cpu)) if per_cpu else None,
+                "min_requests_per_cpu_second": min(per_cpu, default=None),
+                "max_requests_per_cpu_second": max(per_cpu, default=None),
+                "errors": " ".join(sorted({r["errors"] for r in mine if r["errors"]})),
+            })
+
     def figure(server: str, depth: int, key: str):
-        return next((r[key] for r in runs if r["server"] == server and r["depth"] == depth), None)
+        return next((s[key] for s in summary if s["server"] == server and s["depth"] == depth), None)
 
     ratios = {}
     for depth in (1, 16):
-        ours = figure("millrace", depth, "requests_per_cpu_second")
+        ours = figure("millrace", depth, "median_requests_per_cpu_second")
         for peer in ("may_minihttp", "nginx"):
-            theirs = figure(peer, depth, "requests_per_cpu_second")
+            theirs = figure(peer, depth, "median_requests_per_cpu_second")
             if ours and theirs:
                 ratios[f"millrace/{peer} req per CPU-s, depth {depth}"] = round(ours / theirs, 2)
 
@@ -70,10 +92,13 @@ def main() -> None:
             "load_generator": "wrk -t1, pipelining Lua script",
             "connections": a.connections,
             "duration_seconds": a.duration,
+            "rounds": a.rounds,
+            "summary": "median over rounds; each round starts every server afresh, order rotating",
             "server_cpu": a.server_cpu,
             "load_cpu": a.load_cpu,
             "cpu_accounting": "utime+stime of the server's processes from /proc over the measured window",
         },
+        "summary": summary,
         "runs": runs,
         "ratios": ratios,
         "idle_connections": {
@@ -89,18 +114,20 @@ def main() -> None:
 
     m = report["machine"]
     lines = [
-        f"GET /plaintext, {a.connections} connections, {a.duration} s per run, server on CPU {a.server_cpu}, "
-        f"wrk on CPU {a.load_cpu}; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}.",
+        f"GET /plaintext, {a.connections} connections, {a.duration} s per run, medians of {a.rounds} rounds, "
+        f"server on CPU {a.server_cpu}, wrk on CPU {a.load_cpu}; {m['cpu_model']}, {m['cpus']} CPUs, "
+        f"Linux {m['kernel']}.",
         f"Command: `{a.command}`",
         "",
-        "| server | depth | requests/s | server CPU-s | requests per CPU-second |",
+        "| server | depth | requests/s | server CPU-s | requests per CPU-second (min to max) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for r in runs:
-        per_cpu = f"{r['requests_per_cpu_second']:,}" if r["requests_per_cpu_second"] else "n/a"
+    for r in summary:
+        per_cpu = (f"{r['median_requests_per_cpu_second']:,} ({r['min_requests_per_cpu_second']:,} to "
+                   f"{r['max_requests_per_cpu_second']:,})" if r["median_requests_per_cpu_second"] else "n/a")
         note = f" ({r['errors']})" if r["errors"] else ""
-        lines.append(f"| {r['server']}{note} | {r['depth']} | {r['requests_per_second']:,} | "
-                     f"{r['server_cpu_seconds']:.2f} | {per_cpu} |")
+        lines.append(f"| {r['server']}{note} | {r['depth']} | {r['median_requests_per_second']:,} | "
+                     f"{r['median_server_cpu_seconds']:.2f} | {per_cpu} |")
     lines.append("")
     for name, ratio in ratios.items():
         lines.append(f"- {name}: **{ratio}x**")

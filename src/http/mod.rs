@@ -16,4 +16,4 @@ pub mod response;
 
 pub use conn::{HttpConnection, HttpEnv, Limits, Phase, Request, Service};
 pub use request::{Method, RequestHead, Version};
-pub use response::{DateHeader, Rejection, ResponseWriter, Sent, Status};
+pub use response::{DateHeader, FixedResponse, Rejection, ResponseWriter, Sent, Status};

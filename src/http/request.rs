@@ -118,14 +118,18 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
         }
     };
     let head = &buf[..len];
-    let line_end = request_line_end(head);
+    let line_end = req
+        .headers
+        .first()
+        .map_or(len - 2, |h| offset_in(buf, h.name.as_bytes()));
     if line_end > limits.max_request_line_bytes {
         return Err(URI_TOO_LONG);
     }
     if len - line_end > limits.max_header_bytes {
         return Err(HEADERS_TOO_LARGE);
     }
-    if has_bare_lf(head) {
+    let request_start = req.method.map_or(0, |m| offset_in(buf, m.as_bytes()));
+    if !lines_end_in_crlf(head, request_start, req.headers, buf) {
         return Err(Rejection::new(
             Status::BadRequest,
             "line ends in a bare LF, not CRLF",
@@ -193,26 +197,23 @@ fn rejection_for(error: httparse::Error) -> Rejection {
     Rejection::new(Status::BadRequest, reason)
 }
 
-/// End of the request line (after its LF), skipping the empty lines a client
-/// may send before it.
-fn request_line_end(head: &[u8]) -> usize {
-    let start = head
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(0);
-    head[start..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(head.len(), |i| start + i + 1)
-}
-
 /// httparse accepts a lone LF as a line ending; RFC 9112 §2.2 lets a server
 /// reject it, and a proxy that disagrees about line ends can be used to
-/// smuggle requests.
-fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+/// smuggle requests. httparse allows no LF inside a line, so every LF in a
+/// head ends a line: the empty lines before the request line, the line before
+/// each header field, and the last two. Checking those places is enough.
+fn lines_end_in_crlf(
+    head: &[u8],
+    request_start: usize,
+    headers: &[httparse::Header<'_>],
+    buf: &[u8],
+) -> bool {
+    head[..request_start].chunks(2).all(|pair| pair == b"\r\n")
+        && head.ends_with(b"\r\n\r\n")
+        && headers.iter().all(|h| {
+            let start = offset_in(buf, h.name.as_bytes());
+            start >= 2 && &head[start - 2..start] == b"\r\n"
+        })
 }
 
 fn offset_in(buf: &[u8], part: &[u8]) -> usize {
@@ -224,28 +225,32 @@ fn offset_in(buf: &[u8], part: &[u8]) -> usize {
 type Target = (Range<usize>, Option<Range<usize>>);
 
 fn split_target(target: &[u8], start: usize, method: Method) -> Result<Target, Rejection> {
-    let (skip, rest) = if target.first() == Some(&b'/') {
-        (0, target)
-    } else if target == b"*" && method == Method::Options {
+    if target.first() == Some(&b'/') {
+        return Ok(split_query(target, start));
+    }
+    if target == b"*" && method == Method::Options {
         return Ok((start..start + 1, None));
-    } else if let Some(after_scheme) = strip_scheme(target) {
-        let authority = after_scheme
-            .iter()
-            .position(|&b| b == b'/' || b == b'?')
-            .unwrap_or(after_scheme.len());
-        let skip = target.len() - after_scheme.len() + authority;
-        (skip, &target[skip..])
-    } else {
+    }
+    let Some(after_scheme) = strip_scheme(target) else {
         return Err(Rejection::new(
             Status::BadRequest,
             "request target must start with /",
         ));
     };
-    let start = start + skip;
-    Ok(match rest.iter().position(|&b| b == b'?') {
-        Some(q) => (start..start + q, Some(start + q + 1..start + rest.len())),
-        None => (start..start + rest.len(), None),
-    })
+    let authority = after_scheme
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after_scheme.len());
+    let skip = target.len() - after_scheme.len() + authority;
+    Ok(split_query(&target[skip..], start + skip))
+}
+
+/// `/path?query` at `start` into its path and query ranges.
+fn split_query(target: &[u8], start: usize) -> Target {
+    match target.iter().position(|&b| b == b'?') {
+        Some(q) => (start..start + q, Some(start + q + 1..start + target.len())),
+        None => (start..start + target.len(), None),
+    }
 }
 
 fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
@@ -254,6 +259,38 @@ fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
         (target.len() >= n && target[..n].eq_ignore_ascii_case(scheme.as_bytes()))
             .then(|| &target[n..])
     })
+}
+
+/// The header fields the HTTP layer acts on.
+#[derive(Clone, Copy)]
+enum Field {
+    Host,
+    Expect,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+}
+
+impl Field {
+    /// The field `name` is, if one of these. Their lengths differ, so one
+    /// comparison decides. A header name is a token (httparse checked), and
+    /// for token bytes `b | 0x20` equals a lowercase letter or `-` only if `b`
+    /// is that letter in either case or `-` itself: a case-insensitive match
+    /// without case-folding both sides.
+    fn named(name: &[u8]) -> Option<Field> {
+        let (field, lower): (Field, &[u8]) = match name.len() {
+            4 => (Field::Host, b"host"),
+            6 => (Field::Expect, b"expect"),
+            10 => (Field::Connection, b"connection"),
+            14 => (Field::ContentLength, b"content-length"),
+            17 => (Field::TransferEncoding, b"transfer-encoding"),
+            _ => return None,
+        };
+        name.iter()
+            .zip(lower)
+            .all(|(&b, &l)| b | 0x20 == l)
+            .then_some(field)
+    }
 }
 
 /// What the header fields say about framing and the connection.
@@ -273,45 +310,51 @@ impl FieldSummary {
         let mut keep_alive = false;
         let mut expect_continue = false;
         for header in headers {
-            let name = header.name;
+            let Some(field) = Field::named(header.name.as_bytes()) else {
+                continue;
+            };
             let value = trim(header.value);
-            if name.eq_ignore_ascii_case("content-length") {
-                let length = parse_content_length(value)?;
-                if content_length.is_some_and(|seen| seen != length) {
-                    return Err(Rejection::new(
-                        Status::BadRequest,
-                        "conflicting Content-Length values",
-                    ));
-                }
-                content_length = Some(length);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                transfer_encoding = true;
-                for coding in tokens(value) {
-                    // Chunked must be the last coding, and millrace decodes no other.
-                    if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+            match field {
+                Field::ContentLength => {
+                    let length = parse_content_length(value)?;
+                    if content_length.is_some_and(|seen| seen != length) {
                         return Err(Rejection::new(
-                            Status::NotImplemented,
-                            "only Transfer-Encoding: chunked is supported",
+                            Status::BadRequest,
+                            "conflicting Content-Length values",
                         ));
                     }
-                    chunked = true;
+                    content_length = Some(length);
                 }
-            } else if name.eq_ignore_ascii_case("host") {
-                hosts += 1;
-            } else if name.eq_ignore_ascii_case("connection") {
-                for option in tokens(value) {
-                    close |= option.eq_ignore_ascii_case(b"close");
-                    keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                Field::TransferEncoding => {
+                    transfer_encoding = true;
+                    for coding in tokens(value) {
+                        // Chunked must be the last coding, and millrace decodes no other.
+                        if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                            return Err(Rejection::new(
+                                Status::NotImplemented,
+                                "only Transfer-Encoding: chunked is supported",
+                            ));
+                        }
+                        chunked = true;
+                    }
                 }
-            } else if name.eq_ignore_ascii_case("expect") {
-                if !value.eq_ignore_ascii_case(b"100-continue") {
-                    return Err(Rejection::new(
-                        Status::ExpectationFailed,
-                        "only Expect: 100-continue is supported",
-                    ));
+                Field::Host => hosts += 1,
+                Field::Connection => {
+                    for option in tokens(value) {
+                        close |= option.eq_ignore_ascii_case(b"close");
+                        keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                    }
                 }
-                // RFC 9110 §10.1.1: ignore it from an HTTP/1.0 client.
-                expect_continue = version == Version::Http11;
+                Field::Expect => {
+                    if !value.eq_ignore_ascii_case(b"100-continue") {
+                        return Err(Rejection::new(
+                            Status::ExpectationFailed,
+                            "only Expect: 100-continue is supported",
+                        ));
+                    }
+                    // RFC 9110 §10.1.1: ignore it from an HTTP/1.0 client.
+                    expect_continue = version == Version::Http11;
+                }
             }
         }
         if transfer_encoding && content_length.is_some() {
@@ -457,6 +500,15 @@ mod tests {
                 expect_continue: true,
             },
             Case {
+                bytes: b"\r\nGET /after-empty-line HTTP/1.1\r\nHost: a\r\n\r\n",
+                method: Method::Get,
+                path: b"/after-empty-line",
+                query: None,
+                framing: BodyFraming::None,
+                keep_alive: true,
+                expect_continue: false,
+            },
+            Case {
                 bytes: b"GET http://example.com/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n",
                 method: Method::Get,
                 path: b"/x",
@@ -509,6 +561,9 @@ mod tests {
         let cases: &[(&[u8], Status)] = &[
             (b"GET / HTTP/1.1\nHost: a\n\n", BadRequest),
             (b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\n\r\n", BadRequest),
+            (b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n folded\r\n\r\n", BadRequest),
             (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
             (b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),

@@ -96,26 +96,97 @@ impl Status {
 
     /// The status line, CRLF included.
     pub fn status_line(self) -> &'static [u8] {
+        let prefix = self.head_prefix();
+        &prefix[..prefix.len() - HEAD_PREFIX_TAIL.len()]
+    }
+
+    /// What every response head starts with: the status line, `Server`, and
+    /// the `Date` field's name. One copy per response instead of three.
+    fn head_prefix(self) -> &'static [u8] {
+        macro_rules! prefix {
+            ($status:literal) => {
+                concat!("HTTP/1.1 ", $status, "\r\nServer: millrace\r\nDate: ").as_bytes()
+            };
+        }
         match self {
-            Status::Ok => b"HTTP/1.1 200 OK\r\n",
-            Status::Accepted => b"HTTP/1.1 202 Accepted\r\n",
-            Status::NoContent => b"HTTP/1.1 204 No Content\r\n",
-            Status::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
-            Status::Unauthorized => b"HTTP/1.1 401 Unauthorized\r\n",
-            Status::NotFound => b"HTTP/1.1 404 Not Found\r\n",
-            Status::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
-            Status::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
-            Status::PayloadTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
-            Status::UriTooLong => b"HTTP/1.1 414 URI Too Long\r\n",
-            Status::UnsupportedMediaType => b"HTTP/1.1 415 Unsupported Media Type\r\n",
-            Status::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
-            Status::HeaderFieldsTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
-            Status::InternalServerError => b"HTTP/1.1 500 Internal Server Error\r\n",
-            Status::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
-            Status::ServiceUnavailable => b"HTTP/1.1 503 Service Unavailable\r\n",
-            Status::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
+            Status::Ok => prefix!("200 OK"),
+            Status::Accepted => prefix!("202 Accepted"),
+            Status::NoContent => prefix!("204 No Content"),
+            Status::BadRequest => prefix!("400 Bad Request"),
+            Status::Unauthorized => prefix!("401 Unauthorized"),
+            Status::NotFound => prefix!("404 Not Found"),
+            Status::MethodNotAllowed => prefix!("405 Method Not Allowed"),
+            Status::RequestTimeout => prefix!("408 Request Timeout"),
+            Status::PayloadTooLarge => prefix!("413 Content Too Large"),
+            Status::UriTooLong => prefix!("414 URI Too Long"),
+            Status::UnsupportedMediaType => prefix!("415 Unsupported Media Type"),
+            Status::ExpectationFailed => prefix!("417 Expectation Failed"),
+            Status::HeaderFieldsTooLarge => prefix!("431 Request Header Fields Too Large"),
+            Status::InternalServerError => prefix!("500 Internal Server Error"),
+            Status::NotImplemented => prefix!("501 Not Implemented"),
+            Status::ServiceUnavailable => prefix!("503 Service Unavailable"),
+            Status::VersionNotSupported => prefix!("505 HTTP Version Not Supported"),
         }
     }
+}
+
+/// The part of [`Status::head_prefix`] after the status line.
+const HEAD_PREFIX_TAIL: &[u8] = b"Server: millrace\r\nDate: ";
+
+/// A response known when the program is built: its header fields after
+/// `Date` are rendered once, at compile time, so answering it is a few
+/// copies. The declared `Content-Length` is checked against the body when
+/// the constant is built.
+pub struct FixedResponse {
+    status: Status,
+    /// `Content-Type: ...\r\nContent-Length: N\r\n`, and any other field.
+    fields: &'static [u8],
+    body: &'static [u8],
+}
+
+impl FixedResponse {
+    /// `fields` must end with `Content-Length: N\r\n`, N the body's length.
+    pub const fn new(status: Status, fields: &'static [u8], body: &'static [u8]) -> Self {
+        assert!(
+            declared_length(fields) == body.len(),
+            "Content-Length must end the fields and match the body"
+        );
+        FixedResponse {
+            status,
+            fields,
+            body,
+        }
+    }
+}
+
+/// The number in a trailing `Content-Length: N\r\n`, or `usize::MAX`.
+const fn declared_length(fields: &[u8]) -> usize {
+    const NAME: &[u8] = b"Content-Length: ";
+    let len = fields.len();
+    if len < NAME.len() + 3 || fields[len - 2] != b'\r' || fields[len - 1] != b'\n' {
+        return usize::MAX;
+    }
+    let mut start = len - 2;
+    while start > 0 && fields[start - 1].is_ascii_digit() {
+        start -= 1;
+    }
+    if start == len - 2 || start < NAME.len() {
+        return usize::MAX;
+    }
+    let mut i = 0;
+    while i < NAME.len() {
+        if fields[start - NAME.len() + i] != NAME[i] {
+            return usize::MAX;
+        }
+        i += 1;
+    }
+    let mut value = 0;
+    let mut i = start;
+    while i < len - 2 {
+        value = value * 10 + (fields[i] - b'0') as usize;
+        i += 1;
+    }
+    value
 }
 
 /// A request refused by the HTTP layer or a handler: the status and a short
@@ -247,9 +318,10 @@ impl<'a> ResponseWriter<'a> {
         content_type: &str,
         body: &[u8],
     ) -> Sent {
-        let out = self.out;
-        out.extend_from_slice(status.status_line());
-        out.extend_from_slice(b"Server: millrace\r\nDate: ");
+        let out = &mut *self.out;
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        out.reserve(160 + content_type.len() + header_bytes + body.len());
+        out.extend_from_slice(status.head_prefix());
         out.extend_from_slice(self.date.as_bytes());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(content_type.as_bytes());
@@ -262,12 +334,28 @@ impl<'a> ResponseWriter<'a> {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        match self.connection {
-            ConnectionHeader::None => {}
-            ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-            ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
-        }
+        self.finish(status, body)
+    }
+
+    /// Write a response rendered at compile time.
+    pub fn send_fixed(self, response: &FixedResponse) -> Sent {
+        let out = &mut *self.out;
+        out.reserve(96 + response.fields.len() + response.body.len());
+        out.extend_from_slice(response.status.head_prefix());
+        out.extend_from_slice(self.date.as_bytes());
         out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(response.fields);
+        self.finish(response.status, response.body)
+    }
+
+    /// The `Connection` field, the end of the head, and the body.
+    fn finish(self, status: Status, body: &[u8]) -> Sent {
+        let out = self.out;
+        out.extend_from_slice(match self.connection {
+            ConnectionHeader::None => b"\r\n".as_slice(),
+            ConnectionHeader::KeepAlive => b"Connection: keep-alive\r\n\r\n",
+            ConnectionHeader::Close => b"Connection: close\r\n\r\n",
+        });
         if !self.head_only {
             out.extend_from_slice(body);
         }
@@ -343,6 +431,46 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nServer: millrace\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
               Content-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!"
         );
+    }
+
+    #[test]
+    fn fixed_responses_match_the_general_path() {
+        const HELLO: FixedResponse = FixedResponse::new(
+            Status::Ok,
+            b"Content-Type: text/plain\r\nContent-Length: 5\r\n",
+            b"hello",
+        );
+        let date = DateHeader::new();
+        for connection in [
+            ConnectionHeader::None,
+            ConnectionHeader::KeepAlive,
+            ConnectionHeader::Close,
+        ] {
+            for head_only in [false, true] {
+                let (mut fixed, mut general) = (Vec::new(), Vec::new());
+                let a = ResponseWriter::new(&mut fixed, &date, connection, head_only)
+                    .send_fixed(&HELLO);
+                let b = ResponseWriter::new(&mut general, &date, connection, head_only).send(
+                    Status::Ok,
+                    "text/plain",
+                    b"hello",
+                );
+                assert_eq!(fixed, general);
+                assert_eq!((a.status, a.close), (b.status, b.close));
+            }
+        }
+    }
+
+    #[test]
+    fn declared_length_reads_a_trailing_content_length() {
+        assert_eq!(
+            declared_length(b"Content-Type: x\r\nContent-Length: 13\r\n"),
+            13
+        );
+        assert_eq!(declared_length(b"Content-Length: 0\r\n"), 0);
+        assert_eq!(declared_length(b"Content-Length: 13"), usize::MAX);
+        assert_eq!(declared_length(b"Content-Length: \r\n"), usize::MAX);
+        assert_eq!(declared_length(b"X-Length: 13\r\n"), usize::MAX);
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Executor {
     date: DateHeader,
     /// The time this turn started; every timestamp in a turn uses it.
     now: Instant,
+    /// When the wall clock next enters a new second and `Date` must change.
+    date_due: Instant,
     next_publish: Instant,
     /// Set once a drain has begun: when the remaining connections are cut.
     drain_deadline: Option<Instant>,
@@ -142,6 +144,7 @@ impl Executor {
             config,
             date: DateHeader::new(),
             now,
+            date_due: now,
             next_publish: now,
             drain_deadline: None,
         };
@@ -155,7 +158,9 @@ impl Executor {
         while !self.finished() {
             self.enter()?;
             self.now = Instant::now();
-            self.date.refresh(SystemTime::now());
+            if self.now >= self.date_due {
+                self.refresh_date();
+            }
             self.reap();
             self.buffers.publish();
             self.expire_timers();
@@ -168,6 +173,17 @@ impl Executor {
         }
         self.shared.registry.publish(self.index, &self.metrics);
         Ok(())
+    }
+
+    /// Reformat `Date`; read the wall clock again when its second ends,
+    /// not on every turn.
+    fn refresh_date(&mut self) {
+        let wall = SystemTime::now();
+        self.date.refresh(wall);
+        let into_second = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        self.date_due = self.now + Duration::from_nanos(u64::from(1_000_000_000 - into_second));
     }
 
     fn finished(&self) -> bool {
