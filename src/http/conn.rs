@@ -6,9 +6,7 @@
 //! while the pipeline is full, are copied into the connection's own buffer.
 
 use super::chunked::{ChunkedDecoder, ChunkedLimits};
-use super::request::{
-    BodyFraming, HeadLimits, Method, RequestHead, Version, check_incomplete_head, parse_head,
-};
+use super::request::{BodyFraming, HeadLimits, Method, RequestHead, Version, parse_head};
 use super::response::{
     CONTINUE, ConnectionHeader, DateHeader, Rejection, ResponseWriter, Sent, Status,
 };
@@ -111,9 +109,6 @@ pub struct HttpConnection {
     /// Bytes of a request not yet complete (or not yet parsed while the
     /// pipeline is full). It always starts at the start of a request.
     pending: Vec<u8>,
-    /// How much of `pending` has been searched for the end of a head, so that
-    /// a head trickling in byte by byte is not parsed again for every byte.
-    head_scanned: usize,
     body: Option<BodyInProgress>,
     /// The decoded body of a chunked request, reused between requests.
     decoded: Vec<u8>,
@@ -288,25 +283,14 @@ impl HttpConnection {
         if rest.is_empty() {
             return Step::NeedMore;
         }
-        // A head can only have become complete if a line ended since the last try.
-        let unchanged = self.head_scanned > 0
-            && self.head_scanned <= rest.len()
-            && !rest[self.head_scanned..].contains(&b'\n');
-        let parsed = if unchanged {
-            // Still check the size limits: a line that never ends must not grow forever.
-            check_incomplete_head(rest, &env.limits.head).map(|()| None)
-        } else {
-            parse_head(rest, &env.limits.head)
-        };
-        let head = match parsed {
+        // A partial head is parsed again whenever bytes arrive, so the answer
+        // never depends on how the bytes were split into reads. The work is
+        // bounded by the head size limits and the header timeout.
+        let head = match parse_head(rest, &env.limits.head) {
             Err(rejection) => return self.reject(rejection, service, out, env),
-            Ok(None) => {
-                self.head_scanned = rest.len();
-                return Step::NeedMore;
-            }
+            Ok(None) => return Step::NeedMore,
             Ok(Some(head)) => head,
         };
-        self.head_scanned = 0;
         let chunked = match head.framing {
             BodyFraming::None => {
                 let len = head.len;
@@ -745,6 +729,40 @@ mod tests {
         assert_eq!(conn.time_out(&mut Echo, &mut out, &env), 1);
         assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "));
         assert!(conn.is_closing());
+    }
+
+    /// Found by the fuzzer: the answer must not depend on how the bytes were
+    /// split into reads.
+    #[test]
+    fn answers_do_not_depend_on_how_bytes_arrive() {
+        let limits = Limits {
+            head: HeadLimits {
+                max_request_line_bytes: 32,
+                max_header_bytes: 32,
+                max_headers: 4,
+            },
+            ..LIMITS
+        };
+        let long_then_bad = [b"GET /".as_slice(), &[b'a'; 40], b"\x01 HTTP/1.1\r\n\r\n"].concat();
+        let bad_then_long = [b"GET /a\x01".as_slice(), &[b'a'; 40], b" HTTP/1.1\r\n\r\n"].concat();
+        let empty_lines_first = [
+            b"\r\n".repeat(20).as_slice(),
+            b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        ]
+        .concat();
+        let cases: [(&[u8], &str); 4] = [
+            (b"ET /pla\x97\x91A\x8b(THype: text/plain", "HTTP/1.1 400 "),
+            (&long_then_bad, "HTTP/1.1 414 "),
+            (&bad_then_long, "HTTP/1.1 400 "),
+            (&empty_lines_first, "HTTP/1.1 414 "),
+        ];
+        for (input, status) in cases {
+            let whole = run(&mut HttpConnection::new(), &limits, &[input]);
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            let split = run(&mut HttpConnection::new(), &limits, &bytes);
+            assert!(whole.starts_with(status), "{whole}");
+            assert_eq!(whole, split, "{}", String::from_utf8_lossy(input));
+        }
     }
 
     #[test]

@@ -105,17 +105,20 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
     let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, headers) {
-        Ok(httparse::Status::Partial) => {
-            check_incomplete_head(buf, limits)?;
-            return Ok(None);
-        }
         Ok(httparse::Status::Complete(len)) => len,
-        Err(e) => {
-            // An incomplete request line that is already too long is a 414
-            // however it goes on, even if what arrived so far is malformed.
-            check_incomplete_head(buf, limits)?;
-            return Err(rejection_for(e));
-        }
+        Ok(httparse::Status::Partial) => match first_limit_violation(buf, limits) {
+            Some((_, rejection)) => return Err(rejection),
+            None => return Ok(None),
+        },
+        // The answer must not depend on how the bytes arrived: if a size
+        // limit is also exceeded, whichever came first in the bytes decides,
+        // as it would have had they come one at a time.
+        Err(e) => match first_limit_violation(buf, limits) {
+            Some((prefix, rejection)) if parses_as_valid_prefix(&buf[..prefix], limits) => {
+                return Err(rejection);
+            }
+            _ => return Err(rejection_for(e)),
+        },
     };
     let head = &buf[..len];
     let line_end = req
@@ -165,16 +168,37 @@ const URI_TOO_LONG: Rejection = Rejection::new(Status::UriTooLong, "request line
 const HEADERS_TOO_LARGE: Rejection =
     Rejection::new(Status::HeaderFieldsTooLarge, "header section too large");
 
-/// The size limits that can be judged before a head is complete, so that a
-/// line that never ends cannot grow without bound.
-pub fn check_incomplete_head(buf: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
-    match buf.iter().position(|&b| b == b'\n') {
-        None if buf.len() > limits.max_request_line_bytes => Err(URI_TOO_LONG),
-        None => Ok(()),
-        Some(i) if i + 1 > limits.max_request_line_bytes => Err(URI_TOO_LONG),
-        Some(i) if buf.len() - (i + 1) > limits.max_header_bytes => Err(HEADERS_TOO_LARGE),
-        Some(_) => Ok(()),
+/// For bytes that do not yet hold a complete head: the shortest prefix that
+/// breaks a size limit, and the rejection it earns, if `buf` is that long.
+/// The request line is measured from the start of `buf`, so the empty lines a
+/// client may send before it count against its limit (as in [`parse_head`]).
+fn first_limit_violation(buf: &[u8], limits: &HeadLimits) -> Option<(usize, Rejection)> {
+    let line_limit = limits.max_request_line_bytes;
+    let line_start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let line_end = buf[line_start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| line_start + i + 1);
+    match line_end {
+        None if buf.len() > line_limit => Some((line_limit + 1, URI_TOO_LONG)),
+        Some(end) if end > line_limit => Some((line_limit + 1, URI_TOO_LONG)),
+        Some(end) if buf.len() - end > limits.max_header_bytes => {
+            Some((end + limits.max_header_bytes + 1, HEADERS_TOO_LARGE))
+        }
+        _ => None,
     }
+}
+
+/// Whether httparse finds nothing wrong in `prefix` (complete or not yet).
+fn parses_as_valid_prefix(prefix: &[u8], limits: &HeadLimits) -> bool {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
+    let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
+    httparse::Request::new(&mut [])
+        .parse_with_uninit_headers(prefix, headers)
+        .is_ok()
 }
 
 fn rejection_for(error: httparse::Error) -> Rejection {
