@@ -59,17 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/pipeline.lua" <<'LUA'
--- wrk: send DEPTH requests per write and count each response.
-init = function(args)
-  local depth = tonumber(args[1]) or 1
-  local requests = {}
-  for i = 1, depth do requests[i] = wrk.format() end
-  batch = table.concat(requests)
-end
-request = function() return batch end
-LUA
-
 # CPU ticks (utime+stime) used so far by a process and its children.
 cpu_ticks() {
   local total=0 pid
@@ -87,10 +76,10 @@ results="$work/results.tsv"
 # bench NAME PID URL: warm up, then measure depth 1 and 16.
 bench() {
   local name="$1" pid="$2" url="$3" depth before after out
-  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d1s -s "$work/pipeline.lua" "$url" -- 1 > /dev/null
+  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d1s -s scripts/pipeline.lua "$url" -- 1 > /dev/null
   for depth in 1 16; do
     before=$(cpu_ticks "$pid")
-    out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${duration}s" -s "$work/pipeline.lua" "$url" -- "$depth")
+    out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${duration}s" -s scripts/pipeline.lua "$url" -- "$depth")
     after=$(cpu_ticks "$pid")
     local rps errors
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")

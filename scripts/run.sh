@@ -44,21 +44,11 @@ trap 'kill "$server" 2>/dev/null || true' EXIT
 wait_for_http "http://127.0.0.1:$port/readyz"
 
 work="$(mktemp -d)"
-cat > "$work/pipeline.lua" <<'LUA'
-init = function(args)
-  local depth = tonumber(args[1]) or 1
-  local requests = {}
-  for i = 1, depth do requests[i] = wrk.format() end
-  batch = table.concat(requests)
-end
-request = function() return batch end
-LUA
-
 table="$work/table"
 printf '| depth | requests/s | p50 | p75 | p90 | p99 | errors |\n|---:|---:|---:|---:|---:|---:|---|\n' > "$table"
 for depth in 1 16; do
   step "wrk: 64 connections, depth $depth, ${duration} s, on CPU $load_cpu"
-  out=$(taskset -c "$load_cpu" wrk -t1 -c64 -d"${duration}s" --latency -s "$work/pipeline.lua" \
+  out=$(taskset -c "$load_cpu" wrk -t1 -c64 -d"${duration}s" --latency -s scripts/pipeline.lua \
     "http://127.0.0.1:$port/plaintext" -- "$depth")
   echo "$out"
   awk -v depth="$depth" '

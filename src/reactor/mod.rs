@@ -91,11 +91,8 @@ pub struct Executor {
     touched: Vec<u32>,
     completions: Vec<Completion>,
     metrics: CoreMetrics,
-    shared: Arc<ApiShared>,
-    /// This executor's index among all executors (its metrics slot).
-    index: usize,
+    responder: Responder,
     config: ExecutorConfig,
-    date: DateHeader,
     /// The time this turn started; every timestamp in a turn uses it.
     now: Instant,
     /// When the wall clock next enters a new second and `Date` must change.
@@ -139,10 +136,13 @@ impl Executor {
             touched: Vec::new(),
             completions: Vec::new(),
             metrics: CoreMetrics::new(cpu),
-            shared,
-            index,
+            responder: Responder {
+                limits: config.limits,
+                date: DateHeader::new(),
+                shared,
+                index,
+            },
             config,
-            date: DateHeader::new(),
             now,
             date_due: now,
             next_publish: now,
@@ -167,11 +167,11 @@ impl Executor {
             self.settle_touched();
             self.retry_accept();
             if self.now >= self.next_publish {
-                self.shared.registry.publish(self.index, &self.metrics);
+                self.publish_metrics();
                 self.next_publish = self.now + PUBLISH_INTERVAL;
             }
         }
-        self.shared.registry.publish(self.index, &self.metrics);
+        self.publish_metrics();
         Ok(())
     }
 
@@ -179,11 +179,16 @@ impl Executor {
     /// not on every turn.
     fn refresh_date(&mut self) {
         let wall = SystemTime::now();
-        self.date.refresh(wall);
+        self.responder.date.refresh(wall);
         let into_second = wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         self.date_due = self.now + Duration::from_nanos(u64::from(1_000_000_000 - into_second));
+    }
+
+    fn publish_metrics(&self) {
+        let shared = &self.responder.shared;
+        shared.registry.publish(self.responder.index, &self.metrics);
     }
 
     fn finished(&self) -> bool {
@@ -314,18 +319,12 @@ impl Executor {
                 let bytes = self.buffers.get(bid, n as usize);
                 self.metrics.bytes_received += n as u64;
                 if conn.life == Life::Open && !conn.read_closed {
-                    let env = HttpEnv {
-                        limits: &self.config.limits,
-                        date: &self.date,
-                    };
-                    let mut api = Api {
-                        shared: &self.shared,
-                        executor: self.index,
-                        metrics: &mut self.metrics,
-                    };
-                    let written = conn.http.receive(bytes, &mut api, &mut conn.out, &env);
-                    conn.wrote(written, self.now);
-                    self.metrics.in_flight += written as u64;
+                    let written = self.responder.answer(
+                        conn,
+                        &mut self.metrics,
+                        self.now,
+                        |http, api, out, env| http.receive(bytes, api, out, env),
+                    );
                     if written > 0 {
                         // A request was answered: the next one gets a fresh header deadline.
                         self.timers.disarm(token.slot);
@@ -365,18 +364,10 @@ impl Executor {
             }
             if conn.life == Life::Open {
                 // The pipeline has room again: answer requests that waited for it.
-                let env = HttpEnv {
-                    limits: &self.config.limits,
-                    date: &self.date,
-                };
-                let mut api = Api {
-                    shared: &self.shared,
-                    executor: self.index,
-                    metrics: &mut self.metrics,
-                };
-                let written = conn.http.resume(&mut api, &mut conn.out, &env);
-                conn.wrote(written, self.now);
-                self.metrics.in_flight += written as u64;
+                self.responder
+                    .answer(conn, &mut self.metrics, self.now, |http, api, out, env| {
+                        http.resume(api, out, env)
+                    });
             }
         }
         self.touch(token.slot);
@@ -444,7 +435,7 @@ impl Executor {
         }
 
         let want_recv = match conn.life {
-            Life::Open => !conn.read_closed && !conn.http.is_paused(&self.config.limits),
+            Life::Open => !conn.read_closed && !conn.http.is_paused(&self.responder.limits),
             Life::Lingering => !conn.read_closed,
             Life::Closing => false,
         };
@@ -532,18 +523,12 @@ impl Executor {
             match kind {
                 TimerKind::Header => {
                     self.metrics.record_timeout(TimeoutKind::Header);
-                    let env = HttpEnv {
-                        limits: &self.config.limits,
-                        date: &self.date,
-                    };
-                    let mut api = Api {
-                        shared: &self.shared,
-                        executor: self.index,
-                        metrics: &mut self.metrics,
-                    };
-                    let written = conn.http.time_out(&mut api, &mut conn.out, &env);
-                    conn.wrote(written, self.now);
-                    self.metrics.in_flight += written as u64;
+                    let written = self.responder.answer(
+                        conn,
+                        &mut self.metrics,
+                        self.now,
+                        |http, api, out, env| http.time_out(api, out, env),
+                    );
                     if written == 0 {
                         conn.life = Life::Closing;
                     }
@@ -610,6 +595,42 @@ impl Executor {
             .build()
             .user_data(Token::global(OpKind::Wake).encode());
         push(&mut self.ring, &mut self.metrics, &entry);
+    }
+}
+
+/// What answering requests borrows from the executor besides the connection
+/// and the metrics, kept apart so both can be borrowed beside it.
+struct Responder {
+    limits: Limits,
+    date: DateHeader,
+    shared: Arc<ApiShared>,
+    /// This executor's index among all executors (its metrics slot).
+    index: usize,
+}
+
+impl Responder {
+    /// Run one step of `conn`'s HTTP state (`receive`, `resume`, `time_out`)
+    /// with the API behind it, and account for the responses it wrote.
+    fn answer(
+        &self,
+        conn: &mut Connection,
+        metrics: &mut CoreMetrics,
+        now: Instant,
+        step: impl FnOnce(&mut HttpConnection, &mut Api<'_>, &mut Vec<u8>, &HttpEnv<'_>) -> usize,
+    ) -> usize {
+        let env = HttpEnv {
+            limits: &self.limits,
+            date: &self.date,
+        };
+        let mut api = Api {
+            shared: &self.shared,
+            executor: self.index,
+            metrics,
+        };
+        let written = step(&mut conn.http, &mut api, &mut conn.out, &env);
+        conn.wrote(written, now);
+        metrics.in_flight += written as u64;
+        written
     }
 }
 
