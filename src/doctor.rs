@@ -155,61 +155,66 @@ fn shown(value: u64, unit: u64, suffix: &str) -> String {
 }
 
 fn memlock_check() -> Check {
-    const WANTED: u64 = 8 << 20;
-    let Some((soft, hard)) = rlimit(libc::RLIMIT_MEMLOCK) else {
-        return Check {
-            name: "memlock limit",
-            verdict: Verdict::Warn,
-            detail: "unreadable".into(),
-        };
-    };
-    let verdict = if soft >= WANTED {
-        Verdict::Ok
-    } else {
-        Verdict::Warn
-    };
-    let mut detail = format!(
-        "{} soft, {} hard",
-        shown(soft, 1024, " KiB"),
-        shown(hard, 1024, " KiB")
-    );
-    if verdict != Verdict::Ok {
-        let _ = write!(
-            detail,
-            "; kernels before 5.12 charge rings to it: raise to 8 MiB or more (ulimit -l, LimitMEMLOCK=infinity)"
-        );
-    }
-    Check {
+    limit_check(LimitCheck {
         name: "memlock limit",
-        verdict,
-        detail,
-    }
+        resource: libc::RLIMIT_MEMLOCK,
+        wanted: 8 << 20,
+        unit: (1024, " KiB"),
+        judge_hard: false,
+        fix: "kernels before 5.12 charge rings to it: raise to 8 MiB or more (ulimit -l, LimitMEMLOCK=infinity)",
+    })
 }
 
 fn open_files_check() -> Check {
-    const WANTED: u64 = 65_536;
-    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {
+    limit_check(LimitCheck {
+        name: "open files limit",
+        resource: libc::RLIMIT_NOFILE,
+        wanted: 65_536,
+        unit: (1, ""),
+        // `serve` raises the soft limit to the hard one, so the hard one is what counts.
+        judge_hard: true,
+        fix: "every connection is a file: raise to 65536 or more (LimitNOFILE, ulimit -Hn)",
+    })
+}
+
+/// A resource limit to hold against a wanted value.
+struct LimitCheck {
+    name: &'static str,
+    resource: libc::__rlimit_resource_t,
+    wanted: u64,
+    /// Divisor and suffix the figures are shown with.
+    unit: (u64, &'static str),
+    /// Judge the hard limit rather than the soft one.
+    judge_hard: bool,
+    /// What to do when it is too low.
+    fix: &'static str,
+}
+
+fn limit_check(check: LimitCheck) -> Check {
+    let Some((soft, hard)) = rlimit(check.resource) else {
         return Check {
-            name: "open files limit",
+            name: check.name,
             verdict: Verdict::Warn,
             detail: "unreadable".into(),
         };
     };
-    // `serve` raises the soft limit to the hard one, so the hard one is what counts.
-    let verdict = if hard >= WANTED {
+    let judged = if check.judge_hard { hard } else { soft };
+    let verdict = if judged >= check.wanted {
         Verdict::Ok
     } else {
         Verdict::Warn
     };
-    let mut detail = format!("{} soft, {} hard", shown(soft, 1, ""), shown(hard, 1, ""));
+    let (divisor, suffix) = check.unit;
+    let mut detail = format!(
+        "{} soft, {} hard",
+        shown(soft, divisor, suffix),
+        shown(hard, divisor, suffix)
+    );
     if verdict != Verdict::Ok {
-        let _ = write!(
-            detail,
-            "; every connection is a file: raise to {WANTED} or more (LimitNOFILE, ulimit -Hn)"
-        );
+        let _ = write!(detail, "; {}", check.fix);
     }
     Check {
-        name: "open files limit",
+        name: check.name,
         verdict,
         detail,
     }

@@ -132,7 +132,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
         return Err(HEADERS_TOO_LARGE);
     }
     let request_start = req.method.map_or(0, |m| offset_in(buf, m.as_bytes()));
-    if !lines_end_in_crlf(head, request_start, req.headers, buf) {
+    if !lines_end_in_crlf(head, request_start, req.headers) {
         return Err(Rejection::new(
             Status::BadRequest,
             "line ends in a bare LF, not CRLF",
@@ -226,16 +226,11 @@ fn rejection_for(error: httparse::Error) -> Rejection {
 /// smuggle requests. httparse allows no LF inside a line, so every LF in a
 /// head ends a line: the empty lines before the request line, the line before
 /// each header field, and the last two. Checking those places is enough.
-fn lines_end_in_crlf(
-    head: &[u8],
-    request_start: usize,
-    headers: &[httparse::Header<'_>],
-    buf: &[u8],
-) -> bool {
+fn lines_end_in_crlf(head: &[u8], request_start: usize, headers: &[httparse::Header<'_>]) -> bool {
     head[..request_start].chunks(2).all(|pair| pair == b"\r\n")
         && head.ends_with(b"\r\n\r\n")
         && headers.iter().all(|h| {
-            let start = offset_in(buf, h.name.as_bytes());
+            let start = offset_in(head, h.name.as_bytes());
             start >= 2 && &head[start - 2..start] == b"\r\n"
         })
 }
@@ -337,7 +332,7 @@ impl FieldSummary {
             let Some(field) = Field::named(header.name.as_bytes()) else {
                 continue;
             };
-            let value = trim(header.value);
+            let value = header.value.trim_ascii();
             match field {
                 Field::ContentLength => {
                     let length = parse_content_length(value)?;
@@ -427,15 +422,11 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Rejection> {
         .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
-fn trim(value: &[u8]) -> &[u8] {
-    value.trim_ascii()
-}
-
 /// The comma-separated elements of a list-valued field, empty ones skipped.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
-        .map(trim)
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 

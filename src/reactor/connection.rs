@@ -173,19 +173,22 @@ impl Slab {
     }
 
     /// The connection in `slot`, if it is still the one `generation` names.
-    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<(&mut Connection, u32)> {
+    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Connection> {
         let entry = self.slots.get_mut(slot as usize)?;
         if entry.generation != generation {
             return None;
         }
-        Some((entry.conn.as_mut()?, generation))
+        entry.conn.as_mut()
     }
 
-    /// The connection in `slot`, whatever its generation, with that generation.
-    pub fn slot_mut(&mut self, slot: u32) -> Option<(&mut Connection, u32)> {
-        let entry = self.slots.get_mut(slot as usize)?;
-        let generation = entry.generation;
-        Some((entry.conn.as_mut()?, generation))
+    /// The connection in `slot`, whatever its generation.
+    pub fn slot_mut(&mut self, slot: u32) -> Option<&mut Connection> {
+        self.slots.get_mut(slot as usize)?.conn.as_mut()
+    }
+
+    /// The generation of `slot`'s current occupant, for the tokens of its operations.
+    pub fn generation(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(0, |s| s.generation)
     }
 
     /// Take the connection out of `slot`; the slot's next occupant gets a new generation.

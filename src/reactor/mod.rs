@@ -92,7 +92,10 @@ pub struct Executor {
     completions: Vec<Completion>,
     metrics: CoreMetrics,
     responder: Responder,
-    config: ExecutorConfig,
+    /// See [`ExecutorConfig::max_connections`].
+    max_connections: usize,
+    /// See [`ExecutorConfig::shutdown_timeout`].
+    shutdown_timeout: Duration,
     /// The time this turn started; every timestamp in a turn uses it.
     now: Instant,
     /// When the wall clock next enters a new second and `Date` must change.
@@ -142,7 +145,8 @@ impl Executor {
                 shared,
                 index,
             },
-            config,
+            max_connections: config.max_connections,
+            shutdown_timeout: config.shutdown_timeout,
             now,
             date_due: now,
             next_publish: now,
@@ -265,7 +269,7 @@ impl Executor {
         // SAFETY: a successful accept completion's result is a new file
         // descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(completion.result) };
-        if self.conns.len() >= self.config.max_connections {
+        if self.conns.len() >= self.max_connections {
             self.metrics.connections_rejected += 1;
             return; // Dropping `fd` closes it.
         }
@@ -303,7 +307,7 @@ impl Executor {
 
     fn on_recv(&mut self, token: Token, completion: Completion) {
         let buffer = cqueue::buffer_select(completion.flags);
-        let Some((conn, _)) = self.conns.get_mut(token.slot, token.generation) else {
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             if let Some(bid) = buffer {
                 self.buffers.recycle(bid);
             }
@@ -341,7 +345,7 @@ impl Executor {
     }
 
     fn on_send(&mut self, token: Token, completion: Completion) {
-        let Some((conn, _)) = self.conns.get_mut(token.slot, token.generation) else {
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             return;
         };
         conn.send_in_flight = false;
@@ -374,7 +378,7 @@ impl Executor {
     }
 
     fn touch(&mut self, slot: u32) {
-        if let Some((conn, _)) = self.conns.slot_mut(slot)
+        if let Some(conn) = self.conns.slot_mut(slot)
             && !conn.touched
         {
             conn.touched = true;
@@ -393,7 +397,8 @@ impl Executor {
 
     /// Bring one connection's operations in line with its state.
     fn settle(&mut self, slot: u32) {
-        let Some((conn, generation)) = self.conns.slot_mut(slot) else {
+        let generation = self.conns.generation(slot);
+        let Some(conn) = self.conns.slot_mut(slot) else {
             return;
         };
         conn.touched = false;
@@ -510,14 +515,14 @@ impl Executor {
             );
             let slots: Vec<u32> = self.conns.occupied().collect();
             for slot in slots {
-                if let Some((conn, _)) = self.conns.slot_mut(slot) {
+                if let Some(conn) = self.conns.slot_mut(slot) {
                     conn.life = Life::Closing;
                 }
                 self.touch(slot);
             }
         }
         while let Some((slot, kind)) = self.timers.pop_expired(self.now) {
-            let Some((conn, _)) = self.conns.slot_mut(slot) else {
+            let Some(conn) = self.conns.slot_mut(slot) else {
                 continue;
             };
             match kind {
@@ -548,7 +553,7 @@ impl Executor {
         if self.drain_deadline.is_some() {
             return;
         }
-        self.drain_deadline = Some(self.now + self.config.shutdown_timeout);
+        self.drain_deadline = Some(self.now + self.shutdown_timeout);
         if self.accept_armed {
             cancel(
                 &mut self.ring,
@@ -560,7 +565,7 @@ impl Executor {
         }
         let slots: Vec<u32> = self.conns.occupied().collect();
         for slot in slots {
-            if let Some((conn, _)) = self.conns.slot_mut(slot) {
+            if let Some(conn) = self.conns.slot_mut(slot) {
                 conn.http.start_drain();
             }
             self.touch(slot);
