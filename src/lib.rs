@@ -11,7 +11,8 @@
 //! - [`api`]: the routing table and one file per endpoint.
 //! - [`metrics`]: per-core counters and their Prometheus exposition.
 //!
-//! Beside them: [`config`] (flags > environment > file > defaults),
+//! Beside them: [`load`] (`millrace load`, the load generator, on the same
+//! engine and HTTP code), [`config`] (flags > environment > file > defaults),
 //! [`lifecycle`] (starting, ready, draining), [`probe`] and [`doctor`]
 //! (what this kernel offers).
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod doctor;
 pub mod http;
 pub mod lifecycle;
+pub mod load;
 pub mod metrics;
 pub mod probe;
 pub mod reactor;

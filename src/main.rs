@@ -1,4 +1,4 @@
-//! The `millrace` command: `serve` and `doctor`.
+//! The `millrace` command: `serve`, `load` and `doctor`.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -9,7 +9,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 use millrace::config::ServeOptions;
-use millrace::{doctor, server};
+use millrace::load::LoadOptions;
+use millrace::{doctor, load, server};
 
 /// A thread-per-core io_uring API server.
 #[derive(Parser)]
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the API: one pinned executor per CPU, each with its own io_uring ring and listener
     Serve(Box<ServeOptions>),
+    /// Load an HTTP/1.1 server and report throughput and latency percentiles (coordinated-omission corrected in open loop)
+    Load(Box<LoadOptions>),
     /// Check this host: kernel, io_uring features, limits; exits 1 if millrace cannot run
     Doctor,
 }
@@ -45,6 +48,20 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
+        Command::Load(options) => match load::run(*options) {
+            Ok(outcome) if outcome.too_many_errors => {
+                eprintln!(
+                    "millrace load: error ratio {:.4}% is above --max-error-ratio",
+                    outcome.report.error_ratio * 100.0
+                );
+                ExitCode::FAILURE
+            }
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("millrace load: {error}");
+                ExitCode::from(2)
+            }
+        },
         Command::Doctor => {
             let (report, runnable) = doctor::report(&doctor::checks());
             print!("{report}");

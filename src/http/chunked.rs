@@ -100,11 +100,22 @@ impl ChunkedDecoder {
         body: &mut Vec<u8>,
         limits: &ChunkedLimits,
     ) -> Result<Progress, Rejection> {
+        self.decode_into(input, limits, |data| body.extend_from_slice(data))
+    }
+
+    /// Decode from `input`, handing each run of chunk data to `sink`: the
+    /// load generator counts response bodies without keeping them.
+    pub fn decode_into(
+        &mut self,
+        input: &[u8],
+        limits: &ChunkedLimits,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<Progress, Rejection> {
         let mut pos = 0;
         while pos < input.len() && self.state != State::Done {
             if let State::Data { remaining } = self.state {
                 let take = remaining.min((input.len() - pos) as u64) as usize;
-                body.extend_from_slice(&input[pos..pos + take]);
+                sink(&input[pos..pos + take]);
                 pos += take;
                 let remaining = remaining - take as u64;
                 self.state = if remaining == 0 {

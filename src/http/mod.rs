@@ -3,6 +3,7 @@
 //! - [`request`]: a request head from bytes, validated ([`RequestHead`]).
 //! - [`chunked`]: the chunked transfer coding of request bodies.
 //! - [`response`]: status codes, the cached `Date` header and the response encoder.
+//! - [`client`]: responses read back, for the load generator.
 //! - [`conn`]: one connection's state: framing, pipelining, keep-alive,
 //!   `100-continue`, limits. It hands each complete request to a [`Service`].
 //!
@@ -10,6 +11,7 @@
 //! wrote; the load generator reuses the same encoder and status table.
 
 pub mod chunked;
+pub mod client;
 pub mod conn;
 pub mod request;
 pub mod response;

@@ -250,6 +250,7 @@ impl Executor {
                 OpKind::Recv => self.on_recv(token, completion),
                 OpKind::Send => self.on_send(token, completion),
                 OpKind::Wake => self.begin_drain(),
+                OpKind::Connect => {}
                 OpKind::Cancel => {}
             }
         }
@@ -641,21 +642,13 @@ impl Responder {
 
 /// Queue a submission, submitting what is queued first if the queue is full.
 fn push(ring: &mut IoUring, metrics: &mut CoreMetrics, entry: &squeue::Entry) {
-    loop {
-        // SAFETY: every entry the executor builds points at memory that
-        // outlives the operation: a connection's `sending` buffer is not
-        // touched, and the connection not freed, while its send is in flight;
-        // the wake-up word and the provided buffers live until the ring is
-        // dropped (field order of `Executor`).
-        if unsafe { ring.submission().push(entry) }.is_ok() {
-            metrics.ring_submissions += 1;
-            return;
-        }
-        metrics.ring_enters += 1;
-        if let Err(e) = ring.submit() {
-            tracing::warn!(error = %e, "submitting a full queue failed");
-        }
-    }
+    // SAFETY: every entry the executor builds points at memory that outlives
+    // the operation: a connection's `sending` buffer is not touched, and the
+    // connection not freed, while its send is in flight; the wake-up word
+    // and the provided buffers live until the ring is dropped (field order
+    // of `Executor`).
+    metrics.ring_enters += unsafe { ring::push(ring, entry) };
+    metrics.ring_submissions += 1;
 }
 
 /// Ask the kernel to cancel the operation carrying `user_data`.

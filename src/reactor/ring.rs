@@ -2,7 +2,7 @@
 
 use std::io;
 
-use io_uring::IoUring;
+use io_uring::{IoUring, squeue};
 
 /// Which optional setup flags the ring was created with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,4 +79,25 @@ pub fn build(entries: u32) -> io::Result<(IoUring, SetupFlags)> {
         }
     }
     Err(last_error.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+/// Queue `entry`, submitting what is queued first if the queue is full.
+/// Returns how many extra `io_uring_enter` calls that took.
+///
+/// # Safety
+///
+/// Every buffer and address `entry` points at must stay valid, and not be
+/// moved, until the operation's last completion has been reaped.
+pub unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) -> u64 {
+    let mut enters = 0;
+    loop {
+        // SAFETY: the caller keeps what `entry` points at alive (see above).
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return enters;
+        }
+        enters += 1;
+        if let Err(e) = ring.submit() {
+            tracing::warn!(error = %e, "submitting a full queue failed");
+        }
+    }
 }

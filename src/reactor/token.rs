@@ -15,6 +15,8 @@ pub enum OpKind {
     Cancel = 4,
     /// The read on the executor's wake-up eventfd.
     Wake = 5,
+    /// A load generator connection's connect.
+    Connect = 6,
 }
 
 /// `kind` (8 bits) | `generation` (24 bits) | `slot` (32 bits).
@@ -56,6 +58,7 @@ impl Token {
             3 => OpKind::Send,
             4 => OpKind::Cancel,
             5 => OpKind::Wake,
+            6 => OpKind::Connect,
             _ => return None,
         };
         Some(Token {
@@ -78,6 +81,7 @@ mod tests {
             OpKind::Send,
             OpKind::Cancel,
             OpKind::Wake,
+            OpKind::Connect,
         ] {
             for (slot, generation) in [(0, 0), (1, 7), (u32::MAX, GENERATION_MASK)] {
                 let token = Token {

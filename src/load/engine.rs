@@ -1,0 +1,942 @@
+//! One load generator thread: its own io_uring ring, provided buffers and
+//! connections to the target, like a server executor turned around.
+//!
+//! A turn: schedule the requests now due (open loop); reconnect connections
+//! whose back-off has passed; every few milliseconds, expire requests older
+//! than the timeout; settle each connection touched (top it up to its
+//! pipeline depth, send what was written in one send, arm its receive,
+//! finish closing it); then submit and wait for a completion or the next
+//! deadline, and handle what completed. Latency is measured at the turn's
+//! start, once for every answer the turn reads.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::stats::{Failure, Stats, second_of};
+use super::workload::{Encoded, Rng, Workload};
+use crate::http::client::{ResponseReader, Step};
+use crate::reactor::buffers::ProvidedBuffers;
+use crate::reactor::ring;
+use crate::reactor::token::{GENERATION_MASK, OpKind, Token};
+
+/// Bytes per provided receive buffer.
+const RECV_BUFFER_BYTES: u32 = 16 * 1024;
+
+/// First wait before reconnecting after a failed connect; it doubles with
+/// each failure in a row.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Longest wait before reconnecting.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Longest interval between two sweeps for requests past their timeout.
+const SWEEP_INTERVAL_MAX: Duration = Duration::from_millis(10);
+
+/// How often the thread's totals are published for the progress display.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the thread waits at the end for the kernel to finish with its
+/// sockets' operations.
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(1);
+
+/// What one thread is asked to do.
+#[derive(Clone, Debug)]
+pub struct ThreadPlan {
+    /// This thread's index, in event ids.
+    pub index: u16,
+    /// The server.
+    pub target: SocketAddr,
+    /// Connections this thread opens.
+    pub connections: usize,
+    /// Requests in flight per connection at most.
+    pub pipeline: usize,
+    /// Open loop: time between two scheduled requests of this thread.
+    pub interval: Option<Duration>,
+    /// Measured requests this thread issues at most.
+    pub requests: Option<u64>,
+    /// No answer within this long of a request's start is a timeout; so is
+    /// a connect that takes this long.
+    pub timeout: Duration,
+    /// The requests.
+    pub workload: Workload,
+    /// Seeds this thread's key choices.
+    pub seed: u64,
+    /// Largest response head accepted, in bytes.
+    pub max_response_head_bytes: usize,
+}
+
+/// When a run starts, is measured from, and ends; the same for every thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Connections open and requests start.
+    pub start: Instant,
+    /// Warm-up ends: requests started from here on are measured.
+    pub measure_start: Instant,
+    /// The run stops here whatever is in flight.
+    pub end: Instant,
+}
+
+/// Totals a thread publishes for the progress display.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Progress {
+    /// Measured answers so far.
+    pub answered: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Not connected; waiting to (re)connect.
+    Idle,
+    /// A connect is in flight.
+    Connecting,
+    /// Sending requests and reading answers.
+    Open,
+    /// Its operations are being cancelled; then it is closed.
+    Closing,
+}
+
+/// A request written to a connection, waiting for its answer.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    /// When it should have started (open loop) or did (closed loop).
+    start: Instant,
+    /// When it was sent.
+    sent: Instant,
+    encoded: Encoded,
+}
+
+struct Conn {
+    fd: Option<OwnedFd>,
+    state: State,
+    generation: u32,
+    connect_started: Instant,
+    /// Failed connects in a row, for the back-off.
+    connect_failures: u32,
+    /// A connect in flight was already counted as failed (it timed out).
+    connect_counted: bool,
+    connect_armed: bool,
+    recv_armed: bool,
+    recv_cancelled: bool,
+    send_in_flight: bool,
+    send_cancelled: bool,
+    /// Requests written this turn, not yet sent.
+    out: Vec<u8>,
+    /// What the send in flight is sending.
+    sending: Vec<u8>,
+    sending_done: usize,
+    /// Sent requests in order; answers come back in this order.
+    waiting: VecDeque<Waiting>,
+    /// Open loop: scheduled times of requests not yet sent.
+    queued: VecDeque<Instant>,
+    reader: ResponseReader,
+    /// The start of a response head split across reads.
+    partial: Vec<u8>,
+    touched: bool,
+}
+
+impl Conn {
+    fn new(max_response_head_bytes: usize, now: Instant) -> Self {
+        Conn {
+            fd: None,
+            state: State::Idle,
+            generation: 0,
+            connect_started: now,
+            connect_failures: 0,
+            connect_counted: false,
+            connect_armed: false,
+            recv_armed: false,
+            recv_cancelled: false,
+            send_in_flight: false,
+            send_cancelled: false,
+            out: Vec::new(),
+            sending: Vec::new(),
+            sending_done: 0,
+            waiting: VecDeque::new(),
+            queued: VecDeque::new(),
+            reader: ResponseReader::new(max_response_head_bytes),
+            partial: Vec::new(),
+            touched: false,
+        }
+    }
+
+    fn operations_in_flight(&self) -> bool {
+        self.connect_armed || self.recv_armed || self.send_in_flight
+    }
+
+    fn token(&self, kind: OpKind, slot: usize) -> u64 {
+        Token {
+            kind,
+            slot: slot as u32,
+            generation: self.generation,
+        }
+        .encode()
+    }
+}
+
+/// What recording an answer needs besides the connection.
+struct Recorder<'a> {
+    stats: &'a mut Stats,
+    now: Instant,
+    measure_start: Instant,
+}
+
+impl Recorder<'_> {
+    fn measured(&self, request_start: Instant) -> bool {
+        request_start >= self.measure_start
+    }
+
+    fn second(&self) -> usize {
+        second_of(self.now, self.measure_start)
+    }
+
+    fn fail(&mut self, kind: Failure, request_start: Instant) {
+        if self.measured(request_start) {
+            let second = self.second();
+            self.stats.fail(kind, second);
+        }
+    }
+
+    fn fail_all(&mut self, kind: Failure, waiting: &mut VecDeque<Waiting>) {
+        for request in waiting.drain(..) {
+            self.fail(kind, request.start);
+        }
+    }
+}
+
+/// How reading a connection's bytes ended.
+enum ReadOutcome {
+    /// More answers may follow.
+    Open,
+    /// The server said it closes after its last answer.
+    ServerClosing,
+    /// The bytes were not a response to a waiting request.
+    Malformed,
+}
+
+/// One generator thread.
+pub struct Engine {
+    // Field order is drop order: the ring first, so the kernel is done with
+    // the buffers, the address and the connections' output before they go.
+    ring: IoUring,
+    buffers: ProvidedBuffers,
+    address: Box<SockAddr>,
+    conns: Vec<Conn>,
+    plan: ThreadPlan,
+    timing: Timing,
+    rng: Rng,
+    stats: Stats,
+    progress: Arc<Progress>,
+    touched: Vec<usize>,
+    /// Connections in [`State::Idle`] and when each may connect again.
+    reconnects: Vec<(usize, Instant)>,
+    /// Open loop: the index of the next request to schedule.
+    next_scheduled: u64,
+    /// Requests started, warm-up included; measured ones are in `stats.issued`.
+    started: u64,
+    completions: Vec<(u64, i32, u32)>,
+    now: Instant,
+    next_sweep: Instant,
+    sweep_interval: Duration,
+    next_progress: Instant,
+    recv_buffers_exhausted: u64,
+}
+
+impl Engine {
+    /// Set up the ring and buffers; call on the thread that runs it.
+    pub fn new(plan: ThreadPlan, progress: Arc<Progress>, operations: usize) -> io::Result<Self> {
+        let entries = (plan.connections * 3 + 16).next_power_of_two().min(4096) as u32;
+        let (ring, _) = ring::build(entries)?;
+        let recv_buffers = (plan.connections * 2).next_power_of_two().clamp(64, 8192) as u16;
+        let buffers = ProvidedBuffers::new(recv_buffers, RECV_BUFFER_BYTES, 0)?;
+        buffers.register(&ring.submitter())?;
+        let now = Instant::now();
+        let conns = (0..plan.connections)
+            .map(|_| Conn::new(plan.max_response_head_bytes, now))
+            .collect();
+        Ok(Engine {
+            ring,
+            buffers,
+            address: Box::new(SockAddr::from(plan.target)),
+            conns,
+            rng: Rng::new(plan.seed),
+            stats: Stats::new(operations),
+            progress,
+            touched: Vec::new(),
+            reconnects: Vec::new(),
+            next_scheduled: 0,
+            started: 0,
+            completions: Vec::new(),
+            now,
+            next_sweep: now,
+            sweep_interval: (plan.timeout / 4).clamp(Duration::from_millis(1), SWEEP_INTERVAL_MAX),
+            next_progress: now,
+            recv_buffers_exhausted: 0,
+            timing: Timing {
+                start: now,
+                measure_start: now,
+                end: now,
+            },
+            plan,
+        })
+    }
+
+    /// Run to the end of `timing` (or the request budget) and return what
+    /// was measured.
+    pub fn run(mut self, timing: Timing) -> io::Result<Stats> {
+        self.timing = timing;
+        reduce_timer_slack();
+        self.now = Instant::now();
+        while self.now < timing.start {
+            std::thread::sleep(timing.start - self.now);
+            self.now = Instant::now();
+        }
+        for slot in 0..self.conns.len() {
+            self.reconnects.push((slot, timing.start));
+        }
+        self.next_sweep = self.now;
+        loop {
+            self.now = Instant::now();
+            if self.now >= timing.end || self.budget_done() {
+                break;
+            }
+            self.schedule_due();
+            self.reconnect_due()?;
+            if self.now >= self.next_sweep {
+                self.sweep();
+                self.next_sweep = self.now + self.sweep_interval;
+            }
+            self.settle_touched();
+            if self.now >= self.next_progress {
+                self.publish_progress();
+                self.next_progress = self.now + PROGRESS_INTERVAL;
+            }
+            self.enter()?;
+            self.now = Instant::now();
+            self.reap();
+            self.buffers.publish();
+        }
+        self.finish();
+        Ok(self.teardown())
+    }
+
+    /// Every budgeted request issued and none waiting.
+    fn budget_done(&self) -> bool {
+        let Some(budget) = self.plan.requests else {
+            return false;
+        };
+        self.stats.issued >= budget
+            && self
+                .conns
+                .iter()
+                .all(|c| c.waiting.is_empty() && c.queued.is_empty())
+    }
+
+    fn budget_left(&self) -> bool {
+        self.plan
+            .requests
+            .is_none_or(|budget| self.stats.issued < budget)
+    }
+
+    /// Count a request started at `start`.
+    fn issue(&mut self, start: Instant) {
+        self.started += 1;
+        if start >= self.timing.measure_start {
+            self.stats.issued += 1;
+        }
+    }
+
+    /// Open loop: queue every request whose time has come on its connection.
+    fn schedule_due(&mut self) {
+        let Some(interval) = self.plan.interval else {
+            return;
+        };
+        loop {
+            let due = self.timing.start + interval.mul_f64(self.next_scheduled as f64);
+            if due > self.now || !self.budget_left() {
+                return;
+            }
+            let slot = (self.next_scheduled % self.conns.len() as u64) as usize;
+            self.next_scheduled += 1;
+            self.issue(due);
+            self.conns[slot].queued.push_back(due);
+            self.touch(slot);
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let interval = self.plan.interval?;
+        self.budget_left()
+            .then(|| self.timing.start + interval.mul_f64(self.next_scheduled as f64))
+    }
+
+    fn reconnect_due(&mut self) -> io::Result<()> {
+        let mut i = 0;
+        while i < self.reconnects.len() {
+            let (slot, at) = self.reconnects[i];
+            if at <= self.now {
+                self.reconnects.swap_remove(i);
+                self.connect(slot)?;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, slot: usize) -> io::Result<()> {
+        let domain = Domain::for_address(self.plan.target);
+        let socket = Socket::new(domain, Type::STREAM, None)?;
+        socket.set_tcp_nodelay(true)?;
+        let conn = &mut self.conns[slot];
+        let entry = opcode::Connect::new(
+            types::Fd(socket.as_raw_fd()),
+            self.address.as_ptr().cast(),
+            self.address.len(),
+        )
+        .build()
+        .user_data(conn.token(OpKind::Connect, slot));
+        conn.fd = Some(socket.into());
+        conn.state = State::Connecting;
+        conn.connect_started = self.now;
+        conn.connect_counted = false;
+        conn.connect_armed = true;
+        push(&mut self.ring, &entry);
+        Ok(())
+    }
+
+    /// Expire requests and connects past the timeout.
+    fn sweep(&mut self) {
+        let timeout = self.plan.timeout;
+        let now = self.now;
+        let mut recorder = Recorder {
+            stats: &mut self.stats,
+            now,
+            measure_start: self.timing.measure_start,
+        };
+        for (slot, conn) in self.conns.iter_mut().enumerate() {
+            let mut expired = false;
+            while conn
+                .queued
+                .front()
+                .is_some_and(|&start| now >= start + timeout)
+            {
+                let start = conn.queued.pop_front().expect("checked above");
+                recorder.fail(Failure::Timeout, start);
+            }
+            if conn.state == State::Connecting
+                && !conn.connect_counted
+                && now >= conn.connect_started + timeout
+            {
+                if now >= recorder.measure_start {
+                    let second = recorder.second();
+                    recorder.stats.fail(Failure::Connect, second);
+                }
+                conn.connect_counted = true;
+                conn.connect_failures += 1;
+                conn.state = State::Closing;
+                expired = true;
+            }
+            if conn
+                .waiting
+                .front()
+                .is_some_and(|w| now >= w.start + timeout)
+            {
+                // Answers come in order: those behind it on this connection
+                // are stuck with it, and go with it.
+                recorder.fail_all(Failure::Timeout, &mut conn.waiting);
+                conn.state = State::Closing;
+                expired = true;
+            }
+            if expired && !conn.touched {
+                conn.touched = true;
+                self.touched.push(slot);
+            }
+        }
+    }
+
+    fn touch(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if !conn.touched {
+            conn.touched = true;
+            self.touched.push(slot);
+        }
+    }
+
+    fn settle_touched(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        for &slot in &touched {
+            self.settle(slot);
+        }
+        touched.clear();
+        self.touched = touched;
+    }
+
+    /// Bring one connection's operations in line with its state.
+    fn settle(&mut self, slot: usize) {
+        self.conns[slot].touched = false;
+        match self.conns[slot].state {
+            State::Idle | State::Connecting => {}
+            State::Open => {
+                self.top_up(slot);
+                let conn = &mut self.conns[slot];
+                let fd = types::Fd(conn.fd.as_ref().expect("open has a socket").as_raw_fd());
+                if !conn.send_in_flight && !conn.out.is_empty() {
+                    std::mem::swap(&mut conn.out, &mut conn.sending);
+                    conn.sending_done = 0;
+                    let entry = send_entry(fd, &conn.sending, 0, conn.token(OpKind::Send, slot));
+                    conn.send_in_flight = true;
+                    push(&mut self.ring, &entry);
+                }
+                if !conn.recv_armed {
+                    let entry = opcode::RecvMulti::new(fd, self.buffers.group())
+                        .build()
+                        .user_data(conn.token(OpKind::Recv, slot));
+                    conn.recv_armed = true;
+                    conn.recv_cancelled = false;
+                    push(&mut self.ring, &entry);
+                }
+            }
+            State::Closing => self.close_step(slot),
+        }
+    }
+
+    /// Write new requests until the pipeline is full (closed loop) or the
+    /// queue is empty (open loop).
+    fn top_up(&mut self, slot: usize) {
+        let pipeline = self.plan.pipeline;
+        let open_loop = self.plan.interval.is_some();
+        loop {
+            let conn = &self.conns[slot];
+            if conn.waiting.len() >= pipeline {
+                return;
+            }
+            let start = if open_loop {
+                match self.conns[slot].queued.pop_front() {
+                    Some(start) => start,
+                    None => return,
+                }
+            } else {
+                if !self.budget_left() {
+                    return;
+                }
+                self.issue(self.now);
+                self.now
+            };
+            let conn = &mut self.conns[slot];
+            let encoded = self.plan.workload.encode(&mut self.rng, &mut conn.out);
+            conn.waiting.push_back(Waiting {
+                start,
+                sent: self.now,
+                encoded,
+            });
+            if start >= self.timing.measure_start {
+                self.stats.sent += 1;
+            }
+        }
+    }
+
+    /// Cancel what is in flight; once nothing is, close the socket and
+    /// queue the reconnect.
+    fn close_step(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let mut cancels = Vec::new();
+        if conn.connect_armed {
+            cancels.push(conn.token(OpKind::Connect, slot));
+        }
+        if conn.recv_armed && !conn.recv_cancelled {
+            conn.recv_cancelled = true;
+            cancels.push(conn.token(OpKind::Recv, slot));
+        }
+        if conn.send_in_flight && !conn.send_cancelled {
+            conn.send_cancelled = true;
+            cancels.push(conn.token(OpKind::Send, slot));
+        }
+        if conn.connect_armed {
+            // Cancelling a connect twice is harmless; it happens only when
+            // its timeout fired.
+            conn.connect_counted = true;
+        }
+        for user_data in cancels {
+            cancel(&mut self.ring, user_data);
+        }
+        let conn = &mut self.conns[slot];
+        if conn.operations_in_flight() {
+            return;
+        }
+        conn.fd = None;
+        conn.state = State::Idle;
+        conn.generation = (conn.generation + 1) & GENERATION_MASK;
+        conn.reader = ResponseReader::new(self.plan.max_response_head_bytes);
+        conn.partial.clear();
+        conn.out.clear();
+        conn.sending.clear();
+        conn.sending_done = 0;
+        let at = if conn.connect_failures == 0 {
+            self.now
+        } else {
+            let doublings = (conn.connect_failures - 1).min(16);
+            self.now + (RECONNECT_BACKOFF_MIN * (1 << doublings)).min(RECONNECT_BACKOFF_MAX)
+        };
+        self.reconnects.push((slot, at));
+    }
+
+    /// Start closing `slot`; what waits on it fails as `kind`.
+    fn close(&mut self, slot: usize, kind: Failure) {
+        let mut recorder = Recorder {
+            stats: &mut self.stats,
+            now: self.now,
+            measure_start: self.timing.measure_start,
+        };
+        let conn = &mut self.conns[slot];
+        recorder.fail_all(kind, &mut conn.waiting);
+        conn.state = State::Closing;
+        self.touch(slot);
+    }
+
+    /// Submit what is queued and wait for a completion or the next deadline.
+    fn enter(&mut self) -> io::Result<()> {
+        let mut wake_at = self.timing.end.min(self.next_sweep).min(self.next_progress);
+        if let Some(due) = self.next_due() {
+            wake_at = wake_at.min(due);
+        }
+        if let Some(at) = self.reconnects.iter().map(|&(_, at)| at).min() {
+            wake_at = wake_at.min(at);
+        }
+        let timeout = types::Timespec::from(wake_at.saturating_duration_since(Instant::now()));
+        let args = types::SubmitArgs::new().timespec(&timeout);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self) {
+        self.completions.clear();
+        self.completions.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        for i in 0..self.completions.len() {
+            let (user_data, result, flags) = self.completions[i];
+            let Some(token) = Token::decode(user_data) else {
+                continue;
+            };
+            let slot = token.slot as usize;
+            let current = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.generation == token.generation);
+            match token.kind {
+                OpKind::Recv => self.on_recv(slot, current, result, flags),
+                OpKind::Connect if current => self.on_connect(slot, result),
+                OpKind::Send if current => self.on_send(slot, result),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_connect(&mut self, slot: usize, result: i32) {
+        let conn = &mut self.conns[slot];
+        conn.connect_armed = false;
+        if result == 0 && conn.state == State::Connecting {
+            conn.state = State::Open;
+            conn.connect_failures = 0;
+            self.stats.connections_opened += 1;
+        } else if conn.state == State::Connecting || !conn.connect_counted {
+            if !conn.connect_counted && self.now >= self.timing.measure_start {
+                self.stats.fail(
+                    Failure::Connect,
+                    second_of(self.now, self.timing.measure_start),
+                );
+            }
+            conn.connect_counted = true;
+            conn.connect_failures += 1;
+            conn.state = State::Closing;
+        }
+        self.touch(slot);
+    }
+
+    fn on_send(&mut self, slot: usize, result: i32) {
+        let conn = &mut self.conns[slot];
+        conn.send_in_flight = false;
+        conn.send_cancelled = false;
+        if conn.state != State::Open {
+            self.touch(slot);
+            return;
+        }
+        if result <= 0 {
+            self.close(slot, Failure::Write);
+            return;
+        }
+        conn.sending_done += result as usize;
+        if conn.sending_done < conn.sending.len() {
+            let fd = types::Fd(conn.fd.as_ref().expect("open has a socket").as_raw_fd());
+            let entry = send_entry(
+                fd,
+                &conn.sending,
+                conn.sending_done,
+                conn.token(OpKind::Send, slot),
+            );
+            conn.send_in_flight = true;
+            push(&mut self.ring, &entry);
+        } else {
+            conn.sending.clear();
+            conn.sending_done = 0;
+        }
+        self.touch(slot);
+    }
+
+    fn on_recv(&mut self, slot: usize, current: bool, result: i32, flags: u32) {
+        let buffer = cqueue::buffer_select(flags);
+        if !current {
+            if let Some(bid) = buffer {
+                self.buffers.recycle(bid);
+            }
+            return;
+        }
+        let conn = &mut self.conns[slot];
+        if !cqueue::more(flags) {
+            conn.recv_armed = false;
+            conn.recv_cancelled = false;
+        }
+        match result {
+            n if n > 0 => {
+                let bid = buffer.expect("a receive that returned data names its buffer");
+                if conn.state == State::Open {
+                    let mut recorder = Recorder {
+                        stats: &mut self.stats,
+                        now: self.now,
+                        measure_start: self.timing.measure_start,
+                    };
+                    let bytes = self.buffers.get(bid, n as usize);
+                    match read_responses(conn, bytes, &mut recorder) {
+                        ReadOutcome::Open => {}
+                        ReadOutcome::ServerClosing => self.close(slot, Failure::Read),
+                        ReadOutcome::Malformed => {
+                            let conn = &mut self.conns[slot];
+                            if let Some(request) = conn.waiting.pop_front() {
+                                let mut recorder = Recorder {
+                                    stats: &mut self.stats,
+                                    now: self.now,
+                                    measure_start: self.timing.measure_start,
+                                };
+                                recorder.fail(Failure::Malformed, request.start);
+                            }
+                            self.close(slot, Failure::Read);
+                        }
+                    }
+                }
+                self.buffers.recycle(bid);
+            }
+            n if n == -libc::ENOBUFS => self.recv_buffers_exhausted += 1,
+            n if n == -libc::ECANCELED => {}
+            0 => {
+                // The server closed: a body that runs to the close ends here.
+                if conn.state == State::Open
+                    && let Some(response) = conn.reader.at_close()
+                    && let Some(request) = conn.waiting.pop_front()
+                {
+                    let mut recorder = Recorder {
+                        stats: &mut self.stats,
+                        now: self.now,
+                        measure_start: self.timing.measure_start,
+                    };
+                    record_answer(&mut recorder, &request, response.status);
+                }
+                if self.conns[slot].state == State::Open {
+                    self.close(slot, Failure::Read);
+                }
+            }
+            _ => {
+                if conn.state == State::Open {
+                    self.close(slot, Failure::Read);
+                }
+            }
+        }
+        self.touch(slot);
+    }
+
+    fn publish_progress(&self) {
+        self.progress
+            .answered
+            .store(self.stats.answered, Ordering::Relaxed);
+        self.progress
+            .errors
+            .store(self.stats.errors.total(), Ordering::Relaxed);
+    }
+
+    /// The run is over: what still waits is unfinished; cancel everything.
+    fn finish(&mut self) {
+        let measure_start = self.timing.measure_start;
+        let mut unfinished = 0;
+        for conn in &mut self.conns {
+            unfinished += conn
+                .waiting
+                .drain(..)
+                .filter(|w| w.start >= measure_start)
+                .count() as u64;
+            unfinished += conn
+                .queued
+                .drain(..)
+                .filter(|&s| s >= measure_start)
+                .count() as u64;
+        }
+        self.stats.unfinished = unfinished;
+        self.publish_progress();
+    }
+
+    /// Cancel every operation and wait (a bounded time) for the kernel to
+    /// finish with the buffers they use.
+    fn teardown(mut self) -> Stats {
+        self.reconnects.clear();
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].state != State::Idle {
+                self.conns[slot].state = State::Closing;
+                self.touch(slot);
+            }
+        }
+        let limit = Instant::now() + TEARDOWN_LIMIT;
+        loop {
+            self.settle_touched();
+            self.reconnects.clear();
+            if !self.conns.iter().any(Conn::operations_in_flight) {
+                break;
+            }
+            self.now = Instant::now();
+            if self.now >= limit {
+                tracing::warn!(
+                    "the kernel did not finish cancelling this thread's socket operations; leaving its buffers allocated"
+                );
+                let stats = std::mem::replace(&mut self.stats, Stats::new(0));
+                // Freeing memory the kernel may still write to is worse than leaking it.
+                std::mem::forget(self);
+                return stats;
+            }
+            self.next_sweep = limit;
+            self.next_progress = limit;
+            self.timing.end = limit;
+            let _ = self.enter();
+            self.reap();
+            self.buffers.publish();
+        }
+        if self.recv_buffers_exhausted > 0 {
+            tracing::debug!(
+                times = self.recv_buffers_exhausted,
+                "receive buffers ran out; receives were re-armed"
+            );
+        }
+        std::mem::replace(&mut self.stats, Stats::new(0))
+    }
+}
+
+/// Read answers from `input` on `conn`, matching them in order to the
+/// requests waiting there.
+fn read_responses(conn: &mut Conn, input: &[u8], recorder: &mut Recorder<'_>) -> ReadOutcome {
+    if conn.partial.is_empty() {
+        let (consumed, outcome) = read_from(conn, input, recorder);
+        if matches!(outcome, ReadOutcome::Open) {
+            conn.partial.extend_from_slice(&input[consumed..]);
+        }
+        outcome
+    } else {
+        let mut data = std::mem::take(&mut conn.partial);
+        data.extend_from_slice(input);
+        let (consumed, outcome) = read_from(conn, &data, recorder);
+        data.drain(..consumed);
+        conn.partial = data;
+        outcome
+    }
+}
+
+/// Read whole answers from `data`; returns the bytes used. What is left
+/// is the start of a head.
+fn read_from(conn: &mut Conn, data: &[u8], recorder: &mut Recorder<'_>) -> (usize, ReadOutcome) {
+    let mut pos = 0;
+    while pos < data.len() {
+        let Some(front) = conn.waiting.front() else {
+            return (pos, ReadOutcome::Malformed); // An answer nobody asked for.
+        };
+        let bodiless = front.encoded.bodiless;
+        match conn.reader.read(&data[pos..], bodiless) {
+            Err(_) => return (pos, ReadOutcome::Malformed),
+            Ok(Step::Partial { consumed }) => return (pos + consumed, ReadOutcome::Open),
+            Ok(Step::Complete { consumed, response }) => {
+                pos += consumed;
+                let request = conn.waiting.pop_front().expect("checked above");
+                record_answer(recorder, &request, response.status);
+                if response.close {
+                    return (pos, ReadOutcome::ServerClosing);
+                }
+            }
+        }
+    }
+    (pos, ReadOutcome::Open)
+}
+
+fn record_answer(recorder: &mut Recorder<'_>, request: &Waiting, status: u16) {
+    if !recorder.measured(request.start) {
+        return;
+    }
+    let error = status >= 400 && !(status == 404 && request.encoded.absent_ok);
+    let second = recorder.second();
+    recorder.stats.answer(
+        request.encoded.operation,
+        status,
+        error,
+        recorder.now.saturating_duration_since(request.start),
+        recorder.now.saturating_duration_since(request.sent),
+        second,
+    );
+}
+
+fn send_entry(fd: types::Fd, bytes: &[u8], from: usize, user_data: u64) -> squeue::Entry {
+    let rest = &bytes[from..];
+    opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(user_data)
+}
+
+fn push(ring: &mut IoUring, entry: &squeue::Entry) {
+    // SAFETY: every entry the engine builds points at memory that outlives
+    // the operation: a connection's `sending` buffer is not touched while
+    // its send is in flight, connections are never freed before teardown
+    // has seen all their operations complete, and the address and buffers
+    // live until the ring is dropped (field order of `Engine`).
+    unsafe { ring::push(ring, entry) };
+}
+
+fn cancel(ring: &mut IoUring, user_data: u64) {
+    let entry = opcode::AsyncCancel::new(user_data)
+        .build()
+        .user_data(Token::global(OpKind::Cancel).encode());
+    push(ring, &entry);
+}
+
+/// Wake-ups for scheduled sends land within a microsecond of their time
+/// rather than the default 50 µs timer slack.
+fn reduce_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the
+    // calling thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+}

@@ -1,0 +1,461 @@
+//! `millrace load` flags, and the checked plan they resolve to.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::CoreSpec;
+
+use super::workload::{EventBatches, FixedRequest, KeyDistribution, KvMix, Workload};
+
+/// Requests in flight per connection at most.
+pub const MAX_PIPELINE: usize = 4096;
+
+/// Events in one batch at most.
+pub const MAX_BATCH: usize = 100_000;
+
+/// Largest value or payload, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What every request sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadKind {
+    /// The URL itself, with -X, -H and --body
+    Url,
+    /// GET and PUT {URL}/v1/kv/{key}, mixed by --read-ratio over --keys keys
+    Kv,
+    /// POST {URL}/v1/events with --batch events per request (JSON)
+    Events,
+}
+
+/// `millrace load` flags.
+#[derive(clap::Args, Debug)]
+pub struct LoadOptions {
+    /// The server: http://HOST[:PORT][/PATH]. With --workload kv or events, the base the API paths go after
+    pub url: String,
+
+    /// Connections, spread over the threads
+    #[arg(short, long, default_value_t = 64)]
+    pub connections: usize,
+
+    /// Requests in flight per connection (HTTP pipelining)
+    #[arg(short, long, default_value_t = 1, value_name = "DEPTH")]
+    pub pipeline: usize,
+
+    /// Generator threads, one per CPU, pinned: a count N (the first N CPUs), a list such as 1 or 2-3 (a single CPU: 3,), or all. Unset: one thread, not pinned
+    #[arg(long)]
+    pub cores: Option<CoreSpec>,
+
+    /// How long to measure, such as 30s, 500ms or 2m [default: 10s, or until --requests are answered]
+    #[arg(short, long, value_parser = parse_duration, value_name = "TIME")]
+    pub duration: Option<Duration>,
+
+    /// Stop after this many measured requests (all threads together)
+    #[arg(short = 'n', long, value_name = "N")]
+    pub requests: Option<u64>,
+
+    /// Load before measuring starts; its requests are left out of the results
+    #[arg(long, value_parser = parse_duration, default_value = "0s", value_name = "TIME")]
+    pub warmup: Duration,
+
+    /// A request with no answer this long after its start is a timeout; so is a connect that takes this long
+    #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "TIME")]
+    pub timeout: Duration,
+
+    /// Open loop: this many requests per second in all, spread evenly over the connections, latency measured from when each was due (coordinated omission corrected). Unset: closed loop, as fast as answers come
+    #[arg(short = 'R', long, value_name = "REQ_PER_S")]
+    pub rate: Option<f64>,
+
+    /// Request method
+    #[arg(short = 'X', long, default_value = "GET")]
+    pub method: String,
+
+    /// Extra request header, "Name: value"; may be repeated
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+
+    /// Request body: the text itself, or @FILE for a file's bytes
+    #[arg(long, value_name = "TEXT|@FILE")]
+    pub body: Option<String>,
+
+    /// What to send
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Url)]
+    pub workload: WorkloadKind,
+
+    /// kv: the share of requests that are reads (GET); the rest are writes (PUT)
+    #[arg(long, default_value_t = 0.9, value_name = "RATIO")]
+    pub read_ratio: f64,
+
+    /// kv and events: keys to choose from (k0 to kN-1)
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub keys: u64,
+
+    /// kv: how keys are chosen: uniform, or zipf:S (such as zipf:0.99) for a few hot keys
+    #[arg(long, default_value = "uniform", value_name = "DIST")]
+    pub key_dist: KeyDistribution,
+
+    /// kv: bytes in each written value; events: bytes in each event's payload
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    pub value_bytes: usize,
+
+    /// events: events per request
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub batch: usize,
+
+    /// Seed for key choices and event ids, so a run can be repeated [default: from the clock]
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Largest response head accepted, in bytes; a larger one counts as malformed
+    #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
+    pub max_response_head_bytes: usize,
+
+    /// Exit with status 1 when errors exceed this share of requests (0.001 = 0.1%)
+    #[arg(long, default_value_t = 0.001, value_name = "RATIO")]
+    pub max_error_ratio: f64,
+
+    /// Write the corrected latency distribution here in HdrHistogram's percentile format (milliseconds)
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+
+    /// Write every figure and a per-second timeline here as JSON
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Draw latency by percentile here as SVG
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Where the requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The URL as given.
+    pub url: String,
+    /// `Host` header: the authority as given.
+    pub authority: String,
+    /// The resolved address.
+    pub address: SocketAddr,
+    /// Path and query, `/` at least.
+    pub path: String,
+}
+
+impl Target {
+    /// Parse and resolve `http://HOST[:PORT][/PATH]`.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.starts_with("https://") {
+            return Err(format!(
+                "{url}: https is not supported; millrace load speaks plain HTTP/1.1"
+            ));
+        } else {
+            return Err(format!(
+                "{url}: expected a URL such as http://127.0.0.1:8080/plaintext"
+            ));
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("{url}: expected a host such as 127.0.0.1:8080"));
+        }
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("{url}: invalid host or port {authority:?}"))?;
+        let address = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url}: {host} has no address"))?;
+        Ok(Target {
+            url: url.to_string(),
+            authority: authority.to_string(),
+            address,
+            path,
+        })
+    }
+
+    /// The path without a trailing `/`, for API paths to follow.
+    pub fn base(&self) -> &str {
+        let path = self.path.split('?').next().unwrap_or_default();
+        path.trim_end_matches('/')
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => 80,
+            _ => after.strip_prefix(':')?.parse().ok()?,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some(_) => None, // A bare IPv6 address must be in brackets.
+        None => Some((authority, 80)),
+    }
+}
+
+/// Parse `30s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid time {text:?}: expected a number with ms, s, m or h"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid time {text:?}: expected a number with ms, s, m or h"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid time {text:?}"))
+}
+
+/// The checked, resolved form of [`LoadOptions`].
+#[derive(Debug)]
+pub struct LoadPlan {
+    /// Where requests go.
+    pub target: Target,
+    /// CPUs to pin threads to; `None` entries are not pinned.
+    pub cpus: Vec<Option<usize>>,
+    /// Connections in all.
+    pub connections: usize,
+    /// Requests in flight per connection.
+    pub pipeline: usize,
+    /// Measured time; `None` runs until `requests` are answered.
+    pub duration: Option<Duration>,
+    /// Measured requests to stop after.
+    pub requests: Option<u64>,
+    /// Unmeasured time first.
+    pub warmup: Duration,
+    /// Per-request and connect timeout.
+    pub timeout: Duration,
+    /// Open loop rate, requests per second.
+    pub rate: Option<f64>,
+    /// The requests.
+    pub workload: Workload,
+    /// Seed.
+    pub seed: u64,
+    /// Largest response head.
+    pub max_response_head_bytes: usize,
+    /// Error ratio above which the exit status is 1.
+    pub max_error_ratio: f64,
+    /// Output files.
+    pub hgrm: Option<PathBuf>,
+    /// See [`LoadOptions::json`].
+    pub json: Option<PathBuf>,
+    /// See [`LoadOptions::plot`].
+    pub plot: Option<PathBuf>,
+}
+
+impl LoadOptions {
+    /// Check every flag and resolve the target; errors name the flag.
+    pub fn resolve(self, available_cpus: &[usize]) -> Result<LoadPlan, String> {
+        let target = Target::parse(&self.url)?;
+        let cpus: Vec<Option<usize>> = match &self.cores {
+            Some(spec) => spec
+                .resolve(available_cpus)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None],
+        };
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        if self.connections < cpus.len() {
+            return Err(format!(
+                "--connections {} is fewer than the {} threads --cores asks for; each thread needs a connection",
+                self.connections,
+                cpus.len()
+            ));
+        }
+        if !(1..=MAX_PIPELINE).contains(&self.pipeline) {
+            return Err(format!("--pipeline must be from 1 to {MAX_PIPELINE}"));
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err("--duration must be above 0".into());
+        }
+        if self.requests == Some(0) {
+            return Err("--requests must be at least 1".into());
+        }
+        if self.timeout < Duration::from_millis(1) {
+            return Err("--timeout must be at least 1ms".into());
+        }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0 && rate <= 1e9)
+        {
+            return Err("--rate must be above 0 and at most 1e9 requests per second".into());
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return Err("--read-ratio must be from 0 to 1".into());
+        }
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        if self.value_bytes > MAX_VALUE_BYTES {
+            return Err(format!("--value-bytes must be at most {MAX_VALUE_BYTES}"));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(format!("--batch must be from 1 to {MAX_BATCH}"));
+        }
+        if !(0.0..=1.0).contains(&self.max_error_ratio) {
+            return Err("--max-error-ratio must be from 0 to 1".into());
+        }
+        if self.max_response_head_bytes < 64 {
+            return Err("--max-response-head-bytes must be at least 64".into());
+        }
+        if let Some(plot) = &self.plot
+            && plot.extension().is_none_or(|e| e != "svg")
+        {
+            return Err(format!(
+                "--plot {}: only SVG is drawn; name the file .svg",
+                plot.display()
+            ));
+        }
+        let workload = self.workload(&target)?;
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(LoadPlan {
+            duration: match (self.duration, self.requests) {
+                (None, None) => Some(Duration::from_secs(10)),
+                (duration, _) => duration,
+            },
+            target,
+            cpus,
+            connections: self.connections,
+            pipeline: self.pipeline,
+            requests: self.requests,
+            warmup: self.warmup,
+            timeout: self.timeout,
+            rate: self.rate,
+            workload,
+            seed,
+            max_response_head_bytes: self.max_response_head_bytes,
+            max_error_ratio: self.max_error_ratio,
+            hgrm: self.hgrm,
+            json: self.json,
+            plot: self.plot,
+        })
+    }
+
+    fn workload(&self, target: &Target) -> Result<Workload, String> {
+        if self.workload != WorkloadKind::Url
+            && (self.body.is_some() || !self.headers.is_empty() || self.method != "GET")
+        {
+            return Err(
+                "-X, -H and --body shape --workload url requests; kv and events build their own"
+                    .into(),
+            );
+        }
+        Ok(match self.workload {
+            WorkloadKind::Url => {
+                let method = &self.method;
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(format!(
+                        "-X {method:?}: expected a method in capitals, such as GET or POST"
+                    ));
+                }
+                for header in &self.headers {
+                    let valid = header.split_once(':').is_some_and(|(name, value)| {
+                        !name.is_empty()
+                            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                            && !value.contains(['\r', '\n'])
+                    });
+                    if !valid {
+                        return Err(format!("-H {header:?}: expected \"Name: value\""));
+                    }
+                }
+                let body = match &self.body {
+                    None => Vec::new(),
+                    Some(text) => match text.strip_prefix('@') {
+                        Some(path) => std::fs::read(path)
+                            .map_err(|e| format!("--body @{path}: cannot read it: {e}"))?,
+                        None => text.clone().into_bytes(),
+                    },
+                };
+                Workload::Fixed(FixedRequest::new(
+                    method,
+                    &target.path,
+                    &target.authority,
+                    &self.headers,
+                    &body,
+                ))
+            }
+            WorkloadKind::Kv => Workload::Kv(KvMix::new(
+                target.base(),
+                &target.authority,
+                self.read_ratio,
+                self.keys,
+                self.key_dist,
+                self.value_bytes,
+            )),
+            WorkloadKind::Events => Workload::Events(EventBatches::new(
+                target.base(),
+                &target.authority,
+                self.batch,
+                self.keys,
+                self.value_bytes,
+            )),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "-1s", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_parse() {
+        let target = Target::parse("http://127.0.0.1:8080/plaintext?x=1").unwrap();
+        assert_eq!(target.address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(target.authority, "127.0.0.1:8080");
+        assert_eq!(target.path, "/plaintext?x=1");
+        let target = Target::parse("http://[::1]:9000").unwrap();
+        assert_eq!(target.address, "[::1]:9000".parse().unwrap());
+        assert_eq!(target.path, "/");
+        assert_eq!(target.base(), "");
+        assert_eq!(
+            Target::parse("http://127.0.0.1/api/").unwrap().base(),
+            "/api"
+        );
+        for bad in [
+            "https://127.0.0.1/",
+            "127.0.0.1:8080",
+            "http://",
+            "http://127.0.0.1:x/",
+            "http://::1/",
+            "http://user@127.0.0.1/",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Latency by percentile as an SVG chart: the x axis stretches the tail
+//! (90%, 99%, 99.9%, ... equally spaced), as HdrHistogram's plotter does.
+
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+
+/// Points per halving of the distance to 100%.
+const TICKS_PER_HALF_DISTANCE: u32 = 10;
+
+/// Draw each `(name, histogram)` (nanoseconds) as one curve into `path`.
+pub fn latency_by_percentile(
+    path: &Path,
+    title: &str,
+    series: &[(String, &Histogram<u64>)],
+) -> Result<(), String> {
+    let curves: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(name, histogram)| (name.clone(), curve(histogram)))
+        .collect();
+    let x_max = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .fold(100.0_f64, f64::max);
+    let y_max = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(0.001_f64, f64::max)
+        * 1.05;
+    draw(path, title, &curves, x_max, y_max)
+        .map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
+/// `(1 / (1 - quantile), latency in ms)` from 0% up to the last point before 100%.
+fn curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
+    histogram
+        .iter_quantiles(TICKS_PER_HALF_DISTANCE)
+        .map(|v| (v.quantile_iterated_to(), v.value_iterated_to()))
+        .filter(|&(q, _)| q < 1.0)
+        .map(|(q, value)| (1.0 / (1.0 - q), value as f64 / 1e6))
+        .collect()
+}
+
+fn draw(
+    path: &Path,
+    title: &str,
+    curves: &[(String, Vec<(f64, f64)>)],
+    x_max: f64,
+    y_max: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d((1.0..x_max).log_scale(), 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .x_label_formatter(&|x| percentile_label(*x))
+        .draw()?;
+    for (i, (name, points)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// `10` as `90%`, `1000` as `99.9%`.
+fn percentile_label(x: f64) -> String {
+    let percent = 100.0 * (1.0 - 1.0 / x);
+    let digits = x.log10().round().max(2.0) as usize - 2;
+    format!("{percent:.digits$}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(percentile_label(1.0), "0%");
+        assert_eq!(percentile_label(10.0), "90%");
+        assert_eq!(percentile_label(100.0), "99%");
+        assert_eq!(percentile_label(1000.0), "99.9%");
+        assert_eq!(percentile_label(100_000.0), "99.999%");
+    }
+
+    #[test]
+    fn draws_an_svg() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+        for i in 1..=1000u64 {
+            histogram.record(i * 10_000).unwrap();
+        }
+        let path = std::env::temp_dir().join(format!("millrace-plot-{}.svg", std::process::id()));
+        latency_by_percentile(&path, "test", &[("a".into(), &histogram)]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("99%"));
+        assert!(svg.contains("polyline"));
+    }
+}

@@ -1,0 +1,482 @@
+//! `millrace load` against the real server and against a small fake one
+//! that injects the faults a real server will not produce on demand.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Server, sample};
+use serde_json::Value;
+
+/// What the fake server does with each request.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// GET gets 404, anything else 202; responses written a few bytes at a time.
+    ByMethod,
+    /// Reads, never answers.
+    Silent,
+    /// Answers the first `n` requests of each connection, then closes.
+    CloseAfter(u64),
+    /// Answers with bytes that are not HTTP.
+    Garbage,
+    /// Answers at once, except that every answer due in the window from
+    /// `at` to `at + length` after start waits for the window's end.
+    StallOnce { at: Duration, length: Duration },
+}
+
+/// A fake HTTP/1.1 server on a free loopback port, one thread per connection.
+struct FakeServer {
+    addr: SocketAddr,
+    gets: Arc<AtomicU64>,
+    others: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeServer {
+    fn start(behaviour: Behaviour) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gets = Arc::new(AtomicU64::new(0));
+        let others = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let (g, o, s) = (Arc::clone(&gets), Arc::clone(&others), Arc::clone(&stop));
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (g, o) = (Arc::clone(&g), Arc::clone(&o));
+                thread::spawn(move || serve(stream, behaviour, started, &g, &o));
+            }
+        });
+        FakeServer {
+            addr,
+            gets,
+            others,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr); // Wake the accept loop.
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    behaviour: Behaviour,
+    started: Instant,
+    gets: &AtomicU64,
+    others: &AtomicU64,
+) {
+    stream.set_nodelay(true).unwrap();
+    let mut input = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let mut answered = 0u64;
+    loop {
+        let n = match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        input.extend_from_slice(&buffer[..n]);
+        let mut out = Vec::new();
+        while let Some((method, len)) = next_request(&input) {
+            input.drain(..len);
+            let get = method == "GET";
+            if get {
+                gets.fetch_add(1, Ordering::Relaxed);
+            } else {
+                others.fetch_add(1, Ordering::Relaxed);
+            }
+            match behaviour {
+                Behaviour::Silent => {}
+                Behaviour::Garbage => out.extend_from_slice(b"this is not HTTP\r\n\r\n"),
+                Behaviour::CloseAfter(limit) if answered >= limit => {
+                    let _ = stream.write_all(&out);
+                    return;
+                }
+                Behaviour::ByMethod if get => {
+                    out.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 6\r\n\r\nabsent");
+                }
+                Behaviour::ByMethod => out.extend_from_slice(
+                    b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                ),
+                Behaviour::CloseAfter(_) | Behaviour::StallOnce { .. } => {
+                    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            }
+            answered += 1;
+        }
+        if let Behaviour::StallOnce { at, length } = behaviour {
+            let since = started.elapsed();
+            if since >= at && since < at + length {
+                thread::sleep(at + length - since);
+            }
+        }
+        let written = if let Behaviour::ByMethod = behaviour {
+            // Small pieces, so that answers arrive split at every boundary.
+            out.chunks(7).try_for_each(|piece| stream.write_all(piece))
+        } else {
+            stream.write_all(&out)
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// The method and length of the first whole request in `input`.
+fn next_request(input: &[u8]) -> Option<(String, usize)> {
+    let end = input.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&input[..end]).ok()?;
+    let method = head.split(' ').next()?.to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    (input.len() >= end + length).then_some((method, end + length))
+}
+
+/// Run `millrace load` with `args` and a JSON report; returns the report
+/// and the process output.
+fn load(args: &[&str]) -> (Value, Output) {
+    let json = tempfile("json");
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run millrace load");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "no report; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    (serde_json::from_str(&text).unwrap(), output)
+}
+
+fn tempfile(extension: &str) -> std::path::PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "millrace-load-test-{}-{}.{extension}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn count(report: &Value, path: &str) -> u64 {
+    report
+        .pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} missing from {report}"))
+}
+
+/// `issued = answered + failed + unfinished`, and failed is the sum of its kinds.
+fn assert_counts_add_up(report: &Value) {
+    let issued = count(report, "/requests/issued");
+    let answered = count(report, "/requests/answered");
+    let failed = count(report, "/requests/failed");
+    let unfinished = count(report, "/requests/unfinished");
+    assert_eq!(issued, answered + failed + unfinished, "{report}");
+    let kinds: u64 = ["timeout", "read", "write", "malformed"]
+        .iter()
+        .map(|k| count(report, &format!("/errors/{k}")))
+        .sum();
+    assert_eq!(failed, kinds, "{report}");
+    let statuses: u64 = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        .iter()
+        .map(|c| count(report, &format!("/statuses/{c}")))
+        .sum();
+    assert_eq!(answered, statuses, "{report}");
+}
+
+#[test]
+fn counts_add_up_against_millrace() {
+    let server = Server::start(&[]);
+    let url = format!("http://{}/plaintext", server.addr);
+    let hgrm = tempfile("hgrm");
+    let (report, output) = load(&[
+        &url,
+        "-c",
+        "8",
+        "-p",
+        "16",
+        "-d",
+        "1s",
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_counts_add_up(&report);
+    let answered = count(&report, "/requests/answered");
+    assert!(answered > 1000, "{report}");
+    assert_eq!(count(&report, "/statuses/2xx"), answered);
+    assert_eq!(report["error_ratio"], 0.0);
+    let served = sample(
+        &server.metrics(),
+        "millrace_http_requests_total{core=\"0\",route=\"plaintext\",status=\"200\"}",
+    );
+    assert!(served >= answered, "served {served} < answered {answered}");
+
+    // The table names the figures.
+    let table = String::from_utf8_lossy(&output.stdout);
+    for word in ["Requests/s", "p99.9", "Errors", "issued"] {
+        assert!(table.contains(word), "{table}");
+    }
+
+    // The .hgrm rows give back the report's percentiles.
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    std::fs::remove_file(&hgrm).unwrap();
+    let rows: Vec<(f64, f64, u64)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    assert_eq!(rows.last().unwrap().2, answered);
+    let max = report["latency_ms"]["max"].as_f64().unwrap();
+    assert!(
+        (rows.last().unwrap().0 - max).abs() < 0.0015,
+        "{max} {rows:?}"
+    );
+    for (name, quantile) in [
+        ("p50", 0.5),
+        ("p75", 0.75),
+        ("p90", 0.9),
+        ("p99", 0.99),
+        ("p99.9", 0.999),
+    ] {
+        let value = report["latency_ms"][name].as_f64().unwrap();
+        let at = rows.iter().position(|r| r.1 >= quantile).unwrap();
+        if (rows[at].1 - quantile).abs() < 1e-9 {
+            assert!(
+                (rows[at].0 - value).abs() < 0.0015,
+                "{name}: {value} vs {:?}",
+                rows[at]
+            );
+        } else {
+            // Between the rows either side of it.
+            assert!(
+                rows[at - 1].0 - 0.0015 <= value && value <= rows[at].0 + 0.0015,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pipelined_answers_are_matched_in_order() {
+    let fake = FakeServer::start(Behaviour::ByMethod);
+    let (report, output) = load(&[
+        &fake.url(),
+        "--workload",
+        "kv",
+        "--read-ratio",
+        "0.5",
+        "-c",
+        "4",
+        "-p",
+        "16",
+        "-n",
+        "4000",
+        "-d",
+        "20s",
+        "--seed",
+        "7",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_counts_add_up(&report);
+    assert_eq!(count(&report, "/requests/answered"), 4000);
+    let gets = fake.gets.load(Ordering::Relaxed);
+    let puts = fake.others.load(Ordering::Relaxed);
+    assert_eq!(gets + puts, 4000);
+    // Every GET's answer was the 404, every PUT's the 202: one answer
+    // attributed to the wrong request would show up here.
+    assert_eq!(count(&report, "/operations/GET/4xx"), gets, "{report}");
+    assert_eq!(count(&report, "/operations/GET/2xx"), 0, "{report}");
+    assert_eq!(count(&report, "/operations/PUT/2xx"), puts, "{report}");
+    assert_eq!(count(&report, "/operations/PUT/4xx"), 0, "{report}");
+    // A read of an absent key is an answer, not an error.
+    assert_eq!(count(&report, "/errors/status"), 0);
+}
+
+/// The run must end on time whatever the server does.
+fn assert_ends_on_time(started: Instant, duration: Duration) {
+    let took = started.elapsed();
+    assert!(took < duration + Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn refused_connections_are_counted() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let (report, output) = load(&[&format!("http://127.0.0.1:{port}/"), "-c", "4", "-d", "1s"]);
+    assert_ends_on_time(started, Duration::from_secs(1));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(count(&report, "/errors/connect") >= 4, "{report}");
+    assert_eq!(count(&report, "/requests/answered"), 0);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("error ratio"));
+}
+
+#[test]
+fn a_server_that_never_accepts_times_out_connects() {
+    // A listen queue of one that is never accepted from: later SYNs are
+    // dropped, as by a host that does not answer.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let started = Instant::now();
+    let (report, output) = load(&[
+        &format!("http://{addr}/"),
+        "-c",
+        "8",
+        "-d",
+        "1500ms",
+        "--timeout",
+        "300ms",
+    ]);
+    assert_ends_on_time(started, Duration::from_millis(1500));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(count(&report, "/errors/connect") >= 4, "{report}");
+    assert_counts_add_up(&report);
+    drop(socket);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let fake = FakeServer::start(Behaviour::Silent);
+    let started = Instant::now();
+    let (report, output) = load(&[
+        &fake.url(),
+        "-c",
+        "4",
+        "-p",
+        "2",
+        "-d",
+        "1s",
+        "--timeout",
+        "200ms",
+    ]);
+    assert_ends_on_time(started, Duration::from_secs(1));
+    assert_eq!(output.status.code(), Some(1));
+    assert_counts_add_up(&report);
+    assert_eq!(count(&report, "/requests/answered"), 0);
+    // Each connection times out its two requests about every 200 ms.
+    assert!(count(&report, "/errors/timeout") >= 16, "{report}");
+}
+
+#[test]
+fn a_server_closing_mid_pipeline_costs_the_requests_behind() {
+    let fake = FakeServer::start(Behaviour::CloseAfter(3));
+    let (report, output) = load(&[&fake.url(), "-c", "2", "-p", "8", "-d", "1s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_counts_add_up(&report);
+    assert!(count(&report, "/requests/answered") >= 6, "{report}");
+    assert!(count(&report, "/errors/read") >= 5, "{report}");
+    assert!(
+        count(&report, "/requests/connections_opened") >= 2,
+        "{report}"
+    );
+}
+
+#[test]
+fn malformed_answers_are_counted() {
+    let fake = FakeServer::start(Behaviour::Garbage);
+    let (report, output) = load(&[&fake.url(), "-c", "2", "-d", "500ms"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_counts_add_up(&report);
+    assert!(count(&report, "/errors/malformed") >= 2, "{report}");
+    assert_eq!(count(&report, "/requests/answered"), 0);
+}
+
+#[test]
+fn open_loop_latency_shows_a_stall_that_closed_loop_timing_hides() {
+    let fake = FakeServer::start(Behaviour::StallOnce {
+        at: Duration::from_secs(4),
+        length: Duration::from_secs(1),
+    });
+    let (report, output) = load(&[
+        &fake.url(),
+        "-c",
+        "8",
+        "-R",
+        "4000",
+        "-d",
+        "10s",
+        "--seed",
+        "1",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_counts_add_up(&report);
+    let corrected = report["latency_ms"]["p99.9"].as_f64().unwrap();
+    let uncorrected = report["uncorrected_latency_ms"]["p99.9"].as_f64().unwrap();
+    assert!(corrected >= 500.0, "corrected p99.9 {corrected} ms");
+    assert!(uncorrected < 500.0, "uncorrected p99.9 {uncorrected} ms");
+    // The open loop kept its rate: about 40,000 requests in 10 s.
+    let issued = count(&report, "/requests/issued");
+    assert!((39_000..=41_000).contains(&issued), "{issued}");
+}
+
+#[test]
+fn invalid_flags_get_clear_errors() {
+    for (args, expected) in [
+        (&["https://127.0.0.1/"][..], "https is not supported"),
+        (&["127.0.0.1:80"], "expected a URL"),
+        (&["http://127.0.0.1:1/", "-c", "0"], "--connections"),
+        (&["http://127.0.0.1:1/", "-p", "0"], "--pipeline"),
+        (&["http://127.0.0.1:1/", "-R", "0"], "--rate"),
+        (&["http://127.0.0.1:1/", "--plot", "x.png"], "SVG"),
+        (&["http://127.0.0.1:1/", "-d", "ten"], "invalid time"),
+        (&["http://127.0.0.1:1/", "--key-dist", "zipf:0"], "zipf"),
+        (
+            &["http://127.0.0.1:1/", "--body", "@/nonexistent/file"],
+            "cannot read",
+        ),
+        (&["http://127.0.0.1:1/", "-H", "no colon"], "Name: value"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .arg("load")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
