@@ -59,17 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# CPU ticks (utime+stime) used so far by a process and its children.
-cpu_ticks() {
-  local total=0 pid
-  for pid in "$1" $(pgrep -P "$1" || true); do
-    if [ -r "/proc/$pid/stat" ]; then
-      total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    fi
-  done
-  echo "$total"
-}
-
 results="$work/results.tsv"
 : > "$results"
 
@@ -88,47 +77,6 @@ bench() {
     printf '  %-14s depth %-2s %12s req/s  server CPU %5.2f s  %s\n' "$name" "$depth" "$rps" \
       "$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }')" "$errors"
   done
-}
-
-cat > "$work/nginx.conf.in" <<'NGINX'
-worker_processes 1;
-master_process off;
-daemon off;
-error_log stderr warn;
-pid @WORK@/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  client_body_temp_path @WORK@/nginx;
-  proxy_temp_path @WORK@/nginx;
-  fastcgi_temp_path @WORK@/nginx;
-  uwsgi_temp_path @WORK@/nginx;
-  scgi_temp_path @WORK@/nginx;
-  server {
-    listen 127.0.0.1:@PORT@;
-    location /plaintext { default_type text/plain; return 200 "Hello, World!"; }
-  }
-}
-NGINX
-mkdir -p "$work/nginx/logs"
-
-# start_server NAME PORT: start it pinned to the server CPU; sets server_pid.
-start_server() {
-  local name="$1" port="$2"
-  case "$name" in
-    millrace)
-      taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
-        > "$work/$name.log" 2>&1 & ;;
-    may_minihttp)
-      taskset -c "$server_cpu" "$may_peer" "127.0.0.1:$port" > "$work/$name.log" 2>&1 & ;;
-    nginx)
-      sed -e "s|@WORK@|$work|g" -e "s|@PORT@|$port|g" "$work/nginx.conf.in" > "$work/nginx/nginx.conf"
-      taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" > "$work/$name.log" 2>&1 & ;;
-  esac
-  server_pid=$!
-  pids+=("$server_pid")
-  wait_for_http "http://127.0.0.1:$port/plaintext"
 }
 
 servers=(millrace may_minihttp nginx)

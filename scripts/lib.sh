@@ -31,3 +31,62 @@ wait_for_http() {
   echo "no answer from $1 after 10 s" >&2
   return 1
 }
+
+# cpu_ticks PID: CPU ticks (utime+stime) used so far by a process and its children.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    if [ -r "/proc/$pid/stat" ]; then
+      total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    fi
+  done
+  echo "$total"
+}
+
+# start_server NAME PORT: start millrace, may_minihttp or nginx with one
+# worker on 127.0.0.1:PORT, pinned to $server_cpu, and wait until it answers
+# /plaintext; sets server_pid and appends it to pids. Uses $work for files and
+# $millrace and $may_peer for the binaries.
+start_server() {
+  local name="$1" port="$2"
+  case "$name" in
+    millrace)
+      taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
+        > "$work/$name.log" 2>&1 & ;;
+    may_minihttp)
+      taskset -c "$server_cpu" "$may_peer" "127.0.0.1:$port" > "$work/$name.log" 2>&1 & ;;
+    nginx)
+      mkdir -p "$work/nginx/logs"
+      nginx_conf "$work/nginx" "$port" > "$work/nginx/nginx.conf"
+      taskset -c "$server_cpu" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" > "$work/$name.log" 2>&1 & ;;
+    *) echo "unknown server $name" >&2; return 1 ;;
+  esac
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_for_http "http://127.0.0.1:$port/plaintext"
+}
+
+# nginx_conf DIR PORT: one worker answering /plaintext as the others do.
+nginx_conf() {
+  cat <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+error_log stderr warn;
+pid $1/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path $1;
+  proxy_temp_path $1;
+  fastcgi_temp_path $1;
+  uwsgi_temp_path $1;
+  scgi_temp_path $1;
+  server {
+    listen 127.0.0.1:$2;
+    location /plaintext { default_type text/plain; return 200 "Hello, World!"; }
+  }
+}
+NGINX
+}
