@@ -3,13 +3,13 @@
 #
 # Builds millrace in release, checks the host (millrace doctor), starts the
 # server with one executor pinned to SERVER_CPU, drives GET /plaintext from
-# LOAD_CPU with wrk (64 connections, pipeline depth 1 then 16, DURATION
-# seconds each), prints the latency percentiles, then stops the server with
-# SIGTERM and shows that it drained cleanly.
+# LOAD_CPU with millrace load (64 connections, closed loop at pipeline depth 1
+# then 16, then open loop at half the depth-1 rate, DURATION seconds each
+# after a 1 s warm-up), prints the latency percentiles, then stops the server
+# with SIGTERM and shows that it drained cleanly.
 #
-# The full side-by-side benchmark (millrace vs may_minihttp vs nginx, requests
-# per CPU-second, idle-connection memory) is scripts/bench-http.sh; its
-# results are under benches/results/.
+# Side by side with peers: scripts/bench-http.sh (servers) and
+# scripts/bench-load.sh (load generators); results under benches/results/.
 #
 # Usage: scripts/run.sh [--duration SECONDS]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
@@ -28,7 +28,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages wrk curl python3
+need_packages curl python3
 step "building millrace (release)"
 cargo build --release --locked --quiet
 millrace=target/release/millrace
@@ -40,36 +40,40 @@ port=$(free_port)
 step "millrace serve on CPU $server_cpu, port $port"
 taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," &
 server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
+work="$(mktemp -d)"
+trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 wait_for_http "http://127.0.0.1:$port/readyz"
 
-work="$(mktemp -d)"
-table="$work/table"
-printf '| depth | requests/s | p50 | p75 | p90 | p99 | errors |\n|---:|---:|---:|---:|---:|---:|---|\n' > "$table"
-for depth in 1 16; do
-  step "wrk: 64 connections, depth $depth, ${duration} s, on CPU $load_cpu"
-  out=$(taskset -c "$load_cpu" wrk -t1 -c64 -d"${duration}s" --latency -s scripts/pipeline.lua \
-    "http://127.0.0.1:$port/plaintext" -- "$depth")
-  echo "$out"
-  awk -v depth="$depth" '
-    /^Requests\/sec:/ { rps = $2 }
-    /^ +50%/ { p50 = $2 } /^ +75%/ { p75 = $2 } /^ +90%/ { p90 = $2 } /^ +99%/ { p99 = $2 }
-    /Non-2xx|Socket errors/ { errors = errors $0 }
-    END {
-      # wrk records one latency per pipelined batch, so its percentiles only hold at depth 1.
-      if (depth != 1) { p50 = p75 = p90 = p99 = "n/a" }
-      printf "| %s | %s | %s | %s | %s | %s | %s |\n", depth, rps, p50, p75, p90, p99, (errors ? errors : "none")
-    }
-  ' <<<"$out" >> "$table"
-done
+url="http://127.0.0.1:$port/plaintext"
+# load NAME ARGS...: one millrace load run on the load CPU, its JSON kept as NAME.
+load() {
+  local name="$1"; shift
+  "$millrace" load "$url" --cores "$load_cpu," -c 64 -d "${duration}s" --warmup 1s \
+    --json "$work/$name.json" "$@"
+}
+step "millrace load: closed loop, 64 connections, depth 1, ${duration} s, on CPU $load_cpu"
+load depth-1 -p 1
+step "millrace load: closed loop, 64 connections, depth 16"
+load depth-16 -p 16
+rate=$(python3 -c 'import json, sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_s"] / 2)))' "$work/depth-1.json")
+step "millrace load: open loop at $rate requests/s (half the depth-1 rate), 64 connections"
+load open-loop -R "$rate"
 
 step "SIGTERM: drain and exit"
 kill -TERM "$server"
 wait "$server" && echo "millrace exited 0"
-trap - EXIT
 
-step "GET /plaintext on one millrace executor (wrk: closed loop, latency not corrected for coordinated omission; wrk cannot time pipelined requests)"
-cat "$table"
-rm -rf "$work"
+step "GET /plaintext on one millrace executor (latency per request; open loop corrected for coordinated omission)"
+python3 - "$work" <<'PY'
+import json, os, sys
+print("| run | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for name in ("depth-1", "depth-16", "open-loop"):
+    r = json.load(open(os.path.join(sys.argv[1], name + ".json")))
+    l = r["latency_ms"]
+    errors = sum(v for v in r["errors"].values())
+    print(f"| {name} | {r['requests_per_s']:,.0f} | {l['p50']:.3f} | {l['p90']:.3f} | {l['p99']:.3f} "
+          f"| {l['p99.9']:.3f} | {l['max']:.3f} | {errors} |")
+PY
 echo
-echo "Side by side with may_minihttp and nginx: scripts/bench-http.sh (results in benches/results/)."
+echo "Side by side with peers: scripts/bench-http.sh and scripts/bench-load.sh (results in benches/results/)."
