@@ -8,14 +8,14 @@
 # scripts/pipeline.lua at depth 16, and no script at depth 1), DURATION
 # seconds each after a 1 s warm-up run. For every run: the requests/s the
 # generator reports and the CPU time it used (utime+stime, /usr/bin/time).
-# Then, at RATE requests/s (open loop, CONNECTIONS connections), oha with
-# --latency-correction and millrace load --rate on the same server: p50 and
-# p99 side by side. Servers, generators and their order rotate over ROUNDS
+# Then, at each of RATES requests/s (open loop, CONNECTIONS connections), oha
+# with --latency-correction and millrace load --rate on the same server: p50
+# and p99 side by side. Servers, generators and their order rotate over ROUNDS
 # rounds; the report gives medians (every run is kept in the JSON).
 #
 # Results: benches/results/<date>-<host>-load.json and .md
 #
-# Usage: scripts/bench-load.sh [--duration SECONDS] [--connections N] [--rounds N] [--rate REQ_PER_S] [--no-build]
+# Usage: scripts/bench-load.sh [--duration SECONDS] [--connections N] [--rounds N] [--rates "R1 R2 ..."] [--no-build]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
 # Needs oha (cargo install oha --locked); installed when missing, which takes a while.
 set -euo pipefail
@@ -23,14 +23,14 @@ set -euo pipefail
 duration=5
 connections=64
 rounds=3
-rate=20000
+rates="1000 5000 20000"
 build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration="$2"; shift 2 ;;
     --connections) connections="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
-    --rate) rate="$2"; shift 2 ;;
+    --rates) rates="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -93,9 +93,9 @@ generate() {
   esac
 }
 
-# open_loop NAME URL: p50 and p99 in ms at $rate requests/s.
+# open_loop NAME URL RATE: achieved requests/s, p50, p99 and max in ms.
 open_loop() {
-  local name="$1" url="$2"
+  local name="$1" url="$2" rate="$3"
   case "$name" in
     oha)
       taskset -c "$load_cpu" oha -z "${duration}s" -c "$connections" -q "$rate" --latency-correction \
@@ -104,16 +104,16 @@ open_loop() {
 import json, sys
 d = json.load(open(sys.argv[1]))
 p = d["latencyPercentiles"]
-print(d["summary"]["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3)
+print(d["summary"]["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3, d["summary"]["slowest"] * 1e3)
 PY
       ;;
     millrace_load)
       taskset -c "$load_cpu" "$millrace" load "$url" -c "$connections" -R "$rate" -d "${duration}s" \
-        --warmup 1s --max-error-ratio 1 --json "$work/open.json" > /dev/null
+        --max-error-ratio 1 --json "$work/open.json" > /dev/null
       python3 - "$work/open.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-print(d["requests_per_s"], d["latency_ms"]["p50"], d["latency_ms"]["p99"])
+print(d["requests_per_s"], d["latency_ms"]["p50"], d["latency_ms"]["p99"], d["latency_ms"]["max"])
 PY
       ;;
   esac
@@ -139,12 +139,14 @@ for round in $(seq 1 "$rounds"); do
           "$server" "$depth" "$gen" "$rps" "$cpu" "$wall"
       done
     done
-    for j in 0 1; do
-      tool="${latency_tools[$(( (j + round - 1) % 2 ))]}"
-      read -r achieved p50 p99 < <(open_loop "$tool" "$url")
-      printf '%s\t%s\t%s\t%s\t%s\n' "$server" "$tool" "$achieved" "$p50" "$p99" >> "$latency"
-      printf '  %-8s %-14s at %s req/s: achieved %10.0f  p50 %8.3f ms  p99 %8.3f ms\n' \
-        "$server" "$tool" "$rate" "$achieved" "$p50" "$p99"
+    for rate in $rates; do
+      for j in 0 1; do
+        tool="${latency_tools[$(( (j + round - 1) % 2 ))]}"
+        read -r achieved p50 p99 max < <(open_loop "$tool" "$url" "$rate")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$tool" "$achieved" "$p50" "$p99" "$max" >> "$latency"
+        printf '  %-8s %-14s at %6s req/s: achieved %8.0f  p50 %7.3f ms  p99 %7.3f ms  max %8.3f ms\n' \
+          "$server" "$tool" "$rate" "$achieved" "$p50" "$p99" "$max"
+      done
     done
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   done
@@ -156,9 +158,9 @@ host="$(hostname -s 2>/dev/null || hostname)"
 base="benches/results/${stamp}-${host}-load"
 python3 scripts/bench_load_report.py \
   --throughput "$throughput" --latency "$latency" --json "$base.json" --markdown "$base.md" \
-  --duration "$duration" --connections "$connections" --rounds "$rounds" --rate "$rate" \
+  --duration "$duration" --connections "$connections" --rounds "$rounds" --rates "$rates" \
   --server-cpu "$server_cpu" --load-cpu "$load_cpu" --oha-version "$(oha --version)" \
-  --command "scripts/bench-load.sh --duration $duration --connections $connections --rounds $rounds --rate $rate"
+  --command "scripts/bench-load.sh --duration $duration --connections $connections --rounds $rounds --rates '$rates'"
 echo
 cat "$base.md"
 echo "written: $base.json $base.md"

@@ -2,8 +2,8 @@
 """Turn scripts/bench-load.sh's measurements into JSON and a markdown table.
 
 Inputs: a TSV of server, depth, generator, requests/s, generator CPU seconds,
-wall seconds (closed-loop throughput), and a TSV of server, tool, achieved
-requests/s, p50 ms, p99 ms (open-loop latency); several rounds give several
+wall seconds (closed-loop throughput), and a TSV of server, rate, tool,
+achieved requests/s, p50 ms, p99 ms, max ms (open-loop latency); several rounds give several
 lines each, and the tables show medians (every run is kept in the JSON).
 """
 import argparse
@@ -16,9 +16,9 @@ from bench_report import machine
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    for name in ["throughput", "latency", "json", "markdown", "command", "oha-version"]:
+    for name in ["throughput", "latency", "json", "markdown", "command", "oha-version", "rates"]:
         p.add_argument(f"--{name}", required=True)
-    for name in ["duration", "connections", "rounds", "rate", "server-cpu", "load-cpu"]:
+    for name in ["duration", "connections", "rounds", "server-cpu", "load-cpu"]:
         p.add_argument(f"--{name}", type=int, required=True)
     a = p.parse_args()
 
@@ -40,13 +40,15 @@ def main() -> None:
     latency = []
     with open(a.latency) as f:
         for line in f:
-            server, tool, achieved, p50, p99 = line.rstrip("\n").split("\t")
+            server, rate, tool, achieved, p50, p99, worst = line.rstrip("\n").split("\t")
             latency.append({
                 "server": server,
+                "rate": int(rate),
                 "tool": tool,
                 "achieved_requests_per_second": round(float(achieved)),
                 "p50_ms": float(p50),
                 "p99_ms": float(p99),
+                "max_ms": float(worst),
             })
 
     def median(rows, key):
@@ -75,20 +77,21 @@ def main() -> None:
 
     opened = []
     for server in dict.fromkeys(r["server"] for r in latency):
-        row = {"server": server}
-        for tool in ("oha", "millrace_load"):
-            mine = [r for r in latency if r["server"] == server and r["tool"] == tool]
-            row[tool] = {
-                "runs": len(mine),
-                "median_achieved_requests_per_second": round(median(mine, "achieved_requests_per_second") or 0),
-                "median_p50_ms": median(mine, "p50_ms"),
-                "median_p99_ms": median(mine, "p99_ms"),
-            }
-        o, m = row["oha"], row["millrace_load"]
-        for q in ("p50", "p99"):
-            ours, theirs = m[f"median_{q}_ms"], o[f"median_{q}_ms"]
-            row[f"{q}_ratio"] = round(ours / theirs, 2) if ours and theirs else None
-        opened.append(row)
+        for rate in dict.fromkeys(r["rate"] for r in latency):
+            row = {"server": server, "rate": rate}
+            for tool in ("oha", "millrace_load"):
+                mine = [r for r in latency if r["server"] == server and r["rate"] == rate and r["tool"] == tool]
+                row[tool] = {
+                    "runs": len(mine),
+                    "median_achieved_requests_per_second": round(median(mine, "achieved_requests_per_second") or 0),
+                    "median_p50_ms": median(mine, "p50_ms"),
+                    "median_p99_ms": median(mine, "p99_ms"),
+                }
+            o, m = row["oha"], row["millrace_load"]
+            for q in ("p50", "p99"):
+                ours, theirs = m[f"median_{q}_ms"], o[f"median_{q}_ms"]
+                row[f"{q}_ratio"] = round(ours / theirs, 2) if ours and theirs else None
+            opened.append(row)
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -98,7 +101,7 @@ def main() -> None:
             "connections": a.connections,
             "duration_seconds": a.duration,
             "rounds": a.rounds,
-            "open_loop_rate": a.rate,
+            "open_loop_rates": [int(r) for r in a.rates.split()],
             "server_cpu": a.server_cpu,
             "load_cpu": a.load_cpu,
             "wrk": "wrk -t1; scripts/pipeline.lua at depth 16, no script at depth 1; a 1 s run first",
@@ -135,15 +138,15 @@ def main() -> None:
             f"{w['median_requests_per_cpu_second']:,} | {ml['median_requests_per_cpu_second']:,} |")
     lines += [
         "",
-        f"Open loop at {a.rate:,} requests/s, latency corrected for coordinated omission:",
+        "Open loop, latency corrected for coordinated omission (ratio: millrace load / oha):",
         "",
-        "| server | oha p50 ms | millrace load p50 ms | oha p99 ms | millrace load p99 ms | p50 ratio | p99 ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server | rate | oha p50 ms | millrace load p50 ms | oha p99 ms | millrace load p99 ms | p50 ratio | p99 ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in opened:
         o, ml = r["oha"], r["millrace_load"]
         lines.append(
-            f"| {r['server']} | {o['median_p50_ms']:.3f} | {ml['median_p50_ms']:.3f} | "
+            f"| {r['server']} | {r['rate']:,} | {o['median_p50_ms']:.3f} | {ml['median_p50_ms']:.3f} | "
             f"{o['median_p99_ms']:.3f} | {ml['median_p99_ms']:.3f} | {r['p50_ratio']}x | {r['p99_ratio']}x |")
     with open(a.markdown, "w") as f:
         f.write("\n".join(lines) + "\n")

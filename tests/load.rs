@@ -230,6 +230,11 @@ fn counts_add_up_against_millrace() {
     ]);
     assert!(output.status.success(), "{output:?}");
     assert_counts_add_up(&report);
+    // Closed loop: a request is issued when it is sent.
+    assert_eq!(
+        count(&report, "/requests/sent"),
+        count(&report, "/requests/issued")
+    );
     let answered = count(&report, "/requests/answered");
     assert!(answered > 1000, "{report}");
     assert_eq!(count(&report, "/statuses/2xx"), answered);

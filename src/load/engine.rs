@@ -809,6 +809,7 @@ impl Engine {
     /// finish with the buffers they use.
     fn teardown(mut self) -> Stats {
         self.reconnects.clear();
+        self.plan.interval = None; // Nothing more is due.
         for slot in 0..self.conns.len() {
             if self.conns[slot].state != State::Idle {
                 self.conns[slot].state = State::Closing;
