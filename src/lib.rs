@@ -25,4 +25,5 @@ pub mod load;
 pub mod metrics;
 pub mod probe;
 pub mod reactor;
+pub mod redis;
 pub mod server;

@@ -94,7 +94,12 @@ mod tests {
             (b"{}", 15257),
             (b"", 0),
         ] {
-            assert_eq!(Slot::of(key).get(), slot, "{:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                Slot::of(key).get(),
+                slot,
+                "{:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# scripts/redis-cluster.sh: a local Redis Cluster on loopback, from Debian's
+# redis-server (installed when missing).
+#
+#   start   MASTERS masters with REPLICAS replicas each, on ports PORT and up
+#           (cluster bus on port + 10000), data and logs under DIR/<port>,
+#           created with redis-cli --cluster create; returns once every node
+#           reports cluster_state:ok and every replica has synced, printing
+#           the seed list (host:port,...).
+#   stop    kill the nodes under DIR and remove DIR.
+#   status  CLUSTER INFO's state and CLUSTER NODES of the first node.
+#
+# Usage: scripts/redis-cluster.sh start|stop|status [--masters N] [--replicas R]
+#          [--port BASE] [--dir DIR] [--password P] [--node-timeout-ms MS]
+# Defaults: 3 masters, 0 replicas, port 7000, dir var/redis-cluster,
+# no password, node timeout 2000 ms (how long before a failover starts).
+# With --password, the default user needs it (ACL), and replicas use it too.
+set -euo pipefail
+
+command="${1:-}"
+[ -n "$command" ] && shift
+masters=3
+replicas=0
+port=7000
+dir=var/redis-cluster
+password=""
+node_timeout_ms=2000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --masters) masters="$2"; shift 2 ;;
+    --replicas) replicas="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --dir) dir="$2"; shift 2 ;;
+    --password) password="$2"; shift 2 ;;
+    --node-timeout-ms) node_timeout_ms="$2"; shift 2 ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
+
+nodes=$((masters * (replicas + 1)))
+auth=()
+[ -n "$password" ] && auth=(-a "$password" --no-auth-warning)
+
+cli() { redis-cli -h 127.0.0.1 -p "$1" "${auth[@]}" "${@:2}"; }
+
+start() {
+  if [ "$masters" -lt 3 ]; then
+    echo "a Redis Cluster needs at least 3 masters" >&2
+    exit 2
+  fi
+  command -v redis-server > /dev/null && command -v redis-cli > /dev/null || need_packages redis-server
+  mkdir -p "$dir"
+  local addresses=() p
+  for p in $(seq "$port" $((port + nodes - 1))); do
+    mkdir -p "$dir/$p"
+    {
+      echo "port $p"
+      echo "bind 127.0.0.1"
+      echo "protected-mode no"
+      echo "cluster-enabled yes"
+      echo "cluster-config-file $(realpath "$dir/$p")/nodes.conf"
+      echo "cluster-node-timeout $node_timeout_ms"
+      echo "dir $(realpath "$dir/$p")"
+      echo "daemonize yes"
+      echo "pidfile $(realpath "$dir/$p")/redis.pid"
+      echo "logfile $(realpath "$dir/$p")/redis.log"
+      echo "save \"\""
+      echo "appendonly no"
+      if [ -n "$password" ]; then
+        echo "requirepass $password"
+        echo "masterauth $password"
+      fi
+    } > "$dir/$p/redis.conf"
+    redis-server "$dir/$p/redis.conf"
+    addresses+=("127.0.0.1:$p")
+  done
+  for p in $(seq "$port" $((port + nodes - 1))); do
+    local i
+    for i in $(seq 1 100); do
+      cli "$p" ping > /dev/null 2>&1 && break
+      sleep 0.05
+    done
+  done
+  cli "$port" --cluster create "${addresses[@]}" --cluster-replicas "$replicas" --cluster-yes > "$dir/create.log" 2>&1 \
+    || { cat "$dir/create.log" >&2; exit 1; }
+  # Every node agrees the cluster is ok, and every replica has synced.
+  local deadline=$((SECONDS + 30)) ok synced
+  while :; do
+    ok=0
+    synced=0
+    for p in $(seq "$port" $((port + nodes - 1))); do
+      cli "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+      cli "$p" info replication 2>/dev/null | grep -q '^master_link_status:up' && synced=$((synced + 1))
+    done
+    [ "$ok" -eq "$nodes" ] && [ "$synced" -eq $((masters * replicas)) ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "the cluster did not reach cluster_state:ok in 30 s" >&2
+      cli "$port" cluster nodes >&2 || true
+      exit 1
+    fi
+    sleep 0.1
+  done
+  local IFS=,
+  echo "${addresses[*]}"
+}
+
+stop() {
+  [ -d "$dir" ] || return 0
+  local pidfile pid
+  for pidfile in "$dir"/*/redis.pid; do
+    [ -e "$pidfile" ] || continue
+    pid="$(cat "$pidfile")"
+    kill "$pid" 2>/dev/null || true
+  done
+  for pidfile in "$dir"/*/redis.pid; do
+    [ -e "$pidfile" ] || continue
+    pid="$(cat "$pidfile")"
+    local i
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+}
+
+status() {
+  cli "$port" cluster info | grep '^cluster_state'
+  cli "$port" cluster nodes
+}
+
+case "$command" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status [options] (see --help)" >&2; exit 2 ;;
+esac
