@@ -2,9 +2,11 @@
 # scripts/test.sh: pass millrace's whole test suite on a fresh Debian machine.
 #
 # Installs what the tests need (curl and python3, the real clients the tests
-# drive), then checks formatting and lints and runs every test: unit tests of
-# the sans-IO protocol code, and integration tests that start the real binary
-# and talk to it over loopback sockets.
+# drive; redis-server and redis-cli, from which each Redis test starts its
+# own cluster on free loopback ports with scripts/redis-cluster.sh), then
+# checks formatting and lints and runs every test: unit tests of the sans-IO
+# protocol code, and integration tests that start the real binary, real
+# Redis Clusters and fake servers, and talk to them over loopback sockets.
 #
 # Usage: scripts/test.sh
 set -euo pipefail
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 ca-certificates
+need_packages curl python3 ca-certificates redis-server redis-tools
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

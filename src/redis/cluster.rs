@@ -368,9 +368,27 @@ impl Cluster {
         self.layout_known && self.owners.iter().all(|&o| o != NO_NODE)
     }
 
+    /// A layout has been read (it may not cover every slot).
+    pub fn layout_known(&self) -> bool {
+        self.layout_known
+    }
+
     /// Commands issued and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.commands.len
+    }
+
+    /// One slot of each master's, to reach every master with a keyless command.
+    pub fn slot_per_master(&self) -> Vec<(SocketAddr, Slot)> {
+        let mut seen = Vec::new();
+        for (slot, &owner) in self.owners.iter().enumerate() {
+            if owner != NO_NODE && !seen.iter().any(|&(o, _)| o == owner) {
+                seen.push((owner, slot as u16));
+            }
+        }
+        seen.into_iter()
+            .filter_map(|(owner, slot)| Some((self.nodes[owner as usize].address, Slot::new(slot)?)))
+            .collect()
     }
 
     /// Masters the client connects to.

@@ -135,6 +135,13 @@ impl Command {
         Command::new(&all, (!keys.is_empty()).then_some(3))
     }
 
+    /// The same command sent to whichever master owns `slot`: how a
+    /// keyless command (`CLUSTER INFO`) reaches a chosen master.
+    pub fn routed_to(mut self, slot: Slot) -> Command {
+        self.slot = Some(slot);
+        self
+    }
+
     /// The encoded bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

@@ -5,6 +5,7 @@
 //! - [`topology`]: which master owns which slots, from CLUSTER SHARDS or SLOTS.
 pub mod cluster;
 pub mod command;
+pub mod driver;
 pub mod resp;
 pub mod slot;
 pub mod topology;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};

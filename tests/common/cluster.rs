@@ -1,0 +1,150 @@
+//! A Redis Cluster of our own for a test, started and stopped by
+//! scripts/redis-cluster.sh on free loopback ports.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A running cluster; dropping it stops it and removes its files.
+pub struct RedisCluster {
+    /// Where its nodes keep their files.
+    pub dir: PathBuf,
+    /// The first node's port; the others follow.
+    pub port: u16,
+    /// Every node, masters first as created.
+    pub nodes: Vec<SocketAddr>,
+    /// Password, if any.
+    pub password: Option<String>,
+}
+
+impl RedisCluster {
+    /// `masters` masters with `replicas` replicas each.
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, None, 2000)
+    }
+
+    /// The same, with a password and a node timeout (failover speed).
+    pub fn start_with(
+        masters: usize,
+        replicas: usize,
+        password: Option<&str>,
+        node_timeout_ms: u32,
+    ) -> RedisCluster {
+        let count = masters * (replicas + 1);
+        let port = free_port_range(count);
+        let dir =
+            std::env::temp_dir().join(format!("millrace-redis-{}-{port}", std::process::id()));
+        let mut command = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/redis-cluster.sh"
+        ));
+        command.args([
+            "start",
+            "--masters",
+            &masters.to_string(),
+            "--replicas",
+            &replicas.to_string(),
+            "--port",
+            &port.to_string(),
+            "--node-timeout-ms",
+            &node_timeout_ms.to_string(),
+        ]);
+        command.arg("--dir").arg(&dir);
+        if let Some(password) = password {
+            command.args(["--password", password]);
+        }
+        let output = command.output().expect("run scripts/redis-cluster.sh");
+        let cluster = RedisCluster {
+            dir,
+            port,
+            nodes: (0..count as u16)
+                .map(|i| SocketAddr::from(([127, 0, 0, 1], port + i)))
+                .collect(),
+            password: password.map(str::to_string),
+        };
+        assert!(
+            output.status.success(),
+            "the cluster did not start:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster
+    }
+
+    /// The masters' addresses as created (the first `masters` nodes).
+    pub fn seeds(&self) -> Vec<SocketAddr> {
+        self.nodes.clone()
+    }
+
+    /// `redis-cli -p PORT args...`, its standard output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(password) = &self.password {
+            command.args(["-a", password, "--no-auth-warning"]);
+        }
+        let output = command.args(args).output().expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The process id of the node on `port`.
+    pub fn pid(&self, port: u16) -> i32 {
+        std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    /// `CLUSTER NODES` lines as (id, port, flags, master id, slots).
+    pub fn nodes_table(&self) -> Vec<(String, u16, String, String, String)> {
+        self.cli(self.port, &["cluster", "nodes"])
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let port = f.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                Some((
+                    f[0].to_string(),
+                    port,
+                    f[2].to_string(),
+                    f[3].to_string(),
+                    f.get(8..).map(|s| s.join(" ")).unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/redis-cluster.sh"
+        ))
+        .arg("stop")
+        .arg("--dir")
+        .arg(&self.dir)
+        .output();
+    }
+}
+
+/// A base port with `count` free ports after it, and free bus ports (+10000).
+fn free_port_range(count: usize) -> u16 {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize)
+        ^ (std::process::id() as usize).wrapping_mul(7919);
+    for attempt in 0..200 {
+        let base = 20_000 + ((seed + attempt * 104_729) % 1_000) * 20;
+        let free = (0..count).all(|i| {
+            let port = (base + i) as u16;
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        });
+        if free {
+            return base as u16;
+        }
+    }
+    panic!("no free port range for a Redis Cluster");
+}
