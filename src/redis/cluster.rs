@@ -387,7 +387,9 @@ impl Cluster {
             }
         }
         seen.into_iter()
-            .filter_map(|(owner, slot)| Some((self.nodes[owner as usize].address, Slot::new(slot)?)))
+            .filter_map(|(owner, slot)| {
+                Some((self.nodes[owner as usize].address, Slot::new(slot)?))
+            })
             .collect()
     }
 
