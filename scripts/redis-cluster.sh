@@ -5,8 +5,8 @@
 #   start   MASTERS masters with REPLICAS replicas each, on ports PORT and up
 #           (cluster bus on port + 10000), data and logs under DIR/<port>,
 #           created with redis-cli --cluster create; returns once every node
-#           reports cluster_state:ok and every replica has synced, printing
-#           the seed list (host:port,...).
+#           reports cluster_state:ok, every replica has synced and CLUSTER
+#           SHARDS shows every node online, printing the seed list.
 #   stop    kill the nodes under DIR and remove DIR.
 #   status  CLUSTER INFO's state and CLUSTER NODES of the first node.
 #
@@ -89,7 +89,7 @@ start() {
   cli "$port" --cluster create "${addresses[@]}" --cluster-replicas "$replicas" --cluster-yes > "$dir/create.log" 2>&1 \
     || { cat "$dir/create.log" >&2; exit 1; }
   # Every node agrees the cluster is ok, and every replica has synced.
-  local deadline=$((SECONDS + 30)) ok synced
+  local deadline=$((SECONDS + 30)) ok synced online
   while :; do
     ok=0
     synced=0
@@ -97,7 +97,10 @@ start() {
       cli "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && ok=$((ok + 1))
       cli "$p" info replication 2>/dev/null | grep -q '^master_link_status:up' && synced=$((synced + 1))
     done
-    [ "$ok" -eq "$nodes" ] && [ "$synced" -eq $((masters * replicas)) ] && break
+    # And the layout clients read shows every node online (replicas report
+    # loading until their offset has reached the others over the bus).
+    online=$(cli "$port" cluster shards 2>/dev/null | grep -cx online || true)
+    [ "$ok" -eq "$nodes" ] && [ "$synced" -eq $((masters * replicas)) ] && [ "$online" -eq "$nodes" ] && break
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "the cluster did not reach cluster_state:ok in 30 s" >&2
       cli "$port" cluster nodes >&2 || true

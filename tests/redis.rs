@@ -326,6 +326,31 @@ fn credentials_are_checked_and_never_shown() {
         "{error}"
     );
     assert!(!format!("{config:?}").contains("wrong-pass"));
+    // An ACL user of its own, on every node.
+    for node in &cluster.nodes {
+        let reply = cluster.cli(
+            node.port(),
+            &[
+                "acl",
+                "setuser",
+                "app",
+                "on",
+                ">app-pass",
+                "~*",
+                "&*",
+                "+@all",
+            ],
+        );
+        assert_eq!(reply.trim(), "OK");
+    }
+    let mut config = Config::new(cluster.seeds());
+    config.user = Some("app".into());
+    config.password = Some("app-pass".into());
+    let mut client = Client::connect(config).unwrap();
+    assert_eq!(
+        client.call(Command::new(&["ACL", "WHOAMI"], None)).unwrap(),
+        OwnedReply::Bulk(b"app".to_vec())
+    );
     for (user, protocol) in [(None, Protocol::Resp2), (Some("default"), Protocol::Resp3)] {
         let mut config = Config::new(cluster.seeds());
         config.password = Some("s3cret-pass".into());
@@ -337,6 +362,49 @@ fn credentials_are_checked_and_never_shown() {
             OwnedReply::Status(b"OK".to_vec())
         );
     }
+}
+
+#[test]
+fn reads_can_go_to_replicas() {
+    let cluster = RedisCluster::start(3, 1);
+    let mut config = Config::new(cluster.seeds());
+    config.read_from_replicas = true;
+    let mut client = Client::connect(config).unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("rr:{i}")).collect();
+    let sets = client.execute(
+        keys.iter()
+            .map(|k| Command::set(k.as_bytes(), b"v"))
+            .collect(),
+    );
+    assert!(sets.iter().all(Result::is_ok));
+    // Replicas lag: wait until each master's replica has the writes.
+    let waits = client.execute(
+        keys.iter()
+            .map(|k| Command::wait(k.as_bytes(), 1, Duration::from_secs(2)))
+            .collect(),
+    );
+    assert!(
+        waits.iter().all(|w| w == &Ok(OwnedReply::Integer(1))),
+        "{waits:?}"
+    );
+    let gets = client.execute(keys.iter().map(|k| Command::get(k.as_bytes())).collect());
+    assert!(gets.iter().all(|g| g == &Ok(bulk(b"v"))), "{gets:?}");
+    // The GETs ran on replicas, none on masters.
+    let mut on_replicas = 0;
+    for (_, port, flags, _, _) in cluster.nodes_table() {
+        let stats = cluster.cli(port, &["info", "commandstats"]);
+        let gets: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap());
+        if flags.contains("master") {
+            assert_eq!(gets, 0, "a master served GET");
+        } else {
+            on_replicas += gets;
+        }
+    }
+    assert_eq!(on_replicas, 300);
 }
 
 #[test]

@@ -67,6 +67,10 @@ pub struct Config {
     pub retry_backoff_min: Duration,
     /// Longest wait between retries.
     pub retry_backoff_max: Duration,
+    /// Send read-only commands ([`Command::read_only`]) to a replica of the
+    /// slot's master, over a connection in `READONLY` mode. Replicas lag
+    /// their master, so a read may miss a write just acknowledged.
+    pub read_from_replicas: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -77,13 +81,33 @@ impl std::fmt::Debug for Config {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("protocol", &self.protocol)
             .field("command_timeout", &self.command_timeout)
+            .field("read_from_replicas", &self.read_from_replicas)
             .finish_non_exhaustive()
     }
 }
 
+/// The environment variable [`Config::credentials_from_env`] reads the user from.
+pub const USER_ENV: &str = "MILLRACE_REDIS_USER";
+
+/// The environment variable [`Config::credentials_from_env`] reads the password from.
+pub const PASSWORD_ENV: &str = "MILLRACE_REDIS_PASSWORD";
+
 impl Config {
+    /// Take the user and password from `MILLRACE_REDIS_USER` and
+    /// `MILLRACE_REDIS_PASSWORD` where they are set, so that they need not
+    /// appear in files or on command lines.
+    pub fn credentials_from_env(mut self) -> Config {
+        if let Ok(user) = std::env::var(USER_ENV) {
+            self.user = Some(user);
+        }
+        if let Ok(password) = std::env::var(PASSWORD_ENV) {
+            self.password = Some(password);
+        }
+        self
+    }
+
     /// Defaults for `seeds`: RESP2, no credentials, 1 s command timeout,
-    /// 5 redirects, a layout refresh every 30 s.
+    /// 5 redirects, a layout refresh every 30 s, reads from masters.
     pub fn new(seeds: Vec<SocketAddr>) -> Config {
         Config {
             seeds,
@@ -99,6 +123,7 @@ impl Config {
             reconnect_backoff_max: Duration::from_secs(1),
             retry_backoff_min: Duration::from_millis(10),
             retry_backoff_max: Duration::from_millis(500),
+            read_from_replicas: false,
         }
     }
 }
@@ -143,6 +168,9 @@ enum Expect {
     Command(CommandKey),
     /// The reply to `ASKING` before a redirected command.
     Asking,
+    /// The reply to a `READONLY` sent on a connection already open when its
+    /// node became a replica to read from.
+    ReadOnly,
     /// A handshake reply.
     Handshake,
     /// A layout reply.
@@ -182,6 +210,10 @@ struct Node {
     last_error: Option<String>,
     /// Why this client asked for the connection to be closed.
     close_reason: Option<String>,
+    /// A replica read from: its connections start with `READONLY`.
+    replica: bool,
+    /// Handshake replies still awaited.
+    handshake_left: u32,
 }
 
 impl Node {
@@ -199,6 +231,8 @@ impl Node {
             partial: Vec::new(),
             last_error: None,
             close_reason: None,
+            replica: false,
+            handshake_left: 0,
         }
     }
 }
@@ -317,6 +351,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// The node owning each slot, [`NO_NODE`] if none is known.
     owners: Vec<u32>,
+    /// The replica read-only commands for each slot go to, [`NO_NODE`] if
+    /// none (or reads go to masters).
+    readers: Vec<u32>,
     layout_known: bool,
     commands: Commands,
     /// Commands waiting for a retry time.
@@ -341,6 +378,7 @@ impl Cluster {
         Cluster {
             nodes,
             owners: vec![NO_NODE; usize::from(SLOT_COUNT)],
+            readers: vec![NO_NODE; usize::from(SLOT_COUNT)],
             layout_known: false,
             commands: Commands::default(),
             retries: Vec::new(),
@@ -452,7 +490,16 @@ impl Cluster {
         };
         let node = match (pending.ask, pending.command.slot()) {
             (Some(node), _) => node,
-            (None, Some(slot)) => self.owners[usize::from(slot.get())],
+            (None, Some(slot)) => {
+                let slot = usize::from(slot.get());
+                // A read goes to a replica unless it was redirected: then the master decides.
+                let reader = self.readers[slot];
+                if pending.command.is_read_only() && pending.redirects == 0 && reader != NO_NODE {
+                    reader
+                } else {
+                    self.owners[slot]
+                }
+            }
             (None, None) => self.any_ready_node().unwrap_or(NO_NODE),
         };
         if node == NO_NODE {
@@ -543,32 +590,37 @@ impl Cluster {
         target.failures = 0;
         target.last_error = None;
         target.protocol = protocol;
-        let handshake: Option<Vec<&[u8]>> = match (protocol, &password) {
-            (Protocol::Resp3, Some(password)) => Some(vec![
+        let mut handshake: Vec<Vec<&[u8]>> = Vec::new();
+        match (protocol, &password) {
+            (Protocol::Resp3, Some(password)) => handshake.push(vec![
                 b"HELLO",
                 b"3",
                 b"AUTH",
                 user.as_deref().unwrap_or("default").as_bytes(),
                 password.as_bytes(),
             ]),
-            (Protocol::Resp3, None) => Some(vec![b"HELLO", b"3"]),
-            (Protocol::Resp2, Some(password)) => Some(match &user {
+            (Protocol::Resp3, None) => handshake.push(vec![b"HELLO", b"3"]),
+            (Protocol::Resp2, Some(password)) => handshake.push(match &user {
                 Some(user) => vec![b"AUTH", user.as_bytes(), password.as_bytes()],
                 None => vec![b"AUTH", password.as_bytes()],
             }),
-            (Protocol::Resp2, None) => None,
-        };
-        match handshake {
-            Some(args) => {
-                encode_command(&mut target.out, &args);
-                target.sent.push_back(Sent {
-                    expect: Expect::Handshake,
-                    at: now,
-                });
-                target.link = Link::Handshake;
-            }
-            None => self.become_ready(node, now),
+            (Protocol::Resp2, None) => {}
         }
+        if target.replica {
+            handshake.push(vec![b"READONLY"]);
+        }
+        if handshake.is_empty() {
+            return self.become_ready(node, now);
+        }
+        target.handshake_left = handshake.len() as u32;
+        for args in handshake {
+            encode_command(&mut target.out, &args);
+            target.sent.push_back(Sent {
+                expect: Expect::Handshake,
+                at: now,
+            });
+        }
+        target.link = Link::Handshake;
     }
 
     fn become_ready(&mut self, node: usize, now: Instant) {
@@ -622,7 +674,7 @@ impl Cluster {
                     }
                 }
                 Expect::Layout(_) => self.refresh.in_flight = false,
-                Expect::Asking | Expect::Handshake => {}
+                Expect::Asking | Expect::ReadOnly | Expect::Handshake => {}
             }
         }
         // The layout may have changed under us (a master died).
@@ -694,7 +746,7 @@ impl Cluster {
             };
             match sent.expect {
                 Expect::Command(key) => self.on_reply(key, reply, now, sink),
-                Expect::Asking => {}
+                Expect::Asking | Expect::ReadOnly => {}
                 Expect::Handshake => {
                     if let Reply::Error(message) = reply {
                         let message = String::from_utf8_lossy(message).into_owned();
@@ -708,7 +760,11 @@ impl Cluster {
                         }
                         return Err(format!("handshake refused: {message}"));
                     }
-                    self.become_ready(node, now);
+                    let target = &mut self.nodes[node];
+                    target.handshake_left = target.handshake_left.saturating_sub(1);
+                    if target.handshake_left == 0 {
+                        self.become_ready(node, now);
+                    }
                 }
                 Expect::Layout(query) => self.on_layout(node, query, &reply, now),
             }
@@ -824,21 +880,40 @@ impl Cluster {
     /// that waited on nodes that no longer own their slot.
     fn apply(&mut self, topology: &Topology, now: Instant) {
         let mut owners = vec![NO_NODE; usize::from(SLOT_COUNT)];
+        let mut readers = vec![NO_NODE; usize::from(SLOT_COUNT)];
         for shard in &topology.shards {
             let node = self.node_for(shard.master, now);
+            let reader = match shard.replicas.first() {
+                Some(&replica) if self.config.read_from_replicas => {
+                    let reader = self.node_for(replica, now);
+                    let target = &mut self.nodes[reader as usize];
+                    if !target.replica && target.link == Link::Ready {
+                        encode_command(&mut target.out, &[b"READONLY"]);
+                        target.sent.push_back(Sent {
+                            expect: Expect::ReadOnly,
+                            at: now,
+                        });
+                    }
+                    target.replica = true;
+                    reader
+                }
+                _ => NO_NODE,
+            };
             for &(start, end) in &shard.ranges {
                 for slot in start..=end {
                     owners[usize::from(slot)] = node;
+                    readers[usize::from(slot)] = reader;
                 }
             }
         }
         self.owners = owners;
+        self.readers = readers;
         self.layout_known = true;
-        let owning: Vec<bool> = (0..self.nodes.len())
-            .map(|i| self.owners.contains(&(i as u32)))
+        let serving: Vec<bool> = (0..self.nodes.len())
+            .map(|i| self.owners.contains(&(i as u32)) || self.readers.contains(&(i as u32)))
             .collect();
         for (index, node) in self.nodes.iter_mut().enumerate() {
-            node.wanted = owning[index];
+            node.wanted = serving[index];
         }
         // Re-route what waits unsent on nodes, and what had no owner.
         let mut moved = std::mem::take(&mut self.unrouted);
@@ -1231,6 +1306,77 @@ mod tests {
         );
         assert!(matches!(cluster.startup_error(), Some(Error::Auth(_))));
         assert!(!format!("{:?}", cluster.config()).contains("wrong"));
+    }
+
+    #[test]
+    fn a_cluster_without_shards_is_asked_for_slots() {
+        let now = Instant::now();
+        let mut cluster = Cluster::new(Config::new(vec![seed()]), now);
+        cluster.actions(now, &mut Vec::new());
+        cluster.on_connected(0, now);
+        cluster.output(0).clear();
+        let mut outcomes = Outcomes::new();
+        cluster.on_received(
+            0,
+            b"-ERR unknown subcommand 'SHARDS'\r\n",
+            now,
+            &mut collect(&mut outcomes),
+        );
+        cluster.tick(now, &mut collect(&mut outcomes), &mut Vec::new());
+        assert_eq!(
+            cluster.output(0).as_slice(),
+            b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n"
+        );
+        cluster.on_received(
+            0,
+            b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
+            now,
+            &mut collect(&mut outcomes),
+        );
+        assert!(cluster.is_ready());
+    }
+
+    #[test]
+    fn reads_go_to_a_readonly_replica_when_asked() {
+        let now = Instant::now();
+        let mut config = Config::new(vec![seed()]);
+        config.read_from_replicas = true;
+        let mut cluster = Cluster::new(config, now);
+        cluster.actions(now, &mut Vec::new());
+        cluster.on_connected(0, now);
+        cluster.output(0).clear();
+        let mut outcomes = Outcomes::new();
+        cluster.on_received(
+            0,
+            b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*2\r\n\
+*8\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n\
+*8\r\n$4\r\nport\r\n:7003\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$6\r\nhealth\r\n$6\r\nonline\r\n",
+            now,
+            &mut collect(&mut outcomes),
+        );
+        cluster.submit(1, Command::get(b"k"), now);
+        cluster.submit(2, Command::set(b"k", b"v"), now);
+        // The write went to the master; the read waits for the replica.
+        assert!(
+            cluster
+                .output(0)
+                .ends_with(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+        );
+        let mut actions = Vec::new();
+        cluster.actions(now, &mut actions);
+        assert!(actions.contains(&Action::Connect {
+            node: 1,
+            address: "127.0.0.1:7003".parse().unwrap(),
+            generation: 1
+        }));
+        cluster.on_connected(1, now);
+        assert_eq!(cluster.output(1).as_slice(), b"*1\r\n$8\r\nREADONLY\r\n");
+        cluster.output(1).clear();
+        cluster.on_received(1, b"+OK\r\n", now, &mut collect(&mut outcomes));
+        assert_eq!(
+            cluster.output(1).as_slice(),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        );
     }
 
     #[test]

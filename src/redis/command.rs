@@ -10,6 +10,8 @@ use super::slot::Slot;
 pub struct Command {
     bytes: Vec<u8>,
     slot: Option<Slot>,
+    /// Only reads: a replica may answer it when the client reads from replicas.
+    read_only: bool,
 }
 
 impl Command {
@@ -22,12 +24,24 @@ impl Command {
         Command {
             bytes,
             slot: key.and_then(|i| args.get(i)).map(|k| Slot::of(k.as_ref())),
+            read_only: false,
         }
+    }
+
+    /// Mark it as a read that a replica may serve.
+    pub fn read_only(mut self) -> Command {
+        self.read_only = true;
+        self
+    }
+
+    /// Whether a replica may serve it.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// `GET key`.
     pub fn get(key: &[u8]) -> Command {
-        Command::new(&[b"GET", key], Some(1))
+        Command::new(&[b"GET", key], Some(1)).read_only()
     }
 
     /// `SET key value`.
