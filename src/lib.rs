@@ -27,3 +27,4 @@ pub mod probe;
 pub mod reactor;
 pub mod redis;
 pub mod server;
+pub mod signals;

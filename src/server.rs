@@ -19,6 +19,7 @@ use crate::lifecycle::{Lifecycle, Stage};
 use crate::metrics::MetricsRegistry;
 use crate::probe;
 use crate::reactor::Executor;
+use crate::signals::{ShutdownSignals, signal_name};
 
 /// How often the main thread looks at its executors between signals.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
@@ -277,48 +278,4 @@ fn event_fd() -> io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// SIGINT and SIGTERM, blocked in every thread and taken synchronously by
-/// the main thread.
-struct ShutdownSignals {
-    set: libc::sigset_t,
-}
-
-impl ShutdownSignals {
-    /// Block the signals in this thread and every thread it starts afterwards.
-    fn block() -> io::Result<Self> {
-        // SAFETY: sigset_t is plain data; the sig* calls only write to `set`
-        // and this thread's signal mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-            Ok(ShutdownSignals { set })
-        }
-    }
-
-    /// The next signal, if one arrives within `timeout`.
-    fn wait(&self, timeout: Duration) -> Option<i32> {
-        let timeout = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-        };
-        // SAFETY: `set` is initialised; a null siginfo pointer is allowed.
-        let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &timeout) };
-        (signal > 0).then_some(signal)
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
 }

@@ -1,0 +1,146 @@
+//! Writing batches into PostgreSQL: one transaction per batch, rows copied
+//! in binary into session-local staging tables, then moved into the real
+//! tables with `INSERT ... ON CONFLICT`, which makes a retried batch harmless.
+
+use std::pin::pin;
+
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+
+use super::queue::{Entry, Record};
+
+/// The schema files, applied in order at every start (each is idempotent).
+pub const SCHEMA: &[(&str, &str)] = &[(
+    "001_writeback.sql",
+    include_str!("../../schemas/sql/001_writeback.sql"),
+)];
+
+/// Session-local staging tables, emptied at every commit.
+const STAGING: &str = "
+create temp table if not exists kv_stage (
+    key bytea, value bytea, version_ms bigint, version_seq bigint
+) on commit delete rows;
+create temp table if not exists events_stage (
+    client_id bytea, key bytea, kind integer, timestamp_us bigint, payload bytea
+) on commit delete rows;
+";
+
+/// The newest version of each key wins, and never over a newer one already stored.
+const MERGE_KV: &str = "
+insert into kv (key, value, version_ms, version_seq)
+select distinct on (key) key, value, version_ms, version_seq
+from kv_stage
+order by key, version_ms desc, version_seq desc
+on conflict (key) do update
+set value = excluded.value, version_ms = excluded.version_ms,
+    version_seq = excluded.version_seq, updated_at = now()
+where (kv.version_ms, kv.version_seq) < (excluded.version_ms, excluded.version_seq)";
+
+/// An event already stored (a redelivery, a client's retry) is left alone.
+const MERGE_EVENTS: &str = "
+insert into events (client_id, key, kind, timestamp_us, payload)
+select client_id, key, kind, timestamp_us, payload from events_stage
+on conflict (client_id) do nothing";
+
+/// A connection to PostgreSQL with its staging tables.
+pub struct Database {
+    client: Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Database {
+    /// Connect to `url` (a `postgres://` URL or key=value string), apply
+    /// the schema and create the staging tables.
+    pub async fn connect(url: &str) -> Result<Database, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let driver = tokio::task::spawn_local(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "the PostgreSQL connection ended");
+            }
+        });
+        for (_, sql) in SCHEMA {
+            client.batch_execute(sql).await?;
+        }
+        client.batch_execute(STAGING).await?;
+        Ok(Database { client, driver })
+    }
+
+    /// The connection is gone; a new one is needed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Write `entries` in one transaction. On error nothing of it is kept.
+    pub async fn write(&mut self, entries: &[Entry]) -> Result<(), tokio_postgres::Error> {
+        let transaction = self.client.transaction().await?;
+        let kv: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| matches!(e.record, Record::Put { .. } | Record::Delete { .. }))
+            .collect();
+        let events: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| matches!(e.record, Record::Event { .. }))
+            .collect();
+        if !kv.is_empty() {
+            let sink = transaction
+                .copy_in("copy kv_stage (key, value, version_ms, version_seq) from stdin binary")
+                .await?;
+            let mut writer = pin!(BinaryCopyInWriter::new(
+                sink,
+                &[Type::BYTEA, Type::BYTEA, Type::INT8, Type::INT8]
+            ));
+            for entry in kv {
+                let (key, value): (&[u8], Option<&[u8]>) = match &entry.record {
+                    Record::Put { key, value } => (key, Some(value)),
+                    Record::Delete { key } => (key, None),
+                    Record::Event { .. } => unreachable!("filtered above"),
+                };
+                let row: [&(dyn ToSql + Sync); 4] = [&key, &value, &entry.version_ms, &entry.version_seq];
+                writer.as_mut().write(&row).await?;
+            }
+            writer.finish().await?;
+            transaction.execute(MERGE_KV, &[]).await?;
+        }
+        if !events.is_empty() {
+            let sink = transaction
+                .copy_in("copy events_stage (client_id, key, kind, timestamp_us, payload) from stdin binary")
+                .await?;
+            let mut writer = pin!(BinaryCopyInWriter::new(
+                sink,
+                &[Type::BYTEA, Type::BYTEA, Type::INT4, Type::INT8, Type::BYTEA]
+            ));
+            for entry in events {
+                let Record::Event {
+                    client_id,
+                    key,
+                    kind,
+                    timestamp_us,
+                    payload,
+                } = &entry.record
+                else {
+                    unreachable!("filtered above");
+                };
+                let client_id: &[u8] = client_id;
+                let key: &[u8] = key;
+                let payload: &[u8] = payload;
+                let row: [&(dyn ToSql + Sync); 5] = [&client_id, &key, kind, timestamp_us, &payload];
+                writer.as_mut().write(&row).await?;
+            }
+            writer.finish().await?;
+            transaction.execute(MERGE_EVENTS, &[]).await?;
+        }
+        transaction.commit().await
+    }
+
+    /// The client, for queries outside the write path (read-through, tests).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}

@@ -1,0 +1,252 @@
+//! The write-back queue: Redis Streams, one per partition, read by the
+//! database core's consumer group. A key always maps to the same partition,
+//! so the writes to one key are read in the order they were accepted, and
+//! each stream's entry id is the version that orders them.
+
+use crate::redis::command::Command;
+use crate::redis::resp::OwnedReply;
+use crate::redis::slot::crc16;
+
+/// The consumer group every database core reads with.
+pub const GROUP: &[u8] = b"millrace-db";
+
+/// A queued write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A key's new value.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// Its value.
+        value: Vec<u8>,
+    },
+    /// A key's removal.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// An event, identified by its client's id.
+    Event {
+        /// The client-assigned id that makes a retried post harmless.
+        client_id: [u8; 16],
+        /// The key it is about.
+        key: Vec<u8>,
+        /// What kind of event.
+        kind: i32,
+        /// When it happened, microseconds since the Unix epoch.
+        timestamp_us: i64,
+        /// Opaque bytes.
+        payload: Vec<u8>,
+    },
+}
+
+impl Record {
+    /// The key that picks its partition.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Record::Put { key, .. } | Record::Delete { key } | Record::Event { key, .. } => key,
+        }
+    }
+}
+
+/// An entry read back from a stream: its id (the version) and the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The stream entry id as Redis printed it, for XACK.
+    pub id: Vec<u8>,
+    /// The id's milliseconds part.
+    pub version_ms: i64,
+    /// The id's sequence part.
+    pub version_seq: i64,
+    /// The write.
+    pub record: Record,
+}
+
+/// The partitions and how keys map to them.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    partitions: u16,
+    names: Vec<Vec<u8>>,
+}
+
+impl Queue {
+    /// `partitions` streams (at least 1), named `{millrace:wb:N}`: the hash
+    /// tag puts each stream wholly in one slot, and different N spread the
+    /// streams over the masters.
+    pub fn new(partitions: u16) -> Queue {
+        let partitions = partitions.max(1);
+        Queue {
+            partitions,
+            names: (0..partitions)
+                .map(|p| format!("{{millrace:wb:{p}}}").into_bytes())
+                .collect(),
+        }
+    }
+
+    /// How many partitions.
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// The stream of partition `p`.
+    pub fn stream(&self, partition: u16) -> &[u8] {
+        &self.names[usize::from(partition)]
+    }
+
+    /// The partition `key` belongs to, always the same for the same key.
+    pub fn partition_of(&self, key: &[u8]) -> u16 {
+        crc16(key) % self.partitions
+    }
+
+    /// The `XADD` that queues `record` on its partition.
+    pub fn append(&self, record: &Record) -> Command {
+        let stream = self.stream(self.partition_of(record.key()));
+        match record {
+            Record::Put { key, value } => Command::xadd(stream, &[(b"t", b"put"), (b"k", key), (b"v", value)]),
+            Record::Delete { key } => Command::xadd(stream, &[(b"t", b"del"), (b"k", key)]),
+            Record::Event {
+                client_id,
+                key,
+                kind,
+                timestamp_us,
+                payload,
+            } => {
+                let kind = kind.to_string();
+                let timestamp = timestamp_us.to_string();
+                Command::xadd(
+                    stream,
+                    &[
+                        (b"t", b"ev"),
+                        (b"id", client_id),
+                        (b"k", key),
+                        (b"kind", kind.as_bytes()),
+                        (b"ts", timestamp.as_bytes()),
+                        (b"p", payload),
+                    ],
+                )
+            }
+        }
+    }
+}
+
+/// The entries of an `XREADGROUP` or `XAUTOCLAIM` reply's message list
+/// (`[[id, [field, value, ...]], ...]`). An entry that cannot be read is
+/// returned as an error with its id, so that it can be set aside rather
+/// than block the queue.
+pub fn entries(messages: &OwnedReply) -> Vec<Result<Entry, (Vec<u8>, String)>> {
+    let OwnedReply::Array(messages) = messages else {
+        return Vec::new();
+    };
+    messages
+        .iter()
+        .filter_map(|message| {
+            let OwnedReply::Array(parts) = message else {
+                return None;
+            };
+            let id = parts.first()?.bytes()?.to_vec();
+            // A deleted entry still pending comes back with a nil body.
+            let fields = match parts.get(1) {
+                Some(OwnedReply::Array(fields)) => fields,
+                _ => return Some(Err((id, "the entry was deleted".into()))),
+            };
+            Some(parse_entry(&id, fields).map_err(|why| (id, why)))
+        })
+        .collect()
+}
+
+fn parse_entry(id: &[u8], fields: &[OwnedReply]) -> Result<Entry, String> {
+    let text = std::str::from_utf8(id).map_err(|_| "a stream id that is not text")?;
+    let (ms, seq) = text.split_once('-').ok_or("a stream id without a sequence")?;
+    let version_ms = ms.parse().map_err(|_| "a bad stream id")?;
+    let version_seq = seq.parse().map_err(|_| "a bad stream id")?;
+    let field = |name: &[u8]| {
+        fields
+            .chunks_exact(2)
+            .find(|pair| pair[0].bytes() == Some(name))
+            .and_then(|pair| pair[1].bytes())
+    };
+    let need = |name: &'static str| field(name.as_bytes()).ok_or(format!("no field {name}"));
+    let record = match need("t")? {
+        b"put" => Record::Put {
+            key: need("k")?.to_vec(),
+            value: need("v")?.to_vec(),
+        },
+        b"del" => Record::Delete {
+            key: need("k")?.to_vec(),
+        },
+        b"ev" => Record::Event {
+            client_id: need("id")?.try_into().map_err(|_| "a client id that is not 16 bytes")?,
+            key: need("k")?.to_vec(),
+            kind: parse_number(need("kind")?)?,
+            timestamp_us: parse_number(need("ts")?)?,
+            payload: need("p")?.to_vec(),
+        },
+        other => return Err(format!("unknown record type {:?}", String::from_utf8_lossy(other))),
+    };
+    Ok(Entry {
+        id: id.to_vec(),
+        version_ms,
+        version_seq,
+        record,
+    })
+}
+
+fn parse_number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, String> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not a number: {:?}", String::from_utf8_lossy(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::slot::Slot;
+
+    #[test]
+    fn keys_keep_their_partition_and_streams_their_slot() {
+        let queue = Queue::new(16);
+        assert_eq!(queue.partition_of(b"k1"), queue.partition_of(b"k1"));
+        let slots: std::collections::HashSet<u16> =
+            (0..16).map(|p| Slot::of(queue.stream(p)).get()).collect();
+        assert_eq!(slots.len(), 16, "every partition in a slot of its own");
+        let used: std::collections::HashSet<u16> =
+            (0..1000).map(|i| queue.partition_of(format!("key{i}").as_bytes())).collect();
+        assert_eq!(used.len(), 16);
+    }
+
+    #[test]
+    fn entries_read_back_what_was_appended() {
+        let reply = |fields: Vec<&[u8]>| {
+            OwnedReply::Array(vec![OwnedReply::Array(vec![
+                OwnedReply::Bulk(b"1700000000000-5".to_vec()),
+                OwnedReply::Array(fields.into_iter().map(|f| OwnedReply::Bulk(f.to_vec())).collect()),
+            ])])
+        };
+        let entries_of = |fields| entries(&reply(fields));
+        let put = entries_of(vec![b"t", b"put", b"k", b"a", b"v", b"1"]);
+        assert_eq!(
+            put,
+            [Ok(Entry {
+                id: b"1700000000000-5".to_vec(),
+                version_ms: 1_700_000_000_000,
+                version_seq: 5,
+                record: Record::Put {
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec()
+                }
+            })]
+        );
+        let event = entries_of(vec![
+            b"t", b"ev", b"id", b"0123456789abcdef", b"k", b"a", b"kind", b"7", b"ts", b"-1", b"p", b"",
+        ]);
+        assert!(matches!(&event[0], Ok(Entry { record: Record::Event { kind: 7, timestamp_us: -1, .. }, .. })));
+        for bad in [
+            vec![&b"t"[..], b"zap"],
+            vec![b"t", b"put", b"k", b"a"],
+            vec![b"t", b"ev", b"id", b"short", b"k", b"a", b"kind", b"1", b"ts", b"1", b"p", b""],
+        ] {
+            assert!(entries_of(bad)[0].is_err());
+        }
+    }
+}
