@@ -3,7 +3,9 @@
 #
 # Installs what the tests need (curl and python3, the real clients the tests
 # drive; redis-server and redis-cli, from which each Redis test starts its
-# own cluster on free loopback ports with scripts/redis-cluster.sh), then
+# own cluster on free loopback ports with scripts/redis-cluster.sh;
+# PostgreSQL, of which each write-back test starts its own instance with
+# scripts/postgres.sh), then
 # checks formatting and lints and runs every test: unit tests of the sans-IO
 # protocol code, and integration tests that start the real binary, real
 # Redis Clusters and fake servers, and talk to them over loopback sockets.
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 ca-certificates redis-server redis-tools
+need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -28,3 +28,4 @@ pub mod reactor;
 pub mod redis;
 pub mod server;
 pub mod signals;
+pub mod writeback;

@@ -1,4 +1,4 @@
-//! The `millrace` command: `serve`, `load` and `doctor`.
+//! The `millrace` command: `serve`, `load`, `writeback` and `doctor`.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -10,7 +10,8 @@ use tracing_subscriber::prelude::*;
 
 use millrace::config::ServeOptions;
 use millrace::load::LoadOptions;
-use millrace::{doctor, load, server};
+use millrace::writeback::WritebackOptions;
+use millrace::{doctor, load, server, writeback};
 
 /// A thread-per-core io_uring API server.
 #[derive(Parser)]
@@ -26,6 +27,8 @@ enum Command {
     Serve(Box<ServeOptions>),
     /// Load an HTTP/1.1 server and report throughput and latency percentiles (coordinated-omission corrected in open loop)
     Load(Box<LoadOptions>),
+    /// Drain the write-back queue from Redis into PostgreSQL (the database core, on its own)
+    Writeback(Box<WritebackOptions>),
     /// Check this host: kernel, io_uring features, limits; exits 1 if millrace cannot run
     Doctor,
 }
@@ -61,6 +64,10 @@ fn main() -> ExitCode {
                 eprintln!("millrace load: {error}");
                 ExitCode::from(2)
             }
+        },
+        Command::Writeback(options) => match writeback::run_command(*options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
         },
         Command::Doctor => {
             let (report, runnable) = doctor::report(&doctor::checks());

@@ -96,7 +96,8 @@ impl Database {
                     Record::Delete { key } => (key, None),
                     Record::Event { .. } => unreachable!("filtered above"),
                 };
-                let row: [&(dyn ToSql + Sync); 4] = [&key, &value, &entry.version_ms, &entry.version_seq];
+                let row: [&(dyn ToSql + Sync); 4] =
+                    [&key, &value, &entry.version_ms, &entry.version_seq];
                 writer.as_mut().write(&row).await?;
             }
             writer.finish().await?;
@@ -108,7 +109,13 @@ impl Database {
                 .await?;
             let mut writer = pin!(BinaryCopyInWriter::new(
                 sink,
-                &[Type::BYTEA, Type::BYTEA, Type::INT4, Type::INT8, Type::BYTEA]
+                &[
+                    Type::BYTEA,
+                    Type::BYTEA,
+                    Type::INT4,
+                    Type::INT8,
+                    Type::BYTEA
+                ]
             ));
             for entry in events {
                 let Record::Event {
@@ -124,7 +131,8 @@ impl Database {
                 let client_id: &[u8] = client_id;
                 let key: &[u8] = key;
                 let payload: &[u8] = payload;
-                let row: [&(dyn ToSql + Sync); 5] = [&client_id, &key, kind, timestamp_us, &payload];
+                let row: [&(dyn ToSql + Sync); 5] =
+                    [&client_id, &key, kind, timestamp_us, &payload];
                 writer.as_mut().write(&row).await?;
             }
             writer.finish().await?;

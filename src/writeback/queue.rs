@@ -102,7 +102,9 @@ impl Queue {
     pub fn append(&self, record: &Record) -> Command {
         let stream = self.stream(self.partition_of(record.key()));
         match record {
-            Record::Put { key, value } => Command::xadd(stream, &[(b"t", b"put"), (b"k", key), (b"v", value)]),
+            Record::Put { key, value } => {
+                Command::xadd(stream, &[(b"t", b"put"), (b"k", key), (b"v", value)])
+            }
             Record::Delete { key } => Command::xadd(stream, &[(b"t", b"del"), (b"k", key)]),
             Record::Event {
                 client_id,
@@ -156,7 +158,9 @@ pub fn entries(messages: &OwnedReply) -> Vec<Result<Entry, (Vec<u8>, String)>> {
 
 fn parse_entry(id: &[u8], fields: &[OwnedReply]) -> Result<Entry, String> {
     let text = std::str::from_utf8(id).map_err(|_| "a stream id that is not text")?;
-    let (ms, seq) = text.split_once('-').ok_or("a stream id without a sequence")?;
+    let (ms, seq) = text
+        .split_once('-')
+        .ok_or("a stream id without a sequence")?;
     let version_ms = ms.parse().map_err(|_| "a bad stream id")?;
     let version_seq = seq.parse().map_err(|_| "a bad stream id")?;
     let field = |name: &[u8]| {
@@ -175,13 +179,20 @@ fn parse_entry(id: &[u8], fields: &[OwnedReply]) -> Result<Entry, String> {
             key: need("k")?.to_vec(),
         },
         b"ev" => Record::Event {
-            client_id: need("id")?.try_into().map_err(|_| "a client id that is not 16 bytes")?,
+            client_id: need("id")?
+                .try_into()
+                .map_err(|_| "a client id that is not 16 bytes")?,
             key: need("k")?.to_vec(),
             kind: parse_number(need("kind")?)?,
             timestamp_us: parse_number(need("ts")?)?,
             payload: need("p")?.to_vec(),
         },
-        other => return Err(format!("unknown record type {:?}", String::from_utf8_lossy(other))),
+        other => {
+            return Err(format!(
+                "unknown record type {:?}",
+                String::from_utf8_lossy(other)
+            ));
+        }
     };
     Ok(Entry {
         id: id.to_vec(),
@@ -210,8 +221,9 @@ mod tests {
         let slots: std::collections::HashSet<u16> =
             (0..16).map(|p| Slot::of(queue.stream(p)).get()).collect();
         assert_eq!(slots.len(), 16, "every partition in a slot of its own");
-        let used: std::collections::HashSet<u16> =
-            (0..1000).map(|i| queue.partition_of(format!("key{i}").as_bytes())).collect();
+        let used: std::collections::HashSet<u16> = (0..1000)
+            .map(|i| queue.partition_of(format!("key{i}").as_bytes()))
+            .collect();
         assert_eq!(used.len(), 16);
     }
 
@@ -220,7 +232,12 @@ mod tests {
         let reply = |fields: Vec<&[u8]>| {
             OwnedReply::Array(vec![OwnedReply::Array(vec![
                 OwnedReply::Bulk(b"1700000000000-5".to_vec()),
-                OwnedReply::Array(fields.into_iter().map(|f| OwnedReply::Bulk(f.to_vec())).collect()),
+                OwnedReply::Array(
+                    fields
+                        .into_iter()
+                        .map(|f| OwnedReply::Bulk(f.to_vec()))
+                        .collect(),
+                ),
             ])])
         };
         let entries_of = |fields| entries(&reply(fields));
@@ -238,13 +255,36 @@ mod tests {
             })]
         );
         let event = entries_of(vec![
-            b"t", b"ev", b"id", b"0123456789abcdef", b"k", b"a", b"kind", b"7", b"ts", b"-1", b"p", b"",
+            b"t",
+            b"ev",
+            b"id",
+            b"0123456789abcdef",
+            b"k",
+            b"a",
+            b"kind",
+            b"7",
+            b"ts",
+            b"-1",
+            b"p",
+            b"",
         ]);
-        assert!(matches!(&event[0], Ok(Entry { record: Record::Event { kind: 7, timestamp_us: -1, .. }, .. })));
+        assert!(matches!(
+            &event[0],
+            Ok(Entry {
+                record: Record::Event {
+                    kind: 7,
+                    timestamp_us: -1,
+                    ..
+                },
+                ..
+            })
+        ));
         for bad in [
             vec![&b"t"[..], b"zap"],
             vec![b"t", b"put", b"k", b"a"],
-            vec![b"t", b"ev", b"id", b"short", b"k", b"a", b"kind", b"1", b"ts", b"1", b"p", b""],
+            vec![
+                b"t", b"ev", b"id", b"short", b"k", b"a", b"kind", b"1", b"ts", b"1", b"p", b"",
+            ],
         ] {
             assert!(entries_of(bad)[0].is_err());
         }

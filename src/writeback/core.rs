@@ -1,0 +1,383 @@
+//! The database core: drains the write-back streams into PostgreSQL.
+//!
+//! One loop, one thread: gather entries from every partition with
+//! `XREADGROUP` until the batch holds `batch_rows` or `batch_ms` has passed;
+//! write them in one transaction; only after the commit, `XACK` and `XDEL`
+//! them. A crash between the commit and the acknowledgement redelivers the
+//! batch, which the idempotent merge absorbs, so each write lands once.
+//! At start the core first re-reads its own pending entries; every
+//! `claim_interval` it takes over entries another consumer left pending
+//! for `claim_idle` (`XAUTOCLAIM`).
+//!
+//! PostgreSQL down or slow: the batch is retried with exponential back-off
+//! and jitter, nothing is acknowledged, and the backlog waits in Redis.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::db::Database;
+use super::queue::{Entry, GROUP, Queue, entries};
+use crate::load::workload::Rng;
+use crate::redis::cluster::Config as RedisConfig;
+use crate::redis::command::Command;
+use crate::redis::driver::Client;
+use crate::redis::resp::OwnedReply;
+
+/// The hash every core's O(1) figures live in.
+pub const STATS_KEY: &[u8] = b"{millrace:stats}";
+
+/// First wait before retrying a failed batch; it doubles up to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(50);
+
+/// Longest wait between retries of a batch.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long an empty read waits before the next.
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
+/// A deliberate crash, for the tests that prove redelivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL this process right after the first commit, before its XACK.
+    KillAfterCommit,
+}
+
+/// How the database core runs.
+#[derive(Clone, Debug)]
+pub struct WritebackConfig {
+    /// The Redis Cluster holding the queue.
+    pub redis: RedisConfig,
+    /// PostgreSQL, as a `postgres://` URL.
+    pub postgres_url: String,
+    /// Write-back stream partitions.
+    pub partitions: u16,
+    /// Rows per transaction at most.
+    pub batch_rows: usize,
+    /// How long a batch gathers before it is written, however small.
+    pub batch_ms: Duration,
+    /// This core's consumer name in the group; keep it across restarts so
+    /// that a restarted core finds its own pending entries.
+    pub consumer: String,
+    /// Entries pending this long on another consumer are taken over.
+    pub claim_idle: Duration,
+    /// How often to look for such entries.
+    pub claim_interval: Duration,
+    /// A crash to inject, for tests.
+    pub fault: Option<Fault>,
+}
+
+impl WritebackConfig {
+    /// Defaults for the rest: 16 partitions, batches of 5,000 rows or 5 ms,
+    /// consumer `db-0`, take over after 30 s idle.
+    pub fn new(redis: RedisConfig, postgres_url: String) -> WritebackConfig {
+        WritebackConfig {
+            redis,
+            postgres_url,
+            partitions: 16,
+            batch_rows: 5000,
+            batch_ms: Duration::from_millis(5),
+            consumer: "db-0".into(),
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            fault: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Rows committed (redeliveries included).
+    pub rows: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// Failed attempts to write a batch.
+    pub retries: u64,
+    /// Entries set aside because they could not be read.
+    pub malformed: u64,
+}
+
+/// Drain the queue until `stop` is set (checked between batches).
+pub fn run(config: &WritebackConfig, stop: &AtomicBool) -> Result<Totals, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the database core's runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, Core::start(config)?.drain(stop))
+}
+
+/// Where one batch comes from: fresh entries, our own pending ones, or
+/// entries taken over from another consumer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    New,
+    OwnPending,
+}
+
+struct Core<'a> {
+    config: &'a WritebackConfig,
+    queue: Queue,
+    redis: Client,
+    database: Option<Database>,
+    totals: Totals,
+    rng: Rng,
+}
+
+impl<'a> Core<'a> {
+    fn start(config: &'a WritebackConfig) -> Result<Core<'a>, String> {
+        let mut redis = Client::connect(config.redis.clone()).map_err(|e| e.to_string())?;
+        let queue = Queue::new(config.partitions);
+        let creates = (0..queue.partitions())
+            .map(|p| Command::xgroup_create(queue.stream(p), GROUP, b"0"))
+            .collect();
+        for reply in redis.execute(creates) {
+            match reply.map_err(|e| e.to_string())? {
+                OwnedReply::Status(_) => {}
+                OwnedReply::Error(e) if e.starts_with(b"BUSYGROUP") => {}
+                other => {
+                    return Err(format!(
+                        "cannot create the write-back consumer group: {other:?}"
+                    ));
+                }
+            }
+        }
+        Ok(Core {
+            config,
+            queue,
+            redis,
+            database: None,
+            totals: Totals::default(),
+            rng: Rng::new(std::process::id().into()),
+        })
+    }
+
+    async fn drain(mut self, stop: &AtomicBool) -> Result<Totals, String> {
+        // What this consumer had read but not acknowledged before it stopped.
+        while !stop.load(Ordering::Relaxed) {
+            let batch = self.gather(Source::OwnPending, stop).await?;
+            if batch.is_empty() {
+                break;
+            }
+            self.commit(&batch, stop).await?;
+        }
+        let mut next_claim = Instant::now() + self.config.claim_interval;
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next_claim {
+                let claimed = self.claim()?;
+                if !claimed.is_empty() {
+                    self.commit(&claimed, stop).await?;
+                }
+                next_claim = Instant::now() + self.config.claim_interval;
+            }
+            let batch = self.gather(Source::New, stop).await?;
+            if !batch.is_empty() {
+                self.commit(&batch, stop).await?;
+            }
+        }
+        Ok(self.totals)
+    }
+
+    /// Read until the batch is full or its time is up. Own pending entries
+    /// are read in one pass (reading them again before the acknowledgement
+    /// would return the same entries).
+    async fn gather(&mut self, source: Source, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
+        let mut batch = Vec::new();
+        let deadline = Instant::now() + self.config.batch_ms;
+        loop {
+            let partitions = usize::from(self.queue.partitions());
+            let count = ((self.config.batch_rows - batch.len()) / partitions)
+                .max(1)
+                .to_string();
+            let id: &[u8] = match source {
+                Source::New => b">",
+                Source::OwnPending => b"0",
+            };
+            let reads = (0..self.queue.partitions())
+                .map(|p| {
+                    Command::new(
+                        &[
+                            &b"XREADGROUP"[..],
+                            b"GROUP",
+                            GROUP,
+                            self.config.consumer.as_bytes(),
+                            b"COUNT",
+                            count.as_bytes(),
+                            b"STREAMS",
+                            self.queue.stream(p),
+                            id,
+                        ],
+                        Some(7),
+                    )
+                })
+                .collect();
+            let before = batch.len();
+            for (partition, reply) in self.redis.execute(reads).into_iter().enumerate() {
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "reading the write-back queue failed");
+                        continue;
+                    }
+                };
+                self.take(partition as u16, &reply, &mut batch);
+            }
+            let read = batch.len() - before;
+            if source == Source::OwnPending
+                || batch.len() >= self.config.batch_rows
+                || Instant::now() >= deadline
+                || stop.load(Ordering::Relaxed)
+            {
+                return Ok(batch);
+            }
+            if read == 0 {
+                tokio::time::sleep(IDLE_POLL).await;
+            }
+        }
+    }
+
+    /// The entries of one partition's XREADGROUP reply into `batch`;
+    /// unreadable ones are acknowledged and dropped with a warning.
+    fn take(&mut self, partition: u16, reply: &OwnedReply, batch: &mut Vec<Entry>) {
+        // [[stream, [[id, fields], ...]]], or nil when there is nothing.
+        let OwnedReply::Array(streams) = reply else {
+            return;
+        };
+        for stream in streams {
+            let OwnedReply::Array(parts) = stream else {
+                continue;
+            };
+            let Some(messages) = parts.get(1) else {
+                continue;
+            };
+            self.take_messages(partition, messages, batch);
+        }
+    }
+
+    fn take_messages(&mut self, partition: u16, messages: &OwnedReply, batch: &mut Vec<Entry>) {
+        for entry in entries(messages) {
+            match entry {
+                Ok(entry) => batch.push(entry),
+                Err((id, why)) => {
+                    tracing::warn!(partition, id = %String::from_utf8_lossy(&id), "dropping an unreadable write-back entry: {why}");
+                    self.totals.malformed += 1;
+                    let stream = self.queue.stream(partition).to_vec();
+                    let _ = self.redis.execute(vec![
+                        Command::xack(&stream, GROUP, &[&id]),
+                        Command::new(&[&b"XDEL"[..], &stream, &id], Some(1)),
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Take over entries other consumers left pending too long.
+    fn claim(&mut self) -> Result<Vec<Entry>, String> {
+        let claims = (0..self.queue.partitions())
+            .map(|p| {
+                Command::xautoclaim(
+                    self.queue.stream(p),
+                    GROUP,
+                    self.config.consumer.as_bytes(),
+                    self.config.claim_idle,
+                    b"0-0",
+                    self.config.batch_rows,
+                )
+            })
+            .collect();
+        let mut batch = Vec::new();
+        for (partition, reply) in self.redis.execute(claims).into_iter().enumerate() {
+            // [next-start, [[id, fields], ...], [deleted ids]]
+            if let Ok(OwnedReply::Array(parts)) = reply
+                && let Some(messages) = parts.get(1)
+            {
+                self.take_messages(partition as u16, messages, &mut batch);
+            }
+        }
+        if !batch.is_empty() {
+            tracing::info!(
+                entries = batch.len(),
+                "took over write-back entries left pending by another consumer"
+            );
+        }
+        Ok(batch)
+    }
+
+    /// Write `batch` (retrying until it commits or `stop`), then acknowledge it.
+    async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> Result<(), String> {
+        let mut attempt = 0u32;
+        loop {
+            if self.database.as_ref().is_none_or(Database::is_closed) {
+                self.database = match Database::connect(&self.config.postgres_url).await {
+                    Ok(database) => Some(database),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot connect to PostgreSQL");
+                        None
+                    }
+                };
+            }
+            if let Some(database) = &mut self.database {
+                match database.write(batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
+                    }
+                }
+            }
+            self.totals.retries += 1;
+            if stop.load(Ordering::Relaxed) {
+                // Not acknowledged: the entries stay pending for the next start.
+                return Ok(());
+            }
+            let backoff = RETRY_MIN
+                .saturating_mul(1 << attempt.min(10))
+                .min(RETRY_MAX);
+            // Jitter: anywhere from half to all of the back-off.
+            let jittered = backoff.mul_f64(0.5 + 0.5 * self.rng.unit());
+            tokio::time::sleep(jittered).await;
+            attempt += 1;
+        }
+        self.totals.rows += batch.len() as u64;
+        self.totals.batches += 1;
+        if self.config.fault == Some(Fault::KillAfterCommit) {
+            tracing::warn!("fault injection: SIGKILL after a commit, before its XACK");
+            // SAFETY: kill(2) on this process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        self.acknowledge(batch);
+        Ok(())
+    }
+
+    /// XACK and XDEL the committed entries, and count them.
+    fn acknowledge(&mut self, batch: &[Entry]) {
+        let mut by_partition: Vec<Vec<&[u8]>> =
+            vec![Vec::new(); usize::from(self.queue.partitions())];
+        for entry in batch {
+            let partition = self.queue.partition_of(entry.record.key());
+            by_partition[usize::from(partition)].push(&entry.id);
+        }
+        let mut commands = Vec::new();
+        for (partition, ids) in by_partition.iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            let stream = self.queue.stream(partition as u16);
+            commands.push(Command::xack(stream, GROUP, ids));
+            let mut del: Vec<&[u8]> = vec![b"XDEL", stream];
+            del.extend_from_slice(ids);
+            commands.push(Command::new(&del, Some(1)));
+        }
+        let written = batch.len().to_string();
+        commands.push(Command::new(
+            &[&b"HINCRBY"[..], STATS_KEY, b"written", written.as_bytes()],
+            Some(1),
+        ));
+        for reply in self.redis.execute(commands) {
+            if let Err(e) = reply {
+                // Not fatal: the entries stay pending, are redelivered and
+                // merged again without effect.
+                tracing::warn!(error = %e, "acknowledging a committed batch failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Write-back: the queue of accepted writes in Redis Streams, and the
+//! database core that drains it into PostgreSQL.
+//!
+//! - [`queue`]: partitions, records, how they are appended and read back.
+//! - [`db`]: one batch, one transaction: binary COPY into staging tables,
+//!   then an idempotent merge.
+//! - [`core`]: the loop: gather, write, acknowledge; redelivery and take-over.
+//!
+//! `millrace writeback` runs the database core on its own; `millrace serve`
+//! will run it on a dedicated core beside the executors.
+
+pub mod core;
+pub mod db;
+pub mod queue;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::redis::cluster::Config as RedisConfig;
+use crate::signals::{ShutdownSignals, signal_name};
+
+use self::core::{Fault, WritebackConfig};
+
+/// `millrace writeback` flags; each also reads its environment variable.
+#[derive(clap::Args, Debug)]
+pub struct WritebackOptions {
+    /// Redis Cluster seed nodes, host:port[,host:port...]
+    #[arg(
+        long,
+        env = "MILLRACE_REDIS_SEEDS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub redis: Vec<SocketAddr>,
+    /// PostgreSQL connection URL, such as postgres://user:password@127.0.0.1:5440/millrace
+    #[arg(long, env = "MILLRACE_POSTGRES_URL")]
+    pub postgres: String,
+    /// Write-back stream partitions; must match the servers' [default: 16]
+    #[arg(long, env = "MILLRACE_WRITEBACK_PARTITIONS", default_value_t = 16)]
+    pub partitions: u16,
+    /// Rows per transaction at most [default: 5000]
+    #[arg(long, env = "MILLRACE_BATCH_ROWS", default_value_t = 5000)]
+    pub batch_rows: usize,
+    /// Time a batch gathers before it is written, in milliseconds [default: 5]
+    #[arg(long, env = "MILLRACE_BATCH_MS", default_value_t = 5)]
+    pub batch_ms: u64,
+    /// Consumer name in the group; keep it across restarts [default: db-0]
+    #[arg(long, env = "MILLRACE_WRITEBACK_CONSUMER", default_value = "db-0")]
+    pub consumer: String,
+    /// Entries pending this long on another consumer are taken over, in milliseconds [default: 30000]
+    #[arg(long, env = "MILLRACE_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// CPU to pin the database core to [default: not pinned]
+    #[arg(long, env = "MILLRACE_DB_CORE")]
+    pub core: Option<usize>,
+}
+
+/// The test-only fault switch: `MILLRACE_FAULT=kill-after-commit`.
+const FAULT_ENV: &str = "MILLRACE_FAULT";
+
+impl WritebackOptions {
+    /// Check the values and build the configuration. The Redis user and
+    /// password come from `MILLRACE_REDIS_USER` and `MILLRACE_REDIS_PASSWORD`.
+    pub fn resolve(self) -> Result<WritebackConfig, String> {
+        if self.partitions == 0 {
+            return Err("--partitions must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&self.batch_rows) {
+            return Err("--batch-rows must be from 1 to 1000000".into());
+        }
+        let mut config = WritebackConfig::new(
+            RedisConfig::new(self.redis).credentials_from_env(),
+            self.postgres,
+        );
+        config.partitions = self.partitions;
+        config.batch_rows = self.batch_rows;
+        config.batch_ms = Duration::from_millis(self.batch_ms);
+        config.consumer = self.consumer;
+        config.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        config.fault = match std::env::var(FAULT_ENV).ok().as_deref() {
+            None | Some("") => None,
+            Some("kill-after-commit") => Some(Fault::KillAfterCommit),
+            Some(other) => {
+                return Err(format!(
+                    "{FAULT_ENV}={other}: the only fault is kill-after-commit"
+                ));
+            }
+        };
+        Ok(config)
+    }
+}
+
+/// `millrace writeback`: drain until SIGTERM or SIGINT, then report.
+pub fn run_command(options: WritebackOptions) -> Result<(), String> {
+    let pin = options.core;
+    let config = options.resolve()?;
+    let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let core_stop = Arc::clone(&stop);
+    let worker = std::thread::Builder::new()
+        .name("millrace-db".into())
+        .spawn(move || {
+            if let Some(cpu) = pin
+                && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+            {
+                return Err(format!("cannot pin the database core to CPU {cpu}"));
+            }
+            core::run(&config, &core_stop)
+        })
+        .map_err(|e| format!("cannot start the database core: {e}"))?;
+    tracing::info!("database core started");
+    while !worker.is_finished() {
+        if let Some(signal) = signals.wait(Duration::from_millis(100)) {
+            tracing::info!(
+                signal = signal_name(signal),
+                "stopping after the batch in hand"
+            );
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let totals = worker
+        .join()
+        .map_err(|_| "the database core panicked".to_string())??;
+    tracing::info!(
+        rows = totals.rows,
+        batches = totals.batches,
+        retries = totals.retries,
+        malformed = totals.malformed,
+        "database core stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The database core (`millrace writeback`) between a real Redis Cluster and
+//! a real PostgreSQL: every queued write lands once, the last write to a key
+//! wins, a crash between commit and acknowledgement duplicates nothing, and
+//! a database outage loses nothing.
+
+mod common;
+
+use std::process::{Child, Command as Process, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::cluster::RedisCluster;
+use common::postgres::Postgres;
+use millrace::redis::cluster::Config;
+use millrace::redis::command::Command;
+use millrace::redis::driver::Client;
+use millrace::redis::resp::OwnedReply;
+use millrace::writeback::queue::{Queue, Record};
+
+const PARTITIONS: u16 = 16;
+
+/// The database core as a separate process.
+fn writeback(cluster: &RedisCluster, postgres: &Postgres, env: &[(&str, &str)]) -> Child {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("writeback")
+        .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+        .env("MILLRACE_POSTGRES_URL", &postgres.url)
+        .env("MILLRACE_WRITEBACK_PARTITIONS", PARTITIONS.to_string())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start millrace writeback")
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "writeback exited with {status}");
+}
+
+fn event(n: u64) -> Record {
+    let mut client_id = [0u8; 16];
+    client_id[8..].copy_from_slice(&n.to_be_bytes());
+    Record::Event {
+        client_id,
+        key: format!("user:{}", n % 1000).into_bytes(),
+        kind: (n % 7) as i32,
+        timestamp_us: 1_700_000_000_000_000 + n as i64,
+        payload: format!("payload {n}").into_bytes(),
+    }
+}
+
+/// Queue `records` as the API would, checking each XADD succeeded.
+fn enqueue(client: &mut Client, records: impl Iterator<Item = Record>) {
+    let queue = Queue::new(PARTITIONS);
+    let records: Vec<Record> = records.collect();
+    for chunk in records.chunks(10_000) {
+        for reply in client.execute(chunk.iter().map(|r| queue.append(r)).collect()) {
+            assert!(matches!(reply, Ok(OwnedReply::Bulk(_))), "{reply:?}");
+        }
+    }
+}
+
+/// Entries still in the streams (XDEL removes them once committed).
+fn backlog(client: &mut Client) -> i64 {
+    let queue = Queue::new(PARTITIONS);
+    client
+        .execute(
+            (0..PARTITIONS)
+                .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
+                .collect(),
+        )
+        .into_iter()
+        .map(|r| match r {
+            Ok(OwnedReply::Integer(n)) => n,
+            other => panic!("{other:?}"),
+        })
+        .sum()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_event_lands_exactly_once() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    enqueue(&mut client, (0..100_000).map(event));
+    let core = writeback(&cluster, &postgres, &[]);
+    wait_for("the backlog to drain", Duration::from_secs(60), || {
+        backlog(&mut client) == 0
+    });
+    assert_eq!(postgres.query("select count(*) from events"), "100000");
+    assert_eq!(
+        postgres.query(
+            "select convert_from(payload, 'UTF8') || ' ' || kind || ' ' || timestamp_us from events \
+             where client_id = decode('0000000000000000000000000000a455', 'hex')"
+        ),
+        "payload 42069 6 1700000000042069"
+    );
+    // The same ids again, as a client retrying would: nothing new.
+    enqueue(&mut client, (0..100_000).map(event));
+    wait_for(
+        "the backlog to drain again",
+        Duration::from_secs(60),
+        || backlog(&mut client) == 0,
+    );
+    assert_eq!(postgres.query("select count(*) from events"), "100000");
+    stop(core);
+    // Every entry was acknowledged.
+    let written = client
+        .call(Command::new(
+            &["HGET", "{millrace:stats}", "written"],
+            Some(1),
+        ))
+        .unwrap();
+    assert_eq!(written, OwnedReply::Bulk(b"200000".to_vec()));
+}
+
+#[test]
+fn the_last_write_to_each_key_wins() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    // 10,000 writes over 100 keys, in a known order, some of them deletes.
+    let mut last = vec![None; 100];
+    let records: Vec<Record> = (0..10_000u32)
+        .map(|i| {
+            let k = (i * 7919) % 100;
+            let key = format!("key:{k}").into_bytes();
+            if i % 13 == 0 {
+                last[k as usize] = None;
+                Record::Delete { key }
+            } else {
+                let value = format!("value {i}").into_bytes();
+                last[k as usize] = Some(String::from_utf8(value.clone()).unwrap());
+                Record::Put { key, value }
+            }
+        })
+        .collect();
+    // Small batches, so that one key's writes cross many transactions.
+    let core = writeback(&cluster, &postgres, &[("MILLRACE_BATCH_ROWS", "97")]);
+    for chunk in records.chunks(500) {
+        enqueue(&mut client, chunk.iter().cloned());
+    }
+    wait_for("the backlog to drain", Duration::from_secs(60), || {
+        backlog(&mut client) == 0
+    });
+    stop(core);
+    for (k, expected) in last.iter().enumerate() {
+        let stored = postgres.query(&format!(
+            "select coalesce(convert_from(value, 'UTF8'), '<deleted>') from kv where key = 'key:{k}'::bytea"
+        ));
+        assert_eq!(
+            stored,
+            expected.clone().unwrap_or("<deleted>".into()),
+            "key:{k}"
+        );
+    }
+}
+
+#[test]
+fn a_crash_between_commit_and_ack_duplicates_nothing() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    enqueue(&mut client, (0..20_000).map(event));
+    let mut crashing = writeback(
+        &cluster,
+        &postgres,
+        &[
+            ("MILLRACE_FAULT", "kill-after-commit"),
+            ("MILLRACE_BATCH_ROWS", "5000"),
+        ],
+    );
+    let status = crashing.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    let committed: u64 = postgres
+        .query("select count(*) from events")
+        .parse()
+        .unwrap();
+    assert!(committed > 0, "the first batch was committed");
+    assert_eq!(backlog(&mut client), 20_000, "and not acknowledged");
+    // The same consumer, restarted, finds its pending entries first.
+    let core = writeback(&cluster, &postgres, &[]);
+    wait_for("the backlog to drain", Duration::from_secs(60), || {
+        backlog(&mut client) == 0
+    });
+    stop(core);
+    assert_eq!(postgres.query("select count(*) from events"), "20000");
+}
+
+#[test]
+fn a_database_outage_loses_nothing() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let core = writeback(&cluster, &postgres, &[]);
+    enqueue(&mut client, (0..5_000).map(event));
+    wait_for("the first writes", Duration::from_secs(30), || {
+        backlog(&mut client) == 0
+    });
+    postgres.pause();
+    // Writes keep coming while the database is down; they wait in Redis.
+    enqueue(&mut client, (5_000..15_000).map(event));
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        backlog(&mut client),
+        10_000,
+        "nothing is acknowledged while the database is down"
+    );
+    postgres.resume();
+    wait_for(
+        "the backlog to drain after the outage",
+        Duration::from_secs(60),
+        || backlog(&mut client) == 0,
+    );
+    stop(core);
+    assert_eq!(postgres.query("select count(*) from events"), "15000");
+}
