@@ -2,8 +2,8 @@
 //!
 //! One loop, one thread: gather entries from every partition with
 //! `XREADGROUP` until the batch holds `batch_rows` or `batch_ms` has passed;
-//! write them in one transaction; only after the commit, `XACK` and `XDEL`
-//! them. A crash between the commit and the acknowledgement redelivers the
+//! write them in one transaction; only after the commit, `XACK` them and
+//! trim the streams below the oldest entry still pending (`XTRIM MINID`). A crash between the commit and the acknowledgement redelivers the
 //! batch, which the idempotent merge absorbs, so each write lands once.
 //! At start the core first re-reads its own pending entries; every
 //! `claim_interval` it takes over entries another consumer left pending
@@ -348,35 +348,64 @@ impl<'a> Core<'a> {
         Ok(())
     }
 
-    /// XACK and XDEL the committed entries, and count them.
+    /// Acknowledge the committed entries, count them, and trim what every
+    /// consumer has acknowledged from the streams (so that a stream's
+    /// length is its backlog).
     fn acknowledge(&mut self, batch: &[Entry]) {
-        let mut by_partition: Vec<Vec<&[u8]>> =
-            vec![Vec::new(); usize::from(self.queue.partitions())];
+        let partitions = usize::from(self.queue.partitions());
+        let mut ids: Vec<Vec<&[u8]>> = vec![Vec::new(); partitions];
+        let mut newest: Vec<(i64, i64)> = vec![(0, 0); partitions];
         for entry in batch {
-            let partition = self.queue.partition_of(entry.record.key());
-            by_partition[usize::from(partition)].push(&entry.id);
+            let partition = usize::from(self.queue.partition_of(entry.record.key()));
+            ids[partition].push(&entry.id);
+            newest[partition] = newest[partition].max((entry.version_ms, entry.version_seq));
         }
+        let touched: Vec<usize> = (0..partitions).filter(|&p| !ids[p].is_empty()).collect();
         let mut commands = Vec::new();
-        for (partition, ids) in by_partition.iter().enumerate() {
-            if ids.is_empty() {
-                continue;
-            }
+        for &partition in &touched {
             let stream = self.queue.stream(partition as u16);
-            commands.push(Command::xack(stream, GROUP, ids));
-            let mut del: Vec<&[u8]> = vec![b"XDEL", stream];
-            del.extend_from_slice(ids);
-            commands.push(Command::new(&del, Some(1)));
+            commands.push(Command::xack(stream, GROUP, &ids[partition]));
+            commands.push(Command::new(&[&b"XPENDING"[..], stream, GROUP], Some(1)));
         }
         let written = batch.len().to_string();
         commands.push(Command::new(
             &[&b"HINCRBY"[..], STATS_KEY, b"written", written.as_bytes()],
             Some(1),
         ));
-        for reply in self.redis.execute(commands) {
-            if let Err(e) = reply {
+        let replies = self.redis.execute(commands);
+        let mut trims = Vec::new();
+        for (i, &partition) in touched.iter().enumerate() {
+            if let Err(e) = &replies[2 * i] {
                 // Not fatal: the entries stay pending, are redelivered and
                 // merged again without effect.
                 tracing::warn!(error = %e, "acknowledging a committed batch failed");
+                continue;
+            }
+            // [count, smallest pending id, largest, consumers]: everything
+            // below the smallest pending id is acknowledged; with nothing
+            // pending, everything up to what this batch held.
+            let below = match &replies[2 * i + 1] {
+                Ok(OwnedReply::Array(summary)) => match summary.first() {
+                    Some(OwnedReply::Integer(0)) => {
+                        let (ms, seq) = newest[partition];
+                        format!("{ms}-{}", seq + 1).into_bytes()
+                    }
+                    _ => match summary.get(1).and_then(OwnedReply::bytes) {
+                        Some(id) => id.to_vec(),
+                        None => continue,
+                    },
+                },
+                _ => continue,
+            };
+            let stream = self.queue.stream(partition as u16);
+            trims.push(Command::new(
+                &[&b"XTRIM"[..], stream, b"MINID", &below],
+                Some(1),
+            ));
+        }
+        for reply in self.redis.execute(trims) {
+            if let Err(e) = reply {
+                tracing::debug!(error = %e, "trimming a write-back stream failed; the next batch trims it");
             }
         }
     }

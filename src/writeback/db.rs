@@ -1,12 +1,16 @@
-//! Writing batches into PostgreSQL: one transaction per batch, rows copied
-//! in binary into session-local staging tables, then moved into the real
-//! tables with `INSERT ... ON CONFLICT`, which makes a retried batch harmless.
+//! Writing batches into PostgreSQL: one transaction per batch. Key-value
+//! rows are copied in binary into a session-local staging table and merged
+//! with `INSERT ... ON CONFLICT` (newest version wins). Events are copied
+//! straight into their table, and only when that meets an id already
+//! stored (a redelivery) go through staging and `ON CONFLICT DO NOTHING`.
+//! Either way a retried batch is harmless.
 
 use std::pin::pin;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::queue::{Entry, Record};
 
@@ -73,7 +77,7 @@ impl Database {
 
     /// Write `entries` in one transaction. On error nothing of it is kept.
     pub async fn write(&mut self, entries: &[Entry]) -> Result<(), tokio_postgres::Error> {
-        let transaction = self.client.transaction().await?;
+        let mut transaction = self.client.transaction().await?;
         let kv: Vec<&Entry> = entries
             .iter()
             .filter(|e| matches!(e.record, Record::Put { .. } | Record::Delete { .. }))
@@ -104,39 +108,19 @@ impl Database {
             transaction.execute(MERGE_KV, &[]).await?;
         }
         if !events.is_empty() {
-            let sink = transaction
-                .copy_in("copy events_stage (client_id, key, kind, timestamp_us, payload) from stdin binary")
-                .await?;
-            let mut writer = pin!(BinaryCopyInWriter::new(
-                sink,
-                &[
-                    Type::BYTEA,
-                    Type::BYTEA,
-                    Type::INT4,
-                    Type::INT8,
-                    Type::BYTEA
-                ]
-            ));
-            for entry in events {
-                let Record::Event {
-                    client_id,
-                    key,
-                    kind,
-                    timestamp_us,
-                    payload,
-                } = &entry.record
-                else {
-                    unreachable!("filtered above");
-                };
-                let client_id: &[u8] = client_id;
-                let key: &[u8] = key;
-                let payload: &[u8] = payload;
-                let row: [&(dyn ToSql + Sync); 5] =
-                    [&client_id, &key, kind, timestamp_us, &payload];
-                writer.as_mut().write(&row).await?;
+            // Almost always every event is new: copy straight into the table.
+            // A redelivered or retried one makes the COPY fail; then the
+            // savepoint rolls it back and the events go through the merge.
+            let fast = transaction.savepoint("events_direct").await?;
+            match copy_events(&fast, "events", &events).await {
+                Ok(()) => fast.commit().await?,
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    fast.rollback().await?;
+                    copy_events(&transaction, "events_stage", &events).await?;
+                    transaction.execute(MERGE_EVENTS, &[]).await?;
+                }
+                Err(e) => return Err(e),
             }
-            writer.finish().await?;
-            transaction.execute(MERGE_EVENTS, &[]).await?;
         }
         transaction.commit().await
     }
@@ -145,6 +129,48 @@ impl Database {
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// Binary COPY of `events` into `table`.
+async fn copy_events(
+    transaction: &Transaction<'_>,
+    table: &str,
+    events: &[&Entry],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = transaction
+        .copy_in(&format!(
+            "copy {table} (client_id, key, kind, timestamp_us, payload) from stdin binary"
+        ))
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::BYTEA,
+            Type::BYTEA,
+            Type::INT4,
+            Type::INT8,
+            Type::BYTEA
+        ]
+    ));
+    for entry in events {
+        let Record::Event {
+            client_id,
+            key,
+            kind,
+            timestamp_us,
+            payload,
+        } = &entry.record
+        else {
+            unreachable!("only events are passed");
+        };
+        let client_id: &[u8] = client_id;
+        let key: &[u8] = key;
+        let payload: &[u8] = payload;
+        let row: [&(dyn ToSql + Sync); 5] = [&client_id, &key, kind, timestamp_us, &payload];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 impl Drop for Database {
