@@ -202,6 +202,28 @@ impl Client {
         results
     }
 
+    /// Run `commands` pipelined like [`Client::execute`], but hand each
+    /// outcome to `each(index, reply)` as it arrives, the reply still in the
+    /// receive buffer: nothing is copied unless `each` copies it.
+    pub fn execute_each(
+        &mut self,
+        commands: Vec<Command>,
+        mut each: impl FnMut(usize, Result<Reply<'_>, Error>),
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let mut left = commands.len();
+        for (token, command) in commands.into_iter().enumerate() {
+            self.cluster.submit(token as CommandToken, command, now);
+        }
+        while left > 0 {
+            self.turn(|token, result| {
+                left -= 1;
+                each(token as usize, result);
+            })?;
+        }
+        Ok(())
+    }
+
     /// Keep `depth` commands in flight until `total` have been answered:
     /// `make(i)` builds the i-th, `done(i, outcome)` sees its reply in place.
     pub fn pipeline(

@@ -21,7 +21,7 @@ use crate::load::workload::Rng;
 use crate::redis::cluster::Config as RedisConfig;
 use crate::redis::command::Command;
 use crate::redis::driver::Client;
-use crate::redis::resp::OwnedReply;
+use crate::redis::resp::{OwnedReply, Reply};
 
 /// The hash every core's O(1) figures live in.
 pub const STATS_KEY: &[u8] = b"{millrace:stats}";
@@ -98,14 +98,47 @@ pub struct Totals {
 }
 
 /// Drain the queue until `stop` is set (checked between batches).
+///
+/// Two threads overlap the two halves of the work: a reader that gathers
+/// batches from Redis and acknowledges committed ones, and a writer (this
+/// thread) that commits them to PostgreSQL. At most [`BATCHES_AHEAD`]
+/// batches wait between them.
 pub fn run(config: &WritebackConfig, stop: &AtomicBool) -> Result<Totals, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the database core's runtime: {e}"))?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, Core::start(config)?.drain(stop))
+    let (batches, to_write) = tokio::sync::mpsc::channel::<Vec<Entry>>(BATCHES_AHEAD);
+    let (committed, to_acknowledge) = std::sync::mpsc::channel::<Vec<Entry>>();
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("millrace-db-read".into())
+            .spawn_scoped(scope, move || {
+                let mut reader = Reader::start(config)?;
+                reader.run(batches, &to_acknowledge, stop);
+                Ok::<u64, String>(reader.malformed)
+            })
+            .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
+        let local = tokio::task::LocalSet::new();
+        let mut writer = Writer {
+            config,
+            database: None,
+            totals: Totals::default(),
+            rng: Rng::new(std::process::id().into()),
+        };
+        let totals = local.block_on(&runtime, writer.run(to_write, committed, stop));
+        let malformed = reader
+            .join()
+            .map_err(|_| "the database core's reader panicked".to_string())??;
+        Ok(Totals {
+            malformed,
+            ..totals
+        })
+    })
 }
+
+/// Batches gathered ahead of the one being written.
+const BATCHES_AHEAD: usize = 2;
 
 /// Where one batch comes from: fresh entries, our own pending ones, or
 /// entries taken over from another consumer.
@@ -115,17 +148,16 @@ enum Source {
     OwnPending,
 }
 
-struct Core<'a> {
+/// The Redis half: gathers batches, acknowledges committed ones.
+struct Reader<'a> {
     config: &'a WritebackConfig,
     queue: Queue,
     redis: Client,
-    database: Option<Database>,
-    totals: Totals,
-    rng: Rng,
+    malformed: u64,
 }
 
-impl<'a> Core<'a> {
-    fn start(config: &'a WritebackConfig) -> Result<Core<'a>, String> {
+impl<'a> Reader<'a> {
+    fn start(config: &'a WritebackConfig) -> Result<Reader<'a>, String> {
         let mut redis = Client::connect(config.redis.clone()).map_err(|e| e.to_string())?;
         let queue = Queue::new(config.partitions);
         let creates = (0..queue.partitions())
@@ -142,46 +174,60 @@ impl<'a> Core<'a> {
                 }
             }
         }
-        Ok(Core {
+        Ok(Reader {
             config,
             queue,
             redis,
-            database: None,
-            totals: Totals::default(),
-            rng: Rng::new(std::process::id().into()),
+            malformed: 0,
         })
     }
 
-    async fn drain(mut self, stop: &AtomicBool) -> Result<Totals, String> {
-        // What this consumer had read but not acknowledged before it stopped.
+    fn run(
+        &mut self,
+        batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
+        committed: &std::sync::mpsc::Receiver<Vec<Entry>>,
+        stop: &AtomicBool,
+    ) {
+        // What this consumer had read but not acknowledged before it
+        // stopped, a batch at a time: reading its pending entries again
+        // before they are acknowledged would return them twice.
         while !stop.load(Ordering::Relaxed) {
-            let batch = self.gather(Source::OwnPending, stop).await?;
-            if batch.is_empty() {
+            let batch = self.gather(Source::OwnPending, stop);
+            if batch.is_empty() || batches.blocking_send(batch).is_err() {
                 break;
             }
-            self.commit(&batch, stop).await?;
+            match committed.recv() {
+                Ok(batch) => self.acknowledge(&batch),
+                Err(_) => return,
+            }
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
         while !stop.load(Ordering::Relaxed) {
-            if Instant::now() >= next_claim {
-                let claimed = self.claim()?;
-                if !claimed.is_empty() {
-                    self.commit(&claimed, stop).await?;
-                }
-                next_claim = Instant::now() + self.config.claim_interval;
+            while let Ok(batch) = committed.try_recv() {
+                self.acknowledge(&batch);
             }
-            let batch = self.gather(Source::New, stop).await?;
-            if !batch.is_empty() {
-                self.commit(&batch, stop).await?;
+            let batch = if Instant::now() >= next_claim {
+                next_claim = Instant::now() + self.config.claim_interval;
+                self.claim()
+            } else {
+                self.gather(Source::New, stop)
+            };
+            if !batch.is_empty() && batches.blocking_send(batch).is_err() {
+                break;
             }
         }
-        Ok(self.totals)
+        // No more batches; the writer finishes what it holds. Acknowledge
+        // what it commits, until it hangs up.
+        drop(batches);
+        while let Ok(batch) = committed.recv() {
+            self.acknowledge(&batch);
+        }
     }
 
     /// Read until the batch is full or its time is up. Own pending entries
     /// are read in one pass (reading them again before the acknowledgement
     /// would return the same entries).
-    async fn gather(&mut self, source: Source, stop: &AtomicBool) -> Result<Vec<Entry>, String> {
+    fn gather(&mut self, source: Source, stop: &AtomicBool) -> Vec<Entry> {
         let mut batch = Vec::new();
         let deadline = Instant::now() + self.config.batch_ms;
         loop {
@@ -212,67 +258,49 @@ impl<'a> Core<'a> {
                 })
                 .collect();
             let before = batch.len();
-            for (partition, reply) in self.redis.execute(reads).into_iter().enumerate() {
-                let reply = match reply {
-                    Ok(reply) => reply,
+            let mut unreadable = Vec::new();
+            let result = self
+                .redis
+                .execute_each(reads, |partition, reply| match reply {
+                    Ok(reply) => take(partition as u16, &reply, &mut batch, &mut unreadable),
                     Err(e) => {
-                        tracing::warn!(partition, error = %e, "reading the write-back queue failed");
-                        continue;
+                        tracing::warn!(partition, error = %e, "reading the write-back queue failed")
                     }
-                };
-                self.take(partition as u16, &reply, &mut batch);
+                });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "reading the write-back queue failed");
             }
+            self.set_aside(unreadable);
             let read = batch.len() - before;
             if source == Source::OwnPending
                 || batch.len() >= self.config.batch_rows
                 || Instant::now() >= deadline
                 || stop.load(Ordering::Relaxed)
             {
-                return Ok(batch);
+                return batch;
             }
             if read == 0 {
-                tokio::time::sleep(IDLE_POLL).await;
+                std::thread::sleep(IDLE_POLL);
             }
         }
     }
 
-    /// The entries of one partition's XREADGROUP reply into `batch`;
-    /// unreadable ones are acknowledged and dropped with a warning.
-    fn take(&mut self, partition: u16, reply: &OwnedReply, batch: &mut Vec<Entry>) {
-        // [[stream, [[id, fields], ...]]], or nil when there is nothing.
-        let OwnedReply::Array(streams) = reply else {
-            return;
-        };
-        for stream in streams {
-            let OwnedReply::Array(parts) = stream else {
-                continue;
-            };
-            let Some(messages) = parts.get(1) else {
-                continue;
-            };
-            self.take_messages(partition, messages, batch);
-        }
-    }
-
-    fn take_messages(&mut self, partition: u16, messages: &OwnedReply, batch: &mut Vec<Entry>) {
-        for entry in entries(messages) {
-            match entry {
-                Ok(entry) => batch.push(entry),
-                Err((id, why)) => {
-                    tracing::warn!(partition, id = %String::from_utf8_lossy(&id), "dropping an unreadable write-back entry: {why}");
-                    self.totals.malformed += 1;
-                    let stream = self.queue.stream(partition).to_vec();
-                    let _ = self.redis.execute(vec![
-                        Command::xack(&stream, GROUP, &[&id]),
-                        Command::new(&[&b"XDEL"[..], &stream, &id], Some(1)),
-                    ]);
-                }
-            }
+    /// Acknowledge and delete entries that cannot be read, so that they do
+    /// not block the queue.
+    fn set_aside(&mut self, unreadable: Vec<(u16, Vec<u8>, String)>) {
+        for (partition, id, why) in unreadable {
+            tracing::warn!(partition, id = %String::from_utf8_lossy(&id), "dropping an unreadable write-back entry: {why}");
+            self.malformed += 1;
+            let stream = self.queue.stream(partition).to_vec();
+            let _ = self.redis.execute(vec![
+                Command::xack(&stream, GROUP, &[&id]),
+                Command::new(&[&b"XDEL"[..], &stream, &id], Some(1)),
+            ]);
         }
     }
 
     /// Take over entries other consumers left pending too long.
-    fn claim(&mut self) -> Result<Vec<Entry>, String> {
+    fn claim(&mut self) -> Vec<Entry> {
         let claims = (0..self.queue.partitions())
             .map(|p| {
                 Command::xautoclaim(
@@ -286,66 +314,26 @@ impl<'a> Core<'a> {
             })
             .collect();
         let mut batch = Vec::new();
-        for (partition, reply) in self.redis.execute(claims).into_iter().enumerate() {
+        let mut unreadable = Vec::new();
+        let result = self.redis.execute_each(claims, |partition, reply| {
             // [next-start, [[id, fields], ...], [deleted ids]]
-            if let Ok(OwnedReply::Array(parts)) = reply
+            if let Ok(Reply::Array(parts)) = reply
                 && let Some(messages) = parts.get(1)
             {
-                self.take_messages(partition as u16, messages, &mut batch);
+                take_messages(partition as u16, messages, &mut batch, &mut unreadable);
             }
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "claiming write-back entries failed");
         }
+        self.set_aside(unreadable);
         if !batch.is_empty() {
             tracing::info!(
                 entries = batch.len(),
                 "took over write-back entries left pending by another consumer"
             );
         }
-        Ok(batch)
-    }
-
-    /// Write `batch` (retrying until it commits or `stop`), then acknowledge it.
-    async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> Result<(), String> {
-        let mut attempt = 0u32;
-        loop {
-            if self.database.as_ref().is_none_or(Database::is_closed) {
-                self.database = match Database::connect(&self.config.postgres_url).await {
-                    Ok(database) => Some(database),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot connect to PostgreSQL");
-                        None
-                    }
-                };
-            }
-            if let Some(database) = &mut self.database {
-                match database.write(batch).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
-                    }
-                }
-            }
-            self.totals.retries += 1;
-            if stop.load(Ordering::Relaxed) {
-                // Not acknowledged: the entries stay pending for the next start.
-                return Ok(());
-            }
-            let backoff = RETRY_MIN
-                .saturating_mul(1 << attempt.min(10))
-                .min(RETRY_MAX);
-            // Jitter: anywhere from half to all of the back-off.
-            let jittered = backoff.mul_f64(0.5 + 0.5 * self.rng.unit());
-            tokio::time::sleep(jittered).await;
-            attempt += 1;
-        }
-        self.totals.rows += batch.len() as u64;
-        self.totals.batches += 1;
-        if self.config.fault == Some(Fault::KillAfterCommit) {
-            tracing::warn!("fault injection: SIGKILL after a commit, before its XACK");
-            // SAFETY: kill(2) on this process.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-        }
-        self.acknowledge(batch);
-        Ok(())
+        batch
     }
 
     /// Acknowledge the committed entries, count them, and trim what every
@@ -407,6 +395,110 @@ impl<'a> Core<'a> {
             if let Err(e) = reply {
                 tracing::debug!(error = %e, "trimming a write-back stream failed; the next batch trims it");
             }
+        }
+    }
+}
+
+/// The PostgreSQL half: commits batches in order, hands them back for
+/// acknowledgement.
+struct Writer<'a> {
+    config: &'a WritebackConfig,
+    database: Option<Database>,
+    totals: Totals,
+    rng: Rng,
+}
+
+impl Writer<'_> {
+    async fn run(
+        &mut self,
+        mut to_write: tokio::sync::mpsc::Receiver<Vec<Entry>>,
+        committed: std::sync::mpsc::Sender<Vec<Entry>>,
+        stop: &AtomicBool,
+    ) -> Totals {
+        while let Some(batch) = to_write.recv().await {
+            if !self.commit(&batch, stop).await || committed.send(batch).is_err() {
+                break;
+            }
+        }
+        self.totals
+    }
+
+    /// Write `batch`, retrying until it commits (true) or `stop` (false).
+    async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> bool {
+        let mut attempt = 0u32;
+        loop {
+            if self.database.as_ref().is_none_or(Database::is_closed) {
+                self.database = match Database::connect(&self.config.postgres_url).await {
+                    Ok(database) => Some(database),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot connect to PostgreSQL");
+                        None
+                    }
+                };
+            }
+            if let Some(database) = &mut self.database {
+                match database.write(batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
+                    }
+                }
+            }
+            self.totals.retries += 1;
+            if stop.load(Ordering::Relaxed) {
+                // Not acknowledged: the entries stay pending for the next start.
+                return false;
+            }
+            let backoff = RETRY_MIN
+                .saturating_mul(1 << attempt.min(10))
+                .min(RETRY_MAX);
+            // Jitter: anywhere from half to all of the back-off.
+            let jittered = backoff.mul_f64(0.5 + 0.5 * self.rng.unit());
+            tokio::time::sleep(jittered).await;
+            attempt += 1;
+        }
+        self.totals.rows += batch.len() as u64;
+        self.totals.batches += 1;
+        if self.config.fault == Some(Fault::KillAfterCommit) {
+            tracing::warn!("fault injection: SIGKILL after a commit, before its XACK");
+            // SAFETY: kill(2) on this process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        true
+    }
+}
+
+/// The entries of one partition's `XREADGROUP` reply into `batch`, the
+/// unreadable ones into `unreadable`.
+fn take(
+    partition: u16,
+    reply: &Reply<'_>,
+    batch: &mut Vec<Entry>,
+    unreadable: &mut Vec<(u16, Vec<u8>, String)>,
+) {
+    // [[stream, [[id, fields], ...]]], or nil when there is nothing.
+    let Reply::Array(streams) = reply else {
+        return;
+    };
+    for stream in streams {
+        if let Reply::Array(parts) = stream
+            && let Some(messages) = parts.get(1)
+        {
+            take_messages(partition, messages, batch, unreadable);
+        }
+    }
+}
+
+fn take_messages(
+    partition: u16,
+    messages: &Reply<'_>,
+    batch: &mut Vec<Entry>,
+    unreadable: &mut Vec<(u16, Vec<u8>, String)>,
+) {
+    for entry in entries(messages) {
+        match entry {
+            Ok(entry) => batch.push(entry),
+            Err((id, why)) => unreadable.push((partition, id, why)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! each stream's entry id is the version that orders them.
 
 use crate::redis::command::Command;
-use crate::redis::resp::OwnedReply;
+use crate::redis::resp::Reply;
 use crate::redis::slot::crc16;
 
 /// The consumer group every database core reads with.
@@ -135,20 +135,20 @@ impl Queue {
 /// (`[[id, [field, value, ...]], ...]`). An entry that cannot be read is
 /// returned as an error with its id, so that it can be set aside rather
 /// than block the queue.
-pub fn entries(messages: &OwnedReply) -> Vec<Result<Entry, (Vec<u8>, String)>> {
-    let OwnedReply::Array(messages) = messages else {
+pub fn entries(messages: &Reply<'_>) -> Vec<Result<Entry, (Vec<u8>, String)>> {
+    let Reply::Array(messages) = messages else {
         return Vec::new();
     };
     messages
         .iter()
         .filter_map(|message| {
-            let OwnedReply::Array(parts) = message else {
+            let Reply::Array(parts) = message else {
                 return None;
             };
             let id = parts.first()?.bytes()?.to_vec();
             // A deleted entry still pending comes back with a nil body.
             let fields = match parts.get(1) {
-                Some(OwnedReply::Array(fields)) => fields,
+                Some(Reply::Array(fields)) => fields,
                 _ => return Some(Err((id, "the entry was deleted".into()))),
             };
             Some(parse_entry(&id, fields).map_err(|why| (id, why)))
@@ -156,7 +156,7 @@ pub fn entries(messages: &OwnedReply) -> Vec<Result<Entry, (Vec<u8>, String)>> {
         .collect()
 }
 
-fn parse_entry(id: &[u8], fields: &[OwnedReply]) -> Result<Entry, String> {
+fn parse_entry(id: &[u8], fields: &[Reply<'_>]) -> Result<Entry, String> {
     let text = std::str::from_utf8(id).map_err(|_| "a stream id that is not text")?;
     let (ms, seq) = text
         .split_once('-')
@@ -229,18 +229,13 @@ mod tests {
 
     #[test]
     fn entries_read_back_what_was_appended() {
-        let reply = |fields: Vec<&[u8]>| {
-            OwnedReply::Array(vec![OwnedReply::Array(vec![
-                OwnedReply::Bulk(b"1700000000000-5".to_vec()),
-                OwnedReply::Array(
-                    fields
-                        .into_iter()
-                        .map(|f| OwnedReply::Bulk(f.to_vec()))
-                        .collect(),
-                ),
-            ])])
-        };
-        let entries_of = |fields| entries(&reply(fields));
+        fn entries_of(fields: Vec<&'static [u8]>) -> Vec<Result<Entry, (Vec<u8>, String)>> {
+            let reply = Reply::Array(vec![Reply::Array(vec![
+                Reply::Bulk(b"1700000000000-5"),
+                Reply::Array(fields.into_iter().map(Reply::Bulk).collect()),
+            ])]);
+            entries(&reply)
+        }
         let put = entries_of(vec![b"t", b"put", b"k", b"a", b"v", b"1"]);
         assert_eq!(
             put,
