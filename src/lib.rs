@@ -23,6 +23,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod load;
 pub mod metrics;
+pub mod payload;
 pub mod probe;
 pub mod reactor;
 pub mod redis;
