@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, atomic::Ordering};
 use std::time::{Duration, Instant};
 
+use millrace::payload;
 use millrace::redis::cluster::Config;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
@@ -101,17 +102,22 @@ fn main() {
     let mut client = Client::connect(Config::new(seeds.clone())).expect("connect to Redis");
     let partitions = 16;
     let queue = Queue::new(partitions);
+    // As the API queues them: a post of 100 events is one stream entry.
     for chunk in events.chunks(10_000) {
         let commands = chunk
-            .iter()
-            .map(|e| {
-                queue.append(&Record::Event {
-                    client_id: e.client_id.as_slice().try_into().unwrap(),
-                    key: e.key.clone(),
-                    kind: e.kind,
-                    timestamp_us: e.timestamp_us,
-                    payload: e.payload.clone(),
-                })
+            .chunks(100)
+            .map(|post| {
+                let batch: Vec<payload::Event> = post
+                    .iter()
+                    .map(|e| payload::Event {
+                        client_id: e.client_id.as_slice().try_into().unwrap(),
+                        key: String::from_utf8(e.key.clone()).unwrap(),
+                        kind: e.kind,
+                        timestamp_us: e.timestamp_us,
+                        payload: e.payload.clone(),
+                    })
+                    .collect();
+                queue.append(&Record::events(payload::encode_event_batch(&batch)).unwrap())
             })
             .collect();
         for reply in client.execute(commands) {

@@ -109,7 +109,7 @@ pub fn run(config: &WritebackConfig, stop: &AtomicBool) -> Result<Totals, String
         .build()
         .map_err(|e| format!("cannot start the database core's runtime: {e}"))?;
     let (batches, to_write) = tokio::sync::mpsc::channel::<Vec<Entry>>(BATCHES_AHEAD);
-    let (committed, to_acknowledge) = std::sync::mpsc::channel::<Vec<Entry>>();
+    let (committed, to_acknowledge) = std::sync::mpsc::channel::<(Vec<Entry>, u64)>();
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("millrace-db-read".into())
@@ -185,7 +185,7 @@ impl<'a> Reader<'a> {
     fn run(
         &mut self,
         batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
-        committed: &std::sync::mpsc::Receiver<Vec<Entry>>,
+        committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
     ) {
         // What this consumer had read but not acknowledged before it
@@ -197,14 +197,14 @@ impl<'a> Reader<'a> {
                 break;
             }
             match committed.recv() {
-                Ok(batch) => self.acknowledge(&batch),
+                Ok((batch, rows)) => self.acknowledge(&batch, rows),
                 Err(_) => return,
             }
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
         while !stop.load(Ordering::Relaxed) {
-            while let Ok(batch) = committed.try_recv() {
-                self.acknowledge(&batch);
+            while let Ok((batch, rows)) = committed.try_recv() {
+                self.acknowledge(&batch, rows);
             }
             let batch = if Instant::now() >= next_claim {
                 next_claim = Instant::now() + self.config.claim_interval;
@@ -219,8 +219,8 @@ impl<'a> Reader<'a> {
         // No more batches; the writer finishes what it holds. Acknowledge
         // what it commits, until it hangs up.
         drop(batches);
-        while let Ok(batch) = committed.recv() {
-            self.acknowledge(&batch);
+        while let Ok((batch, rows)) = committed.recv() {
+            self.acknowledge(&batch, rows);
         }
     }
 
@@ -228,11 +228,13 @@ impl<'a> Reader<'a> {
     /// are read in one pass (reading them again before the acknowledgement
     /// would return the same entries).
     fn gather(&mut self, source: Source, stop: &AtomicBool) -> Vec<Entry> {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Entry> = Vec::new();
+        // Rows in the batch: an event batch entry counts its events.
+        let mut rows = 0;
         let deadline = Instant::now() + self.config.batch_ms;
         loop {
             let partitions = usize::from(self.queue.partitions());
-            let count = ((self.config.batch_rows - batch.len()) / partitions)
+            let count = (self.config.batch_rows.saturating_sub(rows) / partitions)
                 .max(1)
                 .to_string();
             let id: &[u8] = match source {
@@ -272,8 +274,12 @@ impl<'a> Reader<'a> {
             }
             self.set_aside(unreadable);
             let read = batch.len() - before;
+            rows += batch[before..]
+                .iter()
+                .map(|e| e.record.rows())
+                .sum::<usize>();
             if source == Source::OwnPending
-                || batch.len() >= self.config.batch_rows
+                || rows >= self.config.batch_rows
                 || Instant::now() >= deadline
                 || stop.load(Ordering::Relaxed)
             {
@@ -339,7 +345,7 @@ impl<'a> Reader<'a> {
     /// Acknowledge the committed entries, count them, and trim what every
     /// consumer has acknowledged from the streams (so that a stream's
     /// length is its backlog).
-    fn acknowledge(&mut self, batch: &[Entry]) {
+    fn acknowledge(&mut self, batch: &[Entry], rows: u64) {
         let partitions = usize::from(self.queue.partitions());
         let mut ids: Vec<Vec<&[u8]>> = vec![Vec::new(); partitions];
         let mut newest: Vec<(i64, i64)> = vec![(0, 0); partitions];
@@ -355,7 +361,7 @@ impl<'a> Reader<'a> {
             commands.push(Command::xack(stream, GROUP, &ids[partition]));
             commands.push(Command::new(&[&b"XPENDING"[..], stream, GROUP], Some(1)));
         }
-        let written = batch.len().to_string();
+        let written = rows.to_string();
         commands.push(Command::new(
             &[&b"HINCRBY"[..], STATS_KEY, b"written", written.as_bytes()],
             Some(1),
@@ -412,21 +418,24 @@ impl Writer<'_> {
     async fn run(
         &mut self,
         mut to_write: tokio::sync::mpsc::Receiver<Vec<Entry>>,
-        committed: std::sync::mpsc::Sender<Vec<Entry>>,
+        committed: std::sync::mpsc::Sender<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
     ) -> Totals {
         while let Some(batch) = to_write.recv().await {
-            if !self.commit(&batch, stop).await || committed.send(batch).is_err() {
+            let Some(rows) = self.commit(&batch, stop).await else {
+                break;
+            };
+            if committed.send((batch, rows)).is_err() {
                 break;
             }
         }
         self.totals
     }
 
-    /// Write `batch`, retrying until it commits (true) or `stop` (false).
-    async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> bool {
+    /// Write `batch`, retrying until it commits (the rows written) or `stop` (`None`).
+    async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> Option<u64> {
         let mut attempt = 0u32;
-        loop {
+        let written = loop {
             if self.database.as_ref().is_none_or(Database::is_closed) {
                 self.database = match Database::connect(&self.config.postgres_url).await {
                     Ok(database) => Some(database),
@@ -438,7 +447,7 @@ impl Writer<'_> {
             }
             if let Some(database) = &mut self.database {
                 match database.write(batch).await {
-                    Ok(()) => break,
+                    Ok(rows) => break rows,
                     Err(e) => {
                         tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
                     }
@@ -447,7 +456,7 @@ impl Writer<'_> {
             self.totals.retries += 1;
             if stop.load(Ordering::Relaxed) {
                 // Not acknowledged: the entries stay pending for the next start.
-                return false;
+                return None;
             }
             let backoff = RETRY_MIN
                 .saturating_mul(1 << attempt.min(10))
@@ -456,15 +465,15 @@ impl Writer<'_> {
             let jittered = backoff.mul_f64(0.5 + 0.5 * self.rng.unit());
             tokio::time::sleep(jittered).await;
             attempt += 1;
-        }
-        self.totals.rows += batch.len() as u64;
+        };
+        self.totals.rows += written;
         self.totals.batches += 1;
         if self.config.fault == Some(Fault::KillAfterCommit) {
             tracing::warn!("fault injection: SIGKILL after a commit, before its XACK");
             // SAFETY: kill(2) on this process.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
-        true
+        Some(written)
     }
 }
 

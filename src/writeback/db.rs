@@ -13,6 +13,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::queue::{Entry, Record};
+use crate::payload::{BatchLimits, schema, verify_event_batch};
 
 /// The schema files, applied in order at every start (each is idempotent).
 pub const SCHEMA: &[(&str, &str)] = &[(
@@ -75,17 +76,33 @@ impl Database {
         self.client.is_closed()
     }
 
-    /// Write `entries` in one transaction. On error nothing of it is kept.
-    pub async fn write(&mut self, entries: &[Entry]) -> Result<(), tokio_postgres::Error> {
+    /// Write `entries` in one transaction and return the rows written (an
+    /// event batch is a row per event). On error nothing of it is kept.
+    /// Event batches that fail verification were set aside at the door and
+    /// cannot be here; one that does (a corrupted entry) is skipped with a
+    /// warning rather than stop the queue.
+    pub async fn write(&mut self, entries: &[Entry]) -> Result<u64, tokio_postgres::Error> {
         let mut transaction = self.client.transaction().await?;
         let kv: Vec<&Entry> = entries
             .iter()
             .filter(|e| matches!(e.record, Record::Put { .. } | Record::Delete { .. }))
             .collect();
-        let events: Vec<&Entry> = entries
+        let limits = BatchLimits::unlimited();
+        let events: Vec<schema::Event<'_>> = entries
             .iter()
-            .filter(|e| matches!(e.record, Record::Event { .. }))
+            .filter_map(|e| match &e.record {
+                Record::Events { batch, .. } => match verify_event_batch(batch, &limits) {
+                    Ok(batch) => Some(batch),
+                    Err(why) => {
+                        tracing::warn!(id = %String::from_utf8_lossy(&e.id), "skipping an unreadable event batch: {why}");
+                        None
+                    }
+                },
+                _ => None,
+            })
+            .flat_map(|batch| batch.events().iter())
             .collect();
+        let rows = (kv.len() + events.len()) as u64;
         if !kv.is_empty() {
             let sink = transaction
                 .copy_in("copy kv_stage (key, value, version_ms, version_seq) from stdin binary")
@@ -98,7 +115,7 @@ impl Database {
                 let (key, value): (&[u8], Option<&[u8]>) = match &entry.record {
                     Record::Put { key, value } => (key, Some(value)),
                     Record::Delete { key } => (key, None),
-                    Record::Event { .. } => unreachable!("filtered above"),
+                    Record::Events { .. } => unreachable!("filtered above"),
                 };
                 let row: [&(dyn ToSql + Sync); 4] =
                     [&key, &value, &entry.version_ms, &entry.version_seq];
@@ -122,7 +139,8 @@ impl Database {
                 Err(e) => return Err(e),
             }
         }
-        transaction.commit().await
+        transaction.commit().await?;
+        Ok(rows)
     }
 
     /// The client, for queries outside the write path (read-through, tests).
@@ -135,7 +153,7 @@ impl Database {
 async fn copy_events(
     transaction: &Transaction<'_>,
     table: &str,
-    events: &[&Entry],
+    events: &[schema::Event<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let sink = transaction
         .copy_in(&format!(
@@ -152,21 +170,12 @@ async fn copy_events(
             Type::BYTEA
         ]
     ));
-    for entry in events {
-        let Record::Event {
-            client_id,
-            key,
-            kind,
-            timestamp_us,
-            payload,
-        } = &entry.record
-        else {
-            unreachable!("only events are passed");
-        };
-        let client_id: &[u8] = client_id;
-        let key: &[u8] = key;
-        let payload: &[u8] = payload;
-        let row: [&(dyn ToSql + Sync); 5] = [&client_id, &key, kind, timestamp_us, &payload];
+    for event in events {
+        let client_id: &[u8] = &event.client_id().0;
+        let key: &[u8] = event.key().as_bytes();
+        let payload: &[u8] = event.payload().map_or(&[], |p| p.bytes());
+        let (kind, timestamp_us) = (event.kind(), event.timestamp_us());
+        let row: [&(dyn ToSql + Sync); 5] = [&client_id, &key, &kind, &timestamp_us, &payload];
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await?;

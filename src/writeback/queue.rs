@@ -3,6 +3,7 @@
 //! so the writes to one key are read in the order they were accepted, and
 //! each stream's entry id is the version that orders them.
 
+use crate::payload::{BatchLimits, Invalid, verify_event_batch};
 use crate::redis::command::Command;
 use crate::redis::resp::Reply;
 use crate::redis::slot::crc16;
@@ -25,18 +26,15 @@ pub enum Record {
         /// The key.
         key: Vec<u8>,
     },
-    /// An event, identified by its client's id.
-    Event {
-        /// The client-assigned id that makes a retried post harmless.
-        client_id: [u8; 16],
-        /// The key it is about.
+    /// A batch of events: a verified FlatBuffers `EventBatch`, as posted
+    /// (or converted from JSON), in one stream entry.
+    Events {
+        /// The first event's key, which picks the partition.
         key: Vec<u8>,
-        /// What kind of event.
-        kind: i32,
-        /// When it happened, microseconds since the Unix epoch.
-        timestamp_us: i64,
-        /// Opaque bytes.
-        payload: Vec<u8>,
+        /// Events in the batch.
+        count: u32,
+        /// The `EventBatch` buffer.
+        batch: Vec<u8>,
     },
 }
 
@@ -44,7 +42,23 @@ impl Record {
     /// The key that picks its partition.
     pub fn key(&self) -> &[u8] {
         match self {
-            Record::Put { key, .. } | Record::Delete { key } | Record::Event { key, .. } => key,
+            Record::Put { key, .. } | Record::Delete { key } | Record::Events { key, .. } => key,
+        }
+    }
+
+    /// The record for an `EventBatch` buffer, verified here.
+    pub fn events(batch: Vec<u8>) -> Result<Record, Invalid> {
+        let parsed = verify_event_batch(&batch, &BatchLimits::unlimited())?;
+        let key = parsed.events().get(0).key().as_bytes().to_vec();
+        let count = parsed.events().len() as u32;
+        Ok(Record::Events { key, count, batch })
+    }
+
+    /// Rows it becomes in the database.
+    pub fn rows(&self) -> usize {
+        match self {
+            Record::Put { .. } | Record::Delete { .. } => 1,
+            Record::Events { count, .. } => *count as usize,
         }
     }
 }
@@ -106,24 +120,15 @@ impl Queue {
                 Command::xadd(stream, &[(b"t", b"put"), (b"k", key), (b"v", value)])
             }
             Record::Delete { key } => Command::xadd(stream, &[(b"t", b"del"), (b"k", key)]),
-            Record::Event {
-                client_id,
-                key,
-                kind,
-                timestamp_us,
-                payload,
-            } => {
-                let kind = kind.to_string();
-                let timestamp = timestamp_us.to_string();
+            Record::Events { key, count, batch } => {
+                let count = count.to_string();
                 Command::xadd(
                     stream,
                     &[
-                        (b"t", b"ev"),
-                        (b"id", client_id),
+                        (b"t", b"evb"),
                         (b"k", key),
-                        (b"kind", kind.as_bytes()),
-                        (b"ts", timestamp.as_bytes()),
-                        (b"p", payload),
+                        (b"n", count.as_bytes()),
+                        (b"b", batch),
                     ],
                 )
             }
@@ -178,14 +183,13 @@ fn parse_entry(id: &[u8], fields: &[Reply<'_>]) -> Result<Entry, String> {
         b"del" => Record::Delete {
             key: need("k")?.to_vec(),
         },
-        b"ev" => Record::Event {
-            client_id: need("id")?
-                .try_into()
-                .map_err(|_| "a client id that is not 16 bytes")?,
+        b"evb" => Record::Events {
             key: need("k")?.to_vec(),
-            kind: parse_number(need("kind")?)?,
-            timestamp_us: parse_number(need("ts")?)?,
-            payload: need("p")?.to_vec(),
+            count: std::str::from_utf8(need("n")?)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or("an event count that is not a number")?,
+            batch: need("b")?.to_vec(),
         },
         other => {
             return Err(format!(
@@ -200,13 +204,6 @@ fn parse_entry(id: &[u8], fields: &[Reply<'_>]) -> Result<Entry, String> {
         version_seq,
         record,
     })
-}
-
-fn parse_number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, String> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not a number: {:?}", String::from_utf8_lossy(bytes)))
 }
 
 #[cfg(test)]
@@ -249,37 +246,27 @@ mod tests {
                 }
             })]
         );
-        let event = entries_of(vec![
+        let events = entries_of(vec![
             b"t",
-            b"ev",
-            b"id",
-            b"0123456789abcdef",
+            b"evb",
             b"k",
             b"a",
-            b"kind",
-            b"7",
-            b"ts",
-            b"-1",
-            b"p",
-            b"",
+            b"n",
+            b"2",
+            b"b",
+            b"batch bytes",
         ]);
         assert!(matches!(
-            &event[0],
+            &events[0],
             Ok(Entry {
-                record: Record::Event {
-                    kind: 7,
-                    timestamp_us: -1,
-                    ..
-                },
+                record: Record::Events { .. },
                 ..
             })
         ));
         for bad in [
             vec![&b"t"[..], b"zap"],
             vec![b"t", b"put", b"k", b"a"],
-            vec![
-                b"t", b"ev", b"id", b"short", b"k", b"a", b"kind", b"1", b"ts", b"1", b"p", b"",
-            ],
+            vec![b"t", b"evb", b"k", b"a"],
         ] {
             assert!(entries_of(bad)[0].is_err());
         }
