@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::CoreSpec;
 
-use super::workload::{EventBatches, FixedRequest, KeyDistribution, KvMix, Workload};
+use super::workload::{EventBatches, EventsFormat, FixedRequest, KeyDistribution, KvMix, Workload};
 
 /// Requests in flight per connection at most.
 pub const MAX_PIPELINE: usize = 4096;
@@ -24,7 +24,7 @@ pub enum WorkloadKind {
     Url,
     /// GET and PUT {URL}/v1/kv/{key}, mixed by --read-ratio over --keys keys
     Kv,
-    /// POST {URL}/v1/events with --batch events per request (JSON)
+    /// POST {URL}/v1/events with --batch events per request (FlatBuffers, or JSON with --events-format json)
     Events,
 }
 
@@ -101,6 +101,10 @@ pub struct LoadOptions {
     /// events: events per request
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub batch: usize,
+
+    /// events: how batches are encoded
+    #[arg(long, value_enum, default_value_t = EventsFormat::Flatbuffers)]
+    pub events_format: EventsFormat,
 
     /// Seed for key choices and event ids, so a run can be repeated [default: from the clock]
     #[arg(long)]
@@ -413,6 +417,7 @@ impl LoadOptions {
                 self.batch,
                 self.keys,
                 self.value_bytes,
+                self.events_format,
             )),
         })
     }

@@ -3,7 +3,9 @@
 //! per request (a key, a value, event ids) is written straight into the
 //! connection's output buffer.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
+
+use crate::payload::{Event, encode_event_batch};
 
 /// How keys are drawn from `0..keys`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -245,11 +247,24 @@ impl KvMix {
     }
 }
 
-/// Batches of events posted to `/v1/events`, as JSON, each event with an id
-/// unique to this run.
+/// How event batches are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsFormat {
+    /// FlatBuffers `EventBatch` (schemas/millrace.fbs), `application/x-flatbuffers`
+    Flatbuffers,
+    /// The JSON form of the same batch, `application/json`
+    Json,
+}
+
+/// The `Content-Type` of a FlatBuffers body.
+pub const FLATBUFFERS_CONTENT_TYPE: &str = "application/x-flatbuffers";
+
+/// Batches of events posted to `/v1/events`, each event with an id unique
+/// to this run.
 #[derive(Clone, Debug)]
 pub struct EventBatches {
     batch: usize,
+    format: EventsFormat,
     head: Vec<u8>,
     /// Random bits that make this run's event ids its own.
     run_id: u64,
@@ -257,59 +272,89 @@ pub struct EventBatches {
     thread: u16,
     /// Events encoded so far by this thread.
     counter: u64,
-    payload: String,
+    payload: Vec<u8>,
     keys: u64,
-    body: String,
+    events: Vec<Event>,
+    body: Vec<u8>,
 }
 
 impl EventBatches {
     /// `batch` events per request against `{base}/v1/events` on `host`.
-    pub fn new(base: &str, host: &str, batch: usize, keys: u64, payload_bytes: usize) -> Self {
-        let payload = (0..payload_bytes)
-            .map(|i| (b'a' + (i % 26) as u8) as char)
-            .collect();
+    pub fn new(
+        base: &str,
+        host: &str,
+        batch: usize,
+        keys: u64,
+        payload_bytes: usize,
+        format: EventsFormat,
+    ) -> Self {
+        let content_type = match format {
+            EventsFormat::Flatbuffers => FLATBUFFERS_CONTENT_TYPE,
+            EventsFormat::Json => "application/json",
+        };
         EventBatches {
             batch,
+            format,
             head: format!(
-                "POST {base}/v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: "
+                "POST {base}/v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: "
             )
             .into_bytes(),
             run_id: 0,
             thread: 0,
             counter: 0,
-            payload,
+            payload: (0..payload_bytes).map(|i| b'a' + (i % 26) as u8).collect(),
             keys,
-            body: String::new(),
+            events: Vec::with_capacity(batch),
+            body: Vec::new(),
         }
     }
 
     fn encode(&mut self, rng: &mut Rng, out: &mut Vec<u8>) {
-        self.body.clear();
-        self.body.push_str("{\"events\":[");
-        for i in 0..self.batch {
-            if i > 0 {
-                self.body.push(',');
-            }
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        self.events.clear();
+        for _ in 0..self.batch {
             self.counter += 1;
-            let key = rng.below(self.keys);
-            let micros = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
             // A 16-byte id: the run, this thread, this thread's count.
-            let _ = write!(
-                self.body,
-                "{{\"client_id\":\"{:016x}{:04x}{:012x}\",\"key\":\"k{key}\",\"kind\":1,\"timestamp_us\":{micros},\"payload\":\"{}\"}}",
-                self.run_id,
-                self.thread,
-                self.counter & 0xffff_ffff_ffff,
-                self.payload
-            );
+            let mut client_id = [0u8; 16];
+            client_id[..8].copy_from_slice(&self.run_id.to_be_bytes());
+            client_id[8..10].copy_from_slice(&self.thread.to_be_bytes());
+            client_id[10..].copy_from_slice(&self.counter.to_be_bytes()[2..]);
+            self.events.push(Event {
+                client_id,
+                key: format!("k{}", rng.below(self.keys)),
+                kind: 1,
+                timestamp_us: micros,
+                payload: self.payload.clone(),
+            });
         }
-        self.body.push_str("]}");
+        self.body.clear();
+        match self.format {
+            EventsFormat::Flatbuffers => self.body = encode_event_batch(&self.events),
+            EventsFormat::Json => {
+                self.body.extend_from_slice(b"{\"events\":[");
+                for (i, event) in self.events.iter().enumerate() {
+                    if i > 0 {
+                        self.body.push(b',');
+                    }
+                    let id: String = event.client_id.iter().map(|b| format!("{b:02x}")).collect();
+                    let _ = write!(
+                        self.body,
+                        "{{\"client_id\":\"{id}\",\"key\":\"{}\",\"kind\":{},\"timestamp_us\":{},\"payload\":\"{}\"}}",
+                        event.key,
+                        event.kind,
+                        event.timestamp_us,
+                        String::from_utf8_lossy(&event.payload)
+                    );
+                }
+                self.body.extend_from_slice(b"]}");
+            }
+        }
         out.extend_from_slice(&self.head);
         out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(self.body.as_bytes());
+        out.extend_from_slice(&self.body);
     }
 }
 
@@ -475,9 +520,33 @@ mod tests {
     }
 
     #[test]
+    fn event_batches_are_valid_flatbuffers() {
+        let mut workload = Workload::Events(EventBatches::new(
+            "",
+            "h:1",
+            5,
+            10,
+            4,
+            EventsFormat::Flatbuffers,
+        ))
+        .for_thread(1, 7);
+        let mut out = Vec::new();
+        workload.encode(&mut Rng::new(1), &mut out);
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&out[..split]);
+        assert!(
+            head.contains("Content-Type: application/x-flatbuffers"),
+            "{head}"
+        );
+        let batch = crate::payload::verify_event_batch(&out[split..], &Default::default()).unwrap();
+        assert_eq!(batch.events().len(), 5);
+    }
+
+    #[test]
     fn event_batches_are_json_with_unique_ids() {
         let mut workload =
-            Workload::Events(EventBatches::new("", "h:1", 3, 10, 4)).for_thread(2, 0xabc);
+            Workload::Events(EventBatches::new("", "h:1", 3, 10, 4, EventsFormat::Json))
+                .for_thread(2, 0xabc);
         let mut rng = Rng::new(3);
         let mut ids = std::collections::HashSet::new();
         for _ in 0..10 {
