@@ -218,25 +218,31 @@ async fn multi_row_insert(postgres: &Postgres, events: &[Event]) -> f64 {
             postgres.execute(&statement, &params).await.unwrap();
         } else {
             // The last, shorter chunk: a statement of its own length.
-            let mut short = String::from(
-                "insert into bench_insert (client_id, key, kind, timestamp_us, payload) values ",
-            );
-            for row in 0..chunk.len() {
-                let base = row * 5;
-                if row > 0 {
-                    short.push(',');
-                }
-                short.push_str(&format!(
-                    "(${},${},${},${},${})",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4,
-                    base + 5
-                ));
-            }
+            let short = insert_sql(chunk.len());
             postgres.execute(&short, &params).await.unwrap();
         }
     }
     started.elapsed().as_secs_f64()
+}
+
+/// `INSERT ... VALUES` with placeholders for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "insert into bench_insert (client_id, key, kind, timestamp_us, payload) values ",
+    );
+    for row in 0..rows {
+        let base = row * 5;
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${},${},${},${},${})",
+            base + 1,
+            base + 2,
+            base + 3,
+            base + 4,
+            base + 5
+        ));
+    }
+    sql
 }

@@ -613,20 +613,7 @@ impl Engine {
         if let Some(at) = self.reconnects.iter().map(|&(_, at)| at).min() {
             wake_at = wake_at.min(at);
         }
-        let timeout = types::Timespec::from(wake_at.saturating_duration_since(Instant::now()));
-        let args = types::SubmitArgs::new().timespec(&timeout);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        ring::submit_and_wait(&self.ring, wake_at)
     }
 
     fn reap(&mut self) {

@@ -212,23 +212,8 @@ impl Executor {
         {
             wake_at = wake_at.min(deadline);
         }
-        let timeout = types::Timespec::from(wake_at.saturating_duration_since(Instant::now()));
-        let args = types::SubmitArgs::new().timespec(&timeout);
         self.metrics.ring_enters += 1;
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            // ETIME: the deadline came first. EINTR: a signal. EBUSY: the
-            // completion queue overflowed; reaping makes room.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        ring::submit_and_wait(&self.ring, wake_at)
     }
 
     fn reap(&mut self) {

@@ -1,8 +1,9 @@
 //! Creating an executor's ring with the best setup flags the kernel takes.
 
 use std::io;
+use std::time::Instant;
 
-use io_uring::{IoUring, squeue};
+use io_uring::{IoUring, squeue, types};
 
 /// Which optional setup flags the ring was created with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,5 +100,26 @@ pub unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) -> u64 {
         if let Err(e) = ring.submit() {
             tracing::warn!(error = %e, "submitting a full queue failed");
         }
+    }
+}
+
+/// Submit what is queued and wait until a completion arrives or `wake_at`
+/// passes, whichever comes first.
+pub fn submit_and_wait(ring: &IoUring, wake_at: Instant) -> io::Result<()> {
+    let timeout = types::Timespec::from(wake_at.saturating_duration_since(Instant::now()));
+    let args = types::SubmitArgs::new().timespec(&timeout);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        // ETIME: the deadline came first. EINTR: a signal. EBUSY: the
+        // completion queue overflowed; reaping makes room.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }

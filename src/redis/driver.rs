@@ -274,17 +274,7 @@ impl Client {
             self.settle(node, now, &mut sink);
         }
         let wake_at = self.cluster.next_deadline(now);
-        let timeout = types::Timespec::from(wake_at.saturating_duration_since(Instant::now()));
-        let args = types::SubmitArgs::new().timespec(&timeout);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(e),
-        }
+        ring::submit_and_wait(&self.ring, wake_at)?;
         self.completions.clear();
         self.completions
             .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
