@@ -140,8 +140,8 @@ pub fn run(config: &WritebackConfig, stop: &AtomicBool) -> Result<Totals, String
 /// Batches gathered ahead of the one being written.
 const BATCHES_AHEAD: usize = 2;
 
-/// Where one batch comes from: fresh entries, our own pending ones, or
-/// entries taken over from another consumer.
+/// What a gathering round reads: entries never delivered, or this
+/// consumer's own delivered-but-unacknowledged ones (at start).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
     New,
