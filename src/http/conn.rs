@@ -8,7 +8,7 @@
 use super::chunked::{ChunkedDecoder, ChunkedLimits};
 use super::request::{BodyFraming, HeadLimits, Method, RequestHead, Version, parse_head};
 use super::response::{
-    CONTINUE, ConnectionHeader, DateHeader, Rejection, ResponseWriter, Sent, Status,
+    CONTINUE, ConnectionHeader, DateHeader, Deferred, Rejection, ResponseWriter, Sent, Status,
 };
 
 /// The limits one connection is held to.
@@ -87,6 +87,8 @@ pub enum Phase {
     /// A response that closes the connection has been written; input is
     /// discarded.
     Closing,
+    /// A request's answer is deferred until what it waits for comes.
+    Waiting,
 }
 
 /// A request whose head is parsed and whose body is still arriving.
@@ -116,6 +118,9 @@ pub struct HttpConnection {
     unsent: usize,
     /// A response carrying `Connection: close` has been written.
     closing: bool,
+    /// A handler deferred its answer: no further request is read until
+    /// [`HttpConnection::complete`] writes it.
+    awaiting: Option<Deferred>,
     /// The server is shutting down: the next response closes the connection.
     draining: bool,
 }
@@ -191,9 +196,40 @@ impl HttpConnection {
         self.unsent
     }
 
-    /// The pipeline is full: stop reading until responses are sent.
+    /// The pipeline is full, or an answer is deferred: stop reading until
+    /// responses are sent or the answer comes.
     pub fn is_paused(&self, limits: &Limits) -> bool {
-        !self.closing && self.unsent >= limits.max_pipeline_depth
+        !self.closing && (self.unsent >= limits.max_pipeline_depth || self.awaiting.is_some())
+    }
+
+    /// A handler deferred its answer and it has not come yet.
+    pub fn is_awaiting(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
+    /// Write the answer a handler deferred (`respond` writes it), then go on
+    /// with the requests that arrived behind it. Returns the number of
+    /// responses written: 0 if nothing was deferred, else 1 and those after.
+    pub fn complete<S: Service>(
+        &mut self,
+        respond: impl FnOnce(ResponseWriter<'_>) -> Sent,
+        service: &mut S,
+        out: &mut Vec<u8>,
+        env: &HttpEnv<'_>,
+    ) -> usize {
+        let Some(deferred) = self.awaiting.take() else {
+            return 0;
+        };
+        let writer = ResponseWriter::new(out, env.date, deferred.connection, deferred.head_only);
+        let sent = respond(writer);
+        if sent.deferred.is_some() {
+            // Deferred again: still waiting.
+            self.awaiting = sent.deferred;
+            return 0;
+        }
+        self.unsent += 1;
+        self.closing |= sent.close;
+        1 + self.resume(service, out, env)
     }
 
     /// The connection closes once its output is sent.
@@ -203,13 +239,18 @@ impl HttpConnection {
 
     /// Nothing received, nothing unsent: safe to close without losing a request.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.body.is_none() && self.unsent == 0
+        self.pending.is_empty()
+            && self.body.is_none()
+            && self.unsent == 0
+            && self.awaiting.is_none()
     }
 
     /// Where the connection is in its request cycle.
     pub fn phase(&self) -> Phase {
         if self.closing {
             Phase::Closing
+        } else if self.awaiting.is_some() {
+            Phase::Waiting
         } else if self.body.is_some() {
             Phase::Body
         } else if !self.pending.is_empty() {
@@ -256,7 +297,10 @@ impl HttpConnection {
     ) -> (usize, usize) {
         let mut pos = 0;
         let mut written = 0;
-        while !self.closing && self.unsent < env.limits.max_pipeline_depth {
+        while !self.closing
+            && self.awaiting.is_none()
+            && self.unsent < env.limits.max_pipeline_depth
+        {
             let rest = &data[pos..];
             let step = match self.body.take() {
                 None => self.start_request(rest, service, out, env),
@@ -265,6 +309,9 @@ impl HttpConnection {
             match step {
                 Step::Answered { consumed } => {
                     pos += consumed;
+                    if self.awaiting.is_some() {
+                        break; // Deferred: nothing written yet.
+                    }
                     written += 1;
                 }
                 Step::NeedMore => break,
@@ -417,6 +464,10 @@ impl HttpConnection {
         };
         let writer = ResponseWriter::new(out, env.date, connection, head.method == Method::Head);
         let sent = service.handle(&request, writer);
+        if sent.deferred.is_some() {
+            self.awaiting = sent.deferred;
+            return;
+        }
         self.unsent += 1;
         self.closing |= sent.close;
     }
@@ -798,5 +849,104 @@ mod tests {
             &env,
         );
         assert!(String::from_utf8_lossy(&out).ends_with("\r\n\r\napplication/json"));
+    }
+
+    /// Defers every request whose path starts with `/later`; echoes the rest.
+    struct Later;
+
+    impl Service for Later {
+        fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent {
+            if request.path.starts_with(b"/later") {
+                response.defer()
+            } else {
+                Echo.handle(request, response)
+            }
+        }
+    }
+
+    #[test]
+    fn deferred_answers_keep_request_order() {
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+        };
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let input = [get("/first"), get("/later"), get("/after")].concat();
+        assert_eq!(
+            conn.receive(input.as_bytes(), &mut Later, &mut out, &env),
+            1
+        );
+        assert!(conn.is_awaiting());
+        assert!(
+            conn.is_paused(&LIMITS),
+            "no reading while an answer is deferred"
+        );
+        assert_eq!(conn.phase(), Phase::Waiting);
+        assert!(!conn.is_idle());
+        // Bytes that were already on their way are kept, not answered.
+        assert_eq!(
+            conn.receive(get("/last").as_bytes(), &mut Later, &mut out, &env),
+            0
+        );
+        assert_eq!(conn.resume(&mut Later, &mut out, &env), 0);
+        let written = conn.complete(
+            |response| response.send(Status::Accepted, "text/plain", b"done"),
+            &mut Later,
+            &mut out,
+            &env,
+        );
+        assert_eq!(written, 3, "the deferred answer, then the two behind it");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(bodies(&text), ["/first|", "done", "/after|", "/last|"]);
+        assert!(text.contains("HTTP/1.1 202 Accepted"));
+        assert!(!conn.is_awaiting());
+        assert_eq!(
+            conn.complete(
+                |r| r.send(Status::Ok, "text/plain", b""),
+                &mut Later,
+                &mut Vec::new(),
+                &env
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn a_deferred_answer_keeps_what_its_request_decided() {
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+        };
+        // HTTP/1.0 with keep-alive, and HEAD: the late answer says keep-alive and has no body.
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let request = b"HEAD /later HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        assert_eq!(conn.receive(request, &mut Later, &mut out, &env), 0);
+        conn.complete(
+            |r| r.send(Status::Ok, "text/plain", b"body"),
+            &mut Later,
+            &mut out,
+            &env,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Connection: keep-alive\r\n\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body for HEAD: {text}");
+        assert!(!conn.is_closing());
+        // Connection: close on the request: the late answer closes.
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let request = b"GET /later HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n";
+        conn.receive(request, &mut Later, &mut out, &env);
+        let written = conn.complete(
+            |r| r.send(Status::Ok, "text/plain", b"x"),
+            &mut Later,
+            &mut out,
+            &env,
+        );
+        assert_eq!(written, 1, "nothing after a closing answer");
+        assert!(conn.is_closing());
     }
 }

@@ -249,13 +249,24 @@ impl Default for DateHeader {
     }
 }
 
-/// Proof that exactly one response was written for a request. Only
-/// [`ResponseWriter`] makes one.
+/// Proof that exactly one response was written for a request, or that the
+/// handler deferred it ([`ResponseWriter::defer`]). Only [`ResponseWriter`]
+/// makes one.
 #[must_use]
 #[derive(Debug)]
 pub struct Sent {
     pub(crate) status: Status,
     pub(crate) close: bool,
+    /// Nothing was written: the answer comes later.
+    pub(crate) deferred: Option<Deferred>,
+}
+
+/// How a deferred response must be written when it comes: what the request
+/// decided about the connection and the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deferred {
+    pub(crate) connection: ConnectionHeader,
+    pub(crate) head_only: bool,
 }
 
 impl Sent {
@@ -277,7 +288,7 @@ pub struct ResponseWriter<'a> {
     head_only: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ConnectionHeader {
     None,
     KeepAlive,
@@ -362,6 +373,24 @@ impl<'a> ResponseWriter<'a> {
         Sent {
             status,
             close: self.connection == ConnectionHeader::Close,
+            deferred: None,
+        }
+    }
+
+    /// Answer later, when what the request waits for (a Redis reply) has
+    /// come: the connection reads no further request until
+    /// [`HttpConnection::complete`] writes this one's response, so answers
+    /// stay in request order.
+    ///
+    /// [`HttpConnection::complete`]: super::HttpConnection::complete
+    pub fn defer(self) -> Sent {
+        Sent {
+            status: Status::Accepted,
+            close: false,
+            deferred: Some(Deferred {
+                connection: self.connection,
+                head_only: self.head_only,
+            }),
         }
     }
 
