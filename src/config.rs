@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::Limits;
 use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
 use crate::reactor::ExecutorConfig;
+use crate::redis::cluster::Config as RedisConfig;
 
 /// Declares every option once: the optional layer that flags, environment
 /// and file fill ([`ServeOptions`]), and the resolved values ([`ServeConfig`]).
@@ -95,6 +96,14 @@ serve_options! {
     recv_buffers: u32 = 2048, env "MILLRACE_RECV_BUFFERS";
     /// Size of each receive buffer, in bytes [default: 4096]
     recv_buffer_bytes: u32 = 4096, env "MILLRACE_RECV_BUFFER_BYTES";
+    /// Redis Cluster seed nodes, host:port[,host:port...]; empty: no Redis, and the /v1 routes answer 503. User and password come from MILLRACE_REDIS_USER and MILLRACE_REDIS_PASSWORD [default: empty]
+    redis_seeds: String = String::new(), env "MILLRACE_REDIS_SEEDS";
+    /// Time a Redis command may take before its request gets 503, in milliseconds [default: 1000]
+    redis_command_timeout_ms: u64 = 1000, env "MILLRACE_REDIS_COMMAND_TIMEOUT_MS";
+    /// Write-back stream partitions; must match the database core's [default: 16]
+    writeback_partitions: u16 = 16, env "MILLRACE_WRITEBACK_PARTITIONS";
+    /// Events one POST /v1/events may carry; more gets 400 [default: 10000]
+    max_batch_events: usize = 10_000, env "MILLRACE_MAX_BATCH_EVENTS";
 }
 
 impl ServeOptions {
@@ -129,6 +138,9 @@ impl ServeConfig {
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
             ("listen_backlog", u64::from(self.listen_backlog)),
+            ("redis_command_timeout_ms", self.redis_command_timeout_ms),
+            ("writeback_partitions", u64::from(self.writeback_partitions)),
+            ("max_batch_events", self.max_batch_events as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -147,7 +159,30 @@ impl ServeConfig {
         if !(512..=1 << 20).contains(&self.recv_buffer_bytes) {
             return Err("recv_buffer_bytes must be from 512 to 1048576".into());
         }
+        self.redis_seed_list()?;
         Ok(())
+    }
+
+    /// The Redis seeds, parsed; empty when Redis is not configured.
+    pub fn redis_seed_list(&self) -> Result<Vec<SocketAddr>, String> {
+        self.redis_seeds
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    format!("redis_seeds: {s:?} is not host:port (an IP address and a port)")
+                })
+            })
+            .collect()
+    }
+
+    /// The Redis client's configuration, when Redis is configured.
+    pub fn redis(&self) -> Option<RedisConfig> {
+        let seeds = self.redis_seed_list().ok().filter(|s| !s.is_empty())?;
+        let mut config = RedisConfig::new(seeds).credentials_from_env();
+        config.command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
+        Some(config)
     }
 
     /// Render as TOML, loadable with `--config`.
@@ -175,6 +210,7 @@ impl ServeConfig {
                 max_body_bytes: self.max_body_bytes,
                 max_pipeline_depth: self.max_pipeline_depth,
             },
+            redis: self.redis(),
         }
     }
 }
@@ -379,7 +415,10 @@ mod tests {
         let defaults = toml::to_string(&ServeConfig::default()).unwrap();
         for line in defaults.lines() {
             let (key, value) = line.split_once(" = ").unwrap();
-            let value = value.trim_matches('"');
+            let value = match value.trim_matches('"') {
+                "" => "empty",
+                value => value,
+            };
             let flag = key.replace('_', "-");
             let arg = command
                 .get_arguments()

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::api::ApiShared;
+use crate::api::{ApiShared, WritePath};
 use crate::config::ServeConfig;
 use crate::lifecycle::{Lifecycle, Stage};
 use crate::metrics::MetricsRegistry;
+use crate::payload::BatchLimits;
 use crate::probe;
 use crate::reactor::Executor;
 use crate::signals::{ShutdownSignals, signal_name};
+use crate::writeback::queue::Queue;
 
 /// How often the main thread looks at its executors between signals.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
@@ -32,6 +34,15 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
         return Err(missing);
     }
     let cpus = config.cores.resolve(&available_cpus())?;
+    if let Some(redis) = config.redis() {
+        // Fail at start, with the reason, rather than answer every write 503.
+        crate::redis::driver::Client::connect(redis).map_err(|e| {
+            format!(
+                "cannot use the Redis Cluster at {}: {e}",
+                config.redis_seeds
+            )
+        })?;
+    }
     let nofile = raise_open_files_limit();
     let wanted = config.max_connections.saturating_mul(cpus.len()) as u64;
     if nofile < wanted {
@@ -51,7 +62,15 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
 
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
     let lifecycle = Arc::new(Lifecycle::new());
+    let writes = config.redis().map(|_| WritePath {
+        queue: Queue::new(config.writeback_partitions),
+        limits: BatchLimits {
+            max_events: config.max_batch_events,
+            max_bytes: config.max_body_bytes,
+        },
+    });
     let shared = Arc::new(ApiShared {
+        writes,
         lifecycle: Arc::clone(&lifecycle),
         registry: Arc::new(MetricsRegistry::new(&cpus)),
     });

@@ -2,6 +2,7 @@
 //! decode → execute → encode. [`Api`] is the [`Service`] an executor hands its
 //! connections.
 
+mod events;
 mod livez;
 mod metrics;
 mod plaintext;
@@ -12,6 +13,9 @@ use std::sync::Arc;
 use crate::http::{Method, Rejection, Request, ResponseWriter, Sent, Service, Status};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{CoreMetrics, MetricsRegistry};
+use crate::payload::{BatchLimits, encode_accepted};
+use crate::redis::command::{Command, Error as RedisError};
+use crate::writeback::queue::Queue;
 
 /// Every route, plus `Unmatched` for requests that reached none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub enum Route {
     Readyz,
     /// `GET /metrics`
     Metrics,
+    /// `POST /v1/events`
+    Events,
     /// No route: 404, or refused by the HTTP layer before routing.
     Unmatched,
 }
@@ -55,15 +61,17 @@ const ROUTES: &[(&[u8], Route, &[Method], &str)] = &[
         &[Method::Get, Method::Head],
         "GET, HEAD",
     ),
+    (b"/v1/events", Route::Events, &[Method::Post], "POST"),
 ];
 
 impl Route {
     /// Every route, in the order of [`Route::index`].
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::Plaintext,
         Route::Livez,
         Route::Readyz,
         Route::Metrics,
+        Route::Events,
         Route::Unmatched,
     ];
 
@@ -79,6 +87,7 @@ impl Route {
             Route::Livez => "livez",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::Events => "events",
             Route::Unmatched => "unmatched",
         }
     }
@@ -105,6 +114,74 @@ pub struct ApiShared {
     pub lifecycle: Arc<Lifecycle>,
     /// Every core's published metrics, for `/metrics`.
     pub registry: Arc<MetricsRegistry>,
+    /// Where writes go; `None` without a Redis Cluster.
+    pub writes: Option<WritePath>,
+}
+
+/// The write-back queue and what a write may be.
+pub struct WritePath {
+    /// The partitions writes are queued on.
+    pub queue: Queue,
+    /// What an event batch may hold.
+    pub limits: BatchLimits,
+}
+
+/// A Redis command a handler issued for a deferred answer, and how to
+/// answer when its reply comes.
+pub struct Outgoing {
+    /// The command.
+    pub command: Command,
+    /// What the answer will be.
+    pub answer: Answer,
+}
+
+/// How a deferred answer is written from its Redis reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A queued event batch: 202 with the count, in the body's format.
+    Events {
+        /// Events queued.
+        count: u32,
+        /// The request was JSON, so is the answer.
+        json: bool,
+    },
+}
+
+impl Answer {
+    /// Write the answer to a reply that came: `queued` if Redis took the
+    /// write, else the reason it did not.
+    pub fn respond(self, queued: Result<(), String>, response: ResponseWriter<'_>) -> Sent {
+        match (self, queued) {
+            (Answer::Events { count, json }, Ok(())) => {
+                if json {
+                    let body = format!("{{\"count\":{count}}}");
+                    response.send(Status::Accepted, "application/json", body.as_bytes())
+                } else {
+                    let body = encode_accepted(count);
+                    response.send(Status::Accepted, "application/x-flatbuffers", &body)
+                }
+            }
+            (Answer::Events { .. }, Err(why)) => {
+                let body = format!("the write could not be queued: {why}\n");
+                response.send_with_headers(
+                    Status::ServiceUnavailable,
+                    &[("Retry-After", "1")],
+                    "text/plain; charset=utf-8",
+                    body.as_bytes(),
+                )
+            }
+        }
+    }
+
+    /// Whether a reply means the write was queued.
+    pub fn queued(reply: Result<crate::redis::resp::Reply<'_>, RedisError>) -> Result<(), String> {
+        match reply {
+            Ok(crate::redis::resp::Reply::Bulk(_)) => Ok(()),
+            Ok(crate::redis::resp::Reply::Error(e)) => Err(String::from_utf8_lossy(e).into_owned()),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 /// The API as one executor runs it: borrowed for the length of one batch of
@@ -116,6 +193,8 @@ pub struct Api<'a> {
     pub executor: usize,
     /// This executor's metrics.
     pub metrics: &'a mut CoreMetrics,
+    /// The Redis command a handler issued for a deferred answer.
+    pub outgoing: Option<Outgoing>,
 }
 
 impl Service for Api<'_> {
@@ -132,9 +211,21 @@ impl Service for Api<'_> {
                     &[("Allow", allow)],
                 ),
             ),
+            Lookup::Found(Route::Events) => (
+                Route::Events,
+                events::handle(
+                    request,
+                    response,
+                    self.shared.writes.as_ref(),
+                    &mut self.outgoing,
+                ),
+            ),
             Lookup::Found(route) => (route, self.dispatch(route, response)),
         };
-        self.metrics.record_response(route, sent.status());
+        // A deferred answer is counted when it is written.
+        if !sent.is_deferred() {
+            self.metrics.record_response(route, sent.status());
+        }
         sent
     }
 
@@ -156,6 +247,9 @@ impl Api<'_> {
                 // The scrape sees this core's figures as of now.
                 self.shared.registry.publish(self.executor, self.metrics);
                 metrics::handle(&self.shared.registry, response)
+            }
+            Route::Events => {
+                unreachable!("handled with its request in Api::handle")
             }
             Route::Unmatched => response.reject(Rejection::new(Status::NotFound, "no such route")),
         }

@@ -270,6 +270,11 @@ pub(crate) struct Deferred {
 }
 
 impl Sent {
+    /// The answer was deferred: nothing is written yet.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
     /// The status that was written.
     pub fn status(&self) -> Status {
         self.status

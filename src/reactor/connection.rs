@@ -5,6 +5,7 @@
 use std::os::fd::OwnedFd;
 use std::time::Instant;
 
+use crate::api::{Answer, Outgoing};
 use crate::http::HttpConnection;
 
 use super::token::GENERATION_MASK;
@@ -58,6 +59,10 @@ pub struct Connection {
     pub life: Life,
     /// Queued to be settled at the end of this turn.
     pub touched: bool,
+    /// A Redis command a handler issued, to be submitted when settled.
+    pub issued: Option<Outgoing>,
+    /// The deferred answer waiting for that command's reply.
+    pub awaiting: Option<Answer>,
 }
 
 impl Connection {
@@ -81,6 +86,8 @@ impl Connection {
             fresh: true,
             life: Life::Open,
             touched: false,
+            issued: None,
+            awaiting: None,
         }
     }
 

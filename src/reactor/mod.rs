@@ -22,9 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::Socket;
 
-use crate::api::{Api, ApiShared};
-use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
+use crate::api::{Answer, Api, ApiShared, Route};
+use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase, Status};
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
+use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
+use crate::redis::links::Links;
 
 use buffers::ProvidedBuffers;
 use connection::{Connection, Life, Slab};
@@ -63,6 +65,8 @@ pub struct ExecutorConfig {
     pub shutdown_timeout: Duration,
     /// HTTP limits.
     pub limits: Limits,
+    /// The Redis Cluster writes go to, if any.
+    pub redis: Option<RedisConfig>,
 }
 
 /// The completion fields the loop uses.
@@ -103,6 +107,21 @@ pub struct Executor {
     next_publish: Instant,
     /// Set once a drain has begun: when the remaining connections are cut.
     drain_deadline: Option<Instant>,
+    /// This core's Redis Cluster client, its sockets on this ring.
+    redis: Option<RedisSide>,
+    /// Replies (or failures) for deferred answers, to deliver this turn.
+    arrived: Vec<(CommandToken, Result<(), String>)>,
+}
+
+/// A Redis Cluster client driven from an executor's ring.
+struct RedisSide {
+    cluster: Cluster,
+    links: Links,
+}
+
+/// The command token of a connection's deferred answer: its slot and generation.
+fn command_token(slot: u32, generation: u32) -> CommandToken {
+    u64::from(generation) << 32 | u64::from(slot)
 }
 
 impl Executor {
@@ -151,6 +170,11 @@ impl Executor {
             date_due: now,
             next_publish: now,
             drain_deadline: None,
+            redis: config.redis.map(|redis| RedisSide {
+                cluster: Cluster::new(redis, now),
+                links: Links::new(),
+            }),
+            arrived: Vec::new(),
         };
         Ok((executor, flags))
     }
@@ -168,7 +192,9 @@ impl Executor {
             self.reap();
             self.buffers.publish();
             self.expire_timers();
+            self.redis_settle();
             self.settle_touched();
+            self.redis_prepare();
             self.retry_accept();
             if self.now >= self.next_publish {
                 self.publish_metrics();
@@ -202,6 +228,9 @@ impl Executor {
     /// Submit everything queued; wait for one completion or the next deadline.
     fn enter(&mut self) -> io::Result<()> {
         let mut wake_at = self.next_publish;
+        if let Some(side) = &self.redis {
+            wake_at = wake_at.min(side.cluster.next_deadline(self.now));
+        }
         for deadline in [
             self.timers.next_deadline(),
             self.accept_retry_at,
@@ -236,6 +265,18 @@ impl Executor {
                 OpKind::Send => self.on_send(token, completion),
                 OpKind::Wake => self.begin_drain(),
                 OpKind::Connect => {}
+                OpKind::RedisConnect | OpKind::RedisRecv | OpKind::RedisSend => {
+                    if let Some(side) = &mut self.redis {
+                        let arrived = &mut self.arrived;
+                        side.links.complete(
+                            &mut side.cluster,
+                            token,
+                            completion.result,
+                            self.now,
+                            &mut |t, reply| arrived.push((t, Answer::queued(reply))),
+                        );
+                    }
+                }
                 OpKind::Cancel => {}
             }
         }
@@ -363,6 +404,66 @@ impl Executor {
         self.touch(token.slot);
     }
 
+    /// Redis completions handled: re-arm receives, finish closes, and
+    /// deliver the answers that arrived.
+    fn redis_settle(&mut self) {
+        if let Some(side) = &mut self.redis {
+            let arrived = &mut self.arrived;
+            side.links.settle_all(
+                &mut self.ring,
+                &mut side.cluster,
+                self.now,
+                &mut |t, reply| arrived.push((t, Answer::queued(reply))),
+            );
+        }
+        self.deliver_arrived();
+    }
+
+    /// Before waiting: Redis timeouts and retries, connects, and every
+    /// command issued this turn sent, one send per node.
+    fn redis_prepare(&mut self) {
+        if let Some(side) = &mut self.redis {
+            let arrived = &mut self.arrived;
+            side.links.prepare(
+                &mut self.ring,
+                &mut side.cluster,
+                self.now,
+                &mut |t, reply| arrived.push((t, Answer::queued(reply))),
+            );
+        }
+        if !self.arrived.is_empty() {
+            self.deliver_arrived();
+            self.settle_touched();
+        }
+    }
+
+    /// Write each deferred answer whose reply (or failure) arrived, and go
+    /// on with the requests behind it.
+    fn deliver_arrived(&mut self) {
+        for (token, queued) in std::mem::take(&mut self.arrived) {
+            let (slot, generation) = (token as u32, (token >> 32) as u32);
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
+            let Some(answer) = conn.awaiting.take() else {
+                continue;
+            };
+            let status = if queued.is_ok() {
+                Status::Accepted
+            } else {
+                Status::ServiceUnavailable
+            };
+            self.metrics.record_response(Route::Events, status);
+            if conn.life == Life::Open {
+                self.responder
+                    .answer(conn, &mut self.metrics, self.now, |http, api, out, env| {
+                        http.complete(|response| answer.respond(queued, response), api, out, env)
+                    });
+            }
+            self.touch(slot);
+        }
+    }
+
     fn touch(&mut self, slot: u32) {
         if let Some(conn) = self.conns.slot_mut(slot)
             && !conn.touched
@@ -388,6 +489,20 @@ impl Executor {
             return;
         };
         conn.touched = false;
+        if let Some(outgoing) = conn.issued.take() {
+            conn.awaiting = Some(outgoing.answer);
+            match &mut self.redis {
+                Some(side) => {
+                    side.cluster
+                        .submit(command_token(slot, generation), outgoing.command, self.now)
+                }
+                // The write routes answer 503 themselves without Redis.
+                None => self.arrived.push((
+                    command_token(slot, generation),
+                    Err("no Redis Cluster".into()),
+                )),
+            }
+        }
         let draining = self.drain_deadline.is_some();
 
         if conn.life == Life::Open && conn.output_drained() {
@@ -617,8 +732,12 @@ impl Responder {
             shared: &self.shared,
             executor: self.index,
             metrics,
+            outgoing: None,
         };
         let written = step(&mut conn.http, &mut api, &mut conn.out, &env);
+        if let Some(outgoing) = api.outgoing.take() {
+            conn.issued = Some(outgoing);
+        }
         conn.wrote(written, now);
         metrics.in_flight += written as u64;
         written

@@ -17,6 +17,12 @@ pub enum OpKind {
     Wake = 5,
     /// A load generator connection's connect.
     Connect = 6,
+    /// A Redis connection's connect.
+    RedisConnect = 7,
+    /// A Redis connection's receive.
+    RedisRecv = 8,
+    /// A Redis connection's send.
+    RedisSend = 9,
 }
 
 /// `kind` (8 bits) | `generation` (24 bits) | `slot` (32 bits).
@@ -59,6 +65,9 @@ impl Token {
             4 => OpKind::Cancel,
             5 => OpKind::Wake,
             6 => OpKind::Connect,
+            7 => OpKind::RedisConnect,
+            8 => OpKind::RedisRecv,
+            9 => OpKind::RedisSend,
             _ => return None,
         };
         Some(Token {
@@ -82,6 +91,9 @@ mod tests {
             OpKind::Cancel,
             OpKind::Wake,
             OpKind::Connect,
+            OpKind::RedisConnect,
+            OpKind::RedisRecv,
+            OpKind::RedisSend,
         ] {
             for (slot, generation) in [(0, 0), (1, 7), (u32::MAX, GENERATION_MASK)] {
                 let token = Token {

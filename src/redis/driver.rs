@@ -2,92 +2,35 @@
 //! what the database core, the tests and the benchmark use. (Executor
 //! cores drive the same [`Cluster`] from their own ring.)
 //!
-//! One turn: carry out the cluster's connect and close requests, send each
-//! node's output in one send, submit and wait for a completion or the next
-//! deadline, feed what completed back to the cluster.
+//! One turn: the links carry out the cluster's requests and send its
+//! output ([`Links::prepare`]), the ring waits for a completion or the next
+//! deadline, and what completed goes back through the links to the cluster.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, opcode, squeue, types};
-use socket2::{Domain, SockAddr, Socket, Type};
+use io_uring::IoUring;
 
-use super::cluster::{Action, Cluster, CommandToken, Config};
+use super::cluster::{Cluster, CommandToken, Config};
 use super::command::{Command, Error};
+use super::links::Links;
 use super::resp::{OwnedReply, Reply};
 use crate::reactor::ring;
-use crate::reactor::token::{OpKind, Token};
-
-/// Bytes each connection reads at once.
-const RECV_BUFFER_BYTES: usize = 64 * 1024;
+use crate::reactor::token::Token;
 
 /// How long [`Client::connect`] tries before giving up.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
-
-struct Conn {
-    fd: Option<OwnedFd>,
-    generation: u32,
-    /// Where the connect goes; boxed so its address is stable while the
-    /// kernel reads it.
-    address: Option<Box<SockAddr>>,
-    connected: bool,
-    connect_in_flight: bool,
-    recv_in_flight: bool,
-    send_in_flight: bool,
-    sending: Vec<u8>,
-    sending_done: usize,
-    recv_buffer: Box<[u8]>,
-    /// Closing: cancels are out; when nothing is in flight the socket goes.
-    closing: Option<String>,
-    cancelled: bool,
-}
-
-impl Conn {
-    fn new() -> Conn {
-        Conn {
-            fd: None,
-            generation: 0,
-            address: None,
-            connected: false,
-            connect_in_flight: false,
-            recv_in_flight: false,
-            send_in_flight: false,
-            sending: Vec::new(),
-            sending_done: 0,
-            recv_buffer: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),
-            closing: None,
-            cancelled: false,
-        }
-    }
-
-    fn in_flight(&self) -> bool {
-        self.connect_in_flight || self.recv_in_flight || self.send_in_flight
-    }
-
-    fn token(&self, kind: OpKind, node: usize) -> u64 {
-        Token {
-            kind,
-            slot: node as u32,
-            generation: self.generation,
-        }
-        .encode()
-    }
-}
 
 /// A blocking Redis Cluster client on the calling thread.
 pub struct Client {
     // Field order is drop order: the ring first, so the kernel is done with
     // the connections' buffers before they are freed.
     ring: IoUring,
-    conns: Vec<Conn>,
+    links: Links,
     cluster: Cluster,
-    actions: Vec<Action>,
     completions: Vec<(u64, i32)>,
     /// Outcomes of the current call, by token.
     outcomes: Vec<Option<Result<OwnedReply, Error>>>,
-    /// Being dropped: open nothing new.
-    shutting_down: bool,
 }
 
 impl Client {
@@ -100,12 +43,10 @@ impl Client {
         let now = Instant::now();
         let mut client = Client {
             ring,
-            conns: Vec::new(),
+            links: Links::new(),
             cluster: Cluster::new(config, now),
-            actions: Vec::new(),
             completions: Vec::new(),
             outcomes: Vec::new(),
-            shutting_down: false,
         };
         let limit = now + STARTUP_LIMIT;
         let io = |e: io::Error| Error::Unavailable(format!("io_uring: {e}"));
@@ -255,228 +196,22 @@ impl Client {
         mut sink: impl FnMut(CommandToken, Result<Reply<'_>, Error>),
     ) -> io::Result<()> {
         let now = Instant::now();
-        self.cluster.tick(now, &mut sink, &mut self.actions);
-        for action in std::mem::take(&mut self.actions) {
-            match action {
-                Action::Connect {
-                    node,
-                    address,
-                    generation,
-                } if !self.shutting_down => {
-                    self.connect_node(node, address, generation, now, &mut sink)
-                }
-                Action::Connect { .. } => {}
-                Action::Close { node } => self.begin_close(node, "closed by the client".into()),
-            }
-        }
-        for node in 0..self.conns.len() {
-            self.start_send(node);
-            self.settle(node, now, &mut sink);
-        }
-        let wake_at = self.cluster.next_deadline(now);
-        ring::submit_and_wait(&self.ring, wake_at)?;
+        self.links
+            .prepare(&mut self.ring, &mut self.cluster, now, &mut sink);
+        ring::submit_and_wait(&self.ring, self.cluster.next_deadline(now))?;
         self.completions.clear();
         self.completions
             .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         let now = Instant::now();
-        for i in 0..self.completions.len() {
-            let (user_data, result) = self.completions[i];
-            let Some(token) = Token::decode(user_data) else {
-                continue;
-            };
-            let node = token.slot as usize;
-            if self
-                .conns
-                .get(node)
-                .is_none_or(|c| c.generation != token.generation)
-            {
-                continue;
-            }
-            match token.kind {
-                OpKind::Connect => self.on_connect(node, result, now),
-                OpKind::Recv => self.on_recv(node, result, now, &mut sink),
-                OpKind::Send => self.on_send(node, result),
-                _ => {}
+        for &(user_data, result) in &self.completions {
+            if let Some(token) = Token::decode(user_data) {
+                self.links
+                    .complete(&mut self.cluster, token, result, now, &mut sink);
             }
         }
-        for node in 0..self.conns.len() {
-            self.settle(node, now, &mut sink);
-        }
+        self.links
+            .settle_all(&mut self.ring, &mut self.cluster, now, &mut sink);
         Ok(())
-    }
-
-    fn connect_node(
-        &mut self,
-        node: usize,
-        address: std::net::SocketAddr,
-        generation: u32,
-        now: Instant,
-        sink: &mut impl FnMut(CommandToken, Result<Reply<'_>, Error>),
-    ) {
-        while self.conns.len() <= node {
-            self.conns.push(Conn::new());
-        }
-        let socket = match Socket::new(Domain::for_address(address), Type::STREAM, None)
-            .and_then(|s| s.set_tcp_nodelay(true).map(|()| s))
-        {
-            Ok(socket) => socket,
-            Err(e) => {
-                self.cluster
-                    .on_connect_failed(node, &e.to_string(), now, sink);
-                return;
-            }
-        };
-        let conn = &mut self.conns[node];
-        conn.generation = generation;
-        conn.connected = false;
-        conn.closing = None;
-        conn.cancelled = false;
-        conn.sending.clear();
-        conn.sending_done = 0;
-        let address = conn.address.insert(Box::new(SockAddr::from(address)));
-        let entry = opcode::Connect::new(
-            types::Fd(socket.as_raw_fd()),
-            address.as_ptr().cast(),
-            address.len(),
-        )
-        .build()
-        .user_data(conn.token(OpKind::Connect, node));
-        conn.fd = Some(socket.into());
-        conn.connect_in_flight = true;
-        push(&mut self.ring, &entry);
-    }
-
-    fn on_connect(&mut self, node: usize, result: i32, now: Instant) {
-        let conn = &mut self.conns[node];
-        conn.connect_in_flight = false;
-        if conn.closing.is_some() {
-            return;
-        }
-        if result < 0 {
-            conn.closing = Some(io::Error::from_raw_os_error(-result).to_string());
-            return;
-        }
-        conn.connected = true;
-        self.cluster.on_connected(node, now);
-    }
-
-    fn on_recv(
-        &mut self,
-        node: usize,
-        result: i32,
-        now: Instant,
-        sink: &mut impl FnMut(CommandToken, Result<Reply<'_>, Error>),
-    ) {
-        let conn = &mut self.conns[node];
-        conn.recv_in_flight = false;
-        if conn.closing.is_some() {
-            return;
-        }
-        match result {
-            n if n > 0 => {
-                let bytes = &conn.recv_buffer[..n as usize];
-                self.cluster.on_received(node, bytes, now, sink);
-            }
-            0 => conn.closing = Some("the server closed the connection".into()),
-            e => conn.closing = Some(io::Error::from_raw_os_error(-e).to_string()),
-        }
-    }
-
-    fn on_send(&mut self, node: usize, result: i32) {
-        let conn = &mut self.conns[node];
-        conn.send_in_flight = false;
-        if conn.closing.is_some() {
-            return;
-        }
-        if result < 0 {
-            conn.closing = Some(io::Error::from_raw_os_error(-result).to_string());
-            return;
-        }
-        conn.sending_done += result as usize;
-        if conn.sending_done == conn.sending.len() {
-            conn.sending.clear();
-            conn.sending_done = 0;
-        }
-    }
-
-    /// Send what the cluster wrote for `node`, or the rest of a partial send.
-    fn start_send(&mut self, node: usize) {
-        let conn = &mut self.conns[node];
-        if !conn.connected || conn.closing.is_some() || conn.send_in_flight {
-            return;
-        }
-        if conn.sending.is_empty() {
-            let out = self.cluster.output(node);
-            if out.is_empty() {
-                return;
-            }
-            std::mem::swap(out, &mut conn.sending);
-        }
-        let Some(fd) = conn.fd.as_ref() else { return };
-        let rest = &conn.sending[conn.sending_done..];
-        let entry = opcode::Send::new(types::Fd(fd.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(conn.token(OpKind::Send, node));
-        conn.send_in_flight = true;
-        push(&mut self.ring, &entry);
-    }
-
-    fn begin_close(&mut self, node: usize, why: String) {
-        if let Some(conn) = self.conns.get_mut(node) {
-            conn.closing.get_or_insert(why);
-        }
-    }
-
-    /// Keep a receive armed on an open connection; finish closing one.
-    fn settle(
-        &mut self,
-        node: usize,
-        now: Instant,
-        sink: &mut impl FnMut(CommandToken, Result<Reply<'_>, Error>),
-    ) {
-        let conn = &mut self.conns[node];
-        let Some(fd) = conn.fd.as_ref().map(|f| types::Fd(f.as_raw_fd())) else {
-            return;
-        };
-        if let Some(why) = &conn.closing {
-            if conn.in_flight() {
-                if !conn.cancelled {
-                    conn.cancelled = true;
-                    for kind in [OpKind::Connect, OpKind::Recv, OpKind::Send] {
-                        let entry = opcode::AsyncCancel::new(conn.token(kind, node))
-                            .build()
-                            .user_data(Token::global(OpKind::Cancel).encode());
-                        push(&mut self.ring, &entry);
-                    }
-                }
-                return;
-            }
-            let why = why.clone();
-            let connected = conn.connected;
-            conn.fd = None;
-            conn.closing = None;
-            conn.connected = false;
-            conn.sending.clear();
-            conn.sending_done = 0;
-            if connected {
-                self.cluster.on_closed(node, &why, now, sink);
-            } else {
-                self.cluster.on_connect_failed(node, &why, now, sink);
-            }
-            return;
-        }
-        if conn.connected && !conn.recv_in_flight {
-            let entry = opcode::Recv::new(
-                fd,
-                conn.recv_buffer.as_mut_ptr(),
-                conn.recv_buffer.len() as u32,
-            )
-            .build()
-            .user_data(conn.token(OpKind::Recv, node));
-            conn.recv_in_flight = true;
-            push(&mut self.ring, &entry);
-        }
     }
 }
 
@@ -484,24 +219,12 @@ impl Drop for Client {
     fn drop(&mut self) {
         // Cancel everything and give the kernel a moment to finish with the
         // buffers; the ring is dropped first (field order) either way.
-        self.shutting_down = true;
-        for node in 0..self.conns.len() {
-            self.begin_close(node, "client dropped".into());
-        }
+        self.links.close_all();
         let limit = Instant::now() + Duration::from_secs(1);
-        while self.conns.iter().any(|c| c.fd.is_some()) && Instant::now() < limit {
+        while self.links.any_open() && Instant::now() < limit {
             if self.turn(|_, _| {}).is_err() {
                 break;
             }
         }
     }
-}
-
-fn push(ring: &mut IoUring, entry: &squeue::Entry) {
-    // SAFETY: every entry points at memory the client owns and keeps in
-    // place until the operation completes: a connection's receive buffer
-    // (boxed), its `sending` buffer (untouched while a send is in flight),
-    // its boxed address; connections are never removed, and the ring is
-    // dropped before them.
-    unsafe { ring::push(ring, entry) };
 }

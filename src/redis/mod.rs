@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod command;
 pub mod driver;
+pub mod links;
 pub mod resp;
 pub mod slot;
 pub mod topology;

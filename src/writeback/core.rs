@@ -421,6 +421,12 @@ impl Writer<'_> {
         committed: std::sync::mpsc::Sender<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
     ) -> Totals {
+        // The schema is applied at start, not at the first batch; if the
+        // database is not there yet, the first batch retries.
+        match Database::connect(&self.config.postgres_url).await {
+            Ok(database) => self.database = Some(database),
+            Err(e) => tracing::warn!(error = %e, "cannot connect to PostgreSQL yet"),
+        }
         while let Some(batch) = to_write.recv().await {
             let Some(rows) = self.commit(&batch, stop).await else {
                 break;

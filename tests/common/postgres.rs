@@ -43,6 +43,19 @@ impl Postgres {
         self.run("start", &[]);
     }
 
+    /// `psql -Atc sql`, its trimmed output, or `None` if it failed (a table
+    /// not created yet).
+    pub fn try_query(&self, sql: &str) -> Option<String> {
+        let output = Command::new("psql")
+            .args([&self.url, "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
     /// `psql -Atc sql`, its trimmed output.
     pub fn query(&self, sql: &str) -> String {
         let output = Command::new("psql")

@@ -1,0 +1,172 @@
+//! The write routes end to end: millrace serve with a real Redis Cluster,
+//! the database core and a real PostgreSQL.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command as Process, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::cluster::RedisCluster;
+use common::postgres::Postgres;
+use common::{Server, read_response};
+use millrace::payload::schema;
+use millrace::payload::{Event, encode_event_batch};
+
+fn event(n: u8) -> Event {
+    Event {
+        client_id: [n; 16],
+        key: format!("user:{n}"),
+        kind: 1,
+        timestamp_us: 1_700_000_000_000_000 + i64::from(n),
+        payload: vec![n; 4],
+    }
+}
+
+fn post(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+fn writeback(cluster: &RedisCluster, postgres: &Postgres) -> Child {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("writeback")
+        .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+        .env("MILLRACE_POSTGRES_URL", &postgres.url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn posted_events_are_accepted_queued_and_written() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = seeds.join(",");
+    let server = Server::start(&["--redis-seeds", &seeds, "--max-batch-events", "3"]);
+    let mut core = writeback(&cluster, &postgres);
+
+    // FlatBuffers, twice pipelined on one connection: two 202s in order.
+    let mut stream = server.connect();
+    let first = post(
+        "application/x-flatbuffers",
+        &encode_event_batch(&[event(1), event(2)]),
+    );
+    let second = post(
+        "application/x-flatbuffers",
+        &encode_event_batch(&[event(3)]),
+    );
+    stream.write_all(&[first, second].concat()).unwrap();
+    for count in [2, 1] {
+        let response = read_response(&mut stream);
+        assert_eq!(response.status, 202, "{}", response.text());
+        let accepted = flatbuffers::root::<schema::Accepted>(&response.body).unwrap();
+        assert_eq!(accepted.count(), count);
+    }
+    // JSON.
+    let json = br#"{"events":[{"client_id":"04040404040404040404040404040404","key":"user:4","kind":1,"timestamp_us":1,"payload":"x"}]}"#;
+    stream.write_all(&post("application/json", json)).unwrap();
+    let response = read_response(&mut stream);
+    assert_eq!(response.status, 202);
+    assert_eq!(response.text(), r#"{"count":1}"#);
+
+    // Refused requests: clear 4xx, and the connection goes on.
+    for (content_type, body, status, why) in [
+        ("text/plain", b"hello".to_vec(), 415, "Content-Type"),
+        (
+            "application/x-flatbuffers",
+            vec![0xff; 40],
+            400,
+            "not a valid EventBatch",
+        ),
+        (
+            "application/x-flatbuffers",
+            encode_event_batch(&[event(5), event(6), event(7), event(8)]),
+            400,
+            "1 to 3 events",
+        ),
+        (
+            "application/json",
+            b"{\"events\":[]}".to_vec(),
+            400,
+            "1 to 3 events",
+        ),
+    ] {
+        stream.write_all(&post(content_type, &body)).unwrap();
+        let response = read_response(&mut stream);
+        assert_eq!(
+            response.status,
+            status,
+            "{content_type}: {}",
+            response.text()
+        );
+        assert!(response.text().contains(why), "{}", response.text());
+    }
+
+    // Every accepted event reaches PostgreSQL; nothing of the refused ones.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres.try_query("select count(*) from events").as_deref() != Some("4") {
+        assert!(
+            Instant::now() < deadline,
+            "the accepted events did not land"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(postgres.query("select count(*) from events"), "4");
+    assert_eq!(
+        postgres
+            .query("select string_agg(convert_from(key, 'UTF8'), ',' order by key) from events"),
+        "user:1,user:2,user:3,user:4"
+    );
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("route=\"events\",status=\"202\"} 3"),
+        "{metrics}"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(core.id() as i32, libc::SIGTERM) };
+    core.wait().unwrap();
+}
+
+#[test]
+fn without_redis_writes_are_refused_with_503() {
+    let server = Server::start(&[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(&post(
+            "application/x-flatbuffers",
+            &encode_event_batch(&[event(1)]),
+        ))
+        .unwrap();
+    let response = read_response(&mut stream);
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn an_unreachable_cluster_is_a_start_up_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--redis-seeds", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot use the Redis Cluster"), "{stderr}");
+}
