@@ -50,7 +50,8 @@ up() {
     nohup "$millrace" writeback --core "$db_cpu" > "$dir/writeback.log" 2>&1 &
   echo $! > "$dir/writeback.pid"
   step "millrace serve on CPU $server_cpu, port $port"
-  nohup "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," > "$dir/serve.log" 2>&1 &
+  nohup "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," --redis-seeds "$seeds" \
+    > "$dir/serve.log" 2>&1 &
   echo $! > "$dir/serve.pid"
   wait_for_http "http://127.0.0.1:$port/readyz"
   cat <<EOF

@@ -104,6 +104,8 @@ serve_options! {
     writeback_partitions: u16 = 16, env "MILLRACE_WRITEBACK_PARTITIONS";
     /// Events one POST /v1/events may carry; more gets 400 [default: 10000]
     max_batch_events: usize = 10_000, env "MILLRACE_MAX_BATCH_EVENTS";
+    /// Writes waiting in the write-back queue (entries over all partitions) beyond which new writes get 503 [default: 1000000]
+    max_backlog: u64 = 1_000_000, env "MILLRACE_MAX_BACKLOG";
 }
 
 impl ServeOptions {
@@ -141,6 +143,7 @@ impl ServeConfig {
             ("redis_command_timeout_ms", self.redis_command_timeout_ms),
             ("writeback_partitions", u64::from(self.writeback_partitions)),
             ("max_batch_events", self.max_batch_events as u64),
+            ("max_backlog", self.max_backlog),
         ];
         for (name, value) in positive {
             if value == 0 {

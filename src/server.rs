@@ -68,6 +68,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
             max_events: config.max_batch_events,
             max_bytes: config.max_body_bytes,
         },
+        backlog_cap_per_partition: config
+            .max_backlog
+            .div_ceil(u64::from(config.writeback_partitions)),
     });
     let shared = Arc::new(ApiShared {
         writes,

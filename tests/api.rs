@@ -170,3 +170,56 @@ fn an_unreachable_cluster_is_a_start_up_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot use the Redis Cluster"), "{stderr}");
 }
+
+#[test]
+fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
+    use millrace::redis::cluster::Config;
+    use millrace::redis::command::Command;
+    use millrace::redis::driver::Client;
+    use millrace::redis::resp::OwnedReply;
+    use millrace::writeback::queue::Queue;
+
+    let cluster = RedisCluster::start(3, 0);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    // 16 entries over 16 partitions: one waiting post per partition. No
+    // database core runs, so nothing drains.
+    let server = Server::start(&["--redis-seeds", &seeds.join(","), "--max-backlog", "16"]);
+    let mut stream = server.connect();
+    let (mut accepted, mut shed) = (0, 0);
+    for n in 0..60u8 {
+        stream
+            .write_all(&post(
+                "application/x-flatbuffers",
+                &encode_event_batch(&[event(n)]),
+            ))
+            .unwrap();
+        let response = read_response(&mut stream);
+        match response.status {
+            202 => accepted += 1,
+            503 => {
+                assert_eq!(response.header("retry-after"), Some("1"));
+                assert!(response.text().contains("backlog"), "{}", response.text());
+                shed += 1;
+            }
+            other => panic!("{other}: {}", response.text()),
+        }
+    }
+    assert!(accepted > 0 && shed > 0, "{accepted} accepted, {shed} shed");
+    // What is queued is exactly what was accepted, at most one per partition.
+    let queue = Queue::new(16);
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let lengths = client.execute(
+        (0..16)
+            .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
+            .collect(),
+    );
+    let mut total = 0;
+    for length in lengths {
+        let OwnedReply::Integer(n) = length.unwrap() else {
+            panic!()
+        };
+        assert!(n <= 1);
+        total += n;
+    }
+    assert_eq!(total, accepted);
+}

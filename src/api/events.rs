@@ -57,7 +57,9 @@ pub fn handle(
     };
     let count = record.rows() as u32;
     *outgoing = Some(Outgoing {
-        command: writes.queue.append(&record),
+        command: writes
+            .queue
+            .append_capped(&record, writes.backlog_cap_per_partition),
         answer: Answer::Events { count, json },
     });
     response.defer()

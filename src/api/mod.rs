@@ -124,6 +124,8 @@ pub struct WritePath {
     pub queue: Queue,
     /// What an event batch may hold.
     pub limits: BatchLimits,
+    /// Entries one partition may hold before writes to it get 503.
+    pub backlog_cap_per_partition: u64,
 }
 
 /// A Redis command a handler issued for a deferred answer, and how to

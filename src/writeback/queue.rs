@@ -11,6 +11,12 @@ use crate::redis::slot::crc16;
 /// The consumer group every database core reads with.
 pub const GROUP: &[u8] = b"millrace-db";
 
+/// XADD unless the stream is at its cap: O(1) (`XLEN` is), and atomic, so
+/// a refused write leaves nothing.
+const APPEND_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then \
+return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))";
+
 /// A queued write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -110,6 +116,47 @@ impl Queue {
     /// The partition `key` belongs to, always the same for the same key.
     pub fn partition_of(&self, key: &[u8]) -> u16 {
         crc16(key) % self.partitions
+    }
+
+    /// The command that queues `record` on its partition unless that
+    /// stream already holds `cap` entries, atomically (a script): Redis
+    /// answers the new entry's id, or an error starting with `BACKLOG`, and
+    /// then nothing was queued.
+    pub fn append_capped(&self, record: &Record, cap: u64) -> Command {
+        let stream = self.stream(self.partition_of(record.key()));
+        let cap = cap.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            b"EVAL",
+            APPEND_CAPPED.as_bytes(),
+            b"1",
+            stream,
+            cap.as_bytes(),
+        ];
+        let count;
+        match record {
+            Record::Put { key, value } => {
+                args.extend_from_slice(&[b"t", b"put", b"k", key, b"v", value])
+            }
+            Record::Delete { key } => args.extend_from_slice(&[b"t", b"del", b"k", key]),
+            Record::Events {
+                key,
+                count: n,
+                batch,
+            } => {
+                count = n.to_string();
+                args.extend_from_slice(&[
+                    b"t",
+                    b"evb",
+                    b"k",
+                    key,
+                    b"n",
+                    count.as_bytes(),
+                    b"b",
+                    batch,
+                ]);
+            }
+        }
+        Command::new(&args, Some(3))
     }
 
     /// The `XADD` that queues `record` on its partition.
