@@ -123,8 +123,24 @@ impl Queue {
     /// answers the new entry's id, or an error starting with `BACKLOG`, and
     /// then nothing was queued.
     pub fn append_capped(&self, record: &Record, cap: u64) -> Command {
-        let stream = self.stream(self.partition_of(record.key()));
         let cap = cap.to_string();
+        let count = match record {
+            Record::Events { count, .. } => count.to_string(),
+            _ => String::new(),
+        };
+        Command::new(&self.append_capped_args(record, &cap, &count), Some(3))
+    }
+
+    /// The arguments of [`Queue::append_capped`]'s command (`EVAL script 1
+    /// stream cap field value ...`), for another client to send the same;
+    /// `cap` and `count` (an event batch's count) are decimal text.
+    pub fn append_capped_args<'a>(
+        &'a self,
+        record: &'a Record,
+        cap: &'a str,
+        count: &'a str,
+    ) -> Vec<&'a [u8]> {
+        let stream = self.stream(self.partition_of(record.key()));
         let mut args: Vec<&[u8]> = vec![
             b"EVAL",
             APPEND_CAPPED.as_bytes(),
@@ -132,31 +148,23 @@ impl Queue {
             stream,
             cap.as_bytes(),
         ];
-        let count;
         match record {
             Record::Put { key, value } => {
                 args.extend_from_slice(&[b"t", b"put", b"k", key, b"v", value])
             }
             Record::Delete { key } => args.extend_from_slice(&[b"t", b"del", b"k", key]),
-            Record::Events {
+            Record::Events { key, batch, .. } => args.extend_from_slice(&[
+                b"t",
+                b"evb",
+                b"k",
                 key,
-                count: n,
+                b"n",
+                count.as_bytes(),
+                b"b",
                 batch,
-            } => {
-                count = n.to_string();
-                args.extend_from_slice(&[
-                    b"t",
-                    b"evb",
-                    b"k",
-                    key,
-                    b"n",
-                    count.as_bytes(),
-                    b"b",
-                    batch,
-                ]);
-            }
+            ]),
         }
-        Command::new(&args, Some(3))
+        args
     }
 
     /// The `XADD` that queues `record` on its partition.
