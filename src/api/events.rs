@@ -5,8 +5,7 @@
 
 use crate::http::{Rejection, Request, ResponseWriter, Sent, Status};
 use crate::load::workload::FLATBUFFERS_CONTENT_TYPE;
-use crate::payload::{event_batch_from_json, verify_event_batch};
-use crate::writeback::queue::Record;
+use crate::payload::{Invalid, event_batch_from_json, verify_event_batch};
 
 use super::{Answer, Outgoing, WritePath};
 
@@ -39,28 +38,49 @@ pub fn handle(
             &[("Retry-After", "1")],
         );
     };
-    let batch = if json {
-        event_batch_from_json(request.body, &writes.limits)
-    } else {
-        verify_event_batch(request.body, &writes.limits).map(|_| request.body.to_vec())
-    };
-    let record = match batch.and_then(Record::events) {
-        Ok(record) => record,
-        Err(why) => {
-            let body = format!("{why}\n");
-            return response.send(
-                Status::BadRequest,
-                "text/plain; charset=utf-8",
-                body.as_bytes(),
-            );
+    // Verified once; the queue entry carries the first key (its partition)
+    // and the count, read here.
+    let converted;
+    let bytes: &[u8] = if json {
+        match event_batch_from_json(request.body, &writes.limits) {
+            Ok(bytes) => {
+                converted = bytes;
+                &converted
+            }
+            Err(why) => return bad_request(response, &why),
         }
+    } else {
+        request.body
     };
-    let count = record.rows() as u32;
+    let command = match verify_event_batch(bytes, &writes.limits) {
+        Ok(batch) => {
+            let count = batch.events().len() as u32;
+            let key = batch.events().get(0).key().as_bytes();
+            let command = writes.queue.append_capped_batch(
+                key,
+                count,
+                bytes,
+                writes.backlog_cap_per_partition,
+            );
+            (command, count)
+        }
+        Err(why) => return bad_request(response, &why),
+    };
     *outgoing = Some(Outgoing {
-        command: writes
-            .queue
-            .append_capped(&record, writes.backlog_cap_per_partition),
-        answer: Answer::Events { count, json },
+        command: command.0,
+        answer: Answer::Events {
+            count: command.1,
+            json,
+        },
     });
     response.defer()
+}
+
+fn bad_request(response: ResponseWriter<'_>, why: &Invalid) -> Sent {
+    let body = format!("{why}\n");
+    response.send(
+        Status::BadRequest,
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+    )
 }

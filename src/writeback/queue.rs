@@ -131,6 +131,33 @@ impl Queue {
         Command::new(&self.append_capped_args(record, &cap, &count), Some(3))
     }
 
+    /// [`Queue::append_capped`] for an event batch still in the request's
+    /// buffer, verified, whose first event's key is `key`: nothing copied
+    /// but into the command.
+    pub fn append_capped_batch(&self, key: &[u8], count: u32, batch: &[u8], cap: u64) -> Command {
+        let stream = self.stream(self.partition_of(key));
+        let cap = cap.to_string();
+        let count = count.to_string();
+        Command::new(
+            &[
+                &b"EVAL"[..],
+                APPEND_CAPPED.as_bytes(),
+                b"1",
+                stream,
+                cap.as_bytes(),
+                b"t",
+                b"evb",
+                b"k",
+                key,
+                b"n",
+                count.as_bytes(),
+                b"b",
+                batch,
+            ],
+            Some(3),
+        )
+    }
+
     /// The arguments of [`Queue::append_capped`]'s command (`EVAL script 1
     /// stream cap field value ...`), for another client to send the same;
     /// `cap` and `count` (an event batch's count) are decimal text.
@@ -277,6 +304,20 @@ mod tests {
             .map(|i| queue.partition_of(format!("key{i}").as_bytes()))
             .collect();
         assert_eq!(used.len(), 16);
+    }
+
+    #[test]
+    fn both_capped_appends_send_the_same_command() {
+        let queue = Queue::new(16);
+        let record = Record::Events {
+            key: b"user:1".to_vec(),
+            count: 2,
+            batch: b"batch".to_vec(),
+        };
+        assert_eq!(
+            queue.append_capped(&record, 10),
+            queue.append_capped_batch(b"user:1", 2, b"batch", 10)
+        );
     }
 
     #[test]

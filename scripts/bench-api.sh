@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# scripts/bench-api.sh: POST /v1/events on millrace against the same write
+# path on axum and redis-rs's async cluster client (one tokio current-thread
+# core; benches/peers/axum-redis), in one run.
+#
+# Both servers verify each FlatBuffers batch and queue it with the same
+# capped XADD script on the same 3-master Redis Cluster. Each server runs
+# alone, pinned to SERVER_CPU; the cluster and millrace load share LOAD_CPU,
+# so the server has a CPU to itself. The queue is emptied between runs. For
+# each server, over ROUNDS rounds (a fresh process each, order rotating):
+#   - closed loop, 64 connections, posts of BATCH events, DURATION seconds
+#     after a 1 s warm-up: requests/s and requests per server CPU-second
+#     (utime+stime from /proc over the measured window);
+#   - open loop at RATE posts/s: p50, p99 and p99.9 (corrected).
+# Results: benches/results/<date>-<host>-api.json and .md (medians).
+#
+# Usage: scripts/bench-api.sh [--duration SECONDS] [--rounds N] [--rate POSTS_PER_S] [--batch N] [--no-build]
+# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
+set -euo pipefail
+
+duration=5
+rounds=3
+rate=2000
+batch=10
+build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    --rate) rate="$2"; shift 2 ;;
+    --batch) batch="$2"; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+server_cpu="${SERVER_CPU:-0}"
+load_cpu="${LOAD_CPU:-1}"
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+need_packages redis-server redis-tools curl python3
+if [ "$build" = 1 ]; then
+  step "building millrace and the axum + redis-rs peer (release)"
+  cargo build --release --quiet
+  cargo build --release --quiet --manifest-path benches/peers/axum-redis/Cargo.toml
+fi
+millrace="$root/target/release/millrace"
+peer="$root/benches/peers/axum-redis/target/release/peer-axum-redis"
+
+dir="$root/var/bench-api-redis"
+redis_port=$((25000 + RANDOM % 2000))
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
+step "a 3-master Redis Cluster on CPU $load_cpu"
+seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+
+empty_queue() {
+  local p
+  for p in $(seq "$redis_port" $((redis_port + 2))); do
+    redis-cli -p "$p" flushall > /dev/null
+  done
+}
+
+# start NAME PORT: the server pinned to the server CPU; sets server_pid.
+start() {
+  case "$1" in
+    millrace)
+      taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$2" --cores "$server_cpu," \
+        --redis-seeds "$seeds" > "$work/millrace.log" 2>&1 & ;;
+    axum-redis)
+      taskset -c "$server_cpu" "$peer" "127.0.0.1:$2" "$seeds" > "$work/peer.log" 2>&1 & ;;
+  esac
+  server_pid=$!
+  pids+=("$server_pid")
+  local i
+  for i in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$1 did not start" >&2
+  return 1
+}
+
+results="$work/results.tsv"
+: > "$results"
+servers=(millrace axum-redis)
+for round in $(seq 1 "$rounds"); do
+  step "round $round of $rounds"
+  for i in 0 1; do
+    name="${servers[$(( (i + round - 1) % 2 ))]}"
+    port=$(free_port)
+    empty_queue
+    start "$name" "$port"
+    url="http://127.0.0.1:$port"
+    taskset -c "$load_cpu" "$millrace" load "$url" --workload events --batch "$batch" -c 64 -d 1s \
+      --max-error-ratio 1 > /dev/null
+    before=$(cpu_ticks "$server_pid")
+    taskset -c "$load_cpu" "$millrace" load "$url" --workload events --batch "$batch" -c 64 \
+      -d "${duration}s" --max-error-ratio 1 --json "$work/closed.json" > /dev/null
+    after=$(cpu_ticks "$server_pid")
+    empty_queue
+    taskset -c "$load_cpu" "$millrace" load "$url" --workload events --batch "$batch" -c 64 \
+      -R "$rate" -d "${duration}s" --warmup 1s --max-error-ratio 1 --json "$work/open.json" > /dev/null
+    line=$(python3 - "$work/closed.json" "$work/open.json" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+closed, opened = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+cpu = int(sys.argv[3]) / int(sys.argv[4])
+l = opened["latency_ms"]
+errors = closed["errors"]["connect"] + closed["requests"]["failed"] + closed["errors"]["status"]
+print("\t".join(str(x) for x in [round(closed["requests_per_s"]), cpu, round(closed["requests"]["answered"] / cpu) if cpu else 0,
+                                  errors, l["p50"], l["p99"], l["p99.9"], opened["requests"]["answered"]]))
+PY
+)
+    printf '%s\t%s\n' "$name" "$line" >> "$results"
+    IFS=$'\t' read -r rps cpu per_cpu errors p50 p99 p999 _ <<<"$line"
+    printf '  %-11s %8s posts/s  server CPU %5.2f s  %9s posts per CPU-s  errors %s  | at %s/s: p50 %s p99 %s p99.9 %s ms\n' \
+      "$name" "$rps" "$cpu" "$per_cpu" "$errors" "$rate" "$p50" "$p99" "$p999"
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  done
+done
+
+mkdir -p benches/results
+stamp="$(date -u +%Y-%m-%d)"
+host="$(hostname -s 2>/dev/null || hostname)"
+base="benches/results/${stamp}-${host}-api"
+python3 - "$results" "$base" "$duration" "$rounds" "$rate" "$batch" "$server_cpu" "$load_cpu" <<'PY'
+import datetime, json, statistics, sys
+sys.path.insert(0, "scripts")
+from bench_report import machine
+results, base = sys.argv[1], sys.argv[2]
+duration, rounds, rate, batch = (int(x) for x in sys.argv[3:7])
+server_cpu, load_cpu = sys.argv[7], sys.argv[8]
+runs = []
+for line in open(results):
+    name, rps, cpu, per_cpu, errors, p50, p99, p999, open_answered = line.rstrip("\n").split("\t")
+    runs.append({"server": name, "posts_per_second": int(rps), "server_cpu_seconds": float(cpu),
+                 "posts_per_server_cpu_second": int(per_cpu), "errors": int(errors),
+                 "open_loop_p50_ms": float(p50), "open_loop_p99_ms": float(p99), "open_loop_p999_ms": float(p999)})
+summary = {}
+for name in ("millrace", "axum-redis"):
+    mine = [r for r in runs if r["server"] == name]
+    summary[name] = {k: statistics.median(r[k] for r in mine) for k in
+                     ("posts_per_second", "posts_per_server_cpu_second", "open_loop_p50_ms", "open_loop_p99_ms", "open_loop_p999_ms")}
+    summary[name]["errors"] = sum(r["errors"] for r in mine)
+ratio = round(summary["millrace"]["posts_per_server_cpu_second"] / summary["axum-redis"]["posts_per_server_cpu_second"], 2)
+command = f"scripts/bench-api.sh --duration {duration} --rounds {rounds} --rate {rate} --batch {batch}"
+report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
+          "machine": machine(), "method": {"route": f"POST /v1/events, FlatBuffers, {batch} events per post",
+          "server_cpu": server_cpu, "redis_and_load_cpu": load_cpu, "closed_loop": "64 connections, depth 1",
+          "open_loop_rate_posts_per_second": rate, "rounds": rounds, "duration_seconds": duration},
+          "summary": summary, "millrace_over_peer_per_server_cpu_second": ratio, "runs": runs}
+json.dump(report, open(base + ".json", "w"), indent=2)
+m = report["machine"]
+lines = [f"POST /v1/events ({batch} FlatBuffers events per post), server on CPU {server_cpu}, Redis Cluster (3 masters) and "
+         f"millrace load on CPU {load_cpu}, medians of {rounds} rounds; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}.",
+         f"Command: `{command}`", "",
+         f"| server | posts/s (closed loop, 64 conns) | posts per server CPU-s | p50 ms at {rate}/s | p99 ms | p99.9 ms | errors |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
+for name, s in summary.items():
+    lines.append(f"| {name} | {s['posts_per_second']:,.0f} | {s['posts_per_server_cpu_second']:,.0f} | {s['open_loop_p50_ms']:.3f} | "
+                 f"{s['open_loop_p99_ms']:.3f} | {s['open_loop_p999_ms']:.3f} | {s['errors']} |")
+lines += ["", f"- millrace / axum + redis-rs, posts per server CPU-second: **{ratio}x**"]
+open(base + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+echo "written: $base.json $base.md"
