@@ -136,26 +136,16 @@ impl Queue {
     /// but into the command.
     pub fn append_capped_batch(&self, key: &[u8], count: u32, batch: &[u8], cap: u64) -> Command {
         let stream = self.stream(self.partition_of(key));
-        let cap = cap.to_string();
-        let count = count.to_string();
-        Command::new(
-            &[
-                &b"EVAL"[..],
-                APPEND_CAPPED.as_bytes(),
-                b"1",
-                stream,
-                cap.as_bytes(),
-                b"t",
-                b"evb",
-                b"k",
-                key,
-                b"n",
-                count.as_bytes(),
-                b"b",
-                batch,
-            ],
-            Some(3),
-        )
+        let (cap, count) = (cap.to_string(), count.to_string());
+        let mut args: Vec<&[u8]> = vec![
+            b"EVAL",
+            APPEND_CAPPED.as_bytes(),
+            b"1",
+            stream,
+            cap.as_bytes(),
+        ];
+        args.extend_from_slice(&batch_fields(key, &count, batch));
+        Command::new(&args, Some(3))
     }
 
     /// The arguments of [`Queue::append_capped`]'s command (`EVAL script 1
@@ -180,16 +170,9 @@ impl Queue {
                 args.extend_from_slice(&[b"t", b"put", b"k", key, b"v", value])
             }
             Record::Delete { key } => args.extend_from_slice(&[b"t", b"del", b"k", key]),
-            Record::Events { key, batch, .. } => args.extend_from_slice(&[
-                b"t",
-                b"evb",
-                b"k",
-                key,
-                b"n",
-                count.as_bytes(),
-                b"b",
-                batch,
-            ]),
+            Record::Events { key, batch, .. } => {
+                args.extend_from_slice(&batch_fields(key, count, batch))
+            }
         }
         args
     }
@@ -216,6 +199,11 @@ impl Queue {
             }
         }
     }
+}
+
+/// An event batch entry's fields and values.
+fn batch_fields<'a>(key: &'a [u8], count: &'a str, batch: &'a [u8]) -> [&'a [u8]; 8] {
+    [b"t", b"evb", b"k", key, b"n", count.as_bytes(), b"b", batch]
 }
 
 /// The entries of an `XREADGROUP` or `XAUTOCLAIM` reply's message list
