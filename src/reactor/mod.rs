@@ -440,7 +440,11 @@ impl Executor {
     /// Write each deferred answer whose reply (or failure) arrived, and go
     /// on with the requests behind it.
     fn deliver_arrived(&mut self) {
-        for (token, queued) in std::mem::take(&mut self.arrived) {
+        if self.arrived.is_empty() {
+            return;
+        }
+        let mut arrived = std::mem::take(&mut self.arrived);
+        for (token, queued) in arrived.drain(..) {
             let (slot, generation) = (token as u32, (token >> 32) as u32);
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
@@ -462,6 +466,9 @@ impl Executor {
             }
             self.touch(slot);
         }
+        // Keep the buffer's capacity for the next turn (and anything queued meanwhile).
+        arrived.append(&mut self.arrived);
+        self.arrived = arrived;
     }
 
     fn touch(&mut self, slot: u32) {
