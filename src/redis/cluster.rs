@@ -365,6 +365,8 @@ pub struct Cluster {
     auth_error: Option<String>,
     /// Connections to close, found while reading.
     to_close: Vec<usize>,
+    /// When [`Cluster::tick`] next looks for timeouts.
+    next_sweep: Instant,
 }
 
 impl Cluster {
@@ -392,6 +394,7 @@ impl Cluster {
             },
             auth_error: None,
             to_close: Vec::new(),
+            next_sweep: now,
             config,
         }
     }
@@ -967,6 +970,32 @@ impl Cluster {
     /// Time-driven work: timeouts, retries, the layout refresh, connections
     /// that stopped answering.
     pub fn tick(&mut self, now: Instant, sink: &mut impl Sink, actions: &mut Vec<Action>) {
+        if now >= self.next_sweep {
+            self.sweep(now, sink);
+            self.next_sweep = now + self.sweep_interval();
+        }
+        // Retries whose back-off is over.
+        if self.retries.iter().any(|&(at, _)| now >= at) {
+            let mut due = Vec::new();
+            self.retries.retain(|&(at, key)| {
+                if now >= at {
+                    due.push(key);
+                    false
+                } else {
+                    true
+                }
+            });
+            for key in due {
+                self.route(key, now);
+            }
+        }
+        self.actions(now, actions);
+        self.maybe_refresh(now);
+    }
+
+    /// The timeouts, every [`Cluster::sweep_interval`] rather than every
+    /// turn: a scan of every command in flight and every connection.
+    fn sweep(&mut self, now: Instant, sink: &mut impl Sink) {
         // Commands past their deadline.
         let expired: Vec<CommandKey> = self
             .commands
@@ -983,19 +1012,6 @@ impl Cluster {
             if let Some(pending) = self.commands.remove(key) {
                 sink.deliver(pending.token, Err(Error::Timeout));
             }
-        }
-        // Retries whose back-off is over.
-        let mut due = Vec::new();
-        self.retries.retain(|&(at, key)| {
-            if now >= at {
-                due.push(key);
-                false
-            } else {
-                true
-            }
-        });
-        for key in due {
-            self.route(key, now);
         }
         // Unrouted commands whose deadline passed were failed above; the rest wait.
         if !self.unrouted.is_empty() {
@@ -1020,13 +1036,16 @@ impl Cluster {
         for node in &mut self.nodes {
             node.queued.retain(live);
         }
-        self.actions(now, actions);
-        self.maybe_refresh(now);
+    }
+
+    /// How often timeouts are looked for.
+    fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(10).min(self.config.command_timeout / 4)
     }
 
     /// When [`Cluster::tick`] next has work, at the latest.
     pub fn next_deadline(&self, now: Instant) -> Instant {
-        let mut next = now + Duration::from_millis(10).min(self.config.command_timeout / 4);
+        let mut next = self.next_sweep.max(now).min(now + self.sweep_interval());
         for &(at, _) in &self.retries {
             next = next.min(at);
         }
