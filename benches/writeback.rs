@@ -190,24 +190,7 @@ async fn direct_copy(postgres: &Postgres, events: &[Event]) -> f64 {
 
 /// INSERT statements of 5,000 rows each, one per transaction.
 async fn multi_row_insert(postgres: &Postgres, events: &[Event]) -> f64 {
-    let mut sql = String::from(
-        "insert into bench_insert (client_id, key, kind, timestamp_us, payload) values ",
-    );
-    for row in 0..BATCH {
-        let base = row * 5;
-        if row > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!(
-            "(${},${},${},${},${})",
-            base + 1,
-            base + 2,
-            base + 3,
-            base + 4,
-            base + 5
-        ));
-    }
-    let statement = postgres.prepare(&sql).await.unwrap();
+    let statement = postgres.prepare(&insert_sql(BATCH)).await.unwrap();
     let started = Instant::now();
     for chunk in events.chunks(BATCH) {
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(BATCH * 5);

@@ -1090,6 +1090,17 @@ mod tests {
         |token, result| outcomes.push((token, result.map(|r| r.to_owned())))
     }
 
+    /// `bytes` arrive from `node`; what they answer goes to `outcomes`.
+    fn feed(
+        cluster: &mut Cluster,
+        node: usize,
+        bytes: &[u8],
+        now: Instant,
+        outcomes: &mut Outcomes,
+    ) {
+        cluster.on_received(node, bytes, now, &mut collect(outcomes));
+    }
+
     /// A cluster connected to its seed, with the layout `0-16383 on seed`.
     fn ready_cluster(now: Instant) -> Cluster {
         let mut cluster = Cluster::new(Config::new(vec![seed()]), now);
@@ -1134,8 +1145,8 @@ mod tests {
         );
         let mut outcomes = Outcomes::new();
         // Replies split across reads.
-        cluster.on_received(0, b"+OK\r\n$1\r", now, &mut collect(&mut outcomes));
-        cluster.on_received(0, b"\n1\r\n", now, &mut collect(&mut outcomes));
+        feed(&mut cluster, 0, b"+OK\r\n$1\r", now, &mut outcomes);
+        feed(&mut cluster, 0, b"\n1\r\n", now, &mut outcomes);
         assert_eq!(
             outcomes,
             [
@@ -1153,11 +1164,12 @@ mod tests {
         cluster.submit(1, Command::get(b"foo"), now);
         cluster.output(0).clear();
         let mut outcomes = Outcomes::new();
-        cluster.on_received(
+        feed(
+            &mut cluster,
             0,
             b"-MOVED 12182 127.0.0.1:7001\r\n",
             now,
-            &mut collect(&mut outcomes),
+            &mut outcomes,
         );
         assert!(outcomes.is_empty());
         // A new node, connected on demand; the command waits for it.
@@ -1187,11 +1199,12 @@ mod tests {
         cluster.submit(1, Command::get(b"foo"), now);
         cluster.output(0).clear();
         let mut outcomes = Outcomes::new();
-        cluster.on_received(
+        feed(
+            &mut cluster,
             0,
             b"-ASK 12182 127.0.0.1:7001\r\n",
             now,
-            &mut collect(&mut outcomes),
+            &mut outcomes,
         );
         cluster.actions(now, &mut Vec::new());
         cluster.on_connected(1, now);
@@ -1211,11 +1224,12 @@ mod tests {
         cluster.submit(7, Command::get(b"foo"), now);
         let mut outcomes = Outcomes::new();
         for _ in 0..=cluster.config.max_redirects {
-            cluster.on_received(
+            feed(
+                &mut cluster,
                 0,
                 b"-MOVED 12182 127.0.0.1:7000\r\n",
                 now,
-                &mut collect(&mut outcomes),
+                &mut outcomes,
             );
         }
         assert_eq!(outcomes, [(7, Err(Error::TooManyRedirects))]);
@@ -1228,11 +1242,12 @@ mod tests {
         cluster.submit(3, Command::get(b"foo"), now);
         cluster.output(0).clear();
         let mut outcomes = Outcomes::new();
-        cluster.on_received(
+        feed(
+            &mut cluster,
             0,
             b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
             now,
-            &mut collect(&mut outcomes),
+            &mut outcomes,
         );
         assert!(cluster.output(0).is_empty());
         let later = now + Duration::from_millis(20);
@@ -1242,7 +1257,7 @@ mod tests {
                 .output(0)
                 .ends_with(b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n")
         );
-        cluster.on_received(0, b"$1\r\nx\r\n", later, &mut collect(&mut outcomes));
+        feed(&mut cluster, 0, b"$1\r\nx\r\n", later, &mut outcomes);
         assert_eq!(outcomes, [(3, Ok(resp::OwnedReply::Bulk(b"x".to_vec())))]);
     }
 
@@ -1293,7 +1308,7 @@ mod tests {
         let mut cluster = ready_cluster(now);
         cluster.submit(1, Command::get(b"a"), now);
         let mut outcomes = Outcomes::new();
-        cluster.on_received(0, b"!!!garbage\r\n", now, &mut collect(&mut outcomes));
+        feed(&mut cluster, 0, b"!!!garbage\r\n", now, &mut outcomes);
         let mut actions = Vec::new();
         cluster.actions(now, &mut actions);
         assert_eq!(actions, [Action::Close { node: 0 }]);
@@ -1317,11 +1332,12 @@ mod tests {
             b"*2\r\n$4\r\nAUTH\r\n$5\r\nwrong\r\n"
         );
         let mut outcomes = Outcomes::new();
-        cluster.on_received(
+        feed(
+            &mut cluster,
             0,
             b"-WRONGPASS invalid username-password pair\r\n",
             now,
-            &mut collect(&mut outcomes),
+            &mut outcomes,
         );
         assert!(matches!(cluster.startup_error(), Some(Error::Auth(_))));
         assert!(!format!("{:?}", cluster.config()).contains("wrong"));
@@ -1335,22 +1351,24 @@ mod tests {
         cluster.on_connected(0, now);
         cluster.output(0).clear();
         let mut outcomes = Outcomes::new();
-        cluster.on_received(
+        feed(
+            &mut cluster,
             0,
             b"-ERR unknown subcommand 'SHARDS'\r\n",
             now,
-            &mut collect(&mut outcomes),
+            &mut outcomes,
         );
         cluster.tick(now, &mut collect(&mut outcomes), &mut Vec::new());
         assert_eq!(
             cluster.output(0).as_slice(),
             b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n"
         );
-        cluster.on_received(
+        feed(
+            &mut cluster,
             0,
             b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
             now,
-            &mut collect(&mut outcomes),
+            &mut outcomes,
         );
         assert!(cluster.is_ready());
     }
@@ -1391,7 +1409,7 @@ mod tests {
         cluster.on_connected(1, now);
         assert_eq!(cluster.output(1).as_slice(), b"*1\r\n$8\r\nREADONLY\r\n");
         cluster.output(1).clear();
-        cluster.on_received(1, b"+OK\r\n", now, &mut collect(&mut outcomes));
+        feed(&mut cluster, 1, b"+OK\r\n", now, &mut outcomes);
         assert_eq!(
             cluster.output(1).as_slice(),
             b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
