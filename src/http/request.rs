@@ -1,8 +1,7 @@
-//! Request heads: the request line and header section, parsed by `httparse`
-//! and then held to the framing rules that keep requests from being smuggled
+//! Request heads: the request line and header section, parsed in one pass
+//! over the received bytes and held to the framing rules that keep requests from being smuggled
 //! (RFC 9112 §6): one body length or chunked, never both, never ambiguous.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::response::{Rejection, Status};
@@ -31,15 +30,15 @@ pub enum Method {
 }
 
 impl Method {
-    fn parse(token: &str) -> Option<Method> {
+    fn parse(token: &[u8]) -> Option<Method> {
         Some(match token {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "POST" => Method::Post,
-            "PUT" => Method::Put,
-            "DELETE" => Method::Delete,
-            "PATCH" => Method::Patch,
-            "OPTIONS" => Method::Options,
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"PATCH" => Method::Patch,
+            b"OPTIONS" => Method::Options,
             _ => return None,
         })
     }
@@ -100,64 +99,47 @@ pub struct HeadLimits {
 
 /// Parse a head from the start of `buf`: `Ok(None)` while incomplete (and
 /// still within the limits), the head once its final empty line is in.
+///
+/// One pass over the bytes. Each part is parsed inside the window its size
+/// limit allows, so a limit is reported only when the bytes inside it were
+/// valid so far, and a syntax error only when it comes before the limit: the
+/// answer depends on the bytes, never on how they were split into reads.
+/// Errors about what valid fields say (an unknown method, conflicting
+/// lengths) wait for the complete head, so a syntax error anywhere in it
+/// decides first.
 pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Rejection> {
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
-    let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, headers) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => match first_limit_violation(buf, limits) {
-            Some((_, rejection)) => return Err(rejection),
-            None => return Ok(None),
-        },
-        // The answer must not depend on how the bytes arrived: if a size
-        // limit is also exceeded, whichever came first in the bytes decides,
-        // as it would have had they come one at a time.
-        Err(e) => match first_limit_violation(buf, limits) {
-            Some((prefix, rejection)) if parses_as_valid_prefix(&buf[..prefix], limits) => {
-                return Err(rejection);
-            }
-            _ => return Err(rejection_for(e)),
-        },
+    let line_window = &buf[..buf.len().min(limits.max_request_line_bytes)];
+    let Some(line) = request_line(line_window)? else {
+        return if buf.len() > line_window.len() {
+            Err(URI_TOO_LONG)
+        } else {
+            Ok(None)
+        };
     };
-    let head = &buf[..len];
-    let line_end = req
-        .headers
-        .first()
-        .map_or(len - 2, |h| offset_in(buf, h.name.as_bytes()));
-    if line_end > limits.max_request_line_bytes {
-        return Err(URI_TOO_LONG);
-    }
-    if len - line_end > limits.max_header_bytes {
-        return Err(HEADERS_TOO_LARGE);
-    }
-    let request_start = req.method.map_or(0, |m| offset_in(buf, m.as_bytes()));
-    if !lines_end_in_crlf(head, request_start, req.headers) {
-        return Err(Rejection::new(
-            Status::BadRequest,
-            "line ends in a bare LF, not CRLF",
-        ));
-    }
-
-    let method = req
+    let fields_end = buf
+        .len()
+        .min(line.end.saturating_add(limits.max_header_bytes));
+    let fields_window = &buf[line.end..fields_end];
+    let max_headers = limits.max_headers.min(MAX_HEADERS_LIMIT);
+    let Some((fields, fields_len)) = header_section(fields_window, max_headers, line.version)?
+    else {
+        return if buf.len() > fields_end {
+            Err(HEADERS_TOO_LARGE)
+        } else {
+            Ok(None)
+        };
+    };
+    let method = line
         .method
-        .and_then(Method::parse)
         .ok_or(Rejection::new(Status::NotImplemented, "unknown method"))?;
-    let version = match req.version {
-        Some(0) => Version::Http10,
-        _ => Version::Http11,
-    };
-    let target = req.path.unwrap_or("");
-    let target_start = offset_in(buf, target.as_bytes());
-    let (path, query) = split_target(target.as_bytes(), target_start, method)?;
-
-    let fields = FieldSummary::from_headers(req.headers, version)?;
+    let fields = fields.finish()?;
+    let (path, query) = split_target(&buf[line.target.clone()], line.target.start, method)?;
     Ok(Some(RequestHead {
         method,
-        version,
+        version: line.version,
         path,
         query,
-        len,
+        len: line.end + fields_len,
         framing: fields.framing,
         keep_alive: fields.keep_alive,
         expect_continue: fields.expect_continue,
@@ -167,76 +149,234 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
 const URI_TOO_LONG: Rejection = Rejection::new(Status::UriTooLong, "request line too long");
 const HEADERS_TOO_LARGE: Rejection =
     Rejection::new(Status::HeaderFieldsTooLarge, "header section too large");
+const TOO_MANY_HEADERS: Rejection =
+    Rejection::new(Status::HeaderFieldsTooLarge, "too many header fields");
+const MALFORMED_REQUEST_LINE: Rejection =
+    Rejection::new(Status::BadRequest, "malformed request line");
+const VERSION_NOT_SUPPORTED: Rejection = Rejection::new(
+    Status::VersionNotSupported,
+    "only HTTP/1.0 and HTTP/1.1 are supported",
+);
+const MALFORMED_HEADER_NAME: Rejection = Rejection::new(
+    Status::BadRequest,
+    "malformed header name (obs-fold is not accepted)",
+);
+const MALFORMED_HEADER_VALUE: Rejection =
+    Rejection::new(Status::BadRequest, "malformed header value");
+/// RFC 9112 §2.2 lets a server accept a lone LF as a line ending; millrace
+/// does not, because a proxy that disagrees about line ends can be used to
+/// smuggle requests.
+const BARE_LF: Rejection = Rejection::new(Status::BadRequest, "line ends in a bare LF, not CRLF");
+const BARE_CR: Rejection = Rejection::new(Status::BadRequest, "malformed line ending");
 
-/// For bytes that do not yet hold a complete head: the shortest prefix that
-/// breaks a size limit, and the rejection it earns, if `buf` is that long.
-/// The request line is measured from the start of `buf`, so the empty lines a
-/// client may send before it count against its limit (as in [`parse_head`]).
-fn first_limit_violation(buf: &[u8], limits: &HeadLimits) -> Option<(usize, Rejection)> {
-    let line_limit = limits.max_request_line_bytes;
-    let line_start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buf.len());
-    let line_end = buf[line_start..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| line_start + i + 1);
-    match line_end {
-        None if buf.len() > line_limit => Some((line_limit + 1, URI_TOO_LONG)),
-        Some(end) if end > line_limit => Some((line_limit + 1, URI_TOO_LONG)),
-        Some(end) if buf.len() - end > limits.max_header_bytes => {
-            Some((end + limits.max_header_bytes + 1, HEADERS_TOO_LARGE))
+/// What a byte may be, by position in a head.
+const TCHAR: u8 = 1;
+const TARGET: u8 = 2;
+const FIELD_VALUE: u8 = 4;
+
+/// [`TCHAR`]: a token byte (RFC 9110 §5.6.2), as methods and field names
+/// are. [`TARGET`]: a visible ASCII byte, as a request target is.
+/// [`FIELD_VALUE`]: a field value byte (RFC 9110 §5.5): tab, space, visible
+/// ASCII and obs-text.
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        let visible = byte >= 0x21 && byte <= 0x7e;
+        let delimiter = matches!(
+            byte,
+            b'"' | b'('
+                | b')'
+                | b','
+                | b'/'
+                | b':'
+                | b';'
+                | b'<'
+                | b'='
+                | b'>'
+                | b'?'
+                | b'@'
+                | b'['
+                | b'\\'
+                | b']'
+                | b'{'
+                | b'}'
+        );
+        let mut class = 0;
+        if visible && !delimiter {
+            class |= TCHAR;
         }
-        _ => None,
+        if visible {
+            class |= TARGET;
+        }
+        if visible || byte == b' ' || byte == b'\t' || byte >= 0x80 {
+            class |= FIELD_VALUE;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+/// The first position at or after `from` whose byte is not of `class`.
+fn skip(buf: &[u8], from: usize, class: u8) -> usize {
+    let mut at = from;
+    loop {
+        // Targets and values run long (paths, user agents, cookies): step
+        // over eight bytes at a time while all are printable ASCII.
+        if class != TCHAR {
+            while let Some(chunk) = buf.get(at..at + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+                if !all_printable_ascii(word) {
+                    break;
+                }
+                at += 8;
+            }
+        }
+        let end = buf.len().min(at + 8);
+        while at < end {
+            if BYTE_CLASS[usize::from(buf[at])] & class == 0 {
+                return at;
+            }
+            at += 1;
+        }
+        if at == buf.len() {
+            return at;
+        }
     }
 }
 
-/// Whether httparse finds nothing wrong in `prefix` (complete or not yet).
-fn parses_as_valid_prefix(prefix: &[u8], limits: &HeadLimits) -> bool {
-    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
-    let headers = &mut storage[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
-    httparse::Request::new(&mut [])
-        .parse_with_uninit_headers(prefix, headers)
-        .is_ok()
+/// Whether every byte of `word` is in 0x21..=0x7e: no space, control or
+/// non-ASCII byte (the bit tricks of "Bit Twiddling Hacks", per byte).
+fn all_printable_ascii(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_0x21 = word.wrapping_sub(ONES * 0x21) & !word;
+    let above_0x7e = word.wrapping_add(ONES) | word;
+    (below_0x21 | above_0x7e) & HIGHS == 0
 }
 
-fn rejection_for(error: httparse::Error) -> Rejection {
-    let reason = match error {
-        httparse::Error::TooManyHeaders => {
-            return Rejection::new(Status::HeaderFieldsTooLarge, "too many header fields");
+/// A CRLF at `at`: `Ok(Some(())` if it is there, `Ok(None)` if the bytes
+/// end first, the rejection for a bare LF or a CR not followed by LF.
+fn crlf(buf: &[u8], at: usize) -> Result<Option<()>, Rejection> {
+    match (buf.get(at), buf.get(at + 1)) {
+        (Some(b'\r'), Some(b'\n')) => Ok(Some(())),
+        (Some(b'\r'), None) | (None, _) => Ok(None),
+        (Some(b'\n'), _) => Err(BARE_LF),
+        _ => Err(BARE_CR),
+    }
+}
+
+/// A parsed request line.
+struct RequestLine {
+    /// `None` for a well-formed method millrace does not know.
+    method: Option<Method>,
+    target: Range<usize>,
+    version: Version,
+    /// Where the line (and the empty lines before it) ends.
+    end: usize,
+}
+
+/// The request line at the start of `buf`, after any empty lines (RFC 9112
+/// §2.2), or `None` while it is incomplete.
+fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
+    let mut start = 0;
+    while matches!(buf.get(start), Some(b'\r' | b'\n')) {
+        if crlf(buf, start)?.is_none() {
+            return Ok(None);
         }
-        httparse::Error::Version => {
-            return Rejection::new(
-                Status::VersionNotSupported,
-                "only HTTP/1.0 and HTTP/1.1 are supported",
-            );
-        }
-        httparse::Error::HeaderName => "malformed header name (obs-fold is not accepted)",
-        httparse::Error::HeaderValue => "malformed header value",
-        httparse::Error::NewLine => "malformed line ending",
-        httparse::Error::Status => "malformed status",
-        httparse::Error::Token => "malformed request line",
+        start += 2;
+    }
+    let method_end = skip(buf, start, TCHAR);
+    match buf.get(method_end) {
+        None => return Ok(None),
+        Some(b' ') if method_end > start => {}
+        Some(_) => return Err(MALFORMED_REQUEST_LINE),
+    }
+    let target_start = method_end + 1;
+    let target_end = skip(buf, target_start, TARGET);
+    match buf.get(target_end) {
+        None => return Ok(None),
+        Some(b' ') if target_end > target_start => {}
+        Some(_) => return Err(MALFORMED_REQUEST_LINE),
+    }
+    let version_start = target_end + 1;
+    let seen = &buf[version_start..buf.len().min(version_start + 8)];
+    if !b"HTTP/1.1".starts_with(seen) && !b"HTTP/1.0".starts_with(seen) {
+        return Err(VERSION_NOT_SUPPORTED);
+    }
+    if seen.len() < 8 {
+        return Ok(None);
+    }
+    let version = if seen[7] == b'0' {
+        Version::Http10
+    } else {
+        Version::Http11
     };
-    Rejection::new(Status::BadRequest, reason)
+    let line_end = version_start + 8;
+    match buf.get(line_end) {
+        None => return Ok(None),
+        Some(b'\r' | b'\n') => {}
+        Some(_) => return Err(MALFORMED_REQUEST_LINE),
+    }
+    if crlf(buf, line_end)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(RequestLine {
+        method: Method::parse(&buf[start..method_end]),
+        target: target_start..target_end,
+        version,
+        end: line_end + 2,
+    }))
 }
 
-/// httparse accepts a lone LF as a line ending; RFC 9112 §2.2 lets a server
-/// reject it, and a proxy that disagrees about line ends can be used to
-/// smuggle requests. httparse allows no LF inside a line, so every LF in a
-/// head ends a line: the empty lines before the request line, the line before
-/// each header field, and the last two. Checking those places is enough.
-fn lines_end_in_crlf(head: &[u8], request_start: usize, headers: &[httparse::Header<'_>]) -> bool {
-    head[..request_start].chunks(2).all(|pair| pair == b"\r\n")
-        && head.ends_with(b"\r\n\r\n")
-        && headers.iter().all(|h| {
-            let start = offset_in(head, h.name.as_bytes());
-            start >= 2 && &head[start - 2..start] == b"\r\n"
-        })
-}
-
-fn offset_in(buf: &[u8], part: &[u8]) -> usize {
-    (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
+/// The header fields at the start of `buf`, up to and including the empty
+/// line that ends them: what they say and the section's length, or `None`
+/// while incomplete.
+fn header_section(
+    buf: &[u8],
+    max_headers: usize,
+    version: Version,
+) -> Result<Option<(FieldSummary, usize)>, Rejection> {
+    let mut fields = FieldSummary::new(version);
+    let mut at = 0;
+    let mut count = 0;
+    loop {
+        match buf.get(at) {
+            None => return Ok(None),
+            Some(b'\r' | b'\n') => {
+                return Ok(crlf(buf, at)?.map(|()| (fields, at + 2)));
+            }
+            Some(_) => {}
+        }
+        // A line that starts with whitespace (obs-fold, RFC 9112 §5.2) has
+        // an empty name here, and is rejected with the malformed ones.
+        let name_end = skip(buf, at, TCHAR);
+        match buf.get(name_end) {
+            None => return Ok(None),
+            Some(b':') if name_end > at => {}
+            Some(_) => return Err(MALFORMED_HEADER_NAME),
+        }
+        let value_end = skip(buf, name_end + 1, FIELD_VALUE);
+        match buf.get(value_end) {
+            None => return Ok(None),
+            Some(b'\r' | b'\n') => {}
+            Some(_) => return Err(MALFORMED_HEADER_VALUE),
+        }
+        if crlf(buf, value_end)?.is_none() {
+            return Ok(None);
+        }
+        count += 1;
+        if count > max_headers {
+            return Err(TOO_MANY_HEADERS);
+        }
+        fields.add(
+            &buf[at..name_end],
+            buf[name_end + 1..value_end].trim_ascii(),
+        );
+        at = value_end + 2;
+    }
 }
 
 /// Origin form (`/path?query`), absolute form (`http://host/path`), which a
@@ -292,7 +432,7 @@ enum Field {
 
 impl Field {
     /// The field `name` is, if one of these. Their lengths differ, so one
-    /// comparison decides. A header name is a token (httparse checked), and
+    /// comparison decides. A header name is a token (the parser checked), and
     /// for token bytes `b | 0x20` equals a lowercase letter or `-` only if `b`
     /// is that letter in either case or `-` itself: a case-insensitive match
     /// without case-folding both sides.
@@ -312,101 +452,136 @@ impl Field {
     }
 }
 
-/// What the header fields say about framing and the connection.
+/// What the header fields say about framing and the connection, gathered
+/// one field at a time as the head is parsed.
 struct FieldSummary {
+    version: Version,
+    content_length: Option<u64>,
+    chunked: bool,
+    transfer_encoding: bool,
+    hosts: u32,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    /// The first field that breaks the framing rules, reported once the
+    /// head is complete.
+    error: Option<Rejection>,
+}
+
+/// The framing and connection facts a complete, valid head states.
+struct Fields {
     framing: BodyFraming,
     keep_alive: bool,
     expect_continue: bool,
 }
 
 impl FieldSummary {
-    fn from_headers(headers: &[httparse::Header<'_>], version: Version) -> Result<Self, Rejection> {
-        let mut content_length: Option<u64> = None;
-        let mut chunked = false;
-        let mut transfer_encoding = false;
-        let mut hosts = 0;
-        let mut close = false;
-        let mut keep_alive = false;
-        let mut expect_continue = false;
-        for header in headers {
-            let Some(field) = Field::named(header.name.as_bytes()) else {
-                continue;
-            };
-            let value = header.value.trim_ascii();
-            match field {
-                Field::ContentLength => {
-                    let length = parse_content_length(value)?;
-                    if content_length.is_some_and(|seen| seen != length) {
+    fn new(version: Version) -> Self {
+        FieldSummary {
+            version,
+            content_length: None,
+            chunked: false,
+            transfer_encoding: false,
+            hosts: 0,
+            close: false,
+            keep_alive: false,
+            expect_continue: false,
+            error: None,
+        }
+    }
+
+    /// Take one field; `value` is already trimmed.
+    fn add(&mut self, name: &[u8], value: &[u8]) {
+        if self.error.is_none()
+            && let Some(field) = Field::named(name)
+            && let Err(rejection) = self.add_field(field, value)
+        {
+            self.error = Some(rejection);
+        }
+    }
+
+    fn add_field(&mut self, field: Field, value: &[u8]) -> Result<(), Rejection> {
+        match field {
+            Field::ContentLength => {
+                let length = parse_content_length(value)?;
+                if self.content_length.is_some_and(|seen| seen != length) {
+                    return Err(Rejection::new(
+                        Status::BadRequest,
+                        "conflicting Content-Length values",
+                    ));
+                }
+                self.content_length = Some(length);
+            }
+            Field::TransferEncoding => {
+                self.transfer_encoding = true;
+                for coding in tokens(value) {
+                    // Chunked must be the last coding, and millrace decodes no other.
+                    if self.chunked || !coding.eq_ignore_ascii_case(b"chunked") {
                         return Err(Rejection::new(
-                            Status::BadRequest,
-                            "conflicting Content-Length values",
+                            Status::NotImplemented,
+                            "only Transfer-Encoding: chunked is supported",
                         ));
                     }
-                    content_length = Some(length);
-                }
-                Field::TransferEncoding => {
-                    transfer_encoding = true;
-                    for coding in tokens(value) {
-                        // Chunked must be the last coding, and millrace decodes no other.
-                        if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
-                            return Err(Rejection::new(
-                                Status::NotImplemented,
-                                "only Transfer-Encoding: chunked is supported",
-                            ));
-                        }
-                        chunked = true;
-                    }
-                }
-                Field::Host => hosts += 1,
-                Field::Connection => {
-                    for option in tokens(value) {
-                        close |= option.eq_ignore_ascii_case(b"close");
-                        keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
-                    }
-                }
-                Field::Expect => {
-                    if !value.eq_ignore_ascii_case(b"100-continue") {
-                        return Err(Rejection::new(
-                            Status::ExpectationFailed,
-                            "only Expect: 100-continue is supported",
-                        ));
-                    }
-                    // RFC 9110 §10.1.1: ignore it from an HTTP/1.0 client.
-                    expect_continue = version == Version::Http11;
+                    self.chunked = true;
                 }
             }
+            Field::Host => self.hosts += 1,
+            Field::Connection => {
+                for option in tokens(value) {
+                    self.close |= option.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Field::Expect => {
+                if !value.eq_ignore_ascii_case(b"100-continue") {
+                    return Err(Rejection::new(
+                        Status::ExpectationFailed,
+                        "only Expect: 100-continue is supported",
+                    ));
+                }
+                // RFC 9110 §10.1.1: ignore it from an HTTP/1.0 client.
+                self.expect_continue = self.version == Version::Http11;
+            }
         }
-        if transfer_encoding && content_length.is_some() {
+        Ok(())
+    }
+
+    /// The head is complete: what its fields say, or why they are refused.
+    fn finish(self) -> Result<Fields, Rejection> {
+        if let Some(rejection) = self.error {
+            return Err(rejection);
+        }
+        if self.transfer_encoding && self.content_length.is_some() {
             return Err(Rejection::new(
                 Status::BadRequest,
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        if transfer_encoding && version == Version::Http10 {
+        if self.transfer_encoding && self.version == Version::Http10 {
             return Err(Rejection::new(
                 Status::BadRequest,
                 "Transfer-Encoding in an HTTP/1.0 request",
             ));
         }
-        if hosts > 1 || (hosts == 0 && version == Version::Http11) {
+        if self.hosts > 1 || (self.hosts == 0 && self.version == Version::Http11) {
             return Err(Rejection::new(
                 Status::BadRequest,
                 "an HTTP/1.1 request needs exactly one Host",
             ));
         }
-        let framing = match (chunked, content_length) {
+        let framing = match (self.chunked, self.content_length) {
             (true, _) => BodyFraming::Chunked,
             (false, Some(0) | None) => BodyFraming::None,
             (false, Some(n)) => BodyFraming::Length(n),
         };
-        let keep_alive = match version {
-            Version::Http11 => !close,
-            Version::Http10 => keep_alive && !close,
+        let keep_alive = match self.version {
+            Version::Http11 => !self.close,
+            Version::Http10 => self.keep_alive && !self.close,
         };
-        Ok(FieldSummary {
+        Ok(Fields {
             framing,
             keep_alive,
-            expect_continue,
+            expect_continue: self.expect_continue,
         })
     }
 }
@@ -621,6 +796,58 @@ mod tests {
         assert_eq!(status(&big_header), Status::HeaderFieldsTooLarge);
         let complete_big_header = [big_header.as_slice(), b"\r\n\r\n"].concat();
         assert_eq!(status(&complete_big_header), Status::HeaderFieldsTooLarge);
+    }
+
+    #[test]
+    fn word_at_a_time_scans_agree_with_byte_scans() {
+        for byte in 0..=255u8 {
+            for position in 0..8 {
+                let mut bytes = *b"abcdefgh";
+                bytes[position] = byte;
+                let printable = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+                assert_eq!(
+                    all_printable_ascii(u64::from_le_bytes(bytes)),
+                    printable,
+                    "byte {byte:#04x} at {position}"
+                );
+            }
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            let buf: Vec<u8> = (0..40)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Mostly printable, sometimes anything.
+                    if seed % 8 == 0 {
+                        seed as u8
+                    } else {
+                        0x20 + (seed % 0x60) as u8
+                    }
+                })
+                .collect();
+            for class in [TCHAR, TARGET, FIELD_VALUE] {
+                let from = (seed % 8) as usize;
+                let expected = buf[from..]
+                    .iter()
+                    .position(|&b| BYTE_CLASS[usize::from(b)] & class == 0)
+                    .map_or(buf.len(), |n| from + n);
+                assert_eq!(skip(&buf, from, class), expected, "{buf:?} from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_classes_follow_the_rfc() {
+        for b in 0..=255u8 {
+            let class = BYTE_CLASS[usize::from(b)];
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(class & TCHAR != 0, tchar, "{b:#04x}");
+            assert_eq!(class & TARGET != 0, b.is_ascii_graphic(), "{b:#04x}");
+            let value = b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80;
+            assert_eq!(class & FIELD_VALUE != 0, value, "{b:#04x}");
+        }
     }
 
     #[test]
