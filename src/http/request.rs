@@ -223,17 +223,21 @@ const BYTE_CLASS: [u8; 256] = {
 fn skip(buf: &[u8], from: usize, class: u8) -> usize {
     let mut at = from;
     loop {
-        // Targets and values run long (paths, user agents, cookies): step
-        // over eight bytes at a time while all are printable ASCII.
+        // Targets and values run long (paths, user agents, cookies): look at
+        // eight bytes at a time and jump to the first that may end the run.
         if class != TCHAR {
             while let Some(chunk) = buf.get(at..at + 8) {
                 let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-                if !all_printable_ascii(word) {
+                let stops = may_stop(word, class);
+                if stops != 0 {
+                    at += (stops.trailing_zeros() / 8) as usize;
                     break;
                 }
                 at += 8;
             }
         }
+        // One byte at a time: the candidate found above (a tab inside a value
+        // is not a stop), or the last few bytes.
         let end = buf.len().min(at + 8);
         while at < end {
             if BYTE_CLASS[usize::from(buf[at])] & class == 0 {
@@ -247,14 +251,25 @@ fn skip(buf: &[u8], from: usize, class: u8) -> usize {
     }
 }
 
-/// Whether every byte of `word` is in 0x21..=0x7e: no space, control or
-/// non-ASCII byte (the bit tricks of "Bit Twiddling Hacks", per byte).
-fn all_printable_ascii(word: u64) -> bool {
+/// A mask with the high bit set in each byte of `word` that may end a run
+/// of `class` ([`TARGET`] or [`FIELD_VALUE`]); the lowest set byte is exact,
+/// those above it may be false (the byte-wise tricks of "Bit Twiddling
+/// Hacks", which borrow and carry only upwards). A value's tab is flagged
+/// too, for the caller to look at.
+fn may_stop(word: u64, class: u8) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let below_0x21 = word.wrapping_sub(ONES * 0x21) & !word;
-    let above_0x7e = word.wrapping_add(ONES) | word;
-    (below_0x21 | above_0x7e) & HIGHS == 0
+    let below = |n: u64| word.wrapping_sub(ONES * n) & !word;
+    if class == TARGET {
+        // Not in 0x21..=0x7e.
+        let above_0x7e = word.wrapping_add(ONES) | word;
+        (below(0x21) | above_0x7e) & HIGHS
+    } else {
+        // A control byte: below 0x20, or 0x7f.
+        let del = word ^ (ONES * 0x7f);
+        let is_del = del.wrapping_sub(ONES) & !del;
+        (below(0x20) | is_del) & HIGHS
+    }
 }
 
 /// A CRLF at `at`: `Ok(Some(())` if it is there, `Ok(None)` if the bytes
@@ -800,16 +815,16 @@ mod tests {
 
     #[test]
     fn word_at_a_time_scans_agree_with_byte_scans() {
-        for byte in 0..=255u8 {
-            for position in 0..8 {
-                let mut bytes = *b"abcdefgh";
-                bytes[position] = byte;
-                let printable = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
-                assert_eq!(
-                    all_printable_ascii(u64::from_le_bytes(bytes)),
-                    printable,
-                    "byte {byte:#04x} at {position}"
-                );
+        for class in [TARGET, FIELD_VALUE] {
+            for byte in 0..=255u8 {
+                for position in 0..8 {
+                    let mut bytes = *b"abcdefgh";
+                    bytes[position] = byte;
+                    let stops = may_stop(u64::from_le_bytes(bytes), class);
+                    let stop = BYTE_CLASS[usize::from(byte)] & class == 0 || byte == b'\t';
+                    let first = (stops != 0).then(|| stops.trailing_zeros() as usize / 8);
+                    assert_eq!(first, stop.then_some(position), "{byte:#04x} at {position}");
+                }
             }
         }
         let mut seed = 0x2545_f491_4f6c_dd1du64;
