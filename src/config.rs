@@ -106,6 +106,10 @@ serve_options! {
     max_batch_events: usize = 10_000, env "MILLRACE_MAX_BATCH_EVENTS";
     /// Writes waiting in the write-back queue (entries over all partitions) beyond which new writes get 503 [default: 1000000]
     max_backlog: u64 = 1_000_000, env "MILLRACE_MAX_BACKLOG";
+    /// Longest key of /v1/kv/{key}, in bytes once percent-decoded; longer gets 414 [default: 512]
+    max_key_bytes: usize = 512, env "MILLRACE_MAX_KEY_BYTES";
+    /// Largest value a PUT /v1/kv/{key} may store, in bytes; larger gets 413 [default: 65536]
+    max_value_bytes: usize = 65_536, env "MILLRACE_MAX_VALUE_BYTES";
 }
 
 impl ServeOptions {
@@ -144,6 +148,8 @@ impl ServeConfig {
             ("writeback_partitions", u64::from(self.writeback_partitions)),
             ("max_batch_events", self.max_batch_events as u64),
             ("max_backlog", self.max_backlog),
+            ("max_key_bytes", self.max_key_bytes as u64),
+            ("max_value_bytes", self.max_value_bytes as u64),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -71,6 +71,8 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
         backlog_cap_per_partition: config
             .max_backlog
             .div_ceil(u64::from(config.writeback_partitions)),
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
     });
     let shared = Arc::new(ApiShared {
         writes,

@@ -223,3 +223,144 @@ fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
     }
     assert_eq!(total, accepted);
 }
+
+fn kv_request(method: &str, key: &str, value: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        value.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(value);
+    request
+}
+
+fn kv(stream: &mut std::net::TcpStream, method: &str, key: &str, value: &[u8]) -> common::Response {
+    stream.write_all(&kv_request(method, key, value)).unwrap();
+    read_response(stream)
+}
+
+#[test]
+fn kv_writes_are_cached_queued_and_written_last_write_wins() {
+    use millrace::redis::cluster::Config;
+    use millrace::redis::command::Command;
+    use millrace::redis::driver::Client;
+    use millrace::redis::resp::OwnedReply;
+    use millrace::writeback::queue::Queue;
+
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds.join(","),
+        "--max-key-bytes",
+        "8",
+        "--max-value-bytes",
+        "16",
+    ]);
+    let mut stream = server.connect();
+
+    let put = kv(&mut stream, "PUT", "a", b"1");
+    assert_eq!(put.status, 202, "{}", put.text());
+    assert!(put.text().starts_with(r#"{"version":""#), "{}", put.text());
+    assert_eq!(kv(&mut stream, "GET", "a", b"").body, b"1");
+    assert_eq!(kv(&mut stream, "PUT", "a", b"2").status, 202);
+    let get = kv(&mut stream, "GET", "a", b"");
+    assert_eq!((get.status, get.body.as_slice()), (200, &b"2"[..]));
+    assert_eq!(get.header("content-type"), Some("application/octet-stream"));
+    // Any bytes, any key bytes (percent-encoded).
+    assert_eq!(
+        kv(&mut stream, "PUT", "x%2Fy%00", b"\0\xff\r\n").status,
+        202
+    );
+    assert_eq!(kv(&mut stream, "GET", "x%2Fy%00", b"").body, b"\0\xff\r\n");
+    // Pipelined: a PUT, the GET behind it sees it, a DELETE, the GET behind that does not.
+    stream
+        .write_all(
+            &[
+                kv_request("PUT", "b", b"3"),
+                kv_request("GET", "b", b""),
+                kv_request("DELETE", "b", b""),
+                kv_request("GET", "b", b""),
+            ]
+            .concat(),
+        )
+        .unwrap();
+    let statuses: Vec<u16> = (0..4).map(|_| read_response(&mut stream).status).collect();
+    assert_eq!(statuses, [202, 200, 202, 404]);
+    // Refused: nothing queued for any of them.
+    for (method, key, value, status) in [
+        ("GET", "a%2", &b""[..], 400),
+        ("PUT", "a/b", b"1", 400),
+        ("PUT", "123456789", b"1", 414),
+        ("PUT", "c", &[b'v'; 17], 413),
+        ("POST", "c", b"1", 405),
+    ] {
+        let response = kv(&mut stream, method, key, value);
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {key}: {}",
+            response.text()
+        );
+    }
+    let head = {
+        stream.write_all(&kv_request("HEAD", "a", b"")).unwrap();
+        common::read_head_response(&mut stream)
+    };
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("1"));
+
+    // Exactly the accepted writes were queued: 5 PUTs and 1 DELETE.
+    let queue = Queue::new(16);
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let lengths = client.execute(
+        (0..16)
+            .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
+            .collect(),
+    );
+    let total: i64 = lengths
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            OwnedReply::Integer(n) => n,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(total, 5);
+
+    // The database core writes the newest value of each key, and the
+    // delete as a row without a value; then the tombstone leaves the cache.
+    let mut core = writeback(&cluster, &postgres);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listing = "select string_agg(encode(key, 'escape') || '=' || coalesce(case when key = 'x/y\\000'::bytea then encode(value, 'hex') else encode(value, 'escape') end, ''), ',' order by key) from kv";
+    while postgres.try_query("select count(*) from kv").as_deref() != Some("3") {
+        assert!(
+            Instant::now() < deadline,
+            "the accepted writes did not land"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(postgres.query(listing), "a=2,b=,x/y\\000=00ff0d0a");
+    let tombstone = queue.cache_key(b"b");
+    while client
+        .execute(vec![Command::get(&tombstone)])
+        .remove(0)
+        .unwrap()
+        != OwnedReply::Nil
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tombstone stayed in the cache"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(kv(&mut stream, "GET", "b", b"").status, 404);
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("route=\"kv_put\",status=\"202\"} 4"),
+        "{metrics}"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(core.id() as i32, libc::SIGTERM) };
+    core.wait().unwrap();
+}

@@ -3,11 +3,13 @@
 //! connections.
 
 mod events;
+pub mod kv;
 mod livez;
 mod metrics;
 mod plaintext;
 mod readyz;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::http::{Method, Rejection, Request, ResponseWriter, Sent, Service, Status};
@@ -15,7 +17,8 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{CoreMetrics, MetricsRegistry};
 use crate::payload::{BatchLimits, encode_accepted};
 use crate::redis::command::{Command, Error as RedisError};
-use crate::writeback::queue::Queue;
+use crate::redis::resp::Reply;
+use crate::writeback::queue::{Cached, Queue};
 
 /// Every route, plus `Unmatched` for requests that reached none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,48 +33,72 @@ pub enum Route {
     Metrics,
     /// `POST /v1/events`
     Events,
+    /// `GET /v1/kv/{key}`
+    KvGet,
+    /// `PUT /v1/kv/{key}`
+    KvPut,
+    /// `DELETE /v1/kv/{key}`
+    KvDelete,
     /// No route: 404, or refused by the HTTP layer before routing.
     Unmatched,
 }
 
-/// The routing table: path, route, methods allowed (HEAD goes with GET), and
-/// the `Allow` header a 405 carries.
-const ROUTES: &[(&[u8], Route, &[Method], &str)] = &[
+/// The routing table: a path (one ending in `*` matches any path with
+/// that prefix and more), the route each method takes (HEAD goes with GET),
+/// and the `Allow` header a 405 carries.
+type RouteRow = (&'static [u8], &'static [(Method, Route)], &'static str);
+
+const ROUTES: &[RouteRow] = &[
     (
         b"/plaintext",
-        Route::Plaintext,
-        &[Method::Get, Method::Head],
+        &[
+            (Method::Get, Route::Plaintext),
+            (Method::Head, Route::Plaintext),
+        ],
         "GET, HEAD",
     ),
     (
         b"/livez",
-        Route::Livez,
-        &[Method::Get, Method::Head],
+        &[(Method::Get, Route::Livez), (Method::Head, Route::Livez)],
         "GET, HEAD",
     ),
     (
         b"/readyz",
-        Route::Readyz,
-        &[Method::Get, Method::Head],
+        &[(Method::Get, Route::Readyz), (Method::Head, Route::Readyz)],
         "GET, HEAD",
     ),
     (
         b"/metrics",
-        Route::Metrics,
-        &[Method::Get, Method::Head],
+        &[
+            (Method::Get, Route::Metrics),
+            (Method::Head, Route::Metrics),
+        ],
         "GET, HEAD",
     ),
-    (b"/v1/events", Route::Events, &[Method::Post], "POST"),
+    (b"/v1/events", &[(Method::Post, Route::Events)], "POST"),
+    (
+        b"/v1/kv/*",
+        &[
+            (Method::Get, Route::KvGet),
+            (Method::Head, Route::KvGet),
+            (Method::Put, Route::KvPut),
+            (Method::Delete, Route::KvDelete),
+        ],
+        "GET, HEAD, PUT, DELETE",
+    ),
 ];
 
 impl Route {
     /// Every route, in the order of [`Route::index`].
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 9] = [
         Route::Plaintext,
         Route::Livez,
         Route::Readyz,
         Route::Metrics,
         Route::Events,
+        Route::KvGet,
+        Route::KvPut,
+        Route::KvDelete,
         Route::Unmatched,
     ];
 
@@ -88,6 +115,9 @@ impl Route {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::Events => "events",
+            Route::KvGet => "kv_get",
+            Route::KvPut => "kv_put",
+            Route::KvDelete => "kv_delete",
             Route::Unmatched => "unmatched",
         }
     }
@@ -101,10 +131,16 @@ enum Lookup {
 }
 
 fn lookup(method: Method, path: &[u8]) -> Lookup {
-    match ROUTES.iter().find(|(p, ..)| *p == path) {
+    let matches = |pattern: &[u8]| match pattern.strip_suffix(b"*") {
+        Some(prefix) => path.len() > prefix.len() && path.starts_with(prefix),
+        None => path == pattern,
+    };
+    match ROUTES.iter().find(|(pattern, ..)| matches(pattern)) {
         None => Lookup::NotFound,
-        Some((_, route, methods, _)) if methods.contains(&method) => Lookup::Found(*route),
-        Some((_, route, _, allow)) => Lookup::WrongMethod(*route, allow),
+        Some((_, methods, allow)) => match methods.iter().find(|(m, _)| *m == method) {
+            Some((_, route)) => Lookup::Found(*route),
+            None => Lookup::WrongMethod(methods[0].1, allow),
+        },
     }
 }
 
@@ -126,6 +162,10 @@ pub struct WritePath {
     pub limits: BatchLimits,
     /// Entries one partition may hold before writes to it get 503.
     pub backlog_cap_per_partition: u64,
+    /// Longest key, in bytes once percent-decoded.
+    pub max_key_bytes: usize,
+    /// Longest value a PUT may store, in bytes.
+    pub max_value_bytes: usize,
 }
 
 /// A Redis command a handler issued for a deferred answer, and how to
@@ -138,7 +178,7 @@ pub struct Outgoing {
 }
 
 /// How a deferred answer is written from its Redis reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// A queued event batch: 202 with the count, in the body's format.
     Events {
@@ -147,14 +187,100 @@ pub enum Answer {
         /// The request was JSON, so is the answer.
         json: bool,
     },
+    /// A queued PUT: 202 with the version.
+    KvWritten,
+    /// A queued DELETE: 202 with the version.
+    KvDeleted,
+    /// A GET: the cache entry, or (once `looked_up`) the database's row.
+    KvRead {
+        /// The key, decoded.
+        key: Vec<u8>,
+        /// The cache missed and the database core was asked.
+        looked_up: bool,
+    },
+}
+
+/// What came back for a deferred answer, kept past the reply's buffer: a
+/// bulk string is copied into the executor's arrival bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A bulk string, at this range of the arrival bytes.
+    Bulk(Range<usize>),
+    /// A nil reply: nothing there.
+    Nil,
+    /// Any other reply that is not an error.
+    Done,
+    /// Redis refused the command, or it never got an answer.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Keep `reply`, copying a bulk string's bytes to the end of `bytes`.
+    pub fn keep(reply: Result<Reply<'_>, RedisError>, bytes: &mut Vec<u8>) -> Outcome {
+        match reply {
+            Ok(Reply::Bulk(value)) => {
+                let start = bytes.len();
+                bytes.extend_from_slice(value);
+                Outcome::Bulk(start..bytes.len())
+            }
+            Ok(Reply::Nil) => Outcome::Nil,
+            Ok(Reply::Error(e)) => Outcome::Failed(String::from_utf8_lossy(e).into_owned()),
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
 }
 
 impl Answer {
-    /// Write the answer to a reply that came: `queued` if Redis took the
-    /// write, else the reason it did not.
-    pub fn respond(self, queued: Result<(), String>, response: ResponseWriter<'_>) -> Sent {
-        match (self, queued) {
-            (Answer::Events { count, json }, Ok(())) => {
+    /// The route it answers, for metrics.
+    pub fn route(&self) -> Route {
+        match self {
+            Answer::Events { .. } => Route::Events,
+            Answer::KvWritten => Route::KvPut,
+            Answer::KvDeleted => Route::KvDelete,
+            Answer::KvRead { .. } => Route::KvGet,
+        }
+    }
+
+    /// A read the cache could not answer, which the database core should
+    /// look up: its key.
+    pub fn needs_lookup(&self, outcome: &Outcome) -> Option<&[u8]> {
+        match (self, outcome) {
+            (
+                Answer::KvRead {
+                    key,
+                    looked_up: false,
+                },
+                Outcome::Nil,
+            ) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Write the answer to what came back; `bytes` holds the arrival
+    /// bytes an [`Outcome::Bulk`] points into.
+    pub fn respond(self, outcome: Outcome, bytes: &[u8], response: ResponseWriter<'_>) -> Sent {
+        let unavailable = |why: &str, response: ResponseWriter<'_>| {
+            let body = format!("the write could not be queued: {why}\n");
+            response.send_with_headers(
+                Status::ServiceUnavailable,
+                &[("Retry-After", "1")],
+                "text/plain; charset=utf-8",
+                body.as_bytes(),
+            )
+        };
+        match (self, outcome) {
+            (Answer::KvRead { .. }, Outcome::Failed(why)) => {
+                let body = format!("the key could not be read: {why}\n");
+                response.send_with_headers(
+                    Status::ServiceUnavailable,
+                    &[("Retry-After", "1")],
+                    "text/plain; charset=utf-8",
+                    body.as_bytes(),
+                )
+            }
+            (_, Outcome::Failed(why)) => unavailable(&why, response),
+            (Answer::Events { count, json }, _) => {
                 if json {
                     let body = format!("{{\"count\":{count}}}");
                     response.send(Status::Accepted, "application/json", body.as_bytes())
@@ -163,25 +289,41 @@ impl Answer {
                     response.send(Status::Accepted, "application/x-flatbuffers", &body)
                 }
             }
-            (Answer::Events { .. }, Err(why)) => {
-                let body = format!("the write could not be queued: {why}\n");
-                response.send_with_headers(
-                    Status::ServiceUnavailable,
-                    &[("Retry-After", "1")],
-                    "text/plain; charset=utf-8",
-                    body.as_bytes(),
-                )
+            (Answer::KvWritten | Answer::KvDeleted, outcome) => {
+                let version = match &outcome {
+                    Outcome::Bulk(range) => &bytes[range.clone()],
+                    _ => b"".as_slice(),
+                };
+                let body = [b"{\"version\":\"", version, b"\"}"].concat();
+                response.send(Status::Accepted, "application/json", &body)
             }
-        }
-    }
-
-    /// Whether a reply means the write was queued.
-    pub fn queued(reply: Result<crate::redis::resp::Reply<'_>, RedisError>) -> Result<(), String> {
-        match reply {
-            Ok(crate::redis::resp::Reply::Bulk(_)) => Ok(()),
-            Ok(crate::redis::resp::Reply::Error(e)) => Err(String::from_utf8_lossy(e).into_owned()),
-            Ok(other) => Err(format!("unexpected reply {other:?}")),
-            Err(e) => Err(e.to_string()),
+            (Answer::KvRead { looked_up, .. }, outcome) => {
+                let entry = match &outcome {
+                    Outcome::Bulk(range) => Some(&bytes[range.clone()]),
+                    _ => None,
+                };
+                // The cache holds tagged entries; the database core answers
+                // with the bare value.
+                let found = if looked_up {
+                    entry.map(Cached::Value).unwrap_or(Cached::Missing)
+                } else {
+                    match Cached::from_entry(entry) {
+                        Ok(cached) => cached,
+                        Err(why) => {
+                            return response
+                                .reject(Rejection::new(Status::InternalServerError, why));
+                        }
+                    }
+                };
+                match found {
+                    Cached::Value(value) => {
+                        response.send(Status::Ok, "application/octet-stream", value)
+                    }
+                    Cached::Deleted | Cached::Missing => {
+                        response.reject(Rejection::new(Status::NotFound, "no such key"))
+                    }
+                }
+            }
         }
     }
 }
@@ -222,6 +364,15 @@ impl Service for Api<'_> {
                     &mut self.outgoing,
                 ),
             ),
+            Lookup::Found(route @ (Route::KvGet | Route::KvPut | Route::KvDelete)) => (
+                route,
+                kv::handle(
+                    request,
+                    response,
+                    self.shared.writes.as_ref(),
+                    &mut self.outgoing,
+                ),
+            ),
             Lookup::Found(route) => (route, self.dispatch(route, response)),
         };
         // A deferred answer is counted when it is written.
@@ -250,7 +401,7 @@ impl Api<'_> {
                 self.shared.registry.publish(self.executor, self.metrics);
                 metrics::handle(&self.shared.registry, response)
             }
-            Route::Events => {
+            Route::Events | Route::KvGet | Route::KvPut | Route::KvDelete => {
                 unreachable!("handled with its request in Api::handle")
             }
             Route::Unmatched => response.reject(Rejection::new(Status::NotFound, "no such route")),
@@ -263,9 +414,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_route_is_in_the_table_once() {
+    fn every_route_is_in_the_table_on_one_path() {
         for route in Route::ALL {
-            let rows = ROUTES.iter().filter(|(_, r, ..)| *r == route).count();
+            let rows = ROUTES
+                .iter()
+                .filter(|(_, methods, _)| methods.iter().any(|(_, r)| *r == route))
+                .count();
             let expected = usize::from(route != Route::Unmatched);
             assert_eq!(rows, expected, "{route:?}");
             assert_eq!(Route::ALL[route.index()], route);
@@ -291,5 +445,18 @@ mod tests {
             Lookup::NotFound
         ));
         assert!(matches!(lookup(Method::Get, b"/"), Lookup::NotFound));
+        assert!(matches!(
+            lookup(Method::Put, b"/v1/kv/a"),
+            Lookup::Found(Route::KvPut)
+        ));
+        assert!(matches!(
+            lookup(Method::Head, b"/v1/kv/a"),
+            Lookup::Found(Route::KvGet)
+        ));
+        assert!(matches!(
+            lookup(Method::Post, b"/v1/kv/a"),
+            Lookup::WrongMethod(Route::KvGet, "GET, HEAD, PUT, DELETE")
+        ));
+        assert!(matches!(lookup(Method::Get, b"/v1/kv/"), Lookup::NotFound));
     }
 }

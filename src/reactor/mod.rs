@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::Socket;
 
-use crate::api::{Answer, Api, ApiShared, Route};
-use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase, Status};
+use crate::api::{Api, ApiShared, Outcome};
+use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
 use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
 use crate::redis::links::Links;
@@ -110,7 +110,9 @@ pub struct Executor {
     /// This core's Redis Cluster client, its sockets on this ring.
     redis: Option<RedisSide>,
     /// Replies (or failures) for deferred answers, to deliver this turn.
-    arrived: Vec<(CommandToken, Result<(), String>)>,
+    arrived: Vec<(CommandToken, Outcome)>,
+    /// The bytes of the bulk replies in `arrived`.
+    arrived_bytes: Vec<u8>,
 }
 
 /// A Redis Cluster client driven from an executor's ring.
@@ -175,6 +177,7 @@ impl Executor {
                 links: Links::new(),
             }),
             arrived: Vec::new(),
+            arrived_bytes: Vec::new(),
         };
         Ok((executor, flags))
     }
@@ -267,13 +270,13 @@ impl Executor {
                 OpKind::Connect => {}
                 OpKind::RedisConnect | OpKind::RedisRecv | OpKind::RedisSend => {
                     if let Some(side) = &mut self.redis {
-                        let arrived = &mut self.arrived;
+                        let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
                         side.links.complete(
                             &mut side.cluster,
                             token,
                             completion.result,
                             self.now,
-                            &mut |t, reply| arrived.push((t, Answer::queued(reply))),
+                            &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
                         );
                     }
                 }
@@ -408,12 +411,12 @@ impl Executor {
     /// deliver the answers that arrived.
     fn redis_settle(&mut self) {
         if let Some(side) = &mut self.redis {
-            let arrived = &mut self.arrived;
+            let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
             side.links.settle_all(
                 &mut self.ring,
                 &mut side.cluster,
                 self.now,
-                &mut |t, reply| arrived.push((t, Answer::queued(reply))),
+                &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
             );
         }
         self.deliver_arrived();
@@ -423,12 +426,12 @@ impl Executor {
     /// command issued this turn sent, one send per node.
     fn redis_prepare(&mut self) {
         if let Some(side) = &mut self.redis {
-            let arrived = &mut self.arrived;
+            let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
             side.links.prepare(
                 &mut self.ring,
                 &mut side.cluster,
                 self.now,
-                &mut |t, reply| arrived.push((t, Answer::queued(reply))),
+                &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
             );
         }
         if !self.arrived.is_empty() {
@@ -444,7 +447,8 @@ impl Executor {
             return;
         }
         let mut arrived = std::mem::take(&mut self.arrived);
-        for (token, queued) in arrived.drain(..) {
+        let bytes = std::mem::take(&mut self.arrived_bytes);
+        for (token, outcome) in arrived.drain(..) {
             let (slot, generation) = (token as u32, (token >> 32) as u32);
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
@@ -452,23 +456,35 @@ impl Executor {
             let Some(answer) = conn.awaiting.take() else {
                 continue;
             };
-            let status = if queued.is_ok() {
-                Status::Accepted
-            } else {
-                Status::ServiceUnavailable
-            };
-            self.metrics.record_response(Route::Events, status);
             if conn.life == Life::Open {
+                let route = answer.route();
+                let mut status = None;
                 self.responder
                     .answer(conn, &mut self.metrics, self.now, |http, api, out, env| {
-                        http.complete(|response| answer.respond(queued, response), api, out, env)
+                        http.complete(
+                            |response| {
+                                let sent = answer.respond(outcome, &bytes, response);
+                                status = Some(sent.status());
+                                sent
+                            },
+                            api,
+                            out,
+                            env,
+                        )
                     });
+                if let Some(status) = status {
+                    self.metrics.record_response(route, status);
+                }
             }
             self.touch(slot);
         }
-        // Keep the buffer's capacity for the next turn (and anything queued meanwhile).
+        // Keep the buffers' capacity for the next turn (and anything queued meanwhile).
         arrived.append(&mut self.arrived);
         self.arrived = arrived;
+        if self.arrived.is_empty() {
+            self.arrived_bytes = bytes;
+            self.arrived_bytes.clear();
+        }
     }
 
     fn touch(&mut self, slot: u32) {
@@ -506,7 +522,7 @@ impl Executor {
                 // The write routes answer 503 themselves without Redis.
                 None => self.arrived.push((
                     command_token(slot, generation),
-                    Err("no Redis Cluster".into()),
+                    Outcome::Failed("no Redis Cluster".into()),
                 )),
             }
         }

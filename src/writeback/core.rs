@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::db::Database;
-use super::queue::{Entry, GROUP, Queue, entries};
+use super::queue::{Entry, GROUP, Queue, Record, entries};
 use crate::load::workload::Rng;
 use crate::redis::cluster::Config as RedisConfig;
 use crate::redis::command::Command;
@@ -360,6 +360,13 @@ impl<'a> Reader<'a> {
             let stream = self.queue.stream(partition as u16);
             commands.push(Command::xack(stream, GROUP, &ids[partition]));
             commands.push(Command::new(&[&b"XPENDING"[..], stream, GROUP], Some(1)));
+        }
+        // A delete now in the database no longer needs its tombstone in
+        // the cache to hide the old row from read-throughs.
+        for entry in batch {
+            if let Record::Delete { key } = &entry.record {
+                commands.push(self.queue.drop_tombstone(key, &entry.id));
+            }
         }
         let written = rows.to_string();
         commands.push(Command::new(

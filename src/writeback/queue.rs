@@ -17,6 +17,50 @@ const APPEND_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1])
 return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))";
 
+/// PUT: the value into the cache and the write onto the queue, or neither
+/// if the stream is at its cap. KEYS: stream, cache key; ARGV: cap, key,
+/// value. The cache holds `v` + value.
+const PUT_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then \
+return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
+local id = redis.call('XADD', KEYS[1], '*', 't', 'put', 'k', ARGV[2], 'v', ARGV[3]) \
+redis.call('SET', KEYS[2], 'v' .. ARGV[3]) return id";
+
+/// DELETE: a tombstone into the cache and onto the queue, or neither. The
+/// cache holds `t` + the entry id until the database core has written the
+/// delete (so that a read-through cannot bring back the old row meanwhile).
+const DELETE_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then \
+return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
+local id = redis.call('XADD', KEYS[1], '*', 't', 'del', 'k', ARGV[2]) \
+redis.call('SET', KEYS[2], 't' .. id) return id";
+
+/// After the delete is written: drop its tombstone, unless a newer write
+/// replaced it. KEYS: cache key; ARGV: `t` + entry id.
+const DROP_TOMBSTONE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// What the cache holds for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cached<'a> {
+    /// Its value.
+    Value(&'a [u8]),
+    /// Deleted; the delete is not yet in the database.
+    Deleted,
+    /// Nothing: the database decides.
+    Missing,
+}
+
+impl<'a> Cached<'a> {
+    /// Read a cache entry as [`Queue::cache_key`]'s commands wrote it.
+    pub fn from_entry(entry: Option<&'a [u8]>) -> Result<Cached<'a>, &'static str> {
+        match entry {
+            None => Ok(Cached::Missing),
+            Some([b'v', value @ ..]) => Ok(Cached::Value(value)),
+            Some([b't', ..]) => Ok(Cached::Deleted),
+            Some(_) => Err("a cache entry millrace did not write"),
+        }
+    }
+}
+
 /// A queued write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -111,6 +155,85 @@ impl Queue {
     /// The stream of partition `p`.
     pub fn stream(&self, partition: u16) -> &[u8] {
         &self.names[usize::from(partition)]
+    }
+
+    /// Where `key`'s value is cached: in its partition's slot, so that one
+    /// script writes both the cache and the queue.
+    pub fn cache_key(&self, key: &[u8]) -> Vec<u8> {
+        let stream = self.stream(self.partition_of(key));
+        [stream, b"kv:", key].concat()
+    }
+
+    /// The command that puts `value` in the cache and queues it, unless the
+    /// partition holds `cap` entries (then Redis answers an error starting
+    /// with `BACKLOG` and nothing changed). Answers the entry id.
+    pub fn put_capped(&self, key: &[u8], value: &[u8], cap: u64) -> Command {
+        let stream = self.stream(self.partition_of(key));
+        let cache = self.cache_key(key);
+        let cap = cap.to_string();
+        Command::new(
+            &[
+                &b"EVAL"[..],
+                PUT_CAPPED.as_bytes(),
+                b"2",
+                stream,
+                &cache,
+                cap.as_bytes(),
+                key,
+                value,
+            ],
+            Some(3),
+        )
+    }
+
+    /// [`Queue::put_capped`] for a delete: a tombstone in the cache and on the queue.
+    pub fn delete_capped(&self, key: &[u8], cap: u64) -> Command {
+        let stream = self.stream(self.partition_of(key));
+        let cache = self.cache_key(key);
+        let cap = cap.to_string();
+        Command::new(
+            &[
+                &b"EVAL"[..],
+                DELETE_CAPPED.as_bytes(),
+                b"2",
+                stream,
+                &cache,
+                cap.as_bytes(),
+                key,
+            ],
+            Some(3),
+        )
+    }
+
+    /// The cache entry of `key` (read it with [`Cached::from_entry`]).
+    pub fn cached(&self, key: &[u8]) -> Command {
+        Command::get(&self.cache_key(key))
+    }
+
+    /// Once the delete with entry `id` is in the database: drop its
+    /// tombstone if no newer write replaced it.
+    pub fn drop_tombstone(&self, key: &[u8], id: &[u8]) -> Command {
+        let cache = self.cache_key(key);
+        let tombstone = [b"t", id].concat();
+        Command::new(
+            &[
+                &b"EVAL"[..],
+                DROP_TOMBSTONE.as_bytes(),
+                b"1",
+                &cache,
+                &tombstone,
+            ],
+            Some(3),
+        )
+    }
+
+    /// Put a value read from the database into the cache, unless the cache
+    /// already holds something: a write accepted meanwhile (or its
+    /// tombstone) is newer than what the database held.
+    pub fn fill(&self, key: &[u8], value: &[u8]) -> Command {
+        let cache = self.cache_key(key);
+        let entry = [b"v", value].concat();
+        Command::new(&[&b"SET"[..], &cache, &entry, b"NX"], Some(1))
     }
 
     /// The partition `key` belongs to, always the same for the same key.

@@ -171,6 +171,17 @@ impl Response {
 
 /// Read one response (interim 1xx responses included) from `stream`.
 pub fn read_response(stream: &mut impl Read) -> Response {
+    read_response_to(stream, false)
+}
+
+/// Read the response to a HEAD request: its Content-Length describes a body
+/// that is not sent.
+#[allow(dead_code)]
+pub fn read_head_response(stream: &mut impl Read) -> Response {
+    read_response_to(stream, true)
+}
+
+fn read_response_to(stream: &mut impl Read, head: bool) -> Response {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -201,7 +212,7 @@ pub fn read_response(stream: &mut impl Read) -> Response {
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
         .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; length];
+    let mut body = vec![0; if head { 0 } else { length }];
     stream.read_exact(&mut body).expect("the whole body");
     Response {
         status,
