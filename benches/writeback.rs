@@ -130,7 +130,7 @@ fn main() {
     let started = Instant::now();
     let worker = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || core::run(&config, &stop))
+        std::thread::spawn(move || core::run(&config, &stop, None))
     };
     loop {
         let lengths = client.execute(

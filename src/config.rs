@@ -15,6 +15,7 @@ use crate::http::Limits;
 use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
 use crate::reactor::ExecutorConfig;
 use crate::redis::cluster::Config as RedisConfig;
+use crate::writeback::core::WritebackConfig;
 
 /// Declares every option once: the optional layer that flags, environment
 /// and file fill ([`ServeOptions`]), and the resolved values ([`ServeConfig`]).
@@ -110,6 +111,18 @@ serve_options! {
     max_key_bytes: usize = 512, env "MILLRACE_MAX_KEY_BYTES";
     /// Largest value a PUT /v1/kv/{key} may store, in bytes; larger gets 413 [default: 65536]
     max_value_bytes: usize = 65_536, env "MILLRACE_MAX_VALUE_BYTES";
+    /// PostgreSQL URL (postgres://user:password@host:port/db). Set, this process runs the database core: write-back and read-through of GET misses. Empty: run `millrace writeback` elsewhere, and a GET miss is a 404 [default: empty]
+    postgres_url: String = String::new(), env "MILLRACE_POSTGRES_URL";
+    /// CPU to pin the database core to; -1 leaves it unpinned [default: -1]
+    db_core: i64 = -1, env "MILLRACE_DB_CORE";
+    /// Rows per write-back transaction at most [default: 5000]
+    batch_rows: usize = 5000, env "MILLRACE_BATCH_ROWS";
+    /// Time a write-back batch gathers before it is written, in milliseconds [default: 5]
+    batch_ms: u64 = 5, env "MILLRACE_BATCH_MS";
+    /// The database core's consumer name in the queue's group; keep it across restarts [default: db-0]
+    writeback_consumer: String = "db-0".to_string(), env "MILLRACE_WRITEBACK_CONSUMER";
+    /// GET misses waiting for the database core, over all executors; beyond it a miss gets 503 [default: 65536]
+    max_pending_lookups: usize = 65_536, env "MILLRACE_MAX_PENDING_LOOKUPS";
 }
 
 impl ServeOptions {
@@ -150,6 +163,8 @@ impl ServeConfig {
             ("max_backlog", self.max_backlog),
             ("max_key_bytes", self.max_key_bytes as u64),
             ("max_value_bytes", self.max_value_bytes as u64),
+            ("batch_rows", self.batch_rows as u64),
+            ("max_pending_lookups", self.max_pending_lookups as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -169,7 +184,35 @@ impl ServeConfig {
             return Err("recv_buffer_bytes must be from 512 to 1048576".into());
         }
         self.redis_seed_list()?;
+        if self.db_core < -1 {
+            return Err("db_core must be a CPU id, or -1 to leave it unpinned".into());
+        }
+        if self.batch_rows > 1_000_000 {
+            return Err("batch_rows must be from 1 to 1000000".into());
+        }
+        if !self.postgres_url.is_empty() && self.redis().is_none() {
+            return Err(
+                "postgres_url needs redis_seeds: the database core drains the queue in Redis"
+                    .into(),
+            );
+        }
+        if self.writeback_consumer.is_empty() {
+            return Err("writeback_consumer must not be empty".into());
+        }
         Ok(())
+    }
+
+    /// The database core's configuration, when this process runs one.
+    pub fn database_core(&self) -> Option<WritebackConfig> {
+        if self.postgres_url.is_empty() {
+            return None;
+        }
+        let mut config = WritebackConfig::new(self.redis()?, self.postgres_url.clone());
+        config.partitions = self.writeback_partitions;
+        config.batch_rows = self.batch_rows;
+        config.batch_ms = Duration::from_millis(self.batch_ms);
+        config.consumer = self.writeback_consumer.clone();
+        Some(config)
     }
 
     /// The Redis seeds, parsed; empty when Redis is not configured.

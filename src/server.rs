@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ use crate::payload::BatchLimits;
 use crate::probe;
 use crate::reactor::Executor;
 use crate::signals::{ShutdownSignals, signal_name};
+use crate::writeback::core::{Totals, WritebackConfig};
+use crate::writeback::lookup::{self, LookupService};
 use crate::writeback::queue::Queue;
 
 /// How often the main thread looks at its executors between signals.
@@ -80,9 +83,23 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
         registry: Arc::new(MetricsRegistry::new(&cpus)),
     });
 
+    // The database core, if this process runs one, with the read-through
+    // channels each executor gets an end of.
+    let (database_core, mut lookup_clients) = match config.database_core() {
+        None => (None, Vec::new()),
+        Some(writeback) => {
+            let (service, clients) = lookup::channels(cpus.len(), config.max_pending_lookups)
+                .map_err(|e| format!("cannot create the read-through channels: {e}"))?;
+            let pin = usize::try_from(config.db_core).ok();
+            (Some(DatabaseCore::start(writeback, service, pin)?), clients)
+        }
+    };
+    lookup_clients.reverse();
+
     let (started_tx, started_rx) = mpsc::channel();
     let mut executors = Vec::with_capacity(cpus.len());
     for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
+        let lookups = lookup_clients.pop();
         let wake = event_fd().map_err(|e| format!("cannot create an eventfd: {e}"))?;
         let executor_wake = wake
             .try_clone()
@@ -98,7 +115,15 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
                     let _ = started.send(Err(error.clone()));
                     return Err(error);
                 }
-                match Executor::new(executor_config, listener, executor_wake, shared, index, cpu) {
+                match Executor::new(
+                    executor_config,
+                    listener,
+                    executor_wake,
+                    lookups,
+                    shared,
+                    index,
+                    cpu,
+                ) {
                     Err(e) => {
                         let error =
                             format!("executor on CPU {cpu}: {}", probe::explain_setup_error(&e));
@@ -137,17 +162,78 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     if let Some(error) = startup_error {
         drain(&executors, &lifecycle);
         join_all(executors);
+        if let Some(core) = database_core {
+            let _ = core.stop();
+        }
         return Err(error);
     }
     lifecycle.set(Stage::Ready);
     tracing::info!(listen = %local, cpus = ?cpus, "listening");
 
-    supervise(
+    let served = supervise(
         &signals,
         executors,
+        database_core.as_ref(),
         &lifecycle,
         Duration::from_millis(config.drain_delay_ms),
-    )
+    );
+    // The executors are gone: nothing more is accepted. The database core
+    // finishes the batch in hand; the rest waits in Redis for its restart.
+    let stopped = database_core.map_or(Ok(()), DatabaseCore::stop);
+    match (served, stopped) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(served), Err(core)) => Err(format!("{served}; {core}")),
+    }
+}
+
+/// The database core's thread, when this process runs one.
+struct DatabaseCore {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<Totals, String>>,
+}
+
+impl DatabaseCore {
+    fn start(
+        config: WritebackConfig,
+        lookups: LookupService,
+        pin: Option<usize>,
+    ) -> Result<DatabaseCore, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let core_stop = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("millrace-db".into())
+            .spawn(move || {
+                if let Some(cpu) = pin
+                    && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+                {
+                    return Err(format!("cannot pin the database core to CPU {cpu}"));
+                }
+                crate::writeback::core::run(&config, &core_stop, Some(lookups))
+            })
+            .map_err(|e| format!("cannot start the database core: {e}"))?;
+        tracing::info!(cpu = ?pin, "database core started");
+        Ok(DatabaseCore { stop, thread })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    fn stop(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let totals = self
+            .thread
+            .join()
+            .map_err(|_| "the database core panicked".to_string())??;
+        tracing::info!(
+            rows = totals.rows,
+            batches = totals.batches,
+            retries = totals.retries,
+            "database core stopped"
+        );
+        Ok(())
+    }
 }
 
 /// An executor thread and the eventfd that wakes it.
@@ -161,6 +247,7 @@ struct Running {
 fn supervise(
     signals: &ShutdownSignals,
     executors: Vec<Running>,
+    database_core: Option<&DatabaseCore>,
     lifecycle: &Lifecycle,
     drain_delay: Duration,
 ) -> Result<(), String> {
@@ -175,6 +262,11 @@ fn supervise(
                 "the executor on CPU {} stopped unexpectedly",
                 stopped.cpu
             ));
+            break;
+        }
+        if database_core.is_some_and(DatabaseCore::is_finished) {
+            // Its own error is reported when it is joined.
+            failure = Some("the database core stopped unexpectedly".into());
             break;
         }
     }

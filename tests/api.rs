@@ -364,3 +364,119 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
     unsafe { libc::kill(core.id() as i32, libc::SIGTERM) };
     core.wait().unwrap();
 }
+
+#[test]
+fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
+    use millrace::redis::cluster::Config;
+    use millrace::redis::command::Command;
+    use millrace::redis::driver::Client;
+    use millrace::redis::resp::OwnedReply;
+    use millrace::writeback::queue::Queue;
+
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds.join(","),
+        "--postgres-url",
+        &postgres.url,
+    ]);
+    let mut stream = server.connect();
+    // Written through this server's own database core.
+    assert_eq!(kv(&mut stream, "PUT", "kept", b"v1").status, 202);
+    assert_eq!(kv(&mut stream, "PUT", "gone", b"v2").status, 202);
+    assert_eq!(kv(&mut stream, "DELETE", "gone", b"").status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres.try_query("select count(*) from kv").as_deref() != Some("2") {
+        assert!(Instant::now() < deadline, "the writes did not land");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Rows only the database has: the cache is emptied behind the server's back.
+    postgres.query(
+        "insert into kv (key, value, version_ms, version_seq) \
+         select ('cold:' || i)::bytea, ('value ' || i)::bytea, 1, 0 from generate_series(1, 50) i",
+    );
+    let queue = Queue::new(16);
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    client.execute(vec![Command::del(&queue.cache_key(b"kept"))]);
+    let tombstone = queue.cache_key(b"gone");
+    while client
+        .execute(vec![Command::get(&tombstone)])
+        .remove(0)
+        .unwrap()
+        != OwnedReply::Nil
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tombstone stayed in the cache"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let get = kv(&mut stream, "GET", "kept", b"");
+    assert_eq!(
+        (get.status, get.body.as_slice()),
+        (200, &b"v1"[..]),
+        "{}",
+        get.text()
+    );
+    // A deleted row and a key never written: 404 from the database.
+    assert_eq!(kv(&mut stream, "GET", "gone", b"").status, 404);
+    assert_eq!(kv(&mut stream, "GET", "never", b"").status, 404);
+    // Many misses at once, pipelined over several connections: two ask for
+    // the same keys in the same order, two for others.
+    let key_of = |connection: usize, i: usize| (i + [0, 0, 7, 13][connection]) % 25 + 1;
+    let mut streams: Vec<_> = (0..4).map(|_| server.connect()).collect();
+    for (c, stream) in streams.iter_mut().enumerate() {
+        let requests: Vec<u8> = (1..=50)
+            .flat_map(|i| kv_request("GET", &format!("cold:{}", key_of(c, i)), b""))
+            .collect();
+        stream.write_all(&requests).unwrap();
+    }
+    for (c, stream) in streams.iter_mut().enumerate() {
+        for i in 1..=50 {
+            let response = read_response(stream);
+            let expected = format!("value {}", key_of(c, i));
+            assert_eq!(response.status, 200, "{}", response.text());
+            assert_eq!(response.text(), expected);
+        }
+    }
+    // Found values went back into the cache; the misses did not.
+    let cached = |key: &[u8], client: &mut Client| {
+        client
+            .execute(vec![Command::get(&queue.cache_key(key))])
+            .remove(0)
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cached(b"cold:7", &mut client) != OwnedReply::Bulk(b"vvalue 7".to_vec()) {
+        assert!(Instant::now() < deadline, "the found value was not cached");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        cached(b"kept", &mut client),
+        OwnedReply::Bulk(b"vv1".to_vec())
+    );
+    assert_eq!(cached(b"never", &mut client), OwnedReply::Nil);
+    assert_eq!(cached(b"gone", &mut client), OwnedReply::Nil);
+
+    // Up to 203 misses (fewer as fills land) for 28 distinct keys:
+    // concurrent misses for one key shared a lookup, and queries took
+    // whatever keys missed while the one before ran.
+    let mut server = server;
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    let log = server.log();
+    let figure = |name: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("read-through stopped"))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(name)))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{log}"))
+    };
+    let (misses, keys, queries) = (figure("misses="), figure("keys="), figure("queries="));
+    eprintln!("read-through: {misses} misses, {keys} keys looked up, {queries} queries");
+    assert!((28..=203).contains(&misses), "{log}");
+    assert!(keys < misses && queries <= keys, "{log}");
+}

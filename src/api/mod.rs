@@ -242,21 +242,6 @@ impl Answer {
         }
     }
 
-    /// A read the cache could not answer, which the database core should
-    /// look up: its key.
-    pub fn needs_lookup(&self, outcome: &Outcome) -> Option<&[u8]> {
-        match (self, outcome) {
-            (
-                Answer::KvRead {
-                    key,
-                    looked_up: false,
-                },
-                Outcome::Nil,
-            ) => Some(key),
-            _ => None,
-        }
-    }
-
     /// Write the answer to what came back; `bytes` holds the arrival
     /// bytes an [`Outcome::Bulk`] points into.
     pub fn respond(self, outcome: Outcome, bytes: &[u8], response: ResponseWriter<'_>) -> Sent {

@@ -22,11 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::Socket;
 
-use crate::api::{Api, ApiShared, Outcome};
+use crate::api::{Answer, Api, ApiShared, Outcome};
 use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
 use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
 use crate::redis::links::Links;
+use crate::writeback::lookup::{LookupClient, Miss};
 
 use buffers::ProvidedBuffers;
 use connection::{Connection, Life, Slab};
@@ -85,6 +86,10 @@ pub struct Executor {
     buffers: ProvidedBuffers,
     wake_word: Box<u64>,
     wake: OwnedFd,
+    /// Where read-through answers come from, and the word its eventfd
+    /// reads into.
+    lookups: Option<LookupClient>,
+    lookup_word: Box<u64>,
     listener: Option<Socket>,
     accept_armed: bool,
     accept_retry_at: Option<Instant>,
@@ -121,6 +126,10 @@ struct RedisSide {
     links: Links,
 }
 
+/// The token of commands no request waits for (read-through fills): no
+/// connection has this slot, so their replies are dropped.
+const UNWAITED: CommandToken = u32::MAX as CommandToken;
+
 /// The command token of a connection's deferred answer: its slot and generation.
 fn command_token(slot: u32, generation: u32) -> CommandToken {
     u64::from(generation) << 32 | u64::from(slot)
@@ -133,6 +142,7 @@ impl Executor {
         config: ExecutorConfig,
         listener: Socket,
         wake: OwnedFd,
+        lookups: Option<LookupClient>,
         shared: Arc<ApiShared>,
         index: usize,
         cpu: usize,
@@ -147,6 +157,8 @@ impl Executor {
             buffers,
             wake_word: Box::new(0),
             wake,
+            lookups,
+            lookup_word: Box::new(0),
             listener: Some(listener),
             accept_armed: false,
             accept_retry_at: None,
@@ -186,6 +198,7 @@ impl Executor {
     pub fn run(mut self) -> io::Result<()> {
         self.arm_accept();
         self.arm_wake();
+        self.arm_lookups();
         while !self.finished() {
             self.enter()?;
             self.now = Instant::now();
@@ -267,6 +280,7 @@ impl Executor {
                 OpKind::Recv => self.on_recv(token, completion),
                 OpKind::Send => self.on_send(token, completion),
                 OpKind::Wake => self.begin_drain(),
+                OpKind::Lookup => self.on_lookups(),
                 OpKind::Connect => {}
                 OpKind::RedisConnect | OpKind::RedisRecv | OpKind::RedisSend => {
                     if let Some(side) = &mut self.redis {
@@ -455,6 +469,34 @@ impl Executor {
             };
             let Some(answer) = conn.awaiting.take() else {
                 continue;
+            };
+            // A cache miss: the database core looks the key up.
+            let (answer, outcome) = match (answer, outcome, &self.lookups) {
+                (
+                    Answer::KvRead {
+                        key,
+                        looked_up: false,
+                    },
+                    Outcome::Nil,
+                    Some(lookups),
+                ) => {
+                    let miss = Miss {
+                        executor: self.responder.index,
+                        token,
+                        key,
+                    };
+                    let looked_up = Answer::KvRead {
+                        key: Vec::new(),
+                        looked_up: true,
+                    };
+                    if lookups.ask(miss) {
+                        conn.awaiting = Some(looked_up);
+                        continue;
+                    }
+                    let why = "too many read-through lookups waiting (max_pending_lookups)";
+                    (looked_up, Outcome::Failed(why.into()))
+                }
+                other => (other.0, other.1),
             };
             if conn.life == Life::Open {
                 let route = answer.route();
@@ -724,6 +766,48 @@ impl Executor {
             .build()
             .user_data(Token::global(OpKind::Wake).encode());
         push(&mut self.ring, &mut self.metrics, &entry);
+    }
+
+    fn arm_lookups(&mut self) {
+        let Some(lookups) = &self.lookups else {
+            return;
+        };
+        let word: *mut u64 = &mut *self.lookup_word;
+        let entry = opcode::Read::new(types::Fd(lookups.ready_fd().as_raw_fd()), word.cast(), 8)
+            .build()
+            .user_data(Token::global(OpKind::Lookup).encode());
+        push(&mut self.ring, &mut self.metrics, &entry);
+    }
+
+    /// Read-through answers are waiting: deliver them like Redis replies,
+    /// and put each found value back into the cache.
+    fn on_lookups(&mut self) {
+        let Some(lookups) = &self.lookups else {
+            return;
+        };
+        for found in lookups.take() {
+            let outcome = match found.value {
+                Ok(Some(value)) => {
+                    if found.fill
+                        && let (Some(side), Some(writes)) =
+                            (&mut self.redis, &self.responder.shared.writes)
+                    {
+                        side.cluster.submit(
+                            UNWAITED,
+                            writes.queue.fill(&found.key, &value),
+                            self.now,
+                        );
+                    }
+                    let start = self.arrived_bytes.len();
+                    self.arrived_bytes.extend_from_slice(&value);
+                    Outcome::Bulk(start..self.arrived_bytes.len())
+                }
+                Ok(None) => Outcome::Nil,
+                Err(why) => Outcome::Failed(why),
+            };
+            self.arrived.push((found.token, outcome));
+        }
+        self.arm_lookups();
     }
 }
 

@@ -23,6 +23,8 @@ pub enum OpKind {
     RedisRecv = 8,
     /// A Redis connection's send.
     RedisSend = 9,
+    /// The read on the eventfd that says read-through answers are waiting.
+    Lookup = 10,
 }
 
 /// `kind` (8 bits) | `generation` (24 bits) | `slot` (32 bits).
@@ -68,6 +70,7 @@ impl Token {
             7 => OpKind::RedisConnect,
             8 => OpKind::RedisRecv,
             9 => OpKind::RedisSend,
+            10 => OpKind::Lookup,
             _ => return None,
         };
         Some(Token {

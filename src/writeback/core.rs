@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::db::Database;
+use super::lookup::LookupService;
 use super::queue::{Entry, GROUP, Queue, Record, entries};
 use crate::load::workload::Rng;
 use crate::redis::cluster::Config as RedisConfig;
@@ -103,7 +104,14 @@ pub struct Totals {
 /// batches from Redis and acknowledges committed ones, and a writer (this
 /// thread) that commits them to PostgreSQL. At most [`BATCHES_AHEAD`]
 /// batches wait between them.
-pub fn run(config: &WritebackConfig, stop: &AtomicBool) -> Result<Totals, String> {
+///
+/// With `lookups`, the same runtime answers the executors' read-through
+/// misses on a connection of its own.
+pub fn run(
+    config: &WritebackConfig,
+    stop: &AtomicBool,
+    lookups: Option<LookupService>,
+) -> Result<Totals, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,6 +128,9 @@ pub fn run(config: &WritebackConfig, stop: &AtomicBool) -> Result<Totals, String
             })
             .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
         let local = tokio::task::LocalSet::new();
+        if let Some(lookups) = lookups {
+            local.spawn_local(lookups.run(config.postgres_url.clone()));
+        }
         let mut writer = Writer {
             config,
             database: None,

@@ -6,11 +6,15 @@
 //!   then an idempotent merge.
 //! - [`core`]: the loop: gather, write, acknowledge; redelivery and take-over.
 //!
+//! - [`lookup`]: read-through of the executors' cache misses.
+//!
 //! `millrace writeback` runs the database core on its own; `millrace serve`
-//! will run it on a dedicated core beside the executors.
+//! runs it on a core of its own beside the executors when given
+//! `--postgres-url`.
 
 pub mod core;
 pub mod db;
+pub mod lookup;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -107,7 +111,7 @@ pub fn run_command(options: WritebackOptions) -> Result<(), String> {
             {
                 return Err(format!("cannot pin the database core to CPU {cpu}"));
             }
-            core::run(&config, &core_stop)
+            core::run(&config, &core_stop, None)
         })
         .map_err(|e| format!("cannot start the database core: {e}"))?;
     tracing::info!("database core started");
