@@ -129,6 +129,10 @@ fn posted_events_are_accepted_queued_and_written() {
             .query("select string_agg(convert_from(key, 'UTF8'), ',' order by key) from events"),
         "user:1,user:2,user:3,user:4"
     );
+    // The queue's figures: 4 events accepted and written, nothing waiting.
+    let stats = wait_for_stats(&server, |s| s["backlog"] == 0 && s["written"] == 4);
+    assert_eq!(stats["accepted"], 4, "{stats}");
+    assert_eq!(stats["oldest_pending_age_ms"], 0, "{stats}");
     let metrics = server.metrics();
     assert!(
         metrics.contains("route=\"events\",status=\"202\"} 3"),
@@ -222,6 +226,22 @@ fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
         total += n;
     }
     assert_eq!(total, accepted);
+}
+
+/// Poll `GET /v1/stats` until `done` holds for its figures (the database
+/// core refreshes them every 250 ms).
+fn wait_for_stats(server: &Server, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = server.get("/v1/stats");
+        assert_eq!(response.status, 200, "{}", response.text());
+        let stats: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "stats never got there: {stats}");
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn kv_request(method: &str, key: &str, value: &[u8]) -> Vec<u8> {
@@ -413,6 +433,19 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+
+    let stats = wait_for_stats(&server, |s| s["backlog"] == 0);
+    assert_eq!(
+        (stats["accepted"].as_i64(), stats["written"].as_i64()),
+        (Some(3), Some(3)),
+        "{stats}"
+    );
+    assert!(
+        stats["figures_age_ms"]
+            .as_i64()
+            .is_some_and(|age| age < 5000),
+        "{stats}"
+    );
 
     let get = kv(&mut stream, "GET", "kept", b"");
     assert_eq!(

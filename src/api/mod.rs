@@ -8,6 +8,7 @@ mod livez;
 mod metrics;
 mod plaintext;
 mod readyz;
+mod stats;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub enum Route {
     KvPut,
     /// `DELETE /v1/kv/{key}`
     KvDelete,
+    /// `GET /v1/stats`
+    Stats,
     /// No route: 404, or refused by the HTTP layer before routing.
     Unmatched,
 }
@@ -77,6 +80,11 @@ const ROUTES: &[RouteRow] = &[
     ),
     (b"/v1/events", &[(Method::Post, Route::Events)], "POST"),
     (
+        b"/v1/stats",
+        &[(Method::Get, Route::Stats), (Method::Head, Route::Stats)],
+        "GET, HEAD",
+    ),
+    (
         b"/v1/kv/*",
         &[
             (Method::Get, Route::KvGet),
@@ -90,7 +98,7 @@ const ROUTES: &[RouteRow] = &[
 
 impl Route {
     /// Every route, in the order of [`Route::index`].
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
         Route::Plaintext,
         Route::Livez,
         Route::Readyz,
@@ -99,6 +107,7 @@ impl Route {
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
+        Route::Stats,
         Route::Unmatched,
     ];
 
@@ -118,6 +127,7 @@ impl Route {
             Route::KvGet => "kv_get",
             Route::KvPut => "kv_put",
             Route::KvDelete => "kv_delete",
+            Route::Stats => "stats",
             Route::Unmatched => "unmatched",
         }
     }
@@ -191,6 +201,8 @@ pub enum Answer {
     KvWritten,
     /// A queued DELETE: 202 with the version.
     KvDeleted,
+    /// `GET /v1/stats`: the figures' values, in [`stats::FIELDS`] order.
+    Stats,
     /// A GET: the cache entry, or (once `looked_up`) the database's row.
     KvRead {
         /// The key, decoded.
@@ -208,6 +220,9 @@ pub enum Outcome {
     Bulk(Range<usize>),
     /// A nil reply: nothing there.
     Nil,
+    /// An array: each element's bytes (an integer as its decimal text), or
+    /// `None` for a nil or any other element.
+    List(Vec<Option<Range<usize>>>),
     /// Any other reply that is not an error.
     Done,
     /// Redis refused the command, or it never got an answer.
@@ -224,6 +239,20 @@ impl Outcome {
                 Outcome::Bulk(start..bytes.len())
             }
             Ok(Reply::Nil) => Outcome::Nil,
+            Ok(Reply::Array(items)) => Outcome::List(
+                items
+                    .iter()
+                    .map(|item| {
+                        let start = bytes.len();
+                        match item {
+                            Reply::Bulk(value) => bytes.extend_from_slice(value),
+                            Reply::Integer(n) => bytes.extend_from_slice(n.to_string().as_bytes()),
+                            _ => return None,
+                        }
+                        Some(start..bytes.len())
+                    })
+                    .collect(),
+            ),
             Ok(Reply::Error(e)) => Outcome::Failed(String::from_utf8_lossy(e).into_owned()),
             Ok(_) => Outcome::Done,
             Err(e) => Outcome::Failed(e.to_string()),
@@ -239,6 +268,7 @@ impl Answer {
             Answer::KvWritten => Route::KvPut,
             Answer::KvDeleted => Route::KvDelete,
             Answer::KvRead { .. } => Route::KvGet,
+            Answer::Stats => Route::Stats,
         }
     }
 
@@ -255,8 +285,8 @@ impl Answer {
             )
         };
         match (self, outcome) {
-            (Answer::KvRead { .. }, Outcome::Failed(why)) => {
-                let body = format!("the key could not be read: {why}\n");
+            (Answer::KvRead { .. } | Answer::Stats, Outcome::Failed(why)) => {
+                let body = format!("could not be read: {why}\n");
                 response.send_with_headers(
                     Status::ServiceUnavailable,
                     &[("Retry-After", "1")],
@@ -273,6 +303,20 @@ impl Answer {
                     let body = encode_accepted(count);
                     response.send(Status::Accepted, "application/x-flatbuffers", &body)
                 }
+            }
+            (Answer::Stats, outcome) => {
+                let mut values = [0i64; 5];
+                if let Outcome::List(items) = &outcome {
+                    for (value, item) in values.iter_mut().zip(items) {
+                        *value = item
+                            .as_ref()
+                            .and_then(|range| std::str::from_utf8(&bytes[range.clone()]).ok())
+                            .and_then(|text| text.parse().ok())
+                            .unwrap_or(0);
+                    }
+                }
+                let body = stats::body(values);
+                response.send(Status::Ok, "application/json", body.as_bytes())
             }
             (Answer::KvWritten | Answer::KvDeleted, outcome) => {
                 let version = match &outcome {
@@ -358,6 +402,10 @@ impl Service for Api<'_> {
                     &mut self.outgoing,
                 ),
             ),
+            Lookup::Found(Route::Stats) => (
+                Route::Stats,
+                stats::handle(response, self.shared.writes.as_ref(), &mut self.outgoing),
+            ),
             Lookup::Found(route) => (route, self.dispatch(route, response)),
         };
         // A deferred answer is counted when it is written.
@@ -386,7 +434,7 @@ impl Api<'_> {
                 self.shared.registry.publish(self.executor, self.metrics);
                 metrics::handle(&self.shared.registry, response)
             }
-            Route::Events | Route::KvGet | Route::KvPut | Route::KvDelete => {
+            Route::Events | Route::KvGet | Route::KvPut | Route::KvDelete | Route::Stats => {
                 unreachable!("handled with its request in Api::handle")
             }
             Route::Unmatched => response.reject(Rejection::new(Status::NotFound, "no such route")),

@@ -33,6 +33,9 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 /// Longest wait between retries of a batch.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How often the figures of `GET /v1/stats` are gathered into [`STATS_KEY`].
+const STATS_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How long an empty read waits before the next.
 const IDLE_POLL: Duration = Duration::from_millis(1);
 
@@ -213,9 +216,14 @@ impl<'a> Reader<'a> {
             }
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
+        let mut next_stats = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             while let Ok((batch, rows)) = committed.try_recv() {
                 self.acknowledge(&batch, rows);
+            }
+            if Instant::now() >= next_stats {
+                next_stats = Instant::now() + STATS_INTERVAL;
+                self.publish_stats();
             }
             let batch = if Instant::now() >= next_claim {
                 next_claim = Instant::now() + self.config.claim_interval;
@@ -351,6 +359,85 @@ impl<'a> Reader<'a> {
             );
         }
         batch
+    }
+
+    /// Gather the queue's figures into [`STATS_KEY`], so that `GET
+    /// /v1/stats` reads them with one O(1) command: rows accepted (the
+    /// partitions' counters), entries waiting (`XLEN`), and the time of the
+    /// oldest waiting entry (the first id left after trimming). O(partitions).
+    fn publish_stats(&mut self) {
+        let mut commands = Vec::new();
+        for p in 0..self.queue.partitions() {
+            let stream = self.queue.stream(p);
+            commands.push(Command::new(
+                &[&b"GET"[..], self.queue.accepted_counter(p)],
+                Some(1),
+            ));
+            commands.push(Command::new(&[&b"XLEN"[..], stream], Some(1)));
+            commands.push(Command::new(
+                &[&b"XRANGE"[..], stream, b"-", b"+", b"COUNT", b"1"],
+                Some(1),
+            ));
+        }
+        let replies = self.redis.execute(commands);
+        let (mut accepted, mut backlog, mut oldest_ms) = (0i64, 0i64, i64::MAX);
+        for partition in replies.chunks(3) {
+            let [counter, length, first] = partition else {
+                return;
+            };
+            match counter {
+                Ok(OwnedReply::Bulk(n)) => {
+                    accepted += std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                }
+                Ok(OwnedReply::Nil) => {}
+                _ => return,
+            }
+            match length {
+                Ok(OwnedReply::Integer(n)) => backlog += n,
+                _ => return,
+            }
+            if let Ok(OwnedReply::Array(entries)) = first
+                && let Some(OwnedReply::Array(entry)) = entries.first()
+                && let Some(id) = entry.first().and_then(OwnedReply::bytes)
+                && let Some(ms) = std::str::from_utf8(id)
+                    .ok()
+                    .and_then(|id| id.split('-').next())
+                    .and_then(|ms| ms.parse::<i64>().ok())
+            {
+                oldest_ms = oldest_ms.min(ms);
+            }
+        }
+        let oldest_ms = if oldest_ms == i64::MAX { 0 } else { oldest_ms };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let figures = [
+            accepted.to_string(),
+            backlog.to_string(),
+            oldest_ms.to_string(),
+            now_ms.to_string(),
+        ];
+        let update = Command::new(
+            &[
+                &b"HSET"[..],
+                STATS_KEY,
+                b"accepted",
+                figures[0].as_bytes(),
+                b"backlog",
+                figures[1].as_bytes(),
+                b"oldest_ms",
+                figures[2].as_bytes(),
+                b"updated_ms",
+                figures[3].as_bytes(),
+            ],
+            Some(1),
+        );
+        if let Err(e) = self.redis.execute(vec![update]).remove(0) {
+            tracing::debug!(error = %e, "publishing the queue's figures failed");
+        }
     }
 
     /// Acknowledge the committed entries, count them, and trim what every

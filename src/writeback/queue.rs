@@ -12,18 +12,20 @@ use crate::redis::slot::crc16;
 pub const GROUP: &[u8] = b"millrace-db";
 
 /// XADD unless the stream is at its cap: O(1) (`XLEN` is), and atomic, so
-/// a refused write leaves nothing.
+/// a refused write leaves nothing. KEYS: stream, accepted counter; ARGV:
+/// cap, rows, then the entry's fields and values.
 const APPEND_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then \
 return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))";
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3)) \
+redis.call('INCRBY', KEYS[2], ARGV[2]) return id";
 
 /// PUT: the value into the cache and the write onto the queue, or neither
 /// if the stream is at its cap. KEYS: stream, cache key; ARGV: cap, key,
-/// value. The cache holds `v` + value.
+/// value; KEYS[3] counts the writes accepted. The cache holds `v` + value.
 const PUT_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then \
 return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
 local id = redis.call('XADD', KEYS[1], '*', 't', 'put', 'k', ARGV[2], 'v', ARGV[3]) \
-redis.call('SET', KEYS[2], 'v' .. ARGV[3]) return id";
+redis.call('SET', KEYS[2], 'v' .. ARGV[3]) redis.call('INCR', KEYS[3]) return id";
 
 /// DELETE: a tombstone into the cache and onto the queue, or neither. The
 /// cache holds `t` + the entry id until the database core has written the
@@ -31,7 +33,7 @@ redis.call('SET', KEYS[2], 'v' .. ARGV[3]) return id";
 const DELETE_CAPPED: &str = "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then \
 return redis.error_reply('BACKLOG the write-back backlog is at its cap') end \
 local id = redis.call('XADD', KEYS[1], '*', 't', 'del', 'k', ARGV[2]) \
-redis.call('SET', KEYS[2], 't' .. id) return id";
+redis.call('SET', KEYS[2], 't' .. id) redis.call('INCR', KEYS[3]) return id";
 
 /// After the delete is written: drop its tombstone, unless a newer write
 /// replaced it. KEYS: cache key; ARGV: `t` + entry id.
@@ -131,6 +133,8 @@ pub struct Entry {
 pub struct Queue {
     partitions: u16,
     names: Vec<Vec<u8>>,
+    /// Each partition's count of rows accepted, in its slot.
+    accepted: Vec<Vec<u8>>,
 }
 
 impl Queue {
@@ -144,6 +148,9 @@ impl Queue {
             names: (0..partitions)
                 .map(|p| format!("{{millrace:wb:{p}}}").into_bytes())
                 .collect(),
+            accepted: (0..partitions)
+                .map(|p| format!("{{millrace:wb:{p}}}accepted").into_bytes())
+                .collect(),
         }
     }
 
@@ -155,6 +162,12 @@ impl Queue {
     /// The stream of partition `p`.
     pub fn stream(&self, partition: u16) -> &[u8] {
         &self.names[usize::from(partition)]
+    }
+
+    /// The counter of rows accepted onto partition `p` (an event batch
+    /// counts its events).
+    pub fn accepted_counter(&self, partition: u16) -> &[u8] {
+        &self.accepted[usize::from(partition)]
     }
 
     /// Where `key`'s value is cached: in its partition's slot, so that one
@@ -171,13 +184,15 @@ impl Queue {
         let stream = self.stream(self.partition_of(key));
         let cache = self.cache_key(key);
         let cap = cap.to_string();
+        let accepted = self.accepted_counter(self.partition_of(key));
         Command::new(
             &[
                 &b"EVAL"[..],
                 PUT_CAPPED.as_bytes(),
-                b"2",
+                b"3",
                 stream,
                 &cache,
+                accepted,
                 cap.as_bytes(),
                 key,
                 value,
@@ -191,13 +206,15 @@ impl Queue {
         let stream = self.stream(self.partition_of(key));
         let cache = self.cache_key(key);
         let cap = cap.to_string();
+        let accepted = self.accepted_counter(self.partition_of(key));
         Command::new(
             &[
                 &b"EVAL"[..],
                 DELETE_CAPPED.as_bytes(),
-                b"2",
+                b"3",
                 stream,
                 &cache,
+                accepted,
                 cap.as_bytes(),
                 key,
             ],
@@ -258,14 +275,16 @@ impl Queue {
     /// buffer, verified, whose first event's key is `key`: nothing copied
     /// but into the command.
     pub fn append_capped_batch(&self, key: &[u8], count: u32, batch: &[u8], cap: u64) -> Command {
-        let stream = self.stream(self.partition_of(key));
+        let partition = self.partition_of(key);
         let (cap, count) = (cap.to_string(), count.to_string());
         let mut args: Vec<&[u8]> = vec![
             b"EVAL",
             APPEND_CAPPED.as_bytes(),
-            b"1",
-            stream,
+            b"2",
+            self.stream(partition),
+            &self.accepted[usize::from(partition)],
             cap.as_bytes(),
+            count.as_bytes(),
         ];
         args.extend_from_slice(&batch_fields(key, &count, batch));
         Command::new(&args, Some(3))
@@ -280,13 +299,19 @@ impl Queue {
         cap: &'a str,
         count: &'a str,
     ) -> Vec<&'a [u8]> {
-        let stream = self.stream(self.partition_of(record.key()));
+        let partition = self.partition_of(record.key());
+        let rows: &[u8] = match record {
+            Record::Events { .. } => count.as_bytes(),
+            Record::Put { .. } | Record::Delete { .. } => b"1",
+        };
         let mut args: Vec<&[u8]> = vec![
             b"EVAL",
             APPEND_CAPPED.as_bytes(),
-            b"1",
-            stream,
+            b"2",
+            self.stream(partition),
+            &self.accepted[usize::from(partition)],
             cap.as_bytes(),
+            rows,
         ];
         match record {
             Record::Put { key, value } => {
