@@ -111,6 +111,10 @@ serve_options! {
     max_key_bytes: usize = 512, env "MILLRACE_MAX_KEY_BYTES";
     /// Largest value a PUT /v1/kv/{key} may store, in bytes; larger gets 413 [default: 65536]
     max_value_bytes: usize = 65_536, env "MILLRACE_MAX_VALUE_BYTES";
+    /// Replicas that must confirm each write (Redis WAIT) before it is answered 202; 0: the primary's word is enough [default: 0]
+    ack_replicas: u32 = 0, env "MILLRACE_ACK_REPLICAS";
+    /// How long WAIT waits for those replicas, in milliseconds; then the write is answered 503 (queued, not confirmed) [default: 100]
+    ack_timeout_ms: u64 = 100, env "MILLRACE_ACK_TIMEOUT_MS";
     /// PostgreSQL URL (postgres://user:password@host:port/db). Set, this process runs the database core: write-back and read-through of GET misses. Empty: run `millrace writeback` elsewhere, and a GET miss is a 404 [default: empty]
     postgres_url: String = String::new(), env "MILLRACE_POSTGRES_URL";
     /// CPU to pin the database core to; -1 leaves it unpinned [default: -1]
@@ -184,6 +188,9 @@ impl ServeConfig {
             return Err("recv_buffer_bytes must be from 512 to 1048576".into());
         }
         self.redis_seed_list()?;
+        if self.ack_replicas > 0 && self.ack_timeout_ms >= self.redis_command_timeout_ms {
+            return Err("ack_timeout_ms must be below redis_command_timeout_ms".into());
+        }
         if self.db_core < -1 {
             return Err("db_core must be a CPU id, or -1 to leave it unpinned".into());
         }

@@ -76,6 +76,8 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
             .div_ceil(u64::from(config.writeback_partitions)),
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
+        ack_replicas: config.ack_replicas,
+        ack_timeout: Duration::from_millis(config.ack_timeout_ms),
     });
     let shared = Arc::new(ApiShared {
         writes,

@@ -513,3 +513,46 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
     assert!((28..=203).contains(&misses), "{log}");
     assert!(keys < misses && queries <= keys, "{log}");
 }
+
+#[test]
+fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
+    let cluster = RedisCluster::start(3, 1);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = seeds.join(",");
+    // One replica per master: WAIT 1 is met.
+    let server = Server::start(&["--redis-seeds", &seeds, "--ack-replicas", "1"]);
+    let mut stream = server.connect();
+    let put = kv(&mut stream, "PUT", "replicated", b"1");
+    assert_eq!(put.status, 202, "{}", put.text());
+    assert!(put.text().starts_with(r#"{"version":""#), "{}", put.text());
+    stream
+        .write_all(&post(
+            "application/x-flatbuffers",
+            &encode_event_batch(&[event(1)]),
+        ))
+        .unwrap();
+    assert_eq!(read_response(&mut stream).status, 202);
+    assert_eq!(kv(&mut stream, "GET", "replicated", b"").body, b"1");
+    drop(server);
+
+    // WAIT 2 cannot be met: 503 that says the write is queued but unconfirmed.
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--ack-replicas",
+        "2",
+        "--ack-timeout-ms",
+        "50",
+    ]);
+    let mut stream = server.connect();
+    let put = kv(&mut stream, "PUT", "unconfirmed", b"2");
+    assert_eq!(put.status, 503, "{}", put.text());
+    assert_eq!(put.header("retry-after"), Some("1"));
+    assert!(
+        put.text().contains("1 of 2 replicas confirmed"),
+        "{}",
+        put.text()
+    );
+    // The connection goes on, in order.
+    assert_eq!(kv(&mut stream, "GET", "unconfirmed", b"").body, b"2");
+}

@@ -62,7 +62,7 @@ pub fn handle(
                 bytes,
                 writes.backlog_cap_per_partition,
             );
-            (command, count)
+            (command, count, writes.queue.partition_of(key))
         }
         Err(why) => return bad_request(response, &why),
     };
@@ -71,6 +71,7 @@ pub fn handle(
         answer: Answer::Events {
             count: command.1,
             json,
+            partition: command.2,
         },
     });
     response.defer()

@@ -43,13 +43,15 @@ pub fn handle(
                 writes
                     .queue
                     .put_capped(&key, request.body, writes.backlog_cap_per_partition);
-            (command, Answer::KvWritten)
+            let partition = writes.queue.partition_of(&key);
+            (command, Answer::KvWritten { partition })
         }
         Method::Delete => {
             let command = writes
                 .queue
                 .delete_capped(&key, writes.backlog_cap_per_partition);
-            (command, Answer::KvDeleted)
+            let partition = writes.queue.partition_of(&key);
+            (command, Answer::KvDeleted { partition })
         }
         // GET and HEAD: the routing table allows no other.
         _ => (

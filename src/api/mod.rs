@@ -176,6 +176,10 @@ pub struct WritePath {
     pub max_key_bytes: usize,
     /// Longest value a PUT may store, in bytes.
     pub max_value_bytes: usize,
+    /// Replicas that must confirm a write (`WAIT`) before its 202; 0: none.
+    pub ack_replicas: u32,
+    /// How long `WAIT` waits for them.
+    pub ack_timeout: std::time::Duration,
 }
 
 /// A Redis command a handler issued for a deferred answer, and how to
@@ -196,11 +200,29 @@ pub enum Answer {
         count: u32,
         /// The request was JSON, so is the answer.
         json: bool,
+        /// The partition it went to.
+        partition: u16,
     },
     /// A queued PUT: 202 with the version.
-    KvWritten,
+    KvWritten {
+        /// The partition it went to.
+        partition: u16,
+    },
     /// A queued DELETE: 202 with the version.
-    KvDeleted,
+    KvDeleted {
+        /// The partition it went to.
+        partition: u16,
+    },
+    /// A queued write waiting for `WAIT` (`ack_replicas`): answered as
+    /// `then` once `replicas` replicas have it.
+    Replicated {
+        /// The answer for the write.
+        then: Box<Answer>,
+        /// What the write's script answered (its entry id).
+        version: Vec<u8>,
+        /// Replicas that must confirm it.
+        replicas: u32,
+    },
     /// `GET /v1/stats`: the figures' values, in [`stats::FIELDS`] order.
     Stats,
     /// A GET: the cache entry, or (once `looked_up`) the database's row.
@@ -223,6 +245,8 @@ pub enum Outcome {
     /// An array: each element's bytes (an integer as its decimal text), or
     /// `None` for a nil or any other element.
     List(Vec<Option<Range<usize>>>),
+    /// An integer.
+    Integer(i64),
     /// Any other reply that is not an error.
     Done,
     /// Redis refused the command, or it never got an answer.
@@ -239,6 +263,7 @@ impl Outcome {
                 Outcome::Bulk(start..bytes.len())
             }
             Ok(Reply::Nil) => Outcome::Nil,
+            Ok(Reply::Integer(n)) => Outcome::Integer(n),
             Ok(Reply::Array(items)) => Outcome::List(
                 items
                     .iter()
@@ -265,10 +290,21 @@ impl Answer {
     pub fn route(&self) -> Route {
         match self {
             Answer::Events { .. } => Route::Events,
-            Answer::KvWritten => Route::KvPut,
-            Answer::KvDeleted => Route::KvDelete,
+            Answer::KvWritten { .. } => Route::KvPut,
+            Answer::KvDeleted { .. } => Route::KvDelete,
+            Answer::Replicated { then, .. } => then.route(),
             Answer::KvRead { .. } => Route::KvGet,
             Answer::Stats => Route::Stats,
+        }
+    }
+
+    /// The partition a write went to; `None` for a read.
+    pub fn write_partition(&self) -> Option<u16> {
+        match self {
+            Answer::Events { partition, .. }
+            | Answer::KvWritten { partition }
+            | Answer::KvDeleted { partition } => Some(*partition),
+            _ => None,
         }
     }
 
@@ -285,6 +321,36 @@ impl Answer {
             )
         };
         match (self, outcome) {
+            (
+                Answer::Replicated {
+                    then,
+                    version,
+                    replicas,
+                },
+                outcome,
+            ) => {
+                let confirmed = match outcome {
+                    Outcome::Integer(n) if n >= i64::from(replicas) => {
+                        return then.respond(Outcome::Bulk(0..version.len()), &version, response);
+                    }
+                    Outcome::Integer(n) => {
+                        format!("{n} of {replicas} replicas confirmed it in time")
+                    }
+                    Outcome::Failed(why) => format!("WAIT failed: {why}"),
+                    other => format!("WAIT answered {other:?}"),
+                };
+                // The write is in the stream and cannot be taken back: say so.
+                let body = format!(
+                    "the write is queued on the primary but not confirmed: {confirmed}; \
+                     it may still be written (a retry is safe: writes are idempotent)\n"
+                );
+                response.send_with_headers(
+                    Status::ServiceUnavailable,
+                    &[("Retry-After", "1")],
+                    "text/plain; charset=utf-8",
+                    body.as_bytes(),
+                )
+            }
             (Answer::KvRead { .. } | Answer::Stats, Outcome::Failed(why)) => {
                 let body = format!("could not be read: {why}\n");
                 response.send_with_headers(
@@ -295,7 +361,7 @@ impl Answer {
                 )
             }
             (_, Outcome::Failed(why)) => unavailable(&why, response),
-            (Answer::Events { count, json }, _) => {
+            (Answer::Events { count, json, .. }, _) => {
                 if json {
                     let body = format!("{{\"count\":{count}}}");
                     response.send(Status::Accepted, "application/json", body.as_bytes())
@@ -318,7 +384,7 @@ impl Answer {
                 let body = stats::body(values);
                 response.send(Status::Ok, "application/json", body.as_bytes())
             }
-            (Answer::KvWritten | Answer::KvDeleted, outcome) => {
+            (Answer::KvWritten { .. } | Answer::KvDeleted { .. }, outcome) => {
                 let version = match &outcome {
                     Outcome::Bulk(range) => &bytes[range.clone()],
                     _ => b"".as_slice(),

@@ -26,6 +26,7 @@ use crate::api::{Answer, Api, ApiShared, Outcome};
 use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
 use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
+use crate::redis::command::Command;
 use crate::redis::links::Links;
 use crate::writeback::lookup::{LookupClient, Miss};
 
@@ -439,16 +440,21 @@ impl Executor {
     /// Before waiting: Redis timeouts and retries, connects, and every
     /// command issued this turn sent, one send per node.
     fn redis_prepare(&mut self) {
-        if let Some(side) = &mut self.redis {
-            let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
-            side.links.prepare(
-                &mut self.ring,
-                &mut side.cluster,
-                self.now,
-                &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
-            );
-        }
-        if !self.arrived.is_empty() {
+        // Answers delivered here can issue commands (the next pipelined
+        // request, a WAIT): send those too before the ring waits.
+        loop {
+            if let Some(side) = &mut self.redis {
+                let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
+                side.links.prepare(
+                    &mut self.ring,
+                    &mut side.cluster,
+                    self.now,
+                    &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
+                );
+            }
+            if self.arrived.is_empty() {
+                return;
+            }
             self.deliver_arrived();
             self.settle_touched();
         }
@@ -495,6 +501,37 @@ impl Executor {
                     }
                     let why = "too many read-through lookups waiting (max_pending_lookups)";
                     (looked_up, Outcome::Failed(why.into()))
+                }
+                // A write Redis took, which replicas must confirm: WAIT on
+                // the node that owns its partition, then answer.
+                (answer, Outcome::Bulk(range), _)
+                    if answer.write_partition().is_some()
+                        && self
+                            .responder
+                            .shared
+                            .writes
+                            .as_ref()
+                            .is_some_and(|w| w.ack_replicas > 0) =>
+                {
+                    let (Some(side), Some(writes), Some(partition)) = (
+                        &mut self.redis,
+                        &self.responder.shared.writes,
+                        answer.write_partition(),
+                    ) else {
+                        unreachable!("writes come back only over Redis")
+                    };
+                    let wait = Command::wait(
+                        writes.queue.stream(partition),
+                        writes.ack_replicas,
+                        writes.ack_timeout,
+                    );
+                    side.cluster.submit(token, wait, self.now);
+                    conn.awaiting = Some(Answer::Replicated {
+                        then: Box::new(answer),
+                        version: bytes[range].to_vec(),
+                        replicas: writes.ack_replicas,
+                    });
+                    continue;
                 }
                 other => (other.0, other.1),
             };
