@@ -2,15 +2,16 @@
 # scripts/run.sh: millrace's main job on a fresh Debian machine, start to end.
 #
 # Builds millrace in release, checks the host (millrace doctor), brings up
-# the local stack (a 3-master Redis Cluster and a PostgreSQL under var/run,
-# the database core), starts the server with one executor pinned to
-# SERVER_CPU, and drives it from LOAD_CPU with millrace load, DURATION
-# seconds each after a 1 s warm-up: GET /plaintext closed loop at pipeline
-# depth 1 and 16 and open loop at half the depth-1 rate (64 connections),
-# then POST /v1/events open loop (5,000 posts/s of 10 FlatBuffers events).
-# It prints the latency percentiles, counts the events that reached
-# PostgreSQL, stops the server with SIGTERM (it drains cleanly) and takes the
-# stack down.
+# the local stack (a 3-master Redis Cluster and a PostgreSQL under var/run),
+# starts the server with one executor pinned to SERVER_CPU and its database
+# core, and drives it from LOAD_CPU with millrace load, DURATION seconds each
+# after a 1 s warm-up: GET /plaintext closed loop at pipeline depth 1 and 16
+# and open loop at half the depth-1 rate (64 connections); then the API,
+# open loop: GET/PUT /v1/kv (90% reads over 10,000 keys, 5,000 requests/s)
+# and POST /v1/events (5,000 posts/s of 10 FlatBuffers events). It prints the
+# latency percentiles, waits for the write-back queue to drain, counts the
+# rows that reached PostgreSQL, stops the server with SIGTERM (it drains
+# cleanly) and takes the stack down.
 #
 # Side by side with peers: scripts/bench-http.sh (servers) and
 # scripts/bench-load.sh (load generators); results under benches/results/.
@@ -52,16 +53,14 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-step "the local stack: Redis Cluster, PostgreSQL, the database core"
+step "the local stack: Redis Cluster, PostgreSQL"
 seeds=$(scripts/redis-cluster.sh start --dir "$stack/redis" --port "$redis_port")
 postgres_url=$(scripts/postgres.sh start --dir "$stack/postgres" --port "$pg_port")
-MILLRACE_REDIS_SEEDS="$seeds" MILLRACE_POSTGRES_URL="$postgres_url" "$millrace" writeback &
-pids+=($!)
 
 port=$(free_port)
-step "millrace serve on CPU $server_cpu, port $port"
-taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
-  --redis-seeds "$seeds" &
+step "millrace serve on CPU $server_cpu, port $port, with its database core"
+MILLRACE_POSTGRES_URL="$postgres_url" "$millrace" serve --listen "127.0.0.1:$port" \
+  --cores "$server_cpu," --redis-seeds "$seeds" &
 server=$!
 pids+=("$server")
 wait_for_http "http://127.0.0.1:$port/readyz"
@@ -80,34 +79,32 @@ load depth-16 -p 16
 rate=$(python3 -c 'import json, sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_s"] / 2)))' "$work/depth-1.json")
 step "millrace load: open loop at $rate requests/s (half the depth-1 rate), 64 connections"
 load open-loop -R "$rate"
+step "millrace load: GET/PUT /v1/kv, 90% reads over 10,000 keys, 5,000 requests/s, open loop, 16 connections"
+"$millrace" load "http://127.0.0.1:$port" --workload kv --read-ratio 0.9 --keys 10000 \
+  --cores "$load_cpu," -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/kv.json"
 step "millrace load: POST /v1/events, 5,000 posts/s of 10 events, open loop, 16 connections"
 "$millrace" load "http://127.0.0.1:$port" --workload events --batch 10 --cores "$load_cpu," \
   -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/events.json"
 
+step "the write-back queue drains into PostgreSQL (GET /v1/stats)"
+stats() { curl -fsS "http://127.0.0.1:$port/v1/stats"; }
+for _ in $(seq 1 120); do
+  stats | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["backlog"] != 0)' && break
+  sleep 0.5
+done
+echo "stats: $(stats)"
+echo "PostgreSQL: $(psql "$postgres_url" -Atc 'select count(*) from events') events, $(psql "$postgres_url" -Atc 'select count(*) from kv') keys"
+
 step "SIGTERM: drain and exit"
 kill -TERM "$server"
 wait "$server" && echo "millrace exited 0"
-step "events in PostgreSQL (the database core drains the backlog)"
-backlog() {
-  local total=0 i n
-  for i in $(seq 0 15); do
-    n=$(redis-cli -c -p "$redis_port" xlen "{millrace:wb:$i}" 2>/dev/null | tr -dc '0-9')
-    total=$((total + ${n:-0}))
-  done
-  echo "$total"
-}
-for _ in $(seq 1 60); do
-  [ "$(backlog)" = 0 ] && break
-  sleep 1
-done
-echo "$(psql "$postgres_url" -Atc 'select count(*) from events') events written; $(backlog) posts still queued"
 
-step "one millrace executor (latency per request; open loop corrected for coordinated omission; events: posts of 10)"
+step "one millrace executor (latency per request; open loop corrected for coordinated omission; kv: 90% GET; events: posts of 10)"
 python3 - "$work" <<'PY'
 import json, os, sys
 print("| run | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for name in ("depth-1", "depth-16", "open-loop", "events"):
+for name in ("depth-1", "depth-16", "open-loop", "kv", "events"):
     r = json.load(open(os.path.join(sys.argv[1], name + ".json")))
     l = r["latency_ms"]
     errors = sum(v for v in r["errors"].values())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/stack.sh: the whole local stack in one command: a Redis Cluster
-# (scripts/redis-cluster.sh), a PostgreSQL (scripts/postgres.sh), millrace
-# serve and the database core (millrace writeback), all under var/stack.
+# (scripts/redis-cluster.sh), a PostgreSQL (scripts/postgres.sh), and
+# millrace serve with its database core (write-back and read-through), all
+# under var/stack.
 #
 #   up      build millrace (release), start everything, print where each
 #           part listens and how to stop it. Returns once the server is ready.
@@ -45,12 +46,9 @@ up() {
   step "PostgreSQL"
   url=$(scripts/postgres.sh start --dir "$dir/postgres" --port 5440)
   echo "$url" > "$dir/postgres-url"
-  step "the database core on CPU $db_cpu"
-  MILLRACE_REDIS_SEEDS="$seeds" MILLRACE_POSTGRES_URL="$url" \
-    nohup "$millrace" writeback --core "$db_cpu" > "$dir/writeback.log" 2>&1 &
-  echo $! > "$dir/writeback.pid"
-  step "millrace serve on CPU $server_cpu, port $port"
-  nohup "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," --redis-seeds "$seeds" \
+  step "millrace serve on CPU $server_cpu, port $port, its database core on CPU $db_cpu"
+  MILLRACE_POSTGRES_URL="$url" nohup "$millrace" serve --listen "127.0.0.1:$port" \
+    --cores "$server_cpu," --db-core "$db_cpu" --redis-seeds "$seeds" \
     > "$dir/serve.log" 2>&1 &
   echo $! > "$dir/serve.pid"
   wait_for_http "http://127.0.0.1:$port/readyz"
@@ -59,7 +57,6 @@ up() {
 millrace     http://127.0.0.1:$port  (log: $dir/serve.log)
 Redis        $seeds
 PostgreSQL   $url
-write-back   pid $(cat "$dir/writeback.pid")  (log: $dir/writeback.log)
 stop with    scripts/stack.sh down
 EOF
 }
@@ -79,7 +76,6 @@ stop_pid() {
 
 down() {
   stop_pid "$dir/serve.pid"
-  stop_pid "$dir/writeback.pid"
   scripts/postgres.sh stop --dir "$dir/postgres" --port 5440 || true
   scripts/redis-cluster.sh stop --dir "$dir/redis" || true
   rm -rf "$dir"
@@ -87,7 +83,7 @@ down() {
 
 status() {
   local name
-  for name in serve writeback; do
+  for name in serve; do
     if [ -f "$dir/$name.pid" ] && kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
       echo "$name: running (pid $(cat "$dir/$name.pid"))"
     else
