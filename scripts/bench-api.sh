@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# scripts/bench-api.sh: POST /v1/events on millrace against the same write
-# path on axum and redis-rs's async cluster client (one tokio current-thread
-# core; benches/peers/axum-redis), in one run.
+# scripts/bench-api.sh: millrace's API against the same paths on axum and
+# redis-rs's async cluster client (one tokio current-thread core;
+# benches/peers/axum-redis), in one run:
+#   - events: POST /v1/events, FlatBuffers batches of BATCH events;
+#   - kv-put: PUT /v1/kv/{key}, 100-byte values over 1,000 keys;
+#   - kv-get: GET /v1/kv/{key} over the same keys, all cache hits (the
+#     kv-put run filled them).
 #
-# Both servers verify each FlatBuffers batch and queue it with the same
-# capped XADD script on the same 3-master Redis Cluster. Each server runs
-# alone, pinned to SERVER_CPU; the cluster and millrace load share LOAD_CPU,
-# so the server has a CPU to itself. The queue is emptied between runs. For
-# each server, over ROUNDS rounds (a fresh process each, order rotating):
-#   - closed loop, 64 connections, posts of BATCH events, DURATION seconds
-#     after a 1 s warm-up: requests/s and requests per server CPU-second
-#     (utime+stime from /proc over the measured window);
-#   - open loop at RATE posts/s: p50, p99 and p99.9 (corrected).
+# Both servers verify bodies and run the same scripts on the same 3-master
+# Redis Cluster. Each server runs alone, pinned to SERVER_CPU; the cluster
+# and millrace load share LOAD_CPU, so the server has a CPU to itself. The
+# queue is emptied before each write run. For each server and workload,
+# over ROUNDS rounds (a fresh server process each round, order rotating):
+#   - closed loop, 64 connections, DURATION seconds after a 1 s warm-up:
+#     requests/s and requests per server CPU-second (utime+stime from /proc
+#     over the measured window);
+#   - open loop at RATE requests/s: p50, p99 and p99.9 (corrected).
 # Results: benches/results/<date>-<host>-api.json and .md (medians).
 #
-# Usage: scripts/bench-api.sh [--duration SECONDS] [--rounds N] [--rate POSTS_PER_S] [--batch N] [--no-build]
+# Usage: scripts/bench-api.sh [--duration SECONDS] [--rounds N] [--rate REQUESTS_PER_S] [--batch N] [--no-build]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
 set -euo pipefail
 
@@ -92,9 +96,19 @@ start() {
   return 1
 }
 
+# args WORKLOAD: millrace load's flags for it.
+args() {
+  case "$1" in
+    events) echo "--workload events --batch $batch" ;;
+    kv-put) echo "--workload kv --read-ratio 0 --keys 1000 --value-bytes 100" ;;
+    kv-get) echo "--workload kv --read-ratio 1 --keys 1000" ;;
+  esac
+}
+
 results="$work/results.tsv"
 : > "$results"
 servers=(millrace axum-redis)
+workloads=(events kv-put kv-get)
 for round in $(seq 1 "$rounds"); do
   step "round $round of $rounds"
   for i in 0 1; do
@@ -103,29 +117,35 @@ for round in $(seq 1 "$rounds"); do
     empty_queue
     start "$name" "$port"
     url="http://127.0.0.1:$port"
-    taskset -c "$load_cpu" "$millrace" load "$url" --workload events --batch "$batch" -c 64 -d 1s \
-      --max-error-ratio 1 > /dev/null
-    before=$(cpu_ticks "$server_pid")
-    taskset -c "$load_cpu" "$millrace" load "$url" --workload events --batch "$batch" -c 64 \
-      -d "${duration}s" --max-error-ratio 1 --json "$work/closed.json" > /dev/null
-    after=$(cpu_ticks "$server_pid")
-    empty_queue
-    taskset -c "$load_cpu" "$millrace" load "$url" --workload events --batch "$batch" -c 64 \
-      -R "$rate" -d "${duration}s" --warmup 1s --max-error-ratio 1 --json "$work/open.json" > /dev/null
-    line=$(python3 - "$work/closed.json" "$work/open.json" "$((after - before))" "$(getconf CLK_TCK)" <<'PY'
+    for workload in "${workloads[@]}"; do
+      # shellcheck disable=SC2046
+      set -- $(args "$workload")
+      [ "$workload" = kv-get ] || empty_queue
+      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 -d 1s --max-error-ratio 1 > /dev/null
+      before=$(cpu_ticks "$server_pid")
+      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 \
+        -d "${duration}s" --max-error-ratio 1 --json "$work/closed.json" > /dev/null
+      after=$(cpu_ticks "$server_pid")
+      [ "$workload" = events ] && empty_queue
+      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 \
+        -R "$rate" -d "${duration}s" --warmup 1s --max-error-ratio 1 --json "$work/open.json" > /dev/null
+      line=$(python3 - "$work/closed.json" "$work/open.json" "$((after - before))" "$(getconf CLK_TCK)" "$workload" <<'PY'
 import json, sys
 closed, opened = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 cpu = int(sys.argv[3]) / int(sys.argv[4])
 l = opened["latency_ms"]
-errors = closed["errors"]["connect"] + closed["requests"]["failed"] + closed["errors"]["status"]
+# A GET of a cached key must find it: a 404 there is an error too.
+misses = closed["statuses"]["4xx"] if sys.argv[5] == "kv-get" else 0
+errors = closed["errors"]["connect"] + closed["requests"]["failed"] + closed["errors"]["status"] + misses
 print("\t".join(str(x) for x in [round(closed["requests_per_s"]), cpu, round(closed["requests"]["answered"] / cpu) if cpu else 0,
                                   errors, l["p50"], l["p99"], l["p99.9"], opened["requests"]["answered"]]))
 PY
 )
-    printf '%s\t%s\n' "$name" "$line" >> "$results"
-    IFS=$'\t' read -r rps cpu per_cpu errors p50 p99 p999 _ <<<"$line"
-    printf '  %-11s %8s posts/s  server CPU %5.2f s  %9s posts per CPU-s  errors %s  | at %s/s: p50 %s p99 %s p99.9 %s ms\n' \
-      "$name" "$rps" "$cpu" "$per_cpu" "$errors" "$rate" "$p50" "$p99" "$p999"
+      printf '%s\t%s\t%s\n' "$name" "$workload" "$line" >> "$results"
+      IFS=$'\t' read -r rps cpu per_cpu errors p50 p99 p999 _ <<<"$line"
+      printf '  %-11s %-7s %8s req/s  server CPU %5.2f s  %9s req per CPU-s  errors %s  | at %s/s: p50 %s p99 %s p99.9 %s ms\n' \
+        "$name" "$workload" "$rps" "$cpu" "$per_cpu" "$errors" "$rate" "$p50" "$p99" "$p999"
+    done
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   done
 done
@@ -143,34 +163,43 @@ duration, rounds, rate, batch = (int(x) for x in sys.argv[3:7])
 server_cpu, load_cpu = sys.argv[7], sys.argv[8]
 runs = []
 for line in open(results):
-    name, rps, cpu, per_cpu, errors, p50, p99, p999, open_answered = line.rstrip("\n").split("\t")
-    runs.append({"server": name, "posts_per_second": int(rps), "server_cpu_seconds": float(cpu),
-                 "posts_per_server_cpu_second": int(per_cpu), "errors": int(errors),
+    name, workload, rps, cpu, per_cpu, errors, p50, p99, p999, open_answered = line.rstrip("\n").split("\t")
+    runs.append({"server": name, "workload": workload, "requests_per_second": int(rps), "server_cpu_seconds": float(cpu),
+                 "requests_per_server_cpu_second": int(per_cpu), "errors": int(errors),
                  "open_loop_p50_ms": float(p50), "open_loop_p99_ms": float(p99), "open_loop_p999_ms": float(p999)})
-summary = {}
-for name in ("millrace", "axum-redis"):
-    mine = [r for r in runs if r["server"] == name]
-    summary[name] = {k: statistics.median(r[k] for r in mine) for k in
-                     ("posts_per_second", "posts_per_server_cpu_second", "open_loop_p50_ms", "open_loop_p99_ms", "open_loop_p999_ms")}
-    summary[name]["errors"] = sum(r["errors"] for r in mine)
-ratio = round(summary["millrace"]["posts_per_server_cpu_second"] / summary["axum-redis"]["posts_per_server_cpu_second"], 2)
+routes = {"events": f"POST /v1/events ({batch} FlatBuffers events per request)",
+          "kv-put": "PUT /v1/kv/{key} (100-byte values, 1,000 keys)",
+          "kv-get": "GET /v1/kv/{key} (cache hits, 1,000 keys)"}
+summary, ratios = {}, {}
+for workload in routes:
+    summary[workload] = {}
+    for name in ("millrace", "axum-redis"):
+        mine = [r for r in runs if r["server"] == name and r["workload"] == workload]
+        s = {k: statistics.median(r[k] for r in mine) for k in
+             ("requests_per_second", "requests_per_server_cpu_second", "open_loop_p50_ms", "open_loop_p99_ms", "open_loop_p999_ms")}
+        s["errors"] = sum(r["errors"] for r in mine)
+        summary[workload][name] = s
+    peer = summary[workload]["axum-redis"]["requests_per_server_cpu_second"]
+    ratios[workload] = round(summary[workload]["millrace"]["requests_per_server_cpu_second"] / peer, 2) if peer else None
 command = f"scripts/bench-api.sh --duration {duration} --rounds {rounds} --rate {rate} --batch {batch}"
 report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
-          "machine": machine(), "method": {"route": f"POST /v1/events, FlatBuffers, {batch} events per post",
-          "server_cpu": server_cpu, "redis_and_load_cpu": load_cpu, "closed_loop": "64 connections, depth 1",
-          "open_loop_rate_posts_per_second": rate, "rounds": rounds, "duration_seconds": duration},
-          "summary": summary, "millrace_over_peer_per_server_cpu_second": ratio, "runs": runs}
+          "machine": machine(), "method": {"routes": routes, "server_cpu": server_cpu, "redis_and_load_cpu": load_cpu,
+          "closed_loop": "64 connections, depth 1", "open_loop_rate_requests_per_second": rate, "rounds": rounds,
+          "duration_seconds": duration},
+          "summary": summary, "millrace_over_peer_per_server_cpu_second": ratios, "runs": runs}
 json.dump(report, open(base + ".json", "w"), indent=2)
 m = report["machine"]
-lines = [f"POST /v1/events ({batch} FlatBuffers events per post), server on CPU {server_cpu}, Redis Cluster (3 masters) and "
-         f"millrace load on CPU {load_cpu}, medians of {rounds} rounds; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}.",
-         f"Command: `{command}`", "",
-         f"| server | posts/s (closed loop, 64 conns) | posts per server CPU-s | p50 ms at {rate}/s | p99 ms | p99.9 ms | errors |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
-for name, s in summary.items():
-    lines.append(f"| {name} | {s['posts_per_second']:,.0f} | {s['posts_per_server_cpu_second']:,.0f} | {s['open_loop_p50_ms']:.3f} | "
-                 f"{s['open_loop_p99_ms']:.3f} | {s['open_loop_p999_ms']:.3f} | {s['errors']} |")
-lines += ["", f"- millrace / axum + redis-rs, posts per server CPU-second: **{ratio}x**"]
+lines = [f"Server on CPU {server_cpu}, Redis Cluster (3 masters) and millrace load on CPU {load_cpu}, medians of {rounds} "
+         f"rounds; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}.", f"Command: `{command}`", "",
+         f"| route | server | req/s (closed loop, 64 conns) | req per server CPU-s | p50 ms at {rate}/s | p99 ms | p99.9 ms | errors |",
+         "|---|---|---:|---:|---:|---:|---:|---:|"]
+for workload, servers in summary.items():
+    for name, s in servers.items():
+        lines.append(f"| {routes[workload]} | {name} | {s['requests_per_second']:,.0f} | {s['requests_per_server_cpu_second']:,.0f} | "
+                     f"{s['open_loop_p50_ms']:.3f} | {s['open_loop_p99_ms']:.3f} | {s['open_loop_p999_ms']:.3f} | {s['errors']} |")
+lines.append("")
+for workload, ratio in ratios.items():
+    lines.append(f"- {routes[workload]}: millrace / axum + redis-rs, requests per server CPU-second: **{ratio}x**")
 open(base + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

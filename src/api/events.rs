@@ -14,7 +14,7 @@ pub fn handle(
     request: &Request<'_>,
     response: ResponseWriter<'_>,
     writes: Option<&WritePath>,
-    outgoing: &mut Option<Outgoing>,
+    outgoing: &mut Vec<Outgoing>,
 ) -> Sent {
     let content_type = request
         .header("content-type")
@@ -66,7 +66,7 @@ pub fn handle(
         }
         Err(why) => return bad_request(response, &why),
     };
-    *outgoing = Some(Outgoing {
+    outgoing.push(Outgoing {
         command: command.0,
         answer: Answer::Events {
             count: command.1,

@@ -19,7 +19,7 @@ pub fn handle(
     request: &Request<'_>,
     response: ResponseWriter<'_>,
     writes: Option<&WritePath>,
-    outgoing: &mut Option<Outgoing>,
+    outgoing: &mut Vec<Outgoing>,
 ) -> Sent {
     let Some(writes) = writes else {
         return response.reject_with_headers(
@@ -62,7 +62,7 @@ pub fn handle(
             },
         ),
     };
-    *outgoing = Some(Outgoing { command, answer });
+    outgoing.push(Outgoing { command, answer });
     response.defer()
 }
 

@@ -432,8 +432,8 @@ pub struct Api<'a> {
     pub executor: usize,
     /// This executor's metrics.
     pub metrics: &'a mut CoreMetrics,
-    /// The Redis command a handler issued for a deferred answer.
-    pub outgoing: Option<Outgoing>,
+    /// The Redis commands handlers issued for deferred answers, in order.
+    pub outgoing: Vec<Outgoing>,
 }
 
 impl Service for Api<'_> {

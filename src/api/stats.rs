@@ -23,7 +23,7 @@ pub const FIELDS: [&[u8]; 5] = [
 pub fn handle(
     response: ResponseWriter<'_>,
     writes: Option<&WritePath>,
-    outgoing: &mut Option<Outgoing>,
+    outgoing: &mut Vec<Outgoing>,
 ) -> Sent {
     if writes.is_none() {
         return response.reject_with_headers(
@@ -33,7 +33,7 @@ pub fn handle(
     }
     let mut args: Vec<&[u8]> = vec![b"HMGET", STATS_KEY];
     args.extend_from_slice(&FIELDS);
-    *outgoing = Some(Outgoing {
+    outgoing.push(Outgoing {
         command: Command::new(&args, Some(1)),
         answer: Answer::Stats,
     });

@@ -6,6 +6,8 @@
 //! while the pipeline is full, are copied into the connection's own buffer.
 
 use super::chunked::{ChunkedDecoder, ChunkedLimits};
+use std::collections::VecDeque;
+
 use super::request::{BodyFraming, HeadLimits, Method, RequestHead, Version, parse_head};
 use super::response::{
     CONTINUE, ConnectionHeader, DateHeader, Deferred, Rejection, ResponseWriter, Sent, Status,
@@ -118,16 +120,33 @@ pub struct HttpConnection {
     unsent: usize,
     /// A response carrying `Connection: close` has been written.
     closing: bool,
-    /// A handler deferred its answer: no further request is read until
-    /// [`HttpConnection::complete`] writes it.
-    awaiting: Option<Deferred>,
+    /// Answers not yet written, in request order, from the first deferred
+    /// one on: deferred ones until [`HttpConnection::complete`] fills them,
+    /// and the ready answers behind them, held so that responses leave in
+    /// request order.
+    queue: VecDeque<Queued>,
+    /// The number the next deferred answer gets.
+    next_deferred: u16,
+    /// An answer in the queue closes the connection: read no more requests.
+    close_queued: bool,
     /// The server is shutting down: the next response closes the connection.
     draining: bool,
 }
 
+/// An answer waiting its turn.
+struct Queued {
+    /// `Some((number, how to write it))` until the deferred answer comes.
+    deferred: Option<(u16, Deferred)>,
+    /// The response, once written.
+    bytes: Vec<u8>,
+    /// It carries `Connection: close`.
+    close: bool,
+}
+
 enum Step {
-    /// One response written; `consumed` bytes of input belonged to its request.
-    Answered { consumed: usize },
+    /// One request answered (`written` 1 if its response went out, 0 if it
+    /// waits in the queue); `consumed` bytes of input belonged to it.
+    Answered { consumed: usize, written: usize },
     /// The next request is not complete yet.
     NeedMore,
 }
@@ -196,40 +215,75 @@ impl HttpConnection {
         self.unsent
     }
 
-    /// The pipeline is full, or an answer is deferred: stop reading until
-    /// responses are sent or the answer comes.
+    /// The pipeline is full (answers written but unsent, or still queued),
+    /// or a queued answer will close the connection: stop reading until
+    /// responses are sent or answers come.
     pub fn is_paused(&self, limits: &Limits) -> bool {
-        !self.closing && (self.unsent >= limits.max_pipeline_depth || self.awaiting.is_some())
+        !self.closing
+            && (self.unsent + self.queue.len() >= limits.max_pipeline_depth || self.close_queued)
     }
 
-    /// A handler deferred its answer and it has not come yet.
+    /// Some answer is deferred and has not come yet.
     pub fn is_awaiting(&self) -> bool {
-        self.awaiting.is_some()
+        !self.queue.is_empty()
     }
 
-    /// Write the answer a handler deferred (`respond` writes it), then go on
-    /// with the requests that arrived behind it. Returns the number of
-    /// responses written: 0 if nothing was deferred, else 1 and those after.
+    /// The numbers the deferred answers of the last step got, in request
+    /// order: those from `first` up to the next number to be given.
+    pub fn deferred_since(&self, first: u16) -> impl Iterator<Item = u16> {
+        let count = self.next_deferred.wrapping_sub(first);
+        (0..count).map(move |i| first.wrapping_add(i))
+    }
+
+    /// The number the next deferred answer will get.
+    pub fn next_deferred(&self) -> u16 {
+        self.next_deferred
+    }
+
+    /// Write deferred answer `number` (`respond` writes it), then every
+    /// answer behind it that is ready, up to the next still deferred, and go
+    /// on with requests that waited for room. Returns the number of
+    /// responses written to `out`.
     pub fn complete<S: Service>(
         &mut self,
+        number: u16,
         respond: impl FnOnce(ResponseWriter<'_>) -> Sent,
         service: &mut S,
         out: &mut Vec<u8>,
         env: &HttpEnv<'_>,
     ) -> usize {
-        let Some(deferred) = self.awaiting.take() else {
+        let Some(queued) = self
+            .queue
+            .iter_mut()
+            .find(|q| q.deferred.is_some_and(|(n, _)| n == number))
+        else {
             return 0;
         };
-        let writer = ResponseWriter::new(out, env.date, deferred.connection, deferred.head_only);
+        let (_, deferred) = queued.deferred.take().expect("found by its number");
+        let writer = ResponseWriter::new(
+            &mut queued.bytes,
+            env.date,
+            deferred.connection,
+            deferred.head_only,
+        );
         let sent = respond(writer);
-        if sent.deferred.is_some() {
-            // Deferred again: still waiting.
-            self.awaiting = sent.deferred;
-            return 0;
+        debug_assert!(sent.deferred.is_none(), "an answer is deferred only once");
+        queued.close |= sent.close;
+        let mut written = 0;
+        while self.queue.front().is_some_and(|q| q.deferred.is_none()) {
+            let ready = self.queue.pop_front().expect("checked");
+            if self.closing {
+                continue; // Nothing goes out after a closing response.
+            }
+            out.extend_from_slice(&ready.bytes);
+            self.unsent += 1;
+            written += 1;
+            self.closing |= ready.close;
         }
-        self.unsent += 1;
-        self.closing |= sent.close;
-        1 + self.resume(service, out, env)
+        if self.queue.is_empty() {
+            self.close_queued = false;
+        }
+        written + self.resume(service, out, env)
     }
 
     /// The connection closes once its output is sent.
@@ -239,17 +293,14 @@ impl HttpConnection {
 
     /// Nothing received, nothing unsent: safe to close without losing a request.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
-            && self.body.is_none()
-            && self.unsent == 0
-            && self.awaiting.is_none()
+        self.pending.is_empty() && self.body.is_none() && self.unsent == 0 && self.queue.is_empty()
     }
 
     /// Where the connection is in its request cycle.
     pub fn phase(&self) -> Phase {
         if self.closing {
             Phase::Closing
-        } else if self.awaiting.is_some() {
+        } else if !self.queue.is_empty() {
             Phase::Waiting
         } else if self.body.is_some() {
             Phase::Body
@@ -298,8 +349,8 @@ impl HttpConnection {
         let mut pos = 0;
         let mut written = 0;
         while !self.closing
-            && self.awaiting.is_none()
-            && self.unsent < env.limits.max_pipeline_depth
+            && !self.close_queued
+            && self.unsent + self.queue.len() < env.limits.max_pipeline_depth
         {
             let rest = &data[pos..];
             let step = match self.body.take() {
@@ -307,12 +358,12 @@ impl HttpConnection {
                 Some(body) => self.continue_body(body, rest, service, out, env),
             };
             match step {
-                Step::Answered { consumed } => {
+                Step::Answered {
+                    consumed,
+                    written: now,
+                } => {
                     pos += consumed;
-                    if self.awaiting.is_some() {
-                        break; // Deferred: nothing written yet.
-                    }
-                    written += 1;
+                    written += now;
                 }
                 Step::NeedMore => break,
             }
@@ -341,8 +392,11 @@ impl HttpConnection {
         let chunked = match head.framing {
             BodyFraming::None => {
                 let len = head.len;
-                self.answer(&head, &rest[..len], &[], service, out, env);
-                return Step::Answered { consumed: len };
+                let written = self.answer(&head, &rest[..len], &[], service, out, env);
+                return Step::Answered {
+                    consumed: len,
+                    written,
+                };
             }
             BodyFraming::Length(n) if n > env.limits.max_body_bytes as u64 => {
                 let rejection =
@@ -379,7 +433,7 @@ impl HttpConnection {
             (None, BodyFraming::Length(n)) => {
                 let end = head_len + n as usize;
                 if rest.len() >= end {
-                    self.answer(
+                    let written = self.answer(
                         &body.head,
                         &rest[..head_len],
                         &rest[head_len..end],
@@ -387,7 +441,10 @@ impl HttpConnection {
                         out,
                         env,
                     );
-                    return Step::Answered { consumed: end };
+                    return Step::Answered {
+                        consumed: end,
+                        written,
+                    };
                 }
                 false
             }
@@ -412,11 +469,13 @@ impl HttpConnection {
         if complete {
             let consumed = body.chunked.as_ref().map_or(0, |c| c.read_to);
             let decoded = std::mem::take(&mut self.decoded);
-            self.answer(&body.head, &rest[..head_len], &decoded, service, out, env);
+            let written = self.answer(&body.head, &rest[..head_len], &decoded, service, out, env);
             self.decoded = decoded;
-            return Step::Answered { consumed };
+            return Step::Answered { consumed, written };
         }
-        if body.head.expect_continue && !body.continued {
+        // Not while earlier answers are queued: it would overtake them (the
+        // client sends the body anyway after its own short wait).
+        if body.head.expect_continue && !body.continued && self.queue.is_empty() {
             out.extend_from_slice(CONTINUE);
             body.continued = true;
         }
@@ -447,7 +506,7 @@ impl HttpConnection {
         service: &mut S,
         out: &mut Vec<u8>,
         env: &HttpEnv<'_>,
-    ) {
+    ) -> usize {
         let keep_alive = head.keep_alive && !self.draining;
         let connection = match (keep_alive, head.version) {
             (false, _) => ConnectionHeader::Close,
@@ -462,14 +521,54 @@ impl HttpConnection {
             body,
             head: head_bytes,
         };
-        let writer = ResponseWriter::new(out, env.date, connection, head.method == Method::Head);
-        let sent = service.handle(&request, writer);
-        if sent.deferred.is_some() {
-            self.awaiting = sent.deferred;
-            return;
+        let head_only = head.method == Method::Head;
+        if self.queue.is_empty() {
+            let sent = service.handle(
+                &request,
+                ResponseWriter::new(out, env.date, connection, head_only),
+            );
+            return self.emitted(sent, None);
         }
-        self.unsent += 1;
-        self.closing |= sent.close;
+        // Answers before this one are still queued: this one waits behind them.
+        let mut held = Vec::new();
+        let sent = service.handle(
+            &request,
+            ResponseWriter::new(&mut held, env.date, connection, head_only),
+        );
+        self.emitted(sent, Some(held))
+    }
+
+    /// Account for a response written to the output (`held` is `None`) or
+    /// into `held`, or for a deferred answer. Returns the responses that
+    /// went to the output: 1 or 0.
+    fn emitted(&mut self, sent: Sent, held: Option<Vec<u8>>) -> usize {
+        if let Some(deferred) = sent.deferred {
+            let number = self.next_deferred;
+            self.next_deferred = self.next_deferred.wrapping_add(1);
+            self.close_queued |= deferred.connection == ConnectionHeader::Close;
+            self.queue.push_back(Queued {
+                deferred: Some((number, deferred)),
+                bytes: Vec::new(),
+                close: false,
+            });
+            return 0;
+        }
+        match held {
+            None => {
+                self.unsent += 1;
+                self.closing |= sent.close;
+                1
+            }
+            Some(bytes) => {
+                self.close_queued |= sent.close;
+                self.queue.push_back(Queued {
+                    deferred: None,
+                    bytes,
+                    close: sent.close,
+                });
+                0
+            }
+        }
     }
 
     fn reject<S: Service>(
@@ -479,12 +578,21 @@ impl HttpConnection {
         out: &mut Vec<u8>,
         env: &HttpEnv<'_>,
     ) -> Step {
-        let writer = ResponseWriter::new(out, env.date, ConnectionHeader::Close, false);
-        let _ = service.reject(rejection, writer);
-        self.unsent += 1;
-        self.closing = true;
         self.body = None;
-        Step::Answered { consumed: 0 }
+        let written = if self.queue.is_empty() {
+            let writer = ResponseWriter::new(out, env.date, ConnectionHeader::Close, false);
+            let sent = service.reject(rejection, writer);
+            self.emitted(sent, None)
+        } else {
+            let mut held = Vec::new();
+            let writer = ResponseWriter::new(&mut held, env.date, ConnectionHeader::Close, false);
+            let sent = service.reject(rejection, writer);
+            self.emitted(sent, Some(held))
+        };
+        Step::Answered {
+            consumed: 0,
+            written,
+        }
     }
 }
 
@@ -876,22 +984,19 @@ mod tests {
         let input = [get("/first"), get("/later"), get("/after")].concat();
         assert_eq!(
             conn.receive(input.as_bytes(), &mut Later, &mut out, &env),
-            1
+            1,
+            "the answer behind a deferred one waits for it"
         );
         assert!(conn.is_awaiting());
-        assert!(
-            conn.is_paused(&LIMITS),
-            "no reading while an answer is deferred"
-        );
+        assert!(!conn.is_paused(&LIMITS), "reading goes on behind it");
         assert_eq!(conn.phase(), Phase::Waiting);
         assert!(!conn.is_idle());
-        // Bytes that were already on their way are kept, not answered.
         assert_eq!(
             conn.receive(get("/last").as_bytes(), &mut Later, &mut out, &env),
             0
         );
-        assert_eq!(conn.resume(&mut Later, &mut out, &env), 0);
         let written = conn.complete(
+            0,
             |response| response.send(Status::Accepted, "text/plain", b"done"),
             &mut Later,
             &mut out,
@@ -904,13 +1009,75 @@ mod tests {
         assert!(!conn.is_awaiting());
         assert_eq!(
             conn.complete(
+                0,
                 |r| r.send(Status::Ok, "text/plain", b""),
                 &mut Later,
                 &mut Vec::new(),
                 &env
             ),
+            0,
+            "an answer is written once"
+        );
+    }
+
+    #[test]
+    fn answers_that_come_out_of_order_leave_in_order() {
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+        };
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let input = [get("/later"), get("/a"), get("/later"), get("/b")].concat();
+        assert_eq!(
+            conn.receive(input.as_bytes(), &mut Later, &mut out, &env),
             0
         );
+        let mut respond = |number: u16, body: &'static [u8], out: &mut Vec<u8>| {
+            conn.complete(
+                number,
+                |r| r.send(Status::Ok, "text/plain", body),
+                &mut Later,
+                out,
+                &env,
+            )
+        };
+        assert_eq!(respond(1, b"second", &mut out), 0, "the first is still out");
+        assert_eq!(respond(0, b"first", &mut out), 4);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(bodies(&text), ["first", "/a|", "second", "/b|"]);
+    }
+
+    #[test]
+    fn queued_answers_count_against_the_pipeline_depth() {
+        let date = DateHeader::new();
+        let limits = Limits {
+            max_pipeline_depth: 3,
+            ..LIMITS
+        };
+        let env = HttpEnv {
+            limits: &limits,
+            date: &date,
+        };
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        let input = [get("/later"), get("/a"), get("/b"), get("/c")].concat();
+        assert_eq!(
+            conn.receive(input.as_bytes(), &mut Later, &mut out, &env),
+            0
+        );
+        assert!(conn.is_paused(&limits), "three queued: the fourth waits");
+        let written = conn.complete(
+            0,
+            |r| r.send(Status::Ok, "text/plain", b"x"),
+            &mut Later,
+            &mut out,
+            &env,
+        );
+        assert_eq!(written, 3, "the queue; the fourth waits for sends");
+        conn.responses_sent(3);
+        assert_eq!(conn.resume(&mut Later, &mut out, &env), 1);
     }
 
     #[test]
@@ -926,6 +1093,7 @@ mod tests {
         let request = b"HEAD /later HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         assert_eq!(conn.receive(request, &mut Later, &mut out, &env), 0);
         conn.complete(
+            0,
             |r| r.send(Status::Ok, "text/plain", b"body"),
             &mut Later,
             &mut out,
@@ -940,7 +1108,12 @@ mod tests {
         let mut out = Vec::new();
         let request = b"GET /later HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n";
         conn.receive(request, &mut Later, &mut out, &env);
+        assert!(
+            conn.is_paused(&LIMITS),
+            "nothing is read after a closing request"
+        );
         let written = conn.complete(
+            0,
             |r| r.send(Status::Ok, "text/plain", b"x"),
             &mut Later,
             &mut out,

@@ -59,10 +59,11 @@ pub struct Connection {
     pub life: Life,
     /// Queued to be settled at the end of this turn.
     pub touched: bool,
-    /// A Redis command a handler issued, to be submitted when settled.
-    pub issued: Option<Outgoing>,
-    /// The deferred answer waiting for that command's reply.
-    pub awaiting: Option<Answer>,
+    /// Redis commands handlers issued, to be submitted when settled, with
+    /// the numbers of the deferred answers they are for.
+    pub issued: Vec<(u16, Outgoing)>,
+    /// The deferred answers waiting for their commands' replies, by number.
+    pub awaiting: Vec<(u16, Answer)>,
 }
 
 impl Connection {
@@ -86,8 +87,8 @@ impl Connection {
             fresh: true,
             life: Life::Open,
             touched: false,
-            issued: None,
-            awaiting: None,
+            issued: Vec::new(),
+            awaiting: Vec::new(),
         }
     }
 

@@ -131,9 +131,21 @@ struct RedisSide {
 /// connection has this slot, so their replies are dropped.
 const UNWAITED: CommandToken = u32::MAX as CommandToken;
 
-/// The command token of a connection's deferred answer: its slot and generation.
-fn command_token(slot: u32, generation: u32) -> CommandToken {
-    u64::from(generation) << 32 | u64::from(slot)
+/// The command token of a connection's deferred answer: the answer's
+/// number, the low 16 bits of the slot's generation, and the slot. (A slot
+/// reused 65,536 times while one command is out would be mistaken; commands
+/// time out long before.)
+fn command_token(slot: u32, generation: u32, number: u16) -> CommandToken {
+    u64::from(number) << 48 | u64::from(generation & 0xffff) << 32 | u64::from(slot)
+}
+
+/// [`command_token`]'s parts: slot, generation's low 16 bits, number.
+fn token_parts(token: CommandToken) -> (u32, u32, u16) {
+    (
+        token as u32,
+        (token >> 32) as u32 & 0xffff,
+        (token >> 48) as u16,
+    )
 }
 
 impl Executor {
@@ -469,13 +481,17 @@ impl Executor {
         let mut arrived = std::mem::take(&mut self.arrived);
         let bytes = std::mem::take(&mut self.arrived_bytes);
         for (token, outcome) in arrived.drain(..) {
-            let (slot, generation) = (token as u32, (token >> 32) as u32);
-            let Some(conn) = self.conns.get_mut(slot, generation) else {
+            let (slot, generation, number) = token_parts(token);
+            if self.conns.generation(slot) & 0xffff != generation {
+                continue;
+            }
+            let Some(conn) = self.conns.slot_mut(slot) else {
                 continue;
             };
-            let Some(answer) = conn.awaiting.take() else {
+            let Some(at) = conn.awaiting.iter().position(|(n, _)| *n == number) else {
                 continue;
             };
+            let (_, answer) = conn.awaiting.swap_remove(at);
             // A cache miss: the database core looks the key up.
             let (answer, outcome) = match (answer, outcome, &self.lookups) {
                 (
@@ -496,7 +512,7 @@ impl Executor {
                         looked_up: true,
                     };
                     if lookups.ask(miss) {
-                        conn.awaiting = Some(looked_up);
+                        conn.awaiting.push((number, looked_up));
                         continue;
                     }
                     let why = "too many read-through lookups waiting (max_pending_lookups)";
@@ -526,11 +542,14 @@ impl Executor {
                         writes.ack_timeout,
                     );
                     side.cluster.submit(token, wait, self.now);
-                    conn.awaiting = Some(Answer::Replicated {
-                        then: Box::new(answer),
-                        version: bytes[range].to_vec(),
-                        replicas: writes.ack_replicas,
-                    });
+                    conn.awaiting.push((
+                        number,
+                        Answer::Replicated {
+                            then: Box::new(answer),
+                            version: bytes[range].to_vec(),
+                            replicas: writes.ack_replicas,
+                        },
+                    ));
                     continue;
                 }
                 other => (other.0, other.1),
@@ -541,6 +560,7 @@ impl Executor {
                 self.responder
                     .answer(conn, &mut self.metrics, self.now, |http, api, out, env| {
                         http.complete(
+                            number,
                             |response| {
                                 let sent = answer.respond(outcome, &bytes, response);
                                 status = Some(sent.status());
@@ -591,18 +611,15 @@ impl Executor {
             return;
         };
         conn.touched = false;
-        if let Some(outgoing) = conn.issued.take() {
-            conn.awaiting = Some(outgoing.answer);
+        for (number, outgoing) in conn.issued.drain(..) {
+            conn.awaiting.push((number, outgoing.answer));
+            let token = command_token(slot, generation, number);
             match &mut self.redis {
-                Some(side) => {
-                    side.cluster
-                        .submit(command_token(slot, generation), outgoing.command, self.now)
-                }
+                Some(side) => side.cluster.submit(token, outgoing.command, self.now),
                 // The write routes answer 503 themselves without Redis.
-                None => self.arrived.push((
-                    command_token(slot, generation),
-                    Outcome::Failed("no Redis Cluster".into()),
-                )),
+                None => self
+                    .arrived
+                    .push((token, Outcome::Failed("no Redis Cluster".into()))),
             }
         }
         let draining = self.drain_deadline.is_some();
@@ -876,12 +893,13 @@ impl Responder {
             shared: &self.shared,
             executor: self.index,
             metrics,
-            outgoing: None,
+            outgoing: Vec::new(),
         };
+        let first = conn.http.next_deferred();
         let written = step(&mut conn.http, &mut api, &mut conn.out, &env);
-        if let Some(outgoing) = api.outgoing.take() {
-            conn.issued = Some(outgoing);
-        }
+        // Each deferred answer issued one command, in request order.
+        conn.issued
+            .extend(conn.http.deferred_since(first).zip(api.outgoing.drain(..)));
         conn.wrote(written, now);
         metrics.in_flight += written as u64;
         written

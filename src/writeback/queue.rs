@@ -181,24 +181,33 @@ impl Queue {
     /// partition holds `cap` entries (then Redis answers an error starting
     /// with `BACKLOG` and nothing changed). Answers the entry id.
     pub fn put_capped(&self, key: &[u8], value: &[u8], cap: u64) -> Command {
-        let stream = self.stream(self.partition_of(key));
         let cache = self.cache_key(key);
         let cap = cap.to_string();
-        let accepted = self.accepted_counter(self.partition_of(key));
-        Command::new(
-            &[
-                &b"EVAL"[..],
-                PUT_CAPPED.as_bytes(),
-                b"3",
-                stream,
-                &cache,
-                accepted,
-                cap.as_bytes(),
-                key,
-                value,
-            ],
-            Some(3),
-        )
+        Command::new(&self.put_capped_args(key, value, &cap, &cache), Some(3))
+    }
+
+    /// The arguments of [`Queue::put_capped`]'s command (`EVAL script 3
+    /// stream cache counter cap key value`), for another client to send the
+    /// same; `cache` is [`Queue::cache_key`] of `key`, `cap` decimal text.
+    pub fn put_capped_args<'a>(
+        &'a self,
+        key: &'a [u8],
+        value: &'a [u8],
+        cap: &'a str,
+        cache: &'a [u8],
+    ) -> [&'a [u8]; 9] {
+        let partition = self.partition_of(key);
+        [
+            b"EVAL",
+            PUT_CAPPED.as_bytes(),
+            b"3",
+            self.stream(partition),
+            cache,
+            self.accepted_counter(partition),
+            cap.as_bytes(),
+            key,
+            value,
+        ]
     }
 
     /// [`Queue::put_capped`] for a delete: a tombstone in the cache and on the queue.
