@@ -12,13 +12,15 @@
 # and millrace load share LOAD_CPU, so the server has a CPU to itself. The
 # queue is emptied before each write run. For each server and workload,
 # over ROUNDS rounds (a fresh server process each round, order rotating):
-#   - closed loop, 64 connections, DURATION seconds after a 1 s warm-up:
+#   - closed loop, 64 connections at pipeline depth PIPELINE, DURATION
+#     seconds after a 1 s warm-up:
 #     requests/s and requests per server CPU-second (utime+stime from /proc
 #     over the measured window);
 #   - open loop at RATE requests/s: p50, p99 and p99.9 (corrected).
-# Results: benches/results/<date>-<host>-api.json and .md (medians).
+# Results: benches/results/<date>-<host>-api.json and .md (medians); with
+# --pipeline N above 1, -api-pN.json and .md.
 #
-# Usage: scripts/bench-api.sh [--duration SECONDS] [--rounds N] [--rate REQUESTS_PER_S] [--batch N] [--no-build]
+# Usage: scripts/bench-api.sh [--duration SECONDS] [--rounds N] [--rate REQUESTS_PER_S] [--batch N] [--pipeline N] [--no-build]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
 set -euo pipefail
 
@@ -26,6 +28,7 @@ duration=5
 rounds=3
 rate=2000
 batch=10
+pipeline=1
 build=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
     --batch) batch="$2"; shift 2 ;;
+    --pipeline) pipeline="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -121,9 +125,9 @@ for round in $(seq 1 "$rounds"); do
       # shellcheck disable=SC2046
       set -- $(args "$workload")
       [ "$workload" = kv-get ] || empty_queue
-      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 -d 1s --max-error-ratio 1 > /dev/null
+      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 -p "$pipeline" -d 1s --max-error-ratio 1 > /dev/null
       before=$(cpu_ticks "$server_pid")
-      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 \
+      taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 -p "$pipeline" \
         -d "${duration}s" --max-error-ratio 1 --json "$work/closed.json" > /dev/null
       after=$(cpu_ticks "$server_pid")
       [ "$workload" = events ] && empty_queue
@@ -154,13 +158,14 @@ mkdir -p benches/results
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
 base="benches/results/${stamp}-${host}-api"
-python3 - "$results" "$base" "$duration" "$rounds" "$rate" "$batch" "$server_cpu" "$load_cpu" <<'PY'
+[ "$pipeline" = 1 ] || base="$base-p$pipeline"
+python3 - "$results" "$base" "$duration" "$rounds" "$rate" "$batch" "$server_cpu" "$load_cpu" "$pipeline" <<'PY'
 import datetime, json, statistics, sys
 sys.path.insert(0, "scripts")
 from bench_report import machine
 results, base = sys.argv[1], sys.argv[2]
 duration, rounds, rate, batch = (int(x) for x in sys.argv[3:7])
-server_cpu, load_cpu = sys.argv[7], sys.argv[8]
+server_cpu, load_cpu, pipeline = sys.argv[7], sys.argv[8], int(sys.argv[9])
 runs = []
 for line in open(results):
     name, workload, rps, cpu, per_cpu, errors, p50, p99, p999, open_answered = line.rstrip("\n").split("\t")
@@ -182,16 +187,18 @@ for workload in routes:
     peer = summary[workload]["axum-redis"]["requests_per_server_cpu_second"]
     ratios[workload] = round(summary[workload]["millrace"]["requests_per_server_cpu_second"] / peer, 2) if peer else None
 command = f"scripts/bench-api.sh --duration {duration} --rounds {rounds} --rate {rate} --batch {batch}"
+if pipeline != 1:
+    command += f" --pipeline {pipeline}"
 report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
           "machine": machine(), "method": {"routes": routes, "server_cpu": server_cpu, "redis_and_load_cpu": load_cpu,
-          "closed_loop": "64 connections, depth 1", "open_loop_rate_requests_per_second": rate, "rounds": rounds,
+          "closed_loop": f"64 connections, depth {pipeline}", "open_loop_rate_requests_per_second": rate, "rounds": rounds,
           "duration_seconds": duration},
           "summary": summary, "millrace_over_peer_per_server_cpu_second": ratios, "runs": runs}
 json.dump(report, open(base + ".json", "w"), indent=2)
 m = report["machine"]
 lines = [f"Server on CPU {server_cpu}, Redis Cluster (3 masters) and millrace load on CPU {load_cpu}, medians of {rounds} "
          f"rounds; {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}.", f"Command: `{command}`", "",
-         f"| route | server | req/s (closed loop, 64 conns) | req per server CPU-s | p50 ms at {rate}/s | p99 ms | p99.9 ms | errors |",
+         f"| route | server | req/s (closed loop, 64 conns, depth {pipeline}) | req per server CPU-s | p50 ms at {rate}/s | p99 ms | p99.9 ms | errors |",
          "|---|---|---:|---:|---:|---:|---:|---:|"]
 for workload, servers in summary.items():
     for name, s in servers.items():

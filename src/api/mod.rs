@@ -433,7 +433,7 @@ pub struct Api<'a> {
     /// This executor's metrics.
     pub metrics: &'a mut CoreMetrics,
     /// The Redis commands handlers issued for deferred answers, in order.
-    pub outgoing: Vec<Outgoing>,
+    pub outgoing: &'a mut Vec<Outgoing>,
 }
 
 impl Service for Api<'_> {
@@ -456,7 +456,7 @@ impl Service for Api<'_> {
                     request,
                     response,
                     self.shared.writes.as_ref(),
-                    &mut self.outgoing,
+                    self.outgoing,
                 ),
             ),
             Lookup::Found(route @ (Route::KvGet | Route::KvPut | Route::KvDelete)) => (
@@ -465,12 +465,12 @@ impl Service for Api<'_> {
                     request,
                     response,
                     self.shared.writes.as_ref(),
-                    &mut self.outgoing,
+                    self.outgoing,
                 ),
             ),
             Lookup::Found(Route::Stats) => (
                 Route::Stats,
-                stats::handle(response, self.shared.writes.as_ref(), &mut self.outgoing),
+                stats::handle(response, self.shared.writes.as_ref(), self.outgoing),
             ),
             Lookup::Found(route) => (route, self.dispatch(route, response)),
         };

@@ -252,24 +252,35 @@ impl HttpConnection {
         out: &mut Vec<u8>,
         env: &HttpEnv<'_>,
     ) -> usize {
-        let Some(queued) = self
+        let Some(at) = self
             .queue
-            .iter_mut()
-            .find(|q| q.deferred.is_some_and(|(n, _)| n == number))
+            .iter()
+            .position(|q| q.deferred.is_some_and(|(n, _)| n == number))
         else {
             return 0;
         };
+        let queued = &mut self.queue[at];
         let (_, deferred) = queued.deferred.take().expect("found by its number");
-        let writer = ResponseWriter::new(
-            &mut queued.bytes,
-            env.date,
-            deferred.connection,
-            deferred.head_only,
-        );
+        // At the head of the queue it goes straight to the output; behind
+        // another it waits, rendered, for its turn.
+        let target = if at == 0 && !self.closing {
+            &mut *out
+        } else {
+            &mut queued.bytes
+        };
+        let writer = ResponseWriter::new(target, env.date, deferred.connection, deferred.head_only);
         let sent = respond(writer);
         debug_assert!(sent.deferred.is_none(), "an answer is deferred only once");
         queued.close |= sent.close;
         let mut written = 0;
+        if at == 0 {
+            let first = self.queue.pop_front().expect("found");
+            if !self.closing {
+                self.unsent += 1;
+                written += 1;
+                self.closing |= first.close;
+            }
+        }
         while self.queue.front().is_some_and(|q| q.deferred.is_none()) {
             let ready = self.queue.pop_front().expect("checked");
             if self.closing {

@@ -190,6 +190,7 @@ impl Executor {
                 date: DateHeader::new(),
                 shared,
                 index,
+                outgoing: Vec::new(),
             },
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
@@ -873,13 +874,15 @@ struct Responder {
     shared: Arc<ApiShared>,
     /// This executor's index among all executors (its metrics slot).
     index: usize,
+    /// Commands handlers issued in one step, kept for its capacity.
+    outgoing: Vec<crate::api::Outgoing>,
 }
 
 impl Responder {
     /// Run one step of `conn`'s HTTP state (`receive`, `resume`, `time_out`)
     /// with the API behind it, and account for the responses it wrote.
     fn answer(
-        &self,
+        &mut self,
         conn: &mut Connection,
         metrics: &mut CoreMetrics,
         now: Instant,
@@ -893,13 +896,13 @@ impl Responder {
             shared: &self.shared,
             executor: self.index,
             metrics,
-            outgoing: Vec::new(),
+            outgoing: &mut self.outgoing,
         };
         let first = conn.http.next_deferred();
         let written = step(&mut conn.http, &mut api, &mut conn.out, &env);
         // Each deferred answer issued one command, in request order.
         conn.issued
-            .extend(conn.http.deferred_since(first).zip(api.outgoing.drain(..)));
+            .extend(conn.http.deferred_since(first).zip(self.outgoing.drain(..)));
         conn.wrote(written, now);
         metrics.in_flight += written as u64;
         written
