@@ -82,14 +82,11 @@ down() {
 }
 
 status() {
-  local name
-  for name in serve; do
-    if [ -f "$dir/$name.pid" ] && kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
-      echo "$name: running (pid $(cat "$dir/$name.pid"))"
-    else
-      echo "$name: not running"
-    fi
-  done
+  if [ -f "$dir/serve.pid" ] && kill -0 "$(cat "$dir/serve.pid")" 2>/dev/null; then
+    echo "serve: running (pid $(cat "$dir/serve.pid"))"
+  else
+    echo "serve: not running"
+  fi
   local state
   state=$(scripts/redis-cluster.sh status --dir "$dir/redis" --port 7000 2>/dev/null | grep '^cluster_state' || true)
   echo "redis: ${state:-not running}"

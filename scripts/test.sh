@@ -16,10 +16,13 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client
+need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "shellcheck tuning/millrace-tune"
+shellcheck -x tuning/millrace-tune tests/tuning/fake-ethtool
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
