@@ -245,6 +245,39 @@ fn somaxconn_check() -> Check {
     }
 }
 
+/// The drift report for tuning profile `profile`, and whether the host
+/// matches it; an unknown or malformed profile is an error.
+pub fn tuning_report(profile: &str) -> Result<(String, bool), String> {
+    let settings = crate::tuning::load(profile)?;
+    let findings = crate::tuning::check(&settings, std::path::Path::new("/"));
+    let mut out = format!("tuning profile {profile}\n");
+    let mut drift = 0;
+    for finding in &findings {
+        let (verdict, detail) = match (&finding.actual, finding.ok) {
+            (None, _) => ("n/a", "nothing to read on this host".to_string()),
+            (Some(actual), true) => ("ok", actual.clone()),
+            (Some(actual), false) => {
+                drift += 1;
+                (
+                    "DRIFT",
+                    format!("expected {}, actual {actual}", finding.expected),
+                )
+            }
+        };
+        let _ = writeln!(out, "  {:<44} {:<5} {}", finding.label, verdict, detail);
+    }
+    let _ = writeln!(
+        out,
+        "{}; NIC settings: tuning/millrace-tune check {profile} --iface NAME",
+        if drift == 0 {
+            format!("no drift from {profile}")
+        } else {
+            format!("{drift} setting(s) drift from {profile}: tuning/millrace-tune apply {profile}")
+        }
+    );
+    Ok((out, drift == 0))
+}
+
 /// The report as printed, and whether millrace can run here.
 pub fn report(checks: &[Check]) -> (String, bool) {
     let mut out = String::from("millrace doctor\n");

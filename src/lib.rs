@@ -29,4 +29,5 @@ pub mod reactor;
 pub mod redis;
 pub mod server;
 pub mod signals;
+pub mod tuning;
 pub mod writeback;

@@ -30,7 +30,7 @@ enum Command {
     /// Drain the write-back queue from Redis into PostgreSQL (the database core, on its own)
     Writeback(Box<WritebackOptions>),
     /// Check this host: kernel, io_uring features, limits; exits 1 if millrace cannot run
-    Doctor,
+    Doctor(DoctorOptions),
 }
 
 fn main() -> ExitCode {
@@ -69,16 +69,40 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
         },
-        Command::Doctor => {
-            let (report, runnable) = doctor::report(&doctor::checks());
+        Command::Doctor(options) => {
+            let (mut report, runnable) = doctor::report(&doctor::checks());
+            let mut tuned = true;
+            if let Some(profile) = &options.profile {
+                match doctor::tuning_report(profile) {
+                    Ok((text, ok)) => {
+                        report.push_str(&text);
+                        tuned = ok;
+                    }
+                    Err(error) => {
+                        eprintln!("millrace doctor: {error}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             print!("{report}");
-            if runnable {
+            if runnable && tuned {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+/// `millrace doctor` flags.
+#[derive(clap::Args)]
+struct DoctorOptions {
+    /// Also compare this host with a tuning profile (latency, throughput, or a
+    /// .conf path; see tuning/): sysctls, sysfs, the CPU governor and this
+    /// process's limits. Drift makes the exit status 1. NIC settings:
+    /// tuning/millrace-tune check PROFILE --iface NAME
+    #[arg(long, value_name = "PROFILE")]
+    profile: Option<String>,
 }
 
 fn fail(error: &str) -> ExitCode {

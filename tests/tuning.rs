@@ -351,3 +351,24 @@ fn changing_the_host_needs_root_but_checking_does_not() {
         text(&check)
     );
 }
+
+#[test]
+fn doctor_reads_the_same_profiles() {
+    let doctor = |profile: &str| {
+        Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["doctor", "--profile", profile])
+            .output()
+            .unwrap()
+    };
+    let report = doctor("throughput");
+    let out = text(&report);
+    assert!(matches!(report.status.code(), Some(0 | 1)), "{out}");
+    assert!(out.contains("tuning profile throughput"), "{out}");
+    assert!(out.contains("sysctl net.core.somaxconn"), "{out}");
+    assert!(out.contains("limit nofile (this process)"), "{out}");
+    // Drift in the report and in the exit status agree.
+    assert_eq!(out.contains("DRIFT"), report.status.code() == Some(1), "{out}");
+    let unknown = doctor("fastest");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown).contains("unknown profile: fastest"));
+}
