@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck
+need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -372,3 +372,27 @@ fn doctor_reads_the_same_profiles() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(text(&unknown).contains("unknown profile: fastest"));
 }
+
+#[test]
+fn the_systemd_units_verify() {
+    // The units name installed paths; point them at this build to verify.
+    let tree = Tree::new("units");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let units = repo.join("tuning/systemd");
+    let service = fs::read_to_string(units.join("millrace.service"))
+        .unwrap()
+        .replace("/usr/local/bin/millrace", env!("CARGO_BIN_EXE_millrace"));
+    let tune = fs::read_to_string(units.join("millrace-tune@.service"))
+        .unwrap()
+        .replace("/usr/local/lib/millrace/millrace-tune", script().to_str().unwrap());
+    fs::write(tree.dir.join("millrace.service"), service).unwrap();
+    fs::write(tree.dir.join("millrace-tune@.service"), &tune).unwrap();
+    fs::write(tree.dir.join("millrace-tune@latency.service"), &tune).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .current_dir(&tree.dir)
+        .args(["verify", "./millrace.service", "./millrace-tune@latency.service"])
+        .output()
+        .expect("systemd-analyze (scripts/test.sh installs systemd)");
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert_eq!(text(&verify).trim(), "", "verify is clean");
+}
