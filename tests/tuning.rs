@@ -45,6 +45,7 @@ impl Tree {
             ("net/core/netdev_max_backlog", "1000"),
             ("net/core/busy_read", "0"),
             ("net/core/busy_poll", "0"),
+            ("net/core/rps_sock_flow_entries", "32768"),
             ("net/ipv4/tcp_rmem", "4096\t131072\t6291456"),
             ("net/ipv4/tcp_wmem", "4096\t16384\t4194304"),
             ("net/ipv4/tcp_fastopen", "1"),
@@ -72,6 +73,10 @@ impl Tree {
             tree.put(
                 &format!("sys/class/net/eth0/queues/rx-{queue}/rps_cpus"),
                 "0000000f\n",
+            );
+            tree.put(
+                &format!("sys/class/net/eth0/queues/rx-{queue}/rps_flow_cnt"),
+                "4096\n",
             );
             tree.put(
                 &format!("sys/class/net/eth0/queues/tx-{queue}/xps_cpus"),
@@ -197,6 +202,11 @@ fn apply_then_check_passes_a_second_apply_changes_nothing_and_revert_restores_ev
         "performance\n"
     );
     assert_eq!(tree.get("sys/class/net/eth0/queues/rx-1/rps_cpus"), "0\n");
+    assert_eq!(
+        tree.get("sys/class/net/eth0/queues/rx-0/rps_flow_cnt"),
+        "0\n"
+    );
+    assert_eq!(tree.get("proc/sys/net/core/rps_sock_flow_entries"), "0\n");
     assert_eq!(tree.get("proc/irq/40/smp_affinity_list"), "2\n");
     assert_eq!(tree.get("proc/irq/41/smp_affinity_list"), "3\n");
     assert_eq!(
@@ -367,7 +377,11 @@ fn doctor_reads_the_same_profiles() {
     assert!(out.contains("sysctl net.core.somaxconn"), "{out}");
     assert!(out.contains("limit nofile (this process)"), "{out}");
     // Drift in the report and in the exit status agree.
-    assert_eq!(out.contains("DRIFT"), report.status.code() == Some(1), "{out}");
+    assert_eq!(
+        out.contains("DRIFT"),
+        report.status.code() == Some(1),
+        "{out}"
+    );
     let unknown = doctor("fastest");
     assert_eq!(unknown.status.code(), Some(2));
     assert!(text(&unknown).contains("unknown profile: fastest"));
@@ -384,13 +398,20 @@ fn the_systemd_units_verify() {
         .replace("/usr/local/bin/millrace", env!("CARGO_BIN_EXE_millrace"));
     let tune = fs::read_to_string(units.join("millrace-tune@.service"))
         .unwrap()
-        .replace("/usr/local/lib/millrace/millrace-tune", script().to_str().unwrap());
+        .replace(
+            "/usr/local/lib/millrace/millrace-tune",
+            script().to_str().unwrap(),
+        );
     fs::write(tree.dir.join("millrace.service"), service).unwrap();
     fs::write(tree.dir.join("millrace-tune@.service"), &tune).unwrap();
     fs::write(tree.dir.join("millrace-tune@latency.service"), &tune).unwrap();
     let verify = Command::new("systemd-analyze")
         .current_dir(&tree.dir)
-        .args(["verify", "./millrace.service", "./millrace-tune@latency.service"])
+        .args([
+            "verify",
+            "./millrace.service",
+            "./millrace-tune@latency.service",
+        ])
         .output()
         .expect("systemd-analyze (scripts/test.sh installs systemd)");
     assert!(verify.status.success(), "{}", text(&verify));
