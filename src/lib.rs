@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod metrics;
 pub mod payload;
+pub mod plan;
 pub mod probe;
 pub mod reactor;
 pub mod redis;

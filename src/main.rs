@@ -31,6 +31,8 @@ enum Command {
     Writeback(Box<WritebackOptions>),
     /// Check this host: kernel, io_uring features, limits; exits 1 if millrace cannot run
     Doctor(DoctorOptions),
+    /// The hardware a target load needs, from measured per-core costs
+    Plan(PlanOptions),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
         },
+        Command::Plan(options) => match plan_command(&options) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("millrace plan: {error}");
+                ExitCode::from(2)
+            }
+        },
         Command::Doctor(options) => {
             let (mut report, runnable) = doctor::report(&doctor::checks());
             let mut tuned = true;
@@ -92,6 +104,63 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `millrace plan` flags.
+#[derive(clap::Args)]
+struct PlanOptions {
+    /// Requests per second to plan for
+    #[arg(long)]
+    rps: f64,
+    /// Share of requests that are reads (GET /v1/kv), from 0 to 1; the rest are writes
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
+    /// Bytes in each value
+    #[arg(long, default_value_t = 512)]
+    value_bytes: u64,
+    /// Bytes in each key
+    #[arg(long, default_value_t = 16)]
+    key_bytes: u64,
+    /// CPUs in one server box
+    #[arg(long, default_value_t = 32)]
+    cores_per_box: u32,
+    /// NIC speed of one box, in Gbit/s
+    #[arg(long, default_value_t = 25.0)]
+    nic_gbit: f64,
+    /// Share of each measured capacity kept free, from 0 to below 1
+    #[arg(long, default_value_t = 0.3)]
+    headroom: f64,
+    /// Requests each load-generator connection keeps in flight
+    #[arg(long, default_value_t = 16)]
+    pipeline: u32,
+    /// A results file with plan_inputs (scripts/bench.sh writes one); default: this
+    /// repository's measurements on its development VM
+    #[arg(long, value_name = "FILE")]
+    from: Option<std::path::PathBuf>,
+}
+
+fn plan_command(options: &PlanOptions) -> Result<String, String> {
+    let costs = match &options.from {
+        None => millrace::plan::Costs::defaults(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            millrace::plan::Costs::from_json(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let demand = millrace::plan::Demand {
+        rps: options.rps,
+        read_ratio: options.read_ratio,
+        value_bytes: options.value_bytes,
+        key_bytes: options.key_bytes,
+        cores_per_box: options.cores_per_box,
+        nic_gbit: options.nic_gbit,
+        headroom: options.headroom,
+        pipeline: options.pipeline,
+    };
+    let plan = millrace::plan::plan(&demand, &costs)?;
+    Ok(millrace::plan::render(&demand, &costs, &plan))
 }
 
 /// `millrace doctor` flags.
