@@ -1,4 +1,5 @@
-//! The `millrace` command: `serve`, `load`, `writeback` and `doctor`.
+//! The `millrace` command: `serve`, `load`, `writeback`, `doctor`, `plan`
+//! and `plot`.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ enum Command {
     Doctor(DoctorOptions),
     /// The hardware a target load needs, from measured per-core costs
     Plan(PlanOptions),
+    /// Draw benchmark results as SVG (scripts/bench.sh uses it)
+    #[command(subcommand)]
+    Plot(PlotCommand),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Plot(command) => match plot_command(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("millrace plot: {error}");
+                ExitCode::from(2)
+            }
+        },
         Command::Doctor(options) => {
             let (mut report, runnable) = doctor::report(&doctor::checks());
             let mut tuned = true;
@@ -102,6 +113,80 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// `millrace plot` charts.
+#[derive(Subcommand)]
+enum PlotCommand {
+    /// Latency by percentile, a curve per NAME=FILE.hgrm (millrace load --hgrm, wrk2)
+    Percentiles {
+        /// Chart title
+        #[arg(long)]
+        title: String,
+        /// Where the SVG goes
+        #[arg(long, value_name = "FILE.svg")]
+        out: std::path::PathBuf,
+        /// Curves: NAME=FILE.hgrm
+        #[arg(required = true, value_name = "NAME=FILE")]
+        curves: Vec<String>,
+    },
+    /// A bar per NAME=VALUE
+    Bars {
+        /// Chart title
+        #[arg(long)]
+        title: String,
+        /// What the values are, such as "requests per server CPU-second"
+        #[arg(long)]
+        y_label: String,
+        /// Where the SVG goes
+        #[arg(long, value_name = "FILE.svg")]
+        out: std::path::PathBuf,
+        /// Bars: NAME=VALUE
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        bars: Vec<String>,
+    },
+}
+
+fn plot_command(command: &PlotCommand) -> Result<(), String> {
+    let split = |pair: &str| {
+        pair.split_once('=')
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .ok_or(format!("{pair:?} is not NAME=VALUE"))
+    };
+    match command {
+        PlotCommand::Percentiles { title, out, curves } => {
+            let curves = curves
+                .iter()
+                .map(|pair| {
+                    let (name, file) = split(pair)?;
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| format!("cannot read {file}: {e}"))?;
+                    let points =
+                        load::plot::hgrm_curve(&text).map_err(|e| format!("{file}: {e}"))?;
+                    Ok((name, points))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            load::plot::percentile_chart(out, title, &curves)
+        }
+        PlotCommand::Bars {
+            title,
+            y_label,
+            out,
+            bars,
+        } => {
+            let bars = bars
+                .iter()
+                .map(|pair| {
+                    let (name, value) = split(pair)?;
+                    let value: f64 = value
+                        .parse()
+                        .map_err(|_| format!("{pair:?}: {value:?} is not a number"))?;
+                    Ok((name, value))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            load::plot::bar_chart(out, title, y_label, &bars)
         }
     }
 }

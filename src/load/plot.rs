@@ -32,6 +32,104 @@ pub fn latency_by_percentile(
         .map_err(|e| format!("cannot draw {}: {e}", path.display()))
 }
 
+/// Draw curves read back from `.hgrm` files (see [`hgrm_curve`]) into `path`.
+pub fn percentile_chart(
+    path: &Path,
+    title: &str,
+    curves: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), String> {
+    let x_max = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .fold(100.0_f64, f64::max);
+    let y_max = curves
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(0.001_f64, f64::max)
+        * 1.05;
+    draw(path, title, curves, x_max, y_max)
+        .map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
+/// The `(1 / (1 - quantile), milliseconds)` points of an `.hgrm` file, as
+/// `millrace load --hgrm` (and wrk2, and HdrHistogram) write them.
+pub fn hgrm_curve(text: &str) -> Result<Vec<(f64, f64)>, String> {
+    let points: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [value, quantile, _count, _inverse] = fields.as_slice() else {
+                return None;
+            };
+            let (value, quantile) = (value.parse::<f64>().ok()?, quantile.parse::<f64>().ok()?);
+            (quantile < 1.0).then(|| (1.0 / (1.0 - quantile), value))
+        })
+        .collect();
+    if points.is_empty() {
+        return Err("no percentile rows (Value Percentile TotalCount 1/(1-Percentile))".into());
+    }
+    Ok(points)
+}
+
+/// A bar per `(name, value)` into `path`, such as requests per CPU-second
+/// per server.
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    bars: &[(String, f64)],
+) -> Result<(), String> {
+    draw_bars(path, title, y_desc, bars).map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
+fn draw_bars(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    bars: &[(String, f64)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let y_max = bars.iter().map(|b| b.1).fold(1.0_f64, f64::max) * 1.15;
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(64)
+        .y_label_area_size(84)
+        .build_cartesian_2d((0..bars.len()).into_segmented(), 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(y_desc)
+        .x_labels(bars.len())
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, value))| {
+        let color = Palette99::pick(i).to_rgba();
+        let mut bar = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), *value),
+            ],
+            color.filled(),
+        );
+        bar.set_margin(0, 0, 12, 12);
+        bar
+    }))?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, value))| {
+        Text::new(
+            format!("{value:.0}"),
+            (SegmentValue::CenterOf(i), *value * 1.02),
+            ("sans-serif", 14),
+        )
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
 /// `(1 / (1 - quantile), latency in ms)` from 0% up to the last point before 100%.
 fn curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
     histogram
@@ -103,6 +201,33 @@ mod tests {
         assert_eq!(percentile_label(100.0), "99%");
         assert_eq!(percentile_label(1000.0), "99.9%");
         assert_eq!(percentile_label(100_000.0), "99.999%");
+    }
+
+    #[test]
+    fn hgrm_files_read_back_and_bars_draw() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).unwrap();
+        for i in 1..=1000u64 {
+            histogram.record(i * 10_000).unwrap();
+        }
+        let points = hgrm_curve(&crate::load::report::hgrm(&histogram)).unwrap();
+        assert_eq!(points[0].0, 1.0);
+        assert!(
+            points
+                .iter()
+                .any(|&(x, ms)| (x - 2.0).abs() < 1e-9 && (ms - 5.0).abs() < 0.01)
+        );
+        assert!(hgrm_curve("not a histogram\n").is_err());
+        let path = std::env::temp_dir().join(format!("millrace-bars-{}.svg", std::process::id()));
+        bar_chart(
+            &path,
+            "test",
+            "req/s",
+            &[("a".into(), 10.0), ("b".into(), 20.0)],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("\nb\n"), "{svg}");
     }
 
     #[test]
