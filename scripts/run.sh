@@ -13,8 +13,8 @@
 # rows that reached PostgreSQL, stops the server with SIGTERM (it drains
 # cleanly) and takes the stack down.
 #
-# Side by side with peers: scripts/bench-http.sh (servers) and
-# scripts/bench-load.sh (load generators); results under benches/results/.
+# The full report, side by side with peers: scripts/bench.sh; results under
+# benches/results/ (latest.json, and a .md per run).
 #
 # Usage: scripts/run.sh [--duration SECONDS]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
@@ -112,4 +112,4 @@ for name in ("depth-1", "depth-16", "open-loop", "kv", "events"):
           f"| {l['p99.9']:.3f} | {l['max']:.3f} | {errors} |")
 PY
 echo
-echo "Side by side with peers: scripts/bench-http.sh and scripts/bench-load.sh (results in benches/results/)."
+echo "The full report, side by side with peers: scripts/bench.sh (latest: benches/results/latest.json and benches/results/*.md)."
