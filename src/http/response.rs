@@ -301,6 +301,13 @@ pub(crate) enum ConnectionHeader {
 }
 
 impl<'a> ResponseWriter<'a> {
+    /// A writer for an HTTP/1.1 keep-alive exchange into `out`, for code
+    /// that answers outside an [`HttpConnection`](super::HttpConnection)
+    /// (benchmarks, tests).
+    pub fn keep_alive(out: &'a mut Vec<u8>, date: &'a DateHeader) -> Self {
+        Self::new(out, date, ConnectionHeader::None, false)
+    }
+
     pub(crate) fn new(
         out: &'a mut Vec<u8>,
         date: &'a DateHeader,
