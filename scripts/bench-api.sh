@@ -4,7 +4,7 @@
 # benches/peers/axum-redis), in one run:
 #   - events: POST /v1/events, FlatBuffers batches of BATCH events;
 #   - kv-put: PUT /v1/kv/{key}, 100-byte values over 1,000 keys;
-#   - kv-get: GET /v1/kv/{key} over the same keys, all cache hits (the
+#   - kv-get: GET /v1/kv/{key} over the same keys, zipf 0.99, all cache hits (the
 #     kv-put run filled them).
 #
 # Both servers verify bodies and run the same scripts on the same 3-master
@@ -60,7 +60,9 @@ millrace="$root/target/release/millrace"
 peer="$root/benches/peers/axum-redis/target/release/peer-axum-redis"
 
 dir="$root/var/bench-api-redis"
-redis_port=$((25000 + RANDOM % 2000))
+# Bus ports are +10000: kept below the ephemeral range (32768 and up), where
+# an outgoing connection could hold one.
+redis_port=$((21400 + RANDOM % 600))
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -105,7 +107,7 @@ args() {
   case "$1" in
     events) echo "--workload events --batch $batch" ;;
     kv-put) echo "--workload kv --read-ratio 0 --keys 1000 --value-bytes 100" ;;
-    kv-get) echo "--workload kv --read-ratio 1 --keys 1000" ;;
+    kv-get) echo "--workload kv --read-ratio 1 --keys 1000 --key-dist zipf:0.99" ;;
   esac
 }
 
@@ -174,7 +176,7 @@ for line in open(results):
                  "open_loop_p50_ms": float(p50), "open_loop_p99_ms": float(p99), "open_loop_p999_ms": float(p999)})
 routes = {"events": f"POST /v1/events ({batch} FlatBuffers events per request)",
           "kv-put": "PUT /v1/kv/{key} (100-byte values, 1,000 keys)",
-          "kv-get": "GET /v1/kv/{key} (cache hits, 1,000 keys)"}
+          "kv-get": "GET /v1/kv/{key} (cache hits, 1,000 keys, zipf 0.99)"}
 summary, ratios = {}, {}
 for workload in routes:
     summary[workload] = {}

@@ -52,7 +52,8 @@ ours="$(ls -t target/release/deps/redis_client-* | grep -v '\.d$' | head -1)"
 peer="$root/benches/peers/redis-rs/target/release/peer-redis-rs"
 
 dir="$root/var/bench-redis"
-port=$((21000 + RANDOM % 2000))
+# Bus ports are +10000: kept below the ephemeral range (32768 and up).
+port=$((20000 + RANDOM % 600))
 cleanup() { scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true; }
 trap cleanup EXIT
 cleanup

@@ -49,7 +49,8 @@ bench="$(ls -t target/release/deps/writeback-* | grep -v '\.d$' | head -1)"
 
 redis_dir="$root/var/bench-writeback-redis"
 pg_dir="$root/var/bench-writeback-postgres"
-port=$((23000 + RANDOM % 2000))
+# Bus ports are +10000: kept below the ephemeral range (32768 and up).
+port=$((20700 + RANDOM % 600))
 pg_port=$((port + 100))
 cleanup() {
   scripts/redis-cluster.sh stop --dir "$redis_dir" > /dev/null 2>&1 || true

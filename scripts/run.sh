@@ -42,7 +42,8 @@ step "millrace doctor"
 "$millrace" doctor
 
 stack="$PWD/var/run"
-redis_port=$((24000 + RANDOM % 2000))
+# Bus ports are +10000: kept below the ephemeral range (32768 and up).
+redis_port=$((22100 + RANDOM % 600))
 pg_port=$((redis_port + 100))
 work="$(mktemp -d)"
 pids=()
