@@ -21,7 +21,8 @@
 # --pipeline N above 1, -api-pN.json and .md.
 #
 # Usage: scripts/bench-api.sh [--duration SECONDS] [--rounds N] [--rate REQUESTS_PER_S] [--batch N] [--pipeline N] [--no-build]
-# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
+# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
+# (default benches/results)
 set -euo pipefail
 
 duration=5
@@ -44,6 +45,7 @@ while [ $# -gt 0 ]; do
 done
 server_cpu="${SERVER_CPU:-0}"
 load_cpu="${LOAD_CPU:-1}"
+results_dir="${RESULTS_DIR:-benches/results}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -156,10 +158,10 @@ PY
   done
 done
 
-mkdir -p benches/results
+mkdir -p "$results_dir"
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
-base="benches/results/${stamp}-${host}-api"
+base="$results_dir/${stamp}-${host}-api"
 [ "$pipeline" = 1 ] || base="$base-p$pipeline"
 python3 - "$results" "$base" "$duration" "$rounds" "$rate" "$batch" "$server_cpu" "$load_cpu" "$pipeline" <<'PY'
 import datetime, json, statistics, sys

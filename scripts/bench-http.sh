@@ -17,7 +17,8 @@
 # Results: benches/results/<date>-<host>-http.json and .md
 #
 # Usage: scripts/bench-http.sh [--duration SECONDS] [--connections N] [--rounds N] [--no-build]
-# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
+# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
+# (default benches/results)
 set -euo pipefail
 
 duration=5
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
 done
 server_cpu="${SERVER_CPU:-0}"
 load_cpu="${LOAD_CPU:-1}"
+results_dir="${RESULTS_DIR:-benches/results}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -110,10 +112,10 @@ open_now=$(curl -s "http://127.0.0.1:$port/metrics" | awk -F' ' '/^millrace_conn
 kill "$idle_pid" 2>/dev/null || true
 echo "  $idle_line; server RSS ${rss_before} KiB -> ${rss_after} KiB (open connections: $open_now)"
 
-mkdir -p benches/results
+mkdir -p "$results_dir"
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
-base="benches/results/${stamp}-${host}-http"
+base="$results_dir/${stamp}-${host}-http"
 python3 scripts/bench_report.py \
   --results "$results" --json "$base.json" --markdown "$base.md" \
   --duration "$duration" --connections "$connections" --rounds "$rounds" \

@@ -13,7 +13,8 @@
 # distributions in benches/results/<date>-<host>-latency/SERVER-PERCENT.hgrm
 #
 # Usage: scripts/bench-latency.sh [--duration SECONDS] [--no-build]
-# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
+# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
+# (default benches/results)
 set -euo pipefail
 
 duration=5
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
 done
 server_cpu="${SERVER_CPU:-0}"
 load_cpu="${LOAD_CPU:-1}"
+results_dir="${RESULTS_DIR:-benches/results}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -53,7 +55,7 @@ trap cleanup EXIT
 
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
-base="benches/results/${stamp}-${host}-latency"
+base="$results_dir/${stamp}-${host}-latency"
 mkdir -p "$base"
 results="$work/results.tsv"
 : > "$results"

@@ -17,7 +17,8 @@
 # Results: benches/results/<date>-<host>-writeback.json and .md
 #
 # Usage: scripts/bench-writeback.sh [--rows N] [--rounds N] [--no-build]
-# Environment: DB_CPU (default 0), LOAD_CPU (default 1)
+# Environment: DB_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
+# (default benches/results)
 set -euo pipefail
 
 rows=200000
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
 done
 db_cpu="${DB_CPU:-0}"
 load_cpu="${LOAD_CPU:-1}"
+results_dir="${RESULTS_DIR:-benches/results}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -70,10 +72,10 @@ for round in $(seq 1 "$rounds"); do
   echo "$line" >> "$results"
 done
 
-mkdir -p benches/results
+mkdir -p "$results_dir"
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
-base="benches/results/${stamp}-${host}-writeback"
+base="$results_dir/${stamp}-${host}-writeback"
 python3 - "$results" "$base" "$rows" "$rounds" "$db_cpu" "$load_cpu" <<'PY'
 import datetime, json, statistics, sys
 sys.path.insert(0, "scripts")

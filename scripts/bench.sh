@@ -13,7 +13,7 @@
 #   - latency under load: open loop at 25/50/75/90% of each HTTP server's
 #     maximum, p50/p99/p99.9 (scripts/bench-latency.sh).
 #
-# Output, besides each part's own files under benches/results/:
+# Output, besides each part's own files in benches/results/<date>-<host>/:
 #   benches/results/<date>-<host>.json   every figure, the machine, and the
 #                                        plan_inputs millrace plan --from reads
 #   benches/results/latest.json          the same
@@ -46,6 +46,12 @@ cd "$root"
 . scripts/lib.sh
 
 if [ "$quick" = 1 ]; then rounds=2; duration=3; rows=100000; else rounds=5; duration=5; rows=200000; fi
+stamp="$(date -u +%Y-%m-%d)"
+host="$(hostname -s 2>/dev/null || hostname)"
+base="benches/results/${stamp}-${host}"
+# Each part's files go in a directory of this run's own, not beside the
+# parts' separate runs.
+export RESULTS_DIR="$base"
 
 need_packages wrk nginx-light curl python3 redis-server redis-tools postgresql postgresql-client
 if [ "$build" = 1 ]; then
@@ -69,9 +75,6 @@ if [ "$runs" = 1 ]; then
   scripts/bench-latency.sh --no-build --duration "$duration"
 fi
 
-stamp="$(date -u +%Y-%m-%d)"
-host="$(hostname -s 2>/dev/null || hostname)"
-base="benches/results/${stamp}-${host}"
 command="scripts/bench.sh"
 if [ "$quick" = 1 ]; then command="$command --quick"; fi
 step "the report: $base.json, $base.md, $base-*.svg"
@@ -80,7 +83,8 @@ import glob, json, os, sys
 sys.path.insert(0, "scripts")
 from bench_report import machine
 base, command = sys.argv[1], sys.argv[2]
-part = lambda name: json.load(open(f"{base}-{name}.json"))
+parts = os.path.join(base, os.path.basename(base))
+part = lambda name: json.load(open(f"{parts}-{name}.json"))
 http, api, api16, writeback, latency = part("http"), part("api"), part("api-p16"), part("writeback"), part("latency")
 # The Redis client's figures come from its own run (scripts/bench-redis.sh), the newest there is.
 redis_files = sorted(glob.glob("benches/results/*-redis.json"))
@@ -114,7 +118,7 @@ m = report["machine"]
 lines = [f"# millrace benchmark report, {report['date']}", "",
          f"{m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}. Command: `{command}`.", ""]
 for title, name in sections:
-    lines += [f"## {title}", "", open(f"{base}-{name}.md").read().strip(), ""]
+    lines += [f"## {title}", "", open(f"{parts}-{name}.md").read().strip(), ""]
 lines += ["## Plots", "", f"![requests per server CPU-second]({os.path.basename(base)}-per-cpu.svg)", ""]
 for server in ("millrace", "may_minihttp", "nginx"):
     lines.append(f"![latency by percentile, {server}]({os.path.basename(base)}-latency-{server}.svg)")
@@ -135,7 +139,9 @@ rm -f "$base.bars"
   --y-label "requests per server CPU-second" --out "$base-per-cpu.svg" "${bars[@]}"
 for server in millrace may_minihttp nginx; do
   curves=()
-  for percent in 25 50 75 90; do curves+=("$percent% of maximum=$base-latency/$server-$percent.hgrm"); done
+  for percent in 25 50 75 90; do
+    curves+=("$percent% of maximum=$base/${stamp}-${host}-latency/$server-$percent.hgrm")
+  done
   "$millrace" plot percentiles --title "$server: latency by percentile, GET /plaintext open loop" \
     --out "$base-latency-$server.svg" "${curves[@]}"
 done
