@@ -115,6 +115,8 @@ serve_options! {
     ack_replicas: u32 = 0, env "MILLRACE_ACK_REPLICAS";
     /// How long WAIT waits for those replicas, in milliseconds; then the write is answered 503 (queued, not confirmed) [default: 100]
     ack_timeout_ms: u64 = 100, env "MILLRACE_ACK_TIMEOUT_MS";
+    /// File of bearer tokens for the /v1 routes, one per line (at least 16 characters each); tokens may also come from MILLRACE_AUTH_TOKENS (comma-separated). None: the routes are open [default: empty]
+    auth_tokens_file: String = String::new(), env "MILLRACE_AUTH_TOKENS_FILE";
     /// PostgreSQL URL (postgres://user:password@host:port/db). Set, this process runs the database core: write-back and read-through of GET misses. Empty: run `millrace writeback` elsewhere, and a GET miss is a 404 [default: empty]
     postgres_url: String = String::new(), env "MILLRACE_POSTGRES_URL";
     /// CPU to pin the database core to; -1 leaves it unpinned [default: -1]
@@ -244,9 +246,19 @@ impl ServeConfig {
         Some(config)
     }
 
-    /// Render as TOML, loadable with `--config`.
+    /// Render as TOML, loadable with `--config`; a password in
+    /// `postgres_url` is shown as `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut shown = self.clone();
+        shown.postgres_url = redact_password(&self.postgres_url);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The bearer tokens the `/v1` routes require, if any are configured.
+    pub fn auth_tokens(&self) -> Result<Option<crate::api::auth::Tokens>, String> {
+        let file = (!self.auth_tokens_file.is_empty())
+            .then(|| std::path::Path::new(&self.auth_tokens_file));
+        crate::api::auth::Tokens::load(file)
     }
 
     /// What each executor gets.
@@ -271,6 +283,21 @@ impl ServeConfig {
             },
             redis: self.redis(),
         }
+    }
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -402,6 +429,20 @@ impl<'de> Deserialize<'de> for CoreSpec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_password("postgres://millrace:s3cret@127.0.0.1:5440/millrace"),
+            "postgres://millrace:***@127.0.0.1:5440/millrace"
+        );
+        assert_eq!(
+            redact_password("postgres://millrace@127.0.0.1/db"),
+            "postgres://millrace@127.0.0.1/db"
+        );
+        assert_eq!(redact_password(""), "");
+        assert_eq!(redact_password("host=a password=b"), "host=a password=b");
+    }
+
     use super::*;
     use clap::{CommandFactory, Parser};
 

@@ -79,7 +79,12 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
         ack_replicas: config.ack_replicas,
         ack_timeout: Duration::from_millis(config.ack_timeout_ms),
     });
+    let auth = config.auth_tokens()?;
+    if auth.is_some() {
+        tracing::info!("the /v1 routes require a bearer token");
+    }
     let shared = Arc::new(ApiShared {
+        auth,
         writes,
         lifecycle: Arc::clone(&lifecycle),
         registry: Arc::new(MetricsRegistry::new(&cpus)),

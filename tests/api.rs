@@ -556,3 +556,73 @@ fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
     // The connection goes on, in order.
     assert_eq!(kv(&mut stream, "GET", "unconfirmed", b"").body, b"2");
 }
+
+#[test]
+fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
+    let cluster = RedisCluster::start(3, 0);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let token = "t0k3n-0123456789abcdef";
+    let dir = std::env::temp_dir().join(format!("millrace-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(&file, format!("# one per line\n{token}\n")).unwrap();
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds.join(","),
+        "--auth-tokens-file",
+        file.to_str().unwrap(),
+    ]);
+    let mut stream = server.connect();
+    let put = |stream: &mut std::net::TcpStream, authorization: Option<&str>| {
+        let header = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        let request =
+            format!("PUT /v1/kv/guarded HTTP/1.1\r\nHost: t\r\n{header}Content-Length: 1\r\n\r\nx");
+        stream.write_all(request.as_bytes()).unwrap();
+        read_response(stream)
+    };
+    for bad in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some(&format!("Basic {token}")[..]),
+    ] {
+        let response = put(&mut stream, bad);
+        assert_eq!(response.status, 401, "{bad:?}: {}", response.text());
+        assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(server.get("/v1/stats").status, 401);
+    // Nothing of the refused writes reached Redis.
+    use millrace::redis::cluster::Config;
+    use millrace::redis::command::Command;
+    use millrace::redis::driver::Client;
+    use millrace::redis::resp::OwnedReply;
+    use millrace::writeback::queue::Queue;
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let cached = Command::get(&Queue::new(16).cache_key(b"guarded"));
+    assert_eq!(
+        client.execute(vec![cached]).remove(0).unwrap(),
+        OwnedReply::Nil
+    );
+    let ok = put(&mut stream, Some(&format!("Bearer {token}")));
+    assert_eq!(ok.status, 202, "{}", ok.text());
+    // The operational routes stay open.
+    assert_eq!(server.get("/livez").status, 200);
+    assert_eq!(server.get("/plaintext").status, 200);
+    assert!(!server.log().contains(token), "the token is never logged");
+
+    // --print-config shows no password.
+    let printed = Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["serve", "--print-config", "--redis-seeds", "127.0.0.1:7000"])
+        .env(
+            "MILLRACE_POSTGRES_URL",
+            "postgres://millrace:s3cret@127.0.0.1:5440/db",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.contains("postgres://millrace:***@127.0.0.1:5440/db"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,7 @@
 //! decode → execute → encode. [`Api`] is the [`Service`] an executor hands its
 //! connections.
 
+pub mod auth;
 mod events;
 pub mod kv;
 mod livez;
@@ -162,6 +163,8 @@ pub struct ApiShared {
     pub registry: Arc<MetricsRegistry>,
     /// Where writes go; `None` without a Redis Cluster.
     pub writes: Option<WritePath>,
+    /// Bearer tokens the `/v1` routes require; `None`: open.
+    pub auth: Option<auth::Tokens>,
 }
 
 /// The write-back queue and what a write may be.
@@ -450,6 +453,26 @@ impl Service for Api<'_> {
                     &[("Allow", allow)],
                 ),
             ),
+            Lookup::Found(
+                route @ (Route::Events
+                | Route::KvGet
+                | Route::KvPut
+                | Route::KvDelete
+                | Route::Stats),
+            ) if self
+                .shared
+                .auth
+                .as_ref()
+                .is_some_and(|tokens| !tokens.allow(request.header("authorization"))) =>
+            {
+                (
+                    route,
+                    response.reject_with_headers(
+                        Rejection::new(Status::Unauthorized, "missing or invalid bearer token"),
+                        &[("WWW-Authenticate", "Bearer")],
+                    ),
+                )
+            }
             Lookup::Found(Route::Events) => (
                 Route::Events,
                 events::handle(
