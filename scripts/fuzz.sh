@@ -5,7 +5,8 @@
 # pieces, which must answer the same), chunked (the chunked decoder, whole and
 # byte by byte), http_response (the load generator's response reader, whole
 # and split in two, which must read the same responses), event_batch (the
-# FlatBuffers and JSON ingress of POST /v1/events, verified with limits). Seeds are in fuzz/seeds/<target>; what libFuzzer finds goes
+# FlatBuffers and JSON ingress of POST /v1/events, verified with limits), resp
+# (the RESP decoder, both protocols, each reply against its prefixes). Seeds are in fuzz/seeds/<target>; what libFuzzer finds goes
 # to fuzz/corpus/<target> (not committed). A crash leaves its input in
 # fuzz/artifacts/<target> and makes this script fail.
 #
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
-[ ${#targets[@]} -gt 0 ] || targets=(http_request chunked http_response event_batch)
+[ ${#targets[@]} -gt 0 ] || targets=(http_request chunked http_response event_batch resp)
 
 if ! cargo fuzz --version > /dev/null 2>&1; then
   echo "== installing cargo-fuzz"

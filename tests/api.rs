@@ -626,3 +626,135 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     assert!(!text.contains("s3cret"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn hostile_requests_get_their_4xx_and_queue_nothing() {
+    use millrace::redis::cluster::Config;
+    use millrace::redis::command::Command;
+    use millrace::redis::driver::Client;
+    use millrace::redis::resp::OwnedReply;
+    use millrace::writeback::queue::Queue;
+
+    let cluster = RedisCluster::start(3, 0);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let server = Server::start(&["--redis-seeds", &seeds.join(",")]);
+    let batch = encode_event_batch(&[event(1)]);
+    let events = |extra: &str, body: &[u8]| {
+        let mut request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-flatbuffers\r\n{extra}\r\n"
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    };
+    let many_headers: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge_header = format!("X-Big: {}\r\n", "a".repeat(1 << 20));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "Content-Length and Transfer-Encoding",
+            events(
+                &format!(
+                    "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+                    batch.len()
+                ),
+                &batch,
+            ),
+            400,
+        ),
+        (
+            "two different Content-Lengths",
+            events(
+                &format!("Content-Length: {}\r\nContent-Length: 3\r\n", batch.len()),
+                &batch,
+            ),
+            400,
+        ),
+        (
+            "a bare LF",
+            b"PUT /v1/kv/a HTTP/1.1\nHost: t\nContent-Length: 1\n\nx".to_vec(),
+            400,
+        ),
+        (
+            "obs-fold",
+            b"PUT /v1/kv/a HTTP/1.1\r\nHost: t\r\nX-A: b\r\n c\r\nContent-Length: 1\r\n\r\nx"
+                .to_vec(),
+            400,
+        ),
+        (
+            "1,000 header fields",
+            events(
+                &format!("{many_headers}Content-Length: {}\r\n", batch.len()),
+                &batch,
+            ),
+            431,
+        ),
+        (
+            "a 1 MiB header field",
+            events(
+                &format!("{huge_header}Content-Length: {}\r\n", batch.len()),
+                &batch,
+            ),
+            431,
+        ),
+        (
+            "a chunk size of 2^72",
+            events("Transfer-Encoding: chunked\r\n", b"ffffffffffffffffff\r\nx"),
+            413,
+        ),
+        (
+            "invalid UTF-8 in the path",
+            b"PUT /v1/kv/\xff\xfe HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            400,
+        ),
+        (
+            "an empty key",
+            b"PUT /v1/kv/ HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            404,
+        ),
+        (
+            "a 1 MiB key",
+            format!(
+                "PUT /v1/kv/{} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx",
+                "k".repeat(1 << 20)
+            )
+            .into_bytes(),
+            414,
+        ),
+        (
+            "a raw NUL in the key",
+            b"PUT /v1/kv/a\0b HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            400,
+        ),
+    ];
+    for (what, request, status) in &cases {
+        let mut stream = server.connect();
+        // A large request may be refused before all of it is written.
+        let _ = stream.write_all(request);
+        let response = read_response(&mut stream);
+        assert_eq!(response.status, *status, "{what}: {}", response.text());
+    }
+    // Nothing of any of them was queued or cached, and the server still serves.
+    let queue = Queue::new(16);
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let lengths = client.execute(
+        (0..16)
+            .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
+            .collect(),
+    );
+    assert!(
+        lengths
+            .into_iter()
+            .all(|l| l.unwrap() == OwnedReply::Integer(0)),
+        "a refused request was queued"
+    );
+    assert_eq!(
+        client
+            .execute(vec![Command::get(&queue.cache_key(b"a"))])
+            .remove(0)
+            .unwrap(),
+        OwnedReply::Nil
+    );
+    assert_eq!(server.get("/livez").status, 200);
+    let mut stream = server.connect();
+    assert_eq!(kv(&mut stream, "PUT", "a", b"fine").status, 202);
+}
