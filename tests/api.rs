@@ -47,6 +47,25 @@ fn writeback(cluster: &RedisCluster, postgres: &Postgres) -> Child {
         .unwrap()
 }
 
+/// Entries in each of the 16 write-back streams.
+fn queue_lengths(client: &mut millrace::redis::driver::Client) -> Vec<i64> {
+    use millrace::redis::command::Command;
+    use millrace::redis::resp::OwnedReply;
+    let queue = millrace::writeback::queue::Queue::new(16);
+    client
+        .execute(
+            (0..16)
+                .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
+                .collect(),
+        )
+        .into_iter()
+        .map(|reply| match reply.unwrap() {
+            OwnedReply::Integer(n) => n,
+            other => panic!("XLEN answered {other:?}"),
+        })
+        .collect()
+}
+
 #[test]
 fn posted_events_are_accepted_queued_and_written() {
     let cluster = RedisCluster::start(3, 0);
@@ -178,10 +197,7 @@ fn an_unreachable_cluster_is_a_start_up_error() {
 #[test]
 fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
     use millrace::redis::cluster::Config;
-    use millrace::redis::command::Command;
     use millrace::redis::driver::Client;
-    use millrace::redis::resp::OwnedReply;
-    use millrace::writeback::queue::Queue;
 
     let cluster = RedisCluster::start(3, 0);
     let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
@@ -210,22 +226,10 @@ fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
     }
     assert!(accepted > 0 && shed > 0, "{accepted} accepted, {shed} shed");
     // What is queued is exactly what was accepted, at most one per partition.
-    let queue = Queue::new(16);
     let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
-    let lengths = client.execute(
-        (0..16)
-            .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
-            .collect(),
-    );
-    let mut total = 0;
-    for length in lengths {
-        let OwnedReply::Integer(n) = length.unwrap() else {
-            panic!()
-        };
-        assert!(n <= 1);
-        total += n;
-    }
-    assert_eq!(total, accepted);
+    let lengths = queue_lengths(&mut client);
+    assert!(lengths.iter().all(|&n| n <= 1), "{lengths:?}");
+    assert_eq!(lengths.iter().sum::<i64>(), accepted);
 }
 
 /// Poll `GET /v1/stats` until `done` holds for its figures (the database
@@ -331,22 +335,10 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("1"));
 
-    // Exactly the accepted writes were queued: 5 PUTs and 1 DELETE.
+    // Exactly the accepted writes were queued: 4 PUTs and 1 DELETE.
     let queue = Queue::new(16);
     let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
-    let lengths = client.execute(
-        (0..16)
-            .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
-            .collect(),
-    );
-    let total: i64 = lengths
-        .into_iter()
-        .map(|r| match r.unwrap() {
-            OwnedReply::Integer(n) => n,
-            other => panic!("{other:?}"),
-        })
-        .sum();
-    assert_eq!(total, 5);
+    assert_eq!(queue_lengths(&mut client).iter().sum::<i64>(), 5);
 
     // The database core writes the newest value of each key, and the
     // delete as a row without a value; then the tombstone leaves the cache.
@@ -736,15 +728,9 @@ fn hostile_requests_get_their_4xx_and_queue_nothing() {
     // Nothing of any of them was queued or cached, and the server still serves.
     let queue = Queue::new(16);
     let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
-    let lengths = client.execute(
-        (0..16)
-            .map(|p| Command::new(&[&b"XLEN"[..], queue.stream(p)], Some(1)))
-            .collect(),
-    );
-    assert!(
-        lengths
-            .into_iter()
-            .all(|l| l.unwrap() == OwnedReply::Integer(0)),
+    assert_eq!(
+        queue_lengths(&mut client).iter().sum::<i64>(),
+        0,
         "a refused request was queued"
     );
     assert_eq!(
