@@ -6,9 +6,11 @@
 # own cluster on free loopback ports with scripts/redis-cluster.sh;
 # PostgreSQL, of which each write-back test starts its own instance with
 # scripts/postgres.sh), then
-# checks formatting and lints and runs every test: unit tests of the sans-IO
-# protocol code, and integration tests that start the real binary, real
-# Redis Clusters and fake servers, and talk to them over loopback sockets.
+# checks formatting and lints (shellcheck for tuning/millrace-tune) and runs
+# every test: unit tests of the sans-IO protocol code, and integration tests
+# that start the real binary, real Redis Clusters, PostgreSQL and fake
+# servers, and talk to them over loopback sockets. Last, a short fuzz pass:
+# each fuzz target for FUZZ_SECONDS (default 10; 0 skips it).
 #
 # Usage: scripts/test.sh
 set -euo pipefail
@@ -32,4 +34,10 @@ if cargo nextest --version > /dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else
   cargo test --locked --no-fail-fast
+fi
+
+fuzz_seconds="${FUZZ_SECONDS:-10}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  step "fuzz: a short pass, $fuzz_seconds s per target (scripts/fuzz.sh)"
+  scripts/fuzz.sh --seconds "$fuzz_seconds"
 fi
