@@ -48,7 +48,7 @@ if [ "$build" = 1 ]; then
   cargo build --release --quiet --bench redis_client
   cargo build --release --quiet --manifest-path benches/peers/redis-rs/Cargo.toml
 fi
-ours="$(ls -t target/release/deps/redis_client-* | grep -v '\.d$' | head -1)"
+ours="$(newest_bench redis_client)"
 peer="$root/benches/peers/redis-rs/target/release/peer-redis-rs"
 
 dir="$root/var/bench-redis"

@@ -47,7 +47,7 @@ if [ "$build" = 1 ]; then
   step "building the write-back benchmark (release)"
   cargo build --release --quiet --bench writeback
 fi
-bench="$(ls -t target/release/deps/writeback-* | grep -v '\.d$' | head -1)"
+bench="$(newest_bench writeback)"
 
 redis_dir="$root/var/bench-writeback-redis"
 pg_dir="$root/var/bench-writeback-postgres"

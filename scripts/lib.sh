@@ -1,3 +1,7 @@
+# shellcheck shell=bash
+# The benchmark scripts' caller sets server_cpu, millrace, may_peer and work
+# before start_server runs.
+# shellcheck disable=SC2154
 # Shared helpers for the scripts in scripts/. Source it; it defines functions only.
 
 step() { printf '\n== %s\n' "$*"; }
@@ -23,8 +27,7 @@ free_port() {
 
 # wait_for_http URL: until it answers, at most 10 s.
 wait_for_http() {
-  local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     curl -sf -o /dev/null "$1" && return 0
     sleep 0.1
   done
@@ -89,4 +92,15 @@ http {
   }
 }
 NGINX
+}
+
+# newest_bench NAME: the most recently built bench binary named NAME.
+newest_bench() {
+  local file newest=""
+  for file in target/release/deps/"$1"-*; do
+    case "$file" in *.d) continue ;; esac
+    if [ -z "$newest" ] || [ "$file" -nt "$newest" ]; then newest="$file"; fi
+  done
+  [ -n "$newest" ] || { echo "no built bench $1 under target/release/deps" >&2; return 1; }
+  echo "$newest"
 }

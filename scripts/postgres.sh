@@ -43,13 +43,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
 bin_dir() {
-  local found
-  found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  if [ -z "$found" ]; then
+  local dirs
+  dirs=(/usr/lib/postgresql/*/bin)
+  if [ ! -d "${dirs[0]}" ]; then
     need_packages postgresql
-    found=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    dirs=(/usr/lib/postgresql/*/bin)
   fi
-  echo "$found"
+  printf '%s\n' "${dirs[@]}" | sort -V | tail -1
 }
 
 # as_owner CMD...: run as the postgres user when root, else as ourselves.

@@ -53,7 +53,9 @@ start() {
     echo "a Redis Cluster needs at least 3 masters" >&2
     exit 2
   fi
-  command -v redis-server > /dev/null && command -v redis-cli > /dev/null || need_packages redis-server
+  if ! command -v redis-server > /dev/null || ! command -v redis-cli > /dev/null; then
+    need_packages redis-server
+  fi
   mkdir -p "$dir"
   local addresses=() p
   for p in $(seq "$port" $((port + nodes - 1))); do
@@ -80,8 +82,7 @@ start() {
     addresses+=("127.0.0.1:$p")
   done
   for p in $(seq "$port" $((port + nodes - 1))); do
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
       cli "$p" ping > /dev/null 2>&1 && break
       sleep 0.05
     done
@@ -123,8 +124,7 @@ stop() {
   for pidfile in "$dir"/*/redis.pid; do
     [ -e "$pidfile" ] || continue
     pid="$(cat "$pidfile")"
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.05
     done

@@ -62,11 +62,11 @@ EOF
 }
 
 stop_pid() {
-  local file="$1" pid i
+  local file="$1" pid
   [ -f "$file" ] || return 0
   pid="$(cat "$file")"
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done

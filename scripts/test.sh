@@ -6,7 +6,7 @@
 # own cluster on free loopback ports with scripts/redis-cluster.sh;
 # PostgreSQL, of which each write-back test starts its own instance with
 # scripts/postgres.sh), then
-# checks formatting and lints (shellcheck for tuning/millrace-tune) and runs
+# checks formatting and lints (clippy, and shellcheck on every script) and runs
 # every test: unit tests of the sans-IO protocol code, and integration tests
 # that start the real binary, real Redis Clusters, PostgreSQL and fake
 # servers, and talk to them over loopback sockets. Last, a short fuzz pass:
@@ -23,8 +23,8 @@ need_packages curl python3 ca-certificates redis-server redis-tools postgresql p
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "shellcheck tuning/millrace-tune"
-shellcheck -x tuning/millrace-tune tests/tuning/fake-ethtool
+step "shellcheck: every script"
+shellcheck -x scripts/*.sh tuning/millrace-tune tests/tuning/fake-ethtool
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
