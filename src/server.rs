@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -20,7 +20,7 @@ use crate::lifecycle::{Lifecycle, Stage};
 use crate::metrics::MetricsRegistry;
 use crate::payload::BatchLimits;
 use crate::probe;
-use crate::reactor::Executor;
+use crate::reactor::{Executor, ring};
 use crate::signals::{ShutdownSignals, signal_name};
 use crate::writeback::core::{Totals, WritebackConfig};
 use crate::writeback::lookup::{self, LookupService};
@@ -107,7 +107,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     let mut executors = Vec::with_capacity(cpus.len());
     for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
         let lookups = lookup_clients.pop();
-        let wake = event_fd().map_err(|e| format!("cannot create an eventfd: {e}"))?;
+        let wake = ring::event_fd().map_err(|e| format!("cannot create an eventfd: {e}"))?;
         let executor_wake = wake
             .try_clone()
             .map_err(|e| format!("cannot duplicate an eventfd: {e}"))?;
@@ -313,9 +313,7 @@ fn exit_now(signal: i32) -> ! {
 fn drain(executors: &[Running], lifecycle: &Lifecycle) {
     lifecycle.set(Stage::Draining);
     for executor in executors {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd this thread owns.
-        unsafe { libc::write(executor.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        ring::signal(&executor.wake);
     }
 }
 
@@ -391,14 +389,4 @@ fn raise_open_files_limit() -> u64 {
         }
     }
     limit.rlim_cur
-}
-
-fn event_fd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd has no memory arguments.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

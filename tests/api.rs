@@ -13,6 +13,11 @@ use common::postgres::Postgres;
 use common::{Server, read_response};
 use millrace::payload::schema;
 use millrace::payload::{Event, encode_event_batch};
+use millrace::redis::cluster::Config;
+use millrace::redis::command::Command;
+use millrace::redis::driver::Client;
+use millrace::redis::resp::OwnedReply;
+use millrace::writeback::queue::Queue;
 
 fn event(n: u8) -> Event {
     Event {
@@ -35,10 +40,10 @@ fn post(content_type: &str, body: &[u8]) -> Vec<u8> {
 }
 
 fn writeback(cluster: &RedisCluster, postgres: &Postgres) -> Child {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = seed_list(cluster);
     Process::new(env!("CARGO_BIN_EXE_millrace"))
         .arg("writeback")
-        .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+        .env("MILLRACE_REDIS_SEEDS", seeds)
         .env("MILLRACE_POSTGRES_URL", &postgres.url)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -47,11 +52,15 @@ fn writeback(cluster: &RedisCluster, postgres: &Postgres) -> Child {
         .unwrap()
 }
 
+/// The cluster's seed list, as --redis-seeds takes it.
+fn seed_list(cluster: &RedisCluster) -> String {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    seeds.join(",")
+}
+
 /// Entries in each of the 16 write-back streams.
-fn queue_lengths(client: &mut millrace::redis::driver::Client) -> Vec<i64> {
-    use millrace::redis::command::Command;
-    use millrace::redis::resp::OwnedReply;
-    let queue = millrace::writeback::queue::Queue::new(16);
+fn queue_lengths(client: &mut Client) -> Vec<i64> {
+    let queue = Queue::new(16);
     client
         .execute(
             (0..16)
@@ -70,8 +79,7 @@ fn queue_lengths(client: &mut millrace::redis::driver::Client) -> Vec<i64> {
 fn posted_events_are_accepted_queued_and_written() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    let seeds = seeds.join(",");
+    let seeds = seed_list(&cluster);
     let server = Server::start(&["--redis-seeds", &seeds, "--max-batch-events", "3"]);
     let mut core = writeback(&cluster, &postgres);
 
@@ -199,14 +207,11 @@ fn an_unreachable_cluster_is_a_start_up_error() {
 
 #[test]
 fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
-    use millrace::redis::cluster::Config;
-    use millrace::redis::driver::Client;
-
     let cluster = RedisCluster::start(3, 0);
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = seed_list(&cluster);
     // 16 entries over 16 partitions: one waiting post per partition. No
     // database core runs, so nothing drains.
-    let server = Server::start(&["--redis-seeds", &seeds.join(","), "--max-backlog", "16"]);
+    let server = Server::start(&["--redis-seeds", &seeds, "--max-backlog", "16"]);
     let mut stream = server.connect();
     let (mut accepted, mut shed) = (0, 0);
     for n in 0..60u8 {
@@ -268,18 +273,12 @@ fn kv(stream: &mut std::net::TcpStream, method: &str, key: &str, value: &[u8]) -
 
 #[test]
 fn kv_writes_are_cached_queued_and_written_last_write_wins() {
-    use millrace::redis::cluster::Config;
-    use millrace::redis::command::Command;
-    use millrace::redis::driver::Client;
-    use millrace::redis::resp::OwnedReply;
-    use millrace::writeback::queue::Queue;
-
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = seed_list(&cluster);
     let server = Server::start(&[
         "--redis-seeds",
-        &seeds.join(","),
+        &seeds,
         "--max-key-bytes",
         "8",
         "--max-value-bytes",
@@ -382,21 +381,10 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
 
 #[test]
 fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
-    use millrace::redis::cluster::Config;
-    use millrace::redis::command::Command;
-    use millrace::redis::driver::Client;
-    use millrace::redis::resp::OwnedReply;
-    use millrace::writeback::queue::Queue;
-
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    let server = Server::start(&[
-        "--redis-seeds",
-        &seeds.join(","),
-        "--postgres-url",
-        &postgres.url,
-    ]);
+    let seeds = seed_list(&cluster);
+    let server = Server::start(&["--redis-seeds", &seeds, "--postgres-url", &postgres.url]);
     let mut stream = server.connect();
     // Written through this server's own database core.
     assert_eq!(kv(&mut stream, "PUT", "kept", b"v1").status, 202);
@@ -510,8 +498,7 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
 #[test]
 fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
     let cluster = RedisCluster::start(3, 1);
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    let seeds = seeds.join(",");
+    let seeds = seed_list(&cluster);
     // One replica per master: WAIT 1 is met.
     let server = Server::start(&["--redis-seeds", &seeds, "--ack-replicas", "1"]);
     let mut stream = server.connect();
@@ -553,7 +540,7 @@ fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
 #[test]
 fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = seed_list(&cluster);
     let token = "t0k3n-0123456789abcdef";
     let dir = std::env::temp_dir().join(format!("millrace-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -561,7 +548,7 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     std::fs::write(&file, format!("# one per line\n{token}\n")).unwrap();
     let server = Server::start(&[
         "--redis-seeds",
-        &seeds.join(","),
+        &seeds,
         "--auth-tokens-file",
         file.to_str().unwrap(),
     ]);
@@ -584,11 +571,6 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     }
     assert_eq!(server.get("/v1/stats").status, 401);
     // Nothing of the refused writes reached Redis.
-    use millrace::redis::cluster::Config;
-    use millrace::redis::command::Command;
-    use millrace::redis::driver::Client;
-    use millrace::redis::resp::OwnedReply;
-    use millrace::writeback::queue::Queue;
     let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
     let cached = Command::get(&Queue::new(16).cache_key(b"guarded"));
     assert_eq!(
@@ -622,15 +604,9 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
 
 #[test]
 fn hostile_requests_get_their_4xx_and_queue_nothing() {
-    use millrace::redis::cluster::Config;
-    use millrace::redis::command::Command;
-    use millrace::redis::driver::Client;
-    use millrace::redis::resp::OwnedReply;
-    use millrace::writeback::queue::Queue;
-
     let cluster = RedisCluster::start(3, 0);
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    let server = Server::start(&["--redis-seeds", &seeds.join(",")]);
+    let seeds = seed_list(&cluster);
+    let server = Server::start(&["--redis-seeds", &seeds]);
     let batch = encode_event_batch(&[event(1)]);
     let events = |extra: &str, body: &[u8]| {
         let mut request = format!(

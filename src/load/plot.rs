@@ -19,20 +19,11 @@ pub fn latency_by_percentile(
         .iter()
         .map(|(name, histogram)| (name.clone(), curve(histogram)))
         .collect();
-    let x_max = curves
-        .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.0))
-        .fold(100.0_f64, f64::max);
-    let y_max = curves
-        .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.1))
-        .fold(0.001_f64, f64::max)
-        * 1.05;
-    draw(path, title, &curves, x_max, y_max)
-        .map_err(|e| format!("cannot draw {}: {e}", path.display()))
+    percentile_chart(path, title, &curves)
 }
 
-/// Draw curves read back from `.hgrm` files (see [`hgrm_curve`]) into `path`.
+/// Draw `(1 / (1 - quantile), milliseconds)` curves, such as [`hgrm_curve`]
+/// reads back, into `path`.
 pub fn percentile_chart(
     path: &Path,
     title: &str,

@@ -1,6 +1,7 @@
 //! Creating an executor's ring with the best setup flags the kernel takes.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
 use io_uring::{IoUring, squeue, types};
@@ -122,4 +123,23 @@ pub fn submit_and_wait(ring: &IoUring, wake_at: Instant) -> io::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// An eventfd: another thread writes it ([`signal`]) to wake a ring that
+/// has a read armed on it.
+pub fn event_fd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no memory arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add one to `event_fd`, waking whoever reads it.
+pub fn signal(event_fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd the caller owns.
+    unsafe { libc::write(event_fd.as_raw_fd(), (&raw const one).cast(), 8) };
 }

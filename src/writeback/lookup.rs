@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Statement;
 
 use super::db::Database;
+use crate::reactor::ring;
 
 /// A miss, from an executor.
 #[derive(Debug)]
@@ -86,7 +87,7 @@ pub fn channels(
     let mut ends = Vec::with_capacity(executors);
     for _ in 0..executors {
         let (found_tx, found_rx) = mpsc::channel();
-        let ready = event_fd()?;
+        let ready = ring::event_fd()?;
         ends.push((found_tx, ready.try_clone()?));
         clients.push(LookupClient {
             misses: miss_tx.clone(),
@@ -202,9 +203,7 @@ impl LookupService {
         }
         for (executor, (_, ready)) in self.executors.iter().enumerate() {
             if woken[executor] {
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a live u64 to an eventfd this end owns.
-                unsafe { libc::write(ready.as_raw_fd(), (&raw const one).cast(), 8) };
+                ring::signal(ready);
             }
         }
     }
@@ -243,14 +242,4 @@ async fn look_up(database: Rc<Database>, statement: Statement, keys: Vec<Vec<u8>
         .iter()
         .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Option<Vec<u8>>>(1)))
         .collect())
-}
-
-fn event_fd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd has no memory arguments.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
