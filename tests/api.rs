@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::RedisCluster;
 use common::postgres::Postgres;
-use common::{Server, read_response};
+use common::{Server, read_response, stop_writeback};
 use millrace::payload::schema;
 use millrace::payload::{Event, encode_event_batch};
 use millrace::redis::cluster::Config;
@@ -81,7 +81,7 @@ fn posted_events_are_accepted_queued_and_written() {
     let postgres = Postgres::start();
     let seeds = seed_list(&cluster);
     let server = Server::start(&["--redis-seeds", &seeds, "--max-batch-events", "3"]);
-    let mut core = writeback(&cluster, &postgres);
+    let core = writeback(&cluster, &postgres);
 
     // FlatBuffers, twice pipelined on one connection: two 202s in order.
     let mut stream = server.connect();
@@ -168,9 +168,7 @@ fn posted_events_are_accepted_queued_and_written() {
         metrics.contains("route=\"events\",status=\"202\"} 3"),
         "{metrics}"
     );
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(core.id() as i32, libc::SIGTERM) };
-    core.wait().unwrap();
+    stop_writeback(core);
 }
 
 #[test]
@@ -344,7 +342,7 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
 
     // The database core writes the newest value of each key, and the
     // delete as a row without a value; then the tombstone leaves the cache.
-    let mut core = writeback(&cluster, &postgres);
+    let core = writeback(&cluster, &postgres);
     let deadline = Instant::now() + Duration::from_secs(30);
     let listing = "select string_agg(encode(key, 'escape') || '=' || coalesce(case when key = 'x/y\\000'::bytea then encode(value, 'hex') else encode(value, 'escape') end, ''), ',' order by key) from kv";
     while postgres.try_query("select count(*) from kv").as_deref() != Some("3") {
@@ -374,9 +372,7 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
         metrics.contains("route=\"kv_put\",status=\"202\"} 4"),
         "{metrics}"
     );
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(core.id() as i32, libc::SIGTERM) };
-    core.wait().unwrap();
+    stop_writeback(core);
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::RedisCluster;
 use common::postgres::Postgres;
+use common::stop_writeback;
 use millrace::payload::{Event, encode_event_batch};
 use millrace::redis::cluster::Config;
 use millrace::redis::command::Command;
@@ -34,13 +35,6 @@ fn writeback(cluster: &RedisCluster, postgres: &Postgres, env: &[(&str, &str)]) 
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start millrace writeback")
-}
-
-fn stop(mut child: Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "writeback exited with {status}");
 }
 
 fn event(n: u64) -> Event {
@@ -127,7 +121,7 @@ fn every_event_lands_exactly_once() {
         || backlog(&mut client) == 0,
     );
     assert_eq!(postgres.query("select count(*) from events"), "100000");
-    stop(core);
+    stop_writeback(core);
     // Every entry was acknowledged.
     let written = client
         .call(Command::new(
@@ -167,7 +161,7 @@ fn the_last_write_to_each_key_wins() {
     wait_for("the backlog to drain", Duration::from_secs(60), || {
         backlog(&mut client) == 0
     });
-    stop(core);
+    stop_writeback(core);
     for (k, expected) in last.iter().enumerate() {
         let stored = postgres.query(&format!(
             "select coalesce(convert_from(value, 'UTF8'), '<deleted>') from kv where key = 'key:{k}'::bytea"
@@ -212,7 +206,7 @@ fn a_crash_between_commit_and_ack_duplicates_nothing() {
     wait_for("the backlog to drain", Duration::from_secs(60), || {
         backlog(&mut client) == 0
     });
-    stop(core);
+    stop_writeback(core);
     assert_eq!(postgres.query("select count(*) from events"), "20000");
 }
 
@@ -248,7 +242,7 @@ fn a_database_outage_loses_nothing() {
         Duration::from_secs(60),
         || backlog(&mut client) == 0,
     );
-    stop(core);
+    stop_writeback(core);
     assert_eq!(
         postgres.query("select count(*) from events"),
         next.to_string()

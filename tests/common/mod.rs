@@ -227,6 +227,16 @@ fn read_response_to(stream: &mut impl Read, head: bool) -> Response {
     }
 }
 
+/// SIGTERM a `millrace writeback` child and check that it exits cleanly
+/// (after the batch in hand).
+#[allow(dead_code)]
+pub fn stop_writeback(mut child: std::process::Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "writeback exited with {status}");
+}
+
 /// Whether the server closed the connection (EOF or reset) within `PATIENCE`.
 pub fn closed_by_server(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
