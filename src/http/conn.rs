@@ -395,15 +395,18 @@ impl HttpConnection {
         // A partial head is parsed again whenever bytes arrive, so the answer
         // never depends on how the bytes were split into reads. The work is
         // bounded by the head size limits and the header timeout.
-        let head = match parse_head(rest, &env.limits.head) {
-            Err(rejection) => return self.reject(rejection, service, out, env),
+        // Borrowed, not moved out of the result: the head stays where the
+        // parser wrote it (moving it measurably stalled the hot path).
+        let parsed = parse_head(rest, &env.limits.head);
+        let head = match &parsed {
+            Err(rejection) => return self.reject(*rejection, service, out, env),
             Ok(None) => return Step::NeedMore,
             Ok(Some(head)) => head,
         };
         let chunked = match head.framing {
             BodyFraming::None => {
                 let len = head.len;
-                let written = self.answer(&head, &rest[..len], &[], service, out, env);
+                let written = self.answer(head, &rest[..len], &[], service, out, env);
                 return Step::Answered {
                     consumed: len,
                     written,
@@ -424,7 +427,7 @@ impl HttpConnection {
             }
         };
         let body = BodyInProgress {
-            head,
+            head: head.clone(),
             chunked,
             continued: false,
         };

@@ -133,7 +133,12 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
         .method
         .ok_or(Rejection::new(Status::NotImplemented, "unknown method"))?;
     let fields = fields.finish()?;
-    let (path, query) = split_target(&buf[line.target.clone()], line.target.start, method)?;
+    let target = line.target.clone();
+    let (path, query) = match (buf[target.start], line.query_mark) {
+        (b'/', Some(q)) => (target.start..q, Some(q + 1..target.end)),
+        (b'/', None) => (target, None),
+        _ => split_other_target(&buf[target.clone()], target.start, method)?,
+    };
     Ok(Some(RequestHead {
         method,
         version: line.version,
@@ -173,9 +178,11 @@ const BARE_CR: Rejection = Rejection::new(Status::BadRequest, "malformed line en
 const TCHAR: u8 = 1;
 const TARGET: u8 = 2;
 const FIELD_VALUE: u8 = 4;
+const PATH: u8 = 8;
 
 /// [`TCHAR`]: a token byte (RFC 9110 §5.6.2), as methods and field names
 /// are. [`TARGET`]: a visible ASCII byte, as a request target is.
+/// [`PATH`]: a target byte other than `?`, so one scan finds the query.
 /// [`FIELD_VALUE`]: a field value byte (RFC 9110 §5.5): tab, space, visible
 /// ASCII and obs-text.
 const BYTE_CLASS: [u8; 256] = {
@@ -209,6 +216,9 @@ const BYTE_CLASS: [u8; 256] = {
         }
         if visible {
             class |= TARGET;
+        }
+        if visible && byte != b'?' {
+            class |= PATH;
         }
         if visible || byte == b' ' || byte == b'\t' || byte >= 0x80 {
             class |= FIELD_VALUE;
@@ -260,10 +270,16 @@ fn may_stop(word: u64, class: u8) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |n: u64| word.wrapping_sub(ONES * n) & !word;
-    if class == TARGET {
-        // Not in 0x21..=0x7e.
+    if class == TARGET || class == PATH {
+        // Not in 0x21..=0x7e, and for a path also `?`.
         let above_0x7e = word.wrapping_add(ONES) | word;
-        (below(0x21) | above_0x7e) & HIGHS
+        let question = if class == PATH {
+            let q = word ^ (ONES * u64::from(b'?'));
+            q.wrapping_sub(ONES) & !q
+        } else {
+            0
+        };
+        (below(0x21) | above_0x7e | question) & HIGHS
     } else {
         // A control byte: below 0x20, or 0x7f.
         let del = word ^ (ONES * 0x7f);
@@ -288,6 +304,8 @@ struct RequestLine {
     /// `None` for a well-formed method millrace does not know.
     method: Option<Method>,
     target: Range<usize>,
+    /// Where the first `?` in the target is, if any.
+    query_mark: Option<usize>,
     version: Version,
     /// Where the line (and the empty lines before it) ends.
     end: usize,
@@ -310,7 +328,11 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
         Some(_) => return Err(MALFORMED_REQUEST_LINE),
     }
     let target_start = method_end + 1;
-    let target_end = skip(buf, target_start, TARGET);
+    let path_end = skip(buf, target_start, PATH);
+    let (query_mark, target_end) = match buf.get(path_end) {
+        Some(b'?') => (Some(path_end), skip(buf, path_end + 1, TARGET)),
+        _ => (None, path_end),
+    };
     match buf.get(target_end) {
         None => return Ok(None),
         Some(b' ') if target_end > target_start => {}
@@ -341,6 +363,7 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
     Ok(Some(RequestLine {
         method: Method::parse(&buf[start..method_end]),
         target: target_start..target_end,
+        query_mark,
         version,
         end: line_end + 2,
     }))
@@ -394,14 +417,15 @@ fn header_section(
     }
 }
 
-/// Origin form (`/path?query`), absolute form (`http://host/path`), which a
-/// server must accept, and `*` for OPTIONS.
+/// A request target's path and query. Targets come in origin form
+/// (`/path?query`), absolute form (`http://host/path`), which a server must
+/// accept, and `*` for OPTIONS.
 type Target = (Range<usize>, Option<Range<usize>>);
 
-fn split_target(target: &[u8], start: usize, method: Method) -> Result<Target, Rejection> {
-    if target.first() == Some(&b'/') {
-        return Ok(split_query(target, start));
-    }
+/// A target not in origin form (`/path?query`, split as the request line is
+/// read): `*` for OPTIONS, or absolute form. Rare, so out of the hot path.
+#[cold]
+fn split_other_target(target: &[u8], start: usize, method: Method) -> Result<Target, Rejection> {
     if target == b"*" && method == Method::Options {
         return Ok((start..start + 1, None));
     }
