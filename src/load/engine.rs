@@ -71,6 +71,8 @@ pub struct ThreadPlan {
     pub seed: u64,
     /// Largest response head accepted, in bytes.
     pub max_response_head_bytes: usize,
+    /// Keep a ledger of every sent request's event ids and answer.
+    pub ledger: bool,
 }
 
 /// When a run starts, is measured from, and ends; the same for every thread.
@@ -209,8 +211,14 @@ impl Recorder<'_> {
 
     fn fail_all(&mut self, kind: Failure, waiting: &mut VecDeque<Waiting>) {
         for request in waiting.drain(..) {
-            self.fail(kind, request.start);
+            self.fail_sent(kind, &request);
         }
+    }
+
+    /// A sent request failed: it may or may not have been carried out.
+    fn fail_sent(&mut self, kind: Failure, request: &Waiting) {
+        self.fail(kind, request.start);
+        self.stats.record_ledger(request.encoded.events, None);
     }
 }
 
@@ -270,7 +278,7 @@ impl Engine {
             address: Box::new(SockAddr::from(plan.target)),
             conns,
             rng: Rng::new(plan.seed),
-            stats: Stats::new(operations),
+            stats: Stats::new(operations).with_ledger(plan.ledger),
             progress,
             touched: Vec::new(),
             reconnects: Vec::new(),
@@ -727,7 +735,7 @@ impl Engine {
                                     now: self.now,
                                     measure_start: self.timing.measure_start,
                                 };
-                                recorder.fail(Failure::Malformed, request.start);
+                                recorder.fail_sent(Failure::Malformed, &request);
                             }
                             self.close(slot, Failure::Read);
                         }
@@ -777,11 +785,10 @@ impl Engine {
         let measure_start = self.timing.measure_start;
         let mut unfinished = 0;
         for conn in &mut self.conns {
-            unfinished += conn
-                .waiting
-                .drain(..)
-                .filter(|w| w.start >= measure_start)
-                .count() as u64;
+            for request in conn.waiting.drain(..) {
+                self.stats.record_ledger(request.encoded.events, None);
+                unfinished += u64::from(request.start >= measure_start);
+            }
             unfinished += conn
                 .queued
                 .drain(..)
@@ -882,6 +889,9 @@ fn read_from(conn: &mut Conn, data: &[u8], recorder: &mut Recorder<'_>) -> (usiz
 }
 
 fn record_answer(recorder: &mut Recorder<'_>, request: &Waiting, status: u16) {
+    recorder
+        .stats
+        .record_ledger(request.encoded.events, Some(status));
     if !recorder.measured(request.start) {
         return;
     }

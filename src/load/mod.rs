@@ -6,9 +6,11 @@
 //! - [`workload`]: what each request is (a URL, a key-value mix, event batches).
 //! - [`engine`]: one thread's connections, requests and answers.
 //! - [`stats`]: what a thread measured, merged exactly across threads.
+//! - [`ledger`]: which events each request carried and how it was answered.
 //! - [`report`] and [`plot`]: the table, JSON, `.hgrm` and SVG.
 
 pub mod engine;
+pub mod ledger;
 pub mod options;
 pub mod plot;
 pub mod report;
@@ -119,10 +121,14 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
         show_progress(&progress, timing, &handles)
     });
     let mut total = Stats::new(operations);
+    let mut ledger = Vec::new();
     let mut failure = None;
     for handle in handles {
         match handle.join() {
-            Ok(Ok(stats)) => total.merge(&stats),
+            Ok(Ok(mut stats)) => {
+                ledger.extend(stats.ledger.take().unwrap_or_default());
+                total.merge(&stats);
+            }
             Ok(Err(e)) => {
                 failure.get_or_insert(e);
             }
@@ -142,6 +148,10 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
     let report = Report::new(shape, &total, elapsed.as_secs_f64());
     print!("{}", report.table());
     write_outputs(&plan, &report, &total)?;
+    if let Some(path) = &plan.ledger {
+        ledger::write(path, &ledger)?;
+        println!("{}", ledger_summary(&ledger, path));
+    }
     let too_many_errors = report.error_ratio > plan.max_error_ratio;
     Ok(Outcome {
         report,
@@ -170,9 +180,31 @@ fn thread_plans(plan: &LoadPlan) -> Vec<ThreadPlan> {
                 workload: plan.workload.for_thread(index as u16, run_id),
                 seed: plan.seed.wrapping_add(index as u64 * 0x9e37_79b9_7f4a_7c15),
                 max_response_head_bytes: plan.max_response_head_bytes,
+                ledger: plan.ledger.is_some(),
             }
         })
         .collect()
+}
+
+/// One line on what the ledger holds.
+fn ledger_summary(entries: &[ledger::Entry], path: &std::path::Path) -> String {
+    let mut events = [0u64; 3]; // 202, another status, no answer
+    for entry in entries {
+        let kind = match entry.status {
+            Some(202) => 0,
+            Some(_) => 1,
+            None => 2,
+        };
+        events[kind] += u64::from(entry.events.count);
+    }
+    format!(
+        "ledger: {} requests, events {} accepted (202), {} refused, {} without an answer; written to {}",
+        entries.len(),
+        events[0],
+        events[1],
+        events[2],
+        path.display()
+    )
 }
 
 /// Thread `index`'s share of `total` split `parts` ways, remainders first.

@@ -129,6 +129,11 @@ pub struct LoadOptions {
     /// Draw latency by percentile here as SVG
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+
+    /// events: write every sent request's event ids and answer status here, warm-up
+    /// included, to check against the database (about 32 bytes of memory per request until the end)
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
 }
 
 /// Where the requests go.
@@ -264,6 +269,8 @@ pub struct LoadPlan {
     pub json: Option<PathBuf>,
     /// See [`LoadOptions::plot`].
     pub plot: Option<PathBuf>,
+    /// See [`LoadOptions::ledger`].
+    pub ledger: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -331,6 +338,9 @@ impl LoadOptions {
                 plot.display()
             ));
         }
+        if self.ledger.is_some() && self.workload != WorkloadKind::Events {
+            return Err("--ledger records event ids: it needs --workload events".into());
+        }
         let workload = self.workload(&target)?;
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
@@ -357,6 +367,7 @@ impl LoadOptions {
             hgrm: self.hgrm,
             json: self.json,
             plot: self.plot,
+            ledger: self.ledger,
         })
     }
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::ledger;
+
 /// Latencies are recorded in nanoseconds, up to an hour; longer ones are
 /// recorded as an hour.
 pub const MAX_LATENCY_NS: u64 = 3_600_000_000_000;
@@ -108,6 +110,9 @@ pub struct Stats {
     pub connections_opened: u64,
     /// Per-second figures from the start of measurement.
     pub timeline: Vec<Second>,
+    /// Every sent request's events and answer, warm-up included, when a
+    /// ledger is kept; not merged (each thread's is written as it is).
+    pub ledger: Option<Vec<ledger::Entry>>,
 }
 
 impl Stats {
@@ -129,6 +134,21 @@ impl Stats {
             operations: vec![[0; 5]; operations],
             connections_opened: 0,
             timeline: Vec::new(),
+            ledger: None,
+        }
+    }
+
+    /// The same, keeping a ledger if `keep`.
+    pub fn with_ledger(mut self, keep: bool) -> Self {
+        self.ledger = keep.then(Vec::new);
+        self
+    }
+
+    /// Note a sent request's answer (`None`: it got none) in the ledger, if
+    /// one is kept and the request carried events.
+    pub fn record_ledger(&mut self, events: Option<ledger::EventIds>, status: Option<u16>) {
+        if let (Some(ledger), Some(events)) = (&mut self.ledger, events) {
+            ledger.push(ledger::Entry { events, status });
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::io::Write as _;
 
+use super::ledger::EventIds;
 use crate::payload::{Event, encode_event_batch};
 
 /// How keys are drawn from `0..keys`.
@@ -148,6 +149,8 @@ pub struct Encoded {
     pub bodiless: bool,
     /// 404 is an answer, not an error (a read of a key never written).
     pub absent_ok: bool,
+    /// The event ids it carries (events workload), for the ledger.
+    pub events: Option<EventIds>,
 }
 
 /// One fixed request, sent again and again.
@@ -309,7 +312,13 @@ impl EventBatches {
         }
     }
 
-    fn encode(&mut self, rng: &mut Rng, out: &mut Vec<u8>) {
+    fn encode(&mut self, rng: &mut Rng, out: &mut Vec<u8>) -> EventIds {
+        let ids = EventIds {
+            first: (u128::from(self.run_id) << 64)
+                | (u128::from(self.thread) << 48)
+                | u128::from((self.counter + 1) & 0xffff_ffff_ffff),
+            count: self.batch as u32,
+        };
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
@@ -355,6 +364,7 @@ impl EventBatches {
         out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&self.body);
+        ids
     }
 }
 
@@ -401,6 +411,7 @@ impl Workload {
                     operation: 0,
                     bodiless: fixed.bodiless,
                     absent_ok: false,
+                    events: None,
                 }
             }
             Workload::Kv(kv) => {
@@ -419,14 +430,16 @@ impl Workload {
                     operation: u8::from(!read),
                     bodiless: false,
                     absent_ok: read,
+                    events: None,
                 }
             }
             Workload::Events(events) => {
-                events.encode(rng, out);
+                let ids = events.encode(rng, out);
                 Encoded {
                     operation: 0,
                     bodiless: false,
                     absent_ok: false,
+                    events: Some(ids),
                 }
             }
         }
@@ -543,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn event_batches_are_json_with_unique_ids() {
+    fn event_batches_are_json_with_unique_ids_that_the_ledger_names() {
         let mut workload =
             Workload::Events(EventBatches::new("", "h:1", 3, 10, 4, EventsFormat::Json))
                 .for_thread(2, 0xabc);
@@ -551,12 +564,18 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for _ in 0..10 {
             let mut out = Vec::new();
-            workload.encode(&mut rng, &mut out);
+            let named = workload.encode(&mut rng, &mut out).events.unwrap();
             let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
             let body: serde_json::Value = serde_json::from_slice(&out[split..]).unwrap();
-            for event in body["events"].as_array().unwrap() {
-                let id = event["client_id"].as_str().unwrap().to_string();
-                assert_eq!(id.len(), 32);
+            let sent: Vec<String> = body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["client_id"].as_str().unwrap().to_string())
+                .collect();
+            let ledger: Vec<String> = named.ids().map(|id| format!("{id:032x}")).collect();
+            assert_eq!(sent, ledger, "the ledger names the ids sent");
+            for id in sent {
                 assert!(ids.insert(id));
             }
         }

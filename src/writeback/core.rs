@@ -42,8 +42,17 @@ const IDLE_POLL: Duration = Duration::from_millis(1);
 /// A deliberate crash, for the tests that prove redelivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
+    /// SIGKILL this process right before its first batch is written.
+    KillBeforeInsert,
     /// SIGKILL this process right after the first commit, before its XACK.
     KillAfterCommit,
+}
+
+/// SIGKILL this process, saying why first.
+fn crash(why: &str) {
+    tracing::warn!("fault injection: SIGKILL {why}");
+    // SAFETY: kill(2) on this process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
 
 /// How the database core runs.
@@ -66,6 +75,10 @@ pub struct WritebackConfig {
     pub claim_idle: Duration,
     /// How often to look for such entries.
     pub claim_interval: Duration,
+    /// Longest a PostgreSQL connect, batch write or lookup may take; past
+    /// it the connection is dropped and the work tried again, so a stalled
+    /// database connection cannot stop the queue.
+    pub db_timeout: Duration,
     /// A crash to inject, for tests.
     pub fault: Option<Fault>,
 }
@@ -81,6 +94,7 @@ impl WritebackConfig {
             batch_rows: 5000,
             batch_ms: Duration::from_millis(5),
             consumer: "db-0".into(),
+            db_timeout: Duration::from_secs(10),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
             fault: None,
@@ -132,7 +146,7 @@ pub fn run(
             .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
         let local = tokio::task::LocalSet::new();
         if let Some(lookups) = lookups {
-            local.spawn_local(lookups.run(config.postgres_url.clone()));
+            local.spawn_local(lookups.run(config.postgres_url.clone(), config.db_timeout));
         }
         let mut writer = Writer {
             config,
@@ -168,6 +182,9 @@ struct Reader<'a> {
     queue: Queue,
     redis: Client,
     malformed: u64,
+    /// Per partition, the newest entry this consumer has acknowledged: the
+    /// streams are trimmed up to it.
+    acknowledged: Vec<Option<(i64, i64)>>,
 }
 
 impl<'a> Reader<'a> {
@@ -193,6 +210,7 @@ impl<'a> Reader<'a> {
             queue,
             redis,
             malformed: 0,
+            acknowledged: vec![None; usize::from(config.partitions)],
         })
     }
 
@@ -227,6 +245,10 @@ impl<'a> Reader<'a> {
             }
             let batch = if Instant::now() >= next_claim {
                 next_claim = Instant::now() + self.config.claim_interval;
+                // A trim that failed (a master failing over) is tried
+                // again here, even if its partition gets no more writes.
+                let all: Vec<usize> = (0..self.acknowledged.len()).collect();
+                self.trim(&all);
                 self.claim()
             } else {
                 self.gather(Source::New, stop)
@@ -457,7 +479,6 @@ impl<'a> Reader<'a> {
         for &partition in &touched {
             let stream = self.queue.stream(partition as u16);
             commands.push(Command::xack(stream, GROUP, &ids[partition]));
-            commands.push(Command::new(&[&b"XPENDING"[..], stream, GROUP], Some(1)));
         }
         // A delete now in the database no longer needs its tombstone in
         // the cache to hide the old row from read-throughs.
@@ -472,23 +493,46 @@ impl<'a> Reader<'a> {
             Some(1),
         ));
         let replies = self.redis.execute(commands);
-        let mut trims = Vec::new();
+        let mut acknowledged = Vec::new();
         for (i, &partition) in touched.iter().enumerate() {
-            if let Err(e) = &replies[2 * i] {
+            match &replies[i] {
+                Ok(_) => {
+                    let known = &mut self.acknowledged[partition];
+                    *known = Some(known.map_or(newest[partition], |k| k.max(newest[partition])));
+                    acknowledged.push(partition);
+                }
                 // Not fatal: the entries stay pending, are redelivered and
                 // merged again without effect.
-                tracing::warn!(error = %e, "acknowledging a committed batch failed");
-                continue;
+                Err(e) => tracing::warn!(error = %e, "acknowledging a committed batch failed"),
             }
+        }
+        self.trim(&acknowledged);
+    }
+
+    /// Trim what every consumer has acknowledged from `partitions`' streams.
+    fn trim(&mut self, partitions: &[usize]) {
+        let partitions: Vec<(usize, (i64, i64))> = partitions
+            .iter()
+            .filter_map(|&p| self.acknowledged[p].map(|newest| (p, newest)))
+            .collect();
+        let pending = partitions
+            .iter()
+            .map(|&(p, _)| {
+                Command::new(
+                    &[&b"XPENDING"[..], self.queue.stream(p as u16), GROUP],
+                    Some(1),
+                )
+            })
+            .collect();
+        let replies = self.redis.execute(pending);
+        let mut trims = Vec::new();
+        for (&(partition, (ms, seq)), reply) in partitions.iter().zip(&replies) {
             // [count, smallest pending id, largest, consumers]: everything
             // below the smallest pending id is acknowledged; with nothing
-            // pending, everything up to what this batch held.
-            let below = match &replies[2 * i + 1] {
+            // pending, everything up to the newest entry acknowledged.
+            let below = match reply {
                 Ok(OwnedReply::Array(summary)) => match summary.first() {
-                    Some(OwnedReply::Integer(0)) => {
-                        let (ms, seq) = newest[partition];
-                        format!("{ms}-{}", seq + 1).into_bytes()
-                    }
+                    Some(OwnedReply::Integer(0)) => format!("{ms}-{}", seq + 1).into_bytes(),
                     _ => match summary.get(1).and_then(OwnedReply::bytes) {
                         Some(id) => id.to_vec(),
                         None => continue,
@@ -504,7 +548,7 @@ impl<'a> Reader<'a> {
         }
         for reply in self.redis.execute(trims) {
             if let Err(e) = reply {
-                tracing::debug!(error = %e, "trimming a write-back stream failed; the next batch trims it");
+                tracing::debug!(error = %e, "trimming a write-back stream failed; it is tried again within claim_interval");
             }
         }
     }
@@ -547,20 +591,39 @@ impl Writer<'_> {
     async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> Option<u64> {
         let mut attempt = 0u32;
         let written = loop {
+            let limit = self.config.db_timeout;
             if self.database.as_ref().is_none_or(Database::is_closed) {
-                self.database = match Database::connect(&self.config.postgres_url).await {
-                    Ok(database) => Some(database),
-                    Err(e) => {
+                let connect = Database::connect(&self.config.postgres_url);
+                self.database = match tokio::time::timeout(limit, connect).await {
+                    Ok(Ok(database)) => Some(database),
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "cannot connect to PostgreSQL");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(?limit, "connecting to PostgreSQL timed out");
                         None
                     }
                 };
             }
             if let Some(database) = &mut self.database {
-                match database.write(batch).await {
-                    Ok(rows) => break rows,
-                    Err(e) => {
+                if self.config.fault == Some(Fault::KillBeforeInsert) {
+                    crash("before a batch is written");
+                }
+                match tokio::time::timeout(limit, database.write(batch)).await {
+                    Ok(Ok(rows)) => break rows,
+                    Ok(Err(e)) => {
                         tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
+                    }
+                    Err(_) => {
+                        // It may have committed after all: writing it again
+                        // is safe, as every row is merged by its key.
+                        tracing::warn!(
+                            rows = batch.len(),
+                            ?limit,
+                            "writing a batch timed out; reconnecting to write it again"
+                        );
+                        self.database = None;
                     }
                 }
             }
@@ -580,9 +643,7 @@ impl Writer<'_> {
         self.totals.rows += written;
         self.totals.batches += 1;
         if self.config.fault == Some(Fault::KillAfterCommit) {
-            tracing::warn!("fault injection: SIGKILL after a commit, before its XACK");
-            // SAFETY: kill(2) on this process.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            crash("after a commit, before its XACK");
         }
         Some(written)
     }

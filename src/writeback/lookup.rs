@@ -116,7 +116,9 @@ type Waiting = HashMap<Vec<u8>, Vec<(usize, u64)>>;
 
 impl LookupService {
     /// Answer misses until every executor's end is dropped.
-    pub async fn run(mut self, postgres_url: String) {
+    /// A connect or query taking over `db_timeout` fails (503 for the
+    /// waiting misses) and the connection is made again.
+    pub async fn run(mut self, postgres_url: String, db_timeout: Duration) {
         let mut connection: Option<(Rc<Database>, Statement)> = None;
         let mut unavailable_until: Option<Instant> = None;
         let mut next: Waiting = HashMap::new();
@@ -130,7 +132,12 @@ impl LookupService {
                 if connection.as_ref().is_none_or(|(db, _)| db.is_closed())
                     && unavailable_until.is_none_or(|t| Instant::now() >= t)
                 {
-                    connection = connect(&postgres_url).await;
+                    connection = tokio::time::timeout(db_timeout, connect(&postgres_url))
+                        .await
+                        .unwrap_or_else(|_| {
+                            tracing::warn!(limit = ?db_timeout, "read-through: connecting to PostgreSQL timed out");
+                            None
+                        });
                     unavailable_until = connection
                         .is_none()
                         .then(|| Instant::now() + RECONNECT_PAUSE);
@@ -141,7 +148,7 @@ impl LookupService {
                 keys_looked_up += keys.len() as u64;
                 query = Some(match &connection {
                     Some((db, statement)) if !db.is_closed() => {
-                        Box::pin(look_up(Rc::clone(db), statement.clone(), keys))
+                        Box::pin(look_up(Rc::clone(db), statement.clone(), keys, db_timeout))
                     }
                     _ => Box::pin(async { Err("PostgreSQL is unavailable".to_string()) }),
                 });
@@ -228,16 +235,26 @@ async fn connect(url: &str) -> Option<(Rc<Database>, Statement)> {
     }
 }
 
-async fn look_up(database: Rc<Database>, statement: Statement, keys: Vec<Vec<u8>>) -> LookupResult {
+async fn look_up(
+    database: Rc<Database>,
+    statement: Statement,
+    keys: Vec<Vec<u8>>,
+    limit: Duration,
+) -> LookupResult {
     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    let rows = database
-        .client()
-        .query(&statement, &[&keys])
-        .await
-        .map_err(|e| {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys];
+    let query = database.client().query(&statement, &params);
+    let rows = match tokio::time::timeout(limit, query).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "a read-through lookup failed");
-            format!("the database lookup failed: {e}")
-        })?;
+            return Err(format!("the database lookup failed: {e}"));
+        }
+        Err(_) => {
+            tracing::warn!(?limit, "a read-through lookup timed out");
+            return Err("the database lookup timed out".into());
+        }
+    };
     Ok(rows
         .iter()
         .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Option<Vec<u8>>>(1)))

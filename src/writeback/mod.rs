@@ -56,12 +56,16 @@ pub struct WritebackOptions {
     /// Entries pending this long on another consumer are taken over, in milliseconds [default: 30000]
     #[arg(long, env = "MILLRACE_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
+    /// Longest a PostgreSQL connect or batch write may take before the connection is dropped and the batch written again, in milliseconds [default: 10000]
+    #[arg(long, env = "MILLRACE_DB_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_timeout_ms: u64,
     /// CPU to pin the database core to [default: not pinned]
     #[arg(long, env = "MILLRACE_DB_CORE")]
     pub core: Option<usize>,
 }
 
-/// The test-only fault switch: `MILLRACE_FAULT=kill-after-commit`.
+/// The test-only fault switch: `MILLRACE_FAULT=kill-before-insert` or
+/// `kill-after-commit`.
 const FAULT_ENV: &str = "MILLRACE_FAULT";
 
 impl WritebackOptions {
@@ -83,12 +87,17 @@ impl WritebackOptions {
         config.batch_ms = Duration::from_millis(self.batch_ms);
         config.consumer = self.consumer;
         config.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        if self.db_timeout_ms == 0 {
+            return Err("--db-timeout-ms must be at least 1".into());
+        }
+        config.db_timeout = Duration::from_millis(self.db_timeout_ms);
         config.fault = match std::env::var(FAULT_ENV).ok().as_deref() {
             None | Some("") => None,
+            Some("kill-before-insert") => Some(Fault::KillBeforeInsert),
             Some("kill-after-commit") => Some(Fault::KillAfterCommit),
             Some(other) => {
                 return Err(format!(
-                    "{FAULT_ENV}={other}: the only fault is kill-after-commit"
+                    "{FAULT_ENV}={other}: the faults are kill-before-insert and kill-after-commit"
                 ));
             }
         };
