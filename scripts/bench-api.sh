@@ -89,7 +89,7 @@ start() {
   case "$1" in
     millrace)
       taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$2" --cores "$server_cpu," \
-        --redis-seeds "$seeds" > "$work/millrace.log" 2>&1 & ;;
+        --redis-seeds "$seeds" --admin-listen "" > "$work/millrace.log" 2>&1 & ;;
     axum-redis)
       taskset -c "$server_cpu" "$peer" "127.0.0.1:$2" "$seeds" > "$work/peer.log" 2>&1 & ;;
   esac

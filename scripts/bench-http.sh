@@ -96,7 +96,7 @@ done
 step "10,000 idle keep-alive connections to one millrace executor"
 port=$(free_port)
 taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
-  > "$work/millrace-idle.log" 2>&1 &
+  --admin-listen "" --public-metrics true > "$work/millrace-idle.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
 wait_for_http "http://127.0.0.1:$port/livez"

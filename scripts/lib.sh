@@ -55,7 +55,7 @@ start_server() {
   case "$name" in
     millrace)
       taskset -c "$server_cpu" "$millrace" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
-        > "$work/$name.log" 2>&1 & ;;
+        --admin-listen "" > "$work/$name.log" 2>&1 & ;;
     may_minihttp)
       taskset -c "$server_cpu" "$may_peer" "127.0.0.1:$port" > "$work/$name.log" 2>&1 & ;;
     nginx)

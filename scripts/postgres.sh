@@ -5,7 +5,8 @@
 #   start   initdb DIR (first time only), then pg_ctl start on 127.0.0.1:PORT
 #           with its Unix socket in DIR; creates database DB owned by user
 #           USER (password PASSWORD) if missing; prints the connection string.
-#   stop    pg_ctl stop (fast), then remove DIR unless --keep.
+#   stop    pg_ctl stop (--mode fast by default; immediate is a crash, with
+#           recovery at the next start), then remove DIR unless --keep.
 #   status  pg_ctl status.
 #
 # Run as root, it runs PostgreSQL as the postgres user (initdb refuses root)
@@ -13,6 +14,7 @@
 #
 # Usage: scripts/postgres.sh start|stop|status [--port PORT] [--dir DIR]
 #          [--db DB] [--user USER] [--password PASSWORD] [--keep]
+#          [--mode smart|fast|immediate]
 # Defaults: port 5440, dir var/postgres, db millrace, user millrace,
 # password millrace.
 set -euo pipefail
@@ -25,6 +27,7 @@ db=millrace
 user=millrace
 password=millrace
 keep=0
+mode=fast
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) port="$2"; shift 2 ;;
@@ -33,6 +36,9 @@ while [ $# -gt 0 ]; do
     --user) user="$2"; shift 2 ;;
     --password) password="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --mode)
+      case "$2" in smart|fast|immediate) mode="$2" ;; *) echo "--mode: smart, fast or immediate" >&2; exit 2 ;; esac
+      shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -87,7 +93,7 @@ stop() {
   [ -d "$dir/data" ] || { [ "$keep" = 1 ] || rm -rf "$dir"; return 0; }
   local bin
   bin="$(bin_dir)"
-  as_owner "$bin/pg_ctl" -D "$(realpath "$dir")/data" -m fast -w stop > /dev/null 2>&1 || true
+  as_owner "$bin/pg_ctl" -D "$(realpath "$dir")/data" -m "$mode" -w stop > /dev/null 2>&1 || true
   [ "$keep" = 1 ] || rm -rf "$dir"
 }
 

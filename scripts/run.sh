@@ -59,9 +59,10 @@ seeds=$(scripts/redis-cluster.sh start --dir "$stack/redis" --port "$redis_port"
 postgres_url=$(scripts/postgres.sh start --dir "$stack/postgres" --port "$pg_port")
 
 port=$(free_port)
-step "millrace serve on CPU $server_cpu, port $port, with its database core"
+admin_port=$(free_port)
+step "millrace serve on CPU $server_cpu, port $port (admin: $admin_port), with its database core"
 MILLRACE_POSTGRES_URL="$postgres_url" "$millrace" serve --listen "127.0.0.1:$port" \
-  --cores "$server_cpu," --redis-seeds "$seeds" &
+  --admin-listen "127.0.0.1:$admin_port" --cores "$server_cpu," --redis-seeds "$seeds" &
 server=$!
 pids+=("$server")
 wait_for_http "http://127.0.0.1:$port/readyz"

@@ -55,6 +55,7 @@ up() {
   cat <<EOF
 
 millrace     http://127.0.0.1:$port  (log: $dir/serve.log)
+admin        http://127.0.0.1:9180/metrics, /livez, /readyz
 Redis        $seeds
 PostgreSQL   $url
 stop with    scripts/stack.sh down

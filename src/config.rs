@@ -97,6 +97,10 @@ serve_options! {
     recv_buffers: u32 = 2048, env "MILLRACE_RECV_BUFFERS";
     /// Size of each receive buffer, in bytes [default: 4096]
     recv_buffer_bytes: u32 = 4096, env "MILLRACE_RECV_BUFFER_BYTES";
+    /// Address of the admin listener, which serves /metrics, /livez and /readyz apart from the public port; keep it on loopback or a private network. Empty: none [default: 127.0.0.1:9180]
+    admin_listen: String = "127.0.0.1:9180".to_string(), env "MILLRACE_ADMIN_LISTEN";
+    /// Serve /metrics on the public port too (/livez and /readyz always are, for load balancers) [default: false]
+    public_metrics: bool = false, env "MILLRACE_PUBLIC_METRICS";
     /// Redis Cluster seed nodes, host:port[,host:port...]; empty: no Redis, and the /v1 routes answer 503. User and password come from MILLRACE_REDIS_USER and MILLRACE_REDIS_PASSWORD [default: empty]
     redis_seeds: String = String::new(), env "MILLRACE_REDIS_SEEDS";
     /// Time a Redis command may take before its request gets 503, in milliseconds [default: 1000]
@@ -127,6 +131,8 @@ serve_options! {
     batch_ms: u64 = 5, env "MILLRACE_BATCH_MS";
     /// The database core's consumer name in the queue's group; keep it across restarts [default: db-0]
     writeback_consumer: String = "db-0".to_string(), env "MILLRACE_WRITEBACK_CONSUMER";
+    /// Longest a PostgreSQL connect, write-back batch or read-through lookup may take before the connection is dropped and the work tried again, in milliseconds [default: 10000]
+    db_timeout_ms: u64 = 10_000, env "MILLRACE_DB_TIMEOUT_MS";
     /// GET misses waiting for the database core, over all executors; beyond it a miss gets 503 [default: 65536]
     max_pending_lookups: usize = 65_536, env "MILLRACE_MAX_PENDING_LOOKUPS";
 }
@@ -170,6 +176,7 @@ impl ServeConfig {
             ("max_key_bytes", self.max_key_bytes as u64),
             ("max_value_bytes", self.max_value_bytes as u64),
             ("batch_rows", self.batch_rows as u64),
+            ("db_timeout_ms", self.db_timeout_ms),
             ("max_pending_lookups", self.max_pending_lookups as u64),
         ];
         for (name, value) in positive {
@@ -190,6 +197,7 @@ impl ServeConfig {
             return Err("recv_buffer_bytes must be from 512 to 1048576".into());
         }
         self.redis_seed_list()?;
+        self.admin_address()?;
         if self.ack_replicas > 0 && self.ack_timeout_ms >= self.redis_command_timeout_ms {
             return Err("ack_timeout_ms must be below redis_command_timeout_ms".into());
         }
@@ -221,7 +229,19 @@ impl ServeConfig {
         config.batch_rows = self.batch_rows;
         config.batch_ms = Duration::from_millis(self.batch_ms);
         config.consumer = self.writeback_consumer.clone();
+        config.db_timeout = Duration::from_millis(self.db_timeout_ms);
         Some(config)
+    }
+
+    /// The admin listener's address, `None` when there is none.
+    pub fn admin_address(&self) -> Result<Option<SocketAddr>, String> {
+        let text = self.admin_listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            format!("admin_listen: {text:?} is not ip:port (empty for no admin listener)")
+        })
     }
 
     /// The Redis seeds, parsed; empty when Redis is not configured.

@@ -10,12 +10,15 @@
 //!   one connection's state. Pure functions over bytes.
 //! - [`api`]: the routing table and one file per endpoint.
 //! - [`metrics`]: per-core counters and their Prometheus exposition.
+//! - [`admin`]: the admin listener, apart from the public port, serving
+//!   `/metrics`, `/livez` and `/readyz` from what the executors publish.
 //!
 //! Beside them: [`load`] (`millrace load`, the load generator, on the same
 //! engine and HTTP code), [`config`] (flags > environment > file > defaults),
 //! [`lifecycle`] (starting, ready, draining), [`probe`] and [`doctor`]
 //! (what this kernel offers).
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod doctor;

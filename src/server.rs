@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admin::Admin;
 use crate::api::{ApiShared, WritePath};
 use crate::config::ServeConfig;
 use crate::lifecycle::{Lifecycle, Stage};
@@ -83,12 +84,24 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     if auth.is_some() {
         tracing::info!("the /v1 routes require a bearer token");
     }
+    let registry = Arc::new(MetricsRegistry::new(&cpus));
     let shared = Arc::new(ApiShared {
         auth,
         writes,
         lifecycle: Arc::clone(&lifecycle),
-        registry: Arc::new(MetricsRegistry::new(&cpus)),
+        registry: Arc::clone(&registry),
+        public_metrics: config.public_metrics,
     });
+    // Up before the executors and down after them, so that /readyz there
+    // says "starting" and "draining" while they do.
+    let admin = match config.admin_address()? {
+        None => None,
+        Some(addr) => {
+            let admin = Admin::start(addr, registry, Arc::clone(&lifecycle))?;
+            tracing::info!(admin = %admin.addr(), "admin listening (/metrics, /livez, /readyz)");
+            Some(admin)
+        }
+    };
 
     // The database core, if this process runs one, with the read-through
     // channels each executor gets an end of.
@@ -169,6 +182,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     if let Some(error) = startup_error {
         drain(&executors, &lifecycle);
         join_all(executors);
+        if let Some(admin) = admin {
+            admin.stop();
+        }
         if let Some(core) = database_core {
             let _ = core.stop();
         }
@@ -187,6 +203,9 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     // The executors are gone: nothing more is accepted. The database core
     // finishes the batch in hand; the rest waits in Redis for its restart.
     let stopped = database_core.map_or(Ok(()), DatabaseCore::stop);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     match (served, stopped) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),

@@ -83,7 +83,7 @@ fn curl_keep_alive_http10_and_expect_continue() {
     let metrics = server.metrics();
     assert_eq!(
         sample(&metrics, "millrace_connections_accepted_total{core=\"0\"}"),
-        5,
+        4,
         "{metrics}"
     );
 }
@@ -123,7 +123,7 @@ print("ok")
     let metrics = server.metrics();
     assert_eq!(
         sample(&metrics, "millrace_connections_accepted_total{core=\"0\"}"),
-        2,
+        1,
         "{metrics}"
     );
 }

@@ -165,6 +165,9 @@ pub struct ApiShared {
     pub writes: Option<WritePath>,
     /// Bearer tokens the `/v1` routes require; `None`: open.
     pub auth: Option<auth::Tokens>,
+    /// Whether `/metrics` is served on the public port too (it always is on
+    /// the admin listener).
+    pub public_metrics: bool,
 }
 
 /// The write-back queue and what a write may be.
@@ -518,6 +521,10 @@ impl Api<'_> {
             Route::Plaintext => plaintext::handle(response),
             Route::Livez => livez::handle(response),
             Route::Readyz => readyz::handle(&self.shared.lifecycle, response),
+            Route::Metrics if !self.shared.public_metrics => response.reject(Rejection::new(
+                Status::NotFound,
+                "/metrics is served on the admin listener (admin_listen)",
+            )),
             Route::Metrics => {
                 // The scrape sees this core's figures as of now.
                 self.shared.registry.publish(self.executor, self.metrics);

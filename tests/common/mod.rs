@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod postgres;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +21,8 @@ pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its admin listener (`/metrics`), if it has one.
+    pub admin: Option<SocketAddr>,
     /// Everything it logged so far.
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -37,11 +40,13 @@ impl Server {
         Server::start_with_env(args, &[])
     }
 
-    /// Start with exactly `args` after `serve`, and `env` set.
+    /// Start with exactly `args` after `serve`, and `env` set. The admin
+    /// listener goes on a free port unless `args` or `env` say otherwise.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
             .arg("serve")
             .args(args)
+            .env("MILLRACE_ADMIN_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -51,6 +56,7 @@ impl Server {
             .expect("start millrace");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::clone(&log);
         thread::spawn(move || {
@@ -61,6 +67,13 @@ impl Server {
                     .and_then(|a| a.parse::<SocketAddr>().ok())
                 {
                     let _ = addr_tx.send(addr);
+                }
+                if let Some(admin) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("admin="))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = admin_tx.send(admin);
                 }
                 lines.lock().unwrap().push(line);
             }
@@ -75,7 +88,14 @@ impl Server {
                 );
             }
         };
-        Server { child, addr, log }
+        // The admin listener is up before the public one, if at all.
+        let admin = admin_rx.try_recv().ok();
+        Server {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     /// A connection with timeouts, Nagle off.
@@ -94,10 +114,17 @@ impl Server {
         read_response(&mut stream)
     }
 
-    /// The `/metrics` text, once every core has published (they do every 100 ms).
+    /// The `/metrics` text from the admin listener, once every core has
+    /// published (they do every 100 ms).
     pub fn metrics(&self) -> String {
         thread::sleep(Duration::from_millis(250));
-        self.get("/metrics").text()
+        let admin = self.admin.expect("an admin listener");
+        let mut stream = TcpStream::connect(admin).expect("connect to the admin listener");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let response = read_response(&mut stream);
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.text()
     }
 
     /// Send a signal.

@@ -10,7 +10,8 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh")
 /// A running PostgreSQL; dropping it stops it and removes its files.
 pub struct Postgres {
     dir: PathBuf,
-    port: u16,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
     /// The connection URL.
     pub url: String,
 }
@@ -38,7 +39,13 @@ impl Postgres {
         self.run("stop", &["--keep"]);
     }
 
-    /// Start it again after [`Postgres::pause`].
+    /// Crash it (`pg_ctl stop -m immediate`: no checkpoint, connections cut),
+    /// keeping its data; [`Postgres::resume`] recovers it.
+    pub fn crash(&self) {
+        self.run("stop", &["--keep", "--mode", "immediate"]);
+    }
+
+    /// Start it again after [`Postgres::pause`] or [`Postgres::crash`].
     pub fn resume(&self) {
         self.run("start", &[]);
     }
