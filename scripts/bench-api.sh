@@ -52,7 +52,7 @@ cd "$root"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages redis-server redis-tools curl python3
+need_packages redis-server redis-tools curl python3 pkg-config libssl-dev
 if [ "$build" = 1 ]; then
   step "building millrace and the axum + redis-rs peer (release)"
   cargo build --release --quiet

@@ -44,7 +44,7 @@ cd "$root"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages wrk nginx-light curl python3
+need_packages wrk nginx-light curl python3 pkg-config libssl-dev
 if [ "$build" = 1 ]; then
   step "building millrace and the may_minihttp peer (release)"
   cargo build --release --quiet

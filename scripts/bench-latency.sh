@@ -36,7 +36,7 @@ cd "$root"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages nginx-light curl python3
+need_packages nginx-light curl python3 pkg-config libssl-dev
 if [ "$build" = 1 ]; then
   step "building millrace and the may_minihttp peer (release)"
   cargo build --release --quiet

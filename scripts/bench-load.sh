@@ -44,7 +44,7 @@ cd "$root"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages wrk nginx-light curl python3 time
+need_packages wrk nginx-light curl python3 time pkg-config libssl-dev
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v oha > /dev/null; then
   step "installing oha from crates.io"

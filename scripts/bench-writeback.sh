@@ -42,7 +42,7 @@ cd "$root"
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages redis-server redis-tools postgresql python3
+need_packages redis-server redis-tools postgresql python3 pkg-config libssl-dev
 if [ "$build" = 1 ]; then
   step "building the write-back benchmark (release)"
   cargo build --release --quiet --bench writeback

@@ -53,7 +53,7 @@ base="benches/results/${stamp}-${host}"
 # parts' separate runs.
 export RESULTS_DIR="$base"
 
-need_packages wrk nginx-light curl python3 redis-server redis-tools postgresql postgresql-client
+need_packages wrk nginx-light curl python3 redis-server redis-tools postgresql postgresql-client pkg-config libssl-dev
 if [ "$build" = 1 ]; then
   step "building millrace and the peers (release)"
   cargo build --release --locked --quiet

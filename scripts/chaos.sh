@@ -38,7 +38,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl redis-server redis-tools postgresql postgresql-client
+need_packages curl redis-server redis-tools postgresql postgresql-client pkg-config libssl-dev
 
 rows="$(mktemp)"
 log="$(mktemp)"

@@ -5,6 +5,9 @@
 #   start   initdb DIR (first time only), then pg_ctl start on 127.0.0.1:PORT
 #           with its Unix socket in DIR; creates database DB owned by user
 #           USER (password PASSWORD) if missing; prints the connection string.
+#           With --tls, the first start also makes a private CA (DIR/ca.pem)
+#           and a certificate for 127.0.0.1 signed by it, and the server
+#           takes TLS (clients ask with sslmode=require and trust DIR/ca.pem).
 #   stop    pg_ctl stop (--mode fast by default; immediate is a crash, with
 #           recovery at the next start), then remove DIR unless --keep.
 #   status  pg_ctl status.
@@ -14,7 +17,7 @@
 #
 # Usage: scripts/postgres.sh start|stop|status [--port PORT] [--dir DIR]
 #          [--db DB] [--user USER] [--password PASSWORD] [--keep]
-#          [--mode smart|fast|immediate]
+#          [--mode smart|fast|immediate] [--tls]
 # Defaults: port 5440, dir var/postgres, db millrace, user millrace,
 # password millrace.
 set -euo pipefail
@@ -28,6 +31,7 @@ user=millrace
 password=millrace
 keep=0
 mode=fast
+tls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) port="$2"; shift 2 ;;
@@ -36,6 +40,7 @@ while [ $# -gt 0 ]; do
     --user) user="$2"; shift 2 ;;
     --password) password="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --tls) tls=1; shift ;;
     --mode)
       case "$2" in smart|fast|immediate) mode="$2" ;; *) echo "--mode: smart, fast or immediate" >&2; exit 2 ;; esac
       shift 2 ;;
@@ -67,6 +72,21 @@ as_owner() {
   fi
 }
 
+# A private CA and a server certificate for 127.0.0.1 signed by it.
+make_certificates() {
+  command -v openssl > /dev/null || need_packages openssl
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=millrace test CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2> /dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$dir/server.key" -out "$dir/server.csr" 2> /dev/null
+  printf 'subjectAltName = IP:127.0.0.1, DNS:localhost\n' > "$dir/san.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$dir/san.ext" -out "$dir/server.crt" 2> /dev/null
+  chmod 600 "$dir/server.key"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$dir/server.key" "$dir/server.crt"
+  return 0
+}
+
 start() {
   local bin
   bin="$(bin_dir)"
@@ -77,8 +97,12 @@ start() {
     as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
       -E UTF8 --locale=C.UTF-8 > "$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
   fi
-  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100" start > /dev/null
+  local options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100"
+  if [ "$tls" = 1 ]; then
+    [ -f "$dir/server.crt" ] || make_certificates
+    options="$options -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+  fi
+  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -o "$options" start > /dev/null
   local psql=(as_owner "$bin/psql" -h "$dir" -p "$port" -U postgres -v ON_ERROR_STOP=1 -qAt)
   if [ -z "$("${psql[@]}" -d postgres -c "select 1 from pg_roles where rolname = '$user'")" ]; then
     "${psql[@]}" -d postgres -c "create role \"$user\" login password '$password'"

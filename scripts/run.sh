@@ -33,7 +33,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 redis-server redis-tools postgresql postgresql-client
+need_packages curl python3 redis-server redis-tools postgresql postgresql-client pkg-config libssl-dev
 step "building millrace (release)"
 cargo build --release --locked --quiet
 millrace=target/release/millrace

@@ -36,7 +36,7 @@ dir="$root/var/stack"
 millrace="$root/target/release/millrace"
 
 up() {
-  need_packages curl
+  need_packages curl pkg-config libssl-dev
   mkdir -p "$dir"
   step "building millrace (release)"
   cargo build --release --locked --quiet

@@ -5,7 +5,8 @@
 # drive; redis-server and redis-cli, from which each Redis test starts its
 # own cluster on free loopback ports with scripts/redis-cluster.sh;
 # PostgreSQL, of which each write-back test starts its own instance with
-# scripts/postgres.sh), then
+# scripts/postgres.sh; pkg-config and libssl-dev, to build the TLS client for
+# PostgreSQL against the system's OpenSSL), then
 # checks formatting and lints (clippy, and shellcheck on every script) and runs
 # every test: unit tests of the sans-IO protocol code, and integration tests
 # that start the real binary, real Redis Clusters, PostgreSQL and fake
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd
+need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd pkg-config libssl-dev
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -123,6 +123,8 @@ serve_options! {
     auth_tokens_file: String = String::new(), env "MILLRACE_AUTH_TOKENS_FILE";
     /// PostgreSQL URL (postgres://user:password@host:port/db). Set, this process runs the database core: write-back and read-through of GET misses. Empty: run `millrace writeback` elsewhere, and a GET miss is a 404 [default: empty]
     postgres_url: String = String::new(), env "MILLRACE_POSTGRES_URL";
+    /// PEM file of CAs to trust for PostgreSQL's certificate besides the system's; TLS itself is asked for with sslmode=require in postgres_url, and the certificate and host name are always verified [default: empty]
+    postgres_ca_file: String = String::new(), env "MILLRACE_POSTGRES_CA_FILE";
     /// CPU to pin the database core to; -1 leaves it unpinned [default: -1]
     db_core: i64 = -1, env "MILLRACE_DB_CORE";
     /// Rows per write-back transaction at most [default: 5000]
@@ -213,6 +215,12 @@ impl ServeConfig {
                     .into(),
             );
         }
+        if !self.postgres_url.is_empty() {
+            crate::writeback::db::check_url(
+                &self.postgres_url,
+                self.postgres_ca_path().as_deref(),
+            )?;
+        }
         if self.writeback_consumer.is_empty() {
             return Err("writeback_consumer must not be empty".into());
         }
@@ -230,7 +238,13 @@ impl ServeConfig {
         config.batch_ms = Duration::from_millis(self.batch_ms);
         config.consumer = self.writeback_consumer.clone();
         config.db_timeout = Duration::from_millis(self.db_timeout_ms);
+        config.postgres_ca_file = self.postgres_ca_path();
         Some(config)
+    }
+
+    /// `postgres_ca_file`, if set.
+    fn postgres_ca_path(&self) -> Option<PathBuf> {
+        (!self.postgres_ca_file.is_empty()).then(|| PathBuf::from(&self.postgres_ca_file))
     }
 
     /// The admin listener's address, `None` when there is none.

@@ -717,3 +717,61 @@ fn hostile_requests_get_their_4xx_and_queue_nothing() {
     let mut stream = server.connect();
     assert_eq!(kv(&mut stream, "PUT", "a", b"fine").status, 202);
 }
+
+#[test]
+fn the_database_core_speaks_tls_and_checks_the_certificate() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start_tls();
+    let seeds = seed_list(&cluster);
+    let tls_url = format!("{}?sslmode=require", postgres.url);
+    let ca = postgres.ca_file();
+    let ca = ca.to_str().unwrap();
+
+    // A CA file without TLS asked for is a start-up error.
+    let output = Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--redis-seeds", &seeds, "--postgres-url", &postgres.url])
+        .args(["--postgres-ca-file", ca])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sslmode=require"), "{stderr}");
+    assert!(!stderr.contains("millrace@"), "no URL in errors: {stderr}");
+
+    // The private CA trusted: writes land over TLS.
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--postgres-url",
+        &tls_url,
+        "--postgres-ca-file",
+        ca,
+    ]);
+    let mut stream = server.connect();
+    assert_eq!(kv(&mut stream, "PUT", "sealed", b"v1").status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres.try_query("select count(*) from kv").as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "the write did not land");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let encrypted = postgres.query(
+        "select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid) \
+         where s.ssl and a.usename = 'millrace' and a.application_name <> 'psql'",
+    );
+    assert_ne!(encrypted, "0", "the database core's connections are TLS");
+    drop(stream);
+    drop(server);
+
+    // Not trusted: the certificate is refused and nothing is written.
+    let server = Server::start(&["--redis-seeds", &seeds, "--postgres-url", &tls_url]);
+    let mut stream = server.connect();
+    assert_eq!(kv(&mut stream, "PUT", "unsealed", b"v2").status, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("certificate verify failed") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(postgres.query("select count(*) from kv"), "1");
+    assert!(!server.log().contains(":millrace@"), "{}", server.log());
+}

@@ -117,58 +117,93 @@ impl Stack {
     }
 }
 
-/// `millrace load` posting batches of 10 events, open loop, with a ledger.
+/// `millrace load` posting batches of 10 events with a ledger: open loop
+/// at `rate` requests/s, or closed loop without one.
 struct Load {
     child: Child,
     ledger: PathBuf,
+    json: PathBuf,
 }
 
 impl Load {
+    /// 8 connections, the suite's seed.
     fn start(addr: SocketAddr, rate: u32, seconds: u32, name: &str) -> Load {
-        let ledger = std::env::temp_dir().join(format!(
-            "millrace-chaos-{}-{name}.ledger",
-            std::process::id()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
-            .args([
-                "load",
-                &format!("http://{addr}"),
-                "--workload",
-                "events",
-                "--batch",
-                "10",
-                "--connections",
-                "8",
-                "--rate",
-                &rate.to_string(),
-                "--duration",
-                &format!("{seconds}s"),
-                "--timeout",
-                "3s",
-                "--max-error-ratio",
-                "1",
-                "--seed",
-                &seed().to_string(),
-            ])
+        Load::start_with(addr, Some(rate), seconds, name, 8, seed())
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        rate: Option<u32>,
+        seconds: u32,
+        name: &str,
+        connections: u32,
+        seed: u64,
+    ) -> Load {
+        let file = |ext: &str| {
+            std::env::temp_dir().join(format!(
+                "millrace-chaos-{}-{name}.{ext}",
+                std::process::id()
+            ))
+        };
+        let (ledger, json) = (file("ledger"), file("json"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
+        command.args([
+            "load",
+            &format!("http://{addr}"),
+            "--workload",
+            "events",
+            "--batch",
+            "10",
+            "--connections",
+            &connections.to_string(),
+            "--duration",
+            &format!("{seconds}s"),
+            "--timeout",
+            "3s",
+            "--max-error-ratio",
+            "1",
+            "--seed",
+            &seed.to_string(),
+        ]);
+        if let Some(rate) = rate {
+            command.args(["--rate", &rate.to_string()]);
+        }
+        let child = command
             .arg("--ledger")
             .arg(&ledger)
+            .arg("--json")
+            .arg(&json)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start millrace load");
-        Load { child, ledger }
+        Load {
+            child,
+            ledger,
+            json,
+        }
     }
 
-    fn finish(mut self) -> Vec<Entry> {
+    fn finish(self) -> Vec<Entry> {
+        self.finish_with_report().0
+    }
+
+    /// The ledger and the run's JSON report.
+    fn finish_with_report(mut self) -> (Vec<Entry>, serde_json::Value) {
         let status = self.child.wait().unwrap();
         assert!(
             status.code().is_some_and(|c| c <= 1),
             "millrace load failed: {status}"
         );
         let entries = ledger::read(&self.ledger).unwrap();
+        let report = std::fs::read(&self.json)
+            .ok()
+            .and_then(|j| serde_json::from_slice(&j).ok())
+            .unwrap_or_default();
         let _ = std::fs::remove_file(&self.ledger);
-        entries
+        let _ = std::fs::remove_file(&self.json);
+        (entries, report)
     }
 }
 
@@ -205,10 +240,16 @@ impl Tally {
             into.extend(entry.events.ids());
         }
         tally.accepted = accepted.len() as u64;
+        // This run's rows: its ids start with the run's 8 bytes.
+        let runs: HashSet<u64> = entries
+            .iter()
+            .map(|e| (e.events.first >> 64) as u64)
+            .collect();
         let rows: Vec<u128> = postgres
             .query("select encode(client_id, 'hex') from events")
             .lines()
             .map(|id| u128::from_str_radix(id, 16).unwrap())
+            .filter(|id| runs.contains(&((id >> 64) as u64)))
             .collect();
         tally.rows = rows.len() as u64;
         let stored: HashSet<u128> = rows.iter().copied().collect();
@@ -688,4 +729,46 @@ fn abuse_leaves_legitimate_traffic_served_and_memory_bounded() {
         "memory stays bounded: grew {grown} bytes"
     );
     drop(slow);
+}
+
+#[test]
+fn open_loop_load_around_capacity_loses_nothing() {
+    let stack = Stack::start(0, &[]);
+    let server = stack.serve();
+    // Capacity: closed loop on 16 connections.
+    let (entries, report) =
+        Load::start_with(stack.addr, None, 3, "capacity", 16, seed()).finish_with_report();
+    let capacity = report["requests_per_s"].as_f64().expect("a rate");
+    stack.drain(&server);
+    Tally::check(
+        &format!("closed loop, 16 connections: capacity {capacity:.0} requests/s"),
+        &entries,
+        &stack.postgres,
+    )
+    .assert_exact();
+    for percent in [50u32, 80, 100, 120] {
+        let rate = (capacity * f64::from(percent) / 100.0).max(1.0) as u32;
+        let name = format!("capacity-{percent}");
+        let load = Load::start_with(
+            stack.addr,
+            Some(rate),
+            3,
+            &name,
+            16,
+            seed() + u64::from(percent),
+        );
+        let (entries, report) = load.finish_with_report();
+        stack.drain(&server);
+        let p99 = |key: &str| report[key]["p99"].as_f64().unwrap_or(f64::NAN);
+        let tally = Tally::check(
+            &format!(
+                "open loop at {percent}% ({rate}/s): p99 {:.2} ms from schedule, {:.2} ms from send",
+                p99("latency_ms"),
+                p99("uncorrected_latency_ms")
+            ),
+            &entries,
+            &stack.postgres,
+        );
+        tally.assert_exact();
+    }
 }

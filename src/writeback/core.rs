@@ -60,8 +60,10 @@ fn crash(why: &str) {
 pub struct WritebackConfig {
     /// The Redis Cluster holding the queue.
     pub redis: RedisConfig,
-    /// PostgreSQL, as a `postgres://` URL.
+    /// PostgreSQL, as a `postgres://` URL (`sslmode=require` for TLS).
     pub postgres_url: String,
+    /// Extra CAs (PEM) to trust for PostgreSQL's certificate.
+    pub postgres_ca_file: Option<std::path::PathBuf>,
     /// Write-back stream partitions.
     pub partitions: u16,
     /// Rows per transaction at most.
@@ -90,6 +92,7 @@ impl WritebackConfig {
         WritebackConfig {
             redis,
             postgres_url,
+            postgres_ca_file: None,
             partitions: 16,
             batch_rows: 5000,
             batch_ms: Duration::from_millis(5),
@@ -146,7 +149,11 @@ pub fn run(
             .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
         let local = tokio::task::LocalSet::new();
         if let Some(lookups) = lookups {
-            local.spawn_local(lookups.run(config.postgres_url.clone(), config.db_timeout));
+            local.spawn_local(lookups.run(
+                config.postgres_url.clone(),
+                config.postgres_ca_file.clone(),
+                config.db_timeout,
+            ));
         }
         let mut writer = Writer {
             config,
@@ -572,7 +579,12 @@ impl Writer<'_> {
     ) -> Totals {
         // The schema is applied at start, not at the first batch; if the
         // database is not there yet, the first batch retries.
-        match Database::connect(&self.config.postgres_url).await {
+        match Database::connect(
+            &self.config.postgres_url,
+            self.config.postgres_ca_file.as_deref(),
+        )
+        .await
+        {
             Ok(database) => self.database = Some(database),
             Err(e) => tracing::warn!(error = %e, "cannot connect to PostgreSQL yet"),
         }
@@ -593,7 +605,10 @@ impl Writer<'_> {
         let written = loop {
             let limit = self.config.db_timeout;
             if self.database.as_ref().is_none_or(Database::is_closed) {
-                let connect = Database::connect(&self.config.postgres_url);
+                let connect = Database::connect(
+                    &self.config.postgres_url,
+                    self.config.postgres_ca_file.as_deref(),
+                );
                 self.database = match tokio::time::timeout(limit, connect).await {
                     Ok(Ok(database)) => Some(database),
                     Ok(Err(e)) => {

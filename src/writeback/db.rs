@@ -5,9 +5,13 @@
 //! stored (a redelivery) go through staging and `ON CONFLICT DO NOTHING`.
 //! Either way a retried batch is harmless.
 
+use std::path::Path;
 use std::pin::pin;
 
+use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
@@ -56,19 +60,36 @@ pub struct Database {
 
 impl Database {
     /// Connect to `url` (a `postgres://` URL or key=value string), apply
-    /// the schema and create the staging tables.
-    pub async fn connect(url: &str) -> Result<Database, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let driver = tokio::task::spawn_local(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "the PostgreSQL connection ended");
-            }
-        });
+    /// the schema and create the staging tables. With `sslmode=require` in
+    /// `url` the connection is TLS, the server's certificate checked against
+    /// the system's CAs and `ca_file`'s, and its name against the host.
+    pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Database, String> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| format!("postgres_url: {e}"))?;
+        let (client, driver) = if config.get_ssl_mode() == SslMode::Require {
+            let (client, connection) = config
+                .connect(tls_connector(ca_file)?)
+                .await
+                .map_err(|e| with_causes(&e))?;
+            (client, tokio::task::spawn_local(drive(connection)))
+        } else {
+            let (client, connection) = config.connect(NoTls).await.map_err(|e| with_causes(&e))?;
+            (client, tokio::task::spawn_local(drive(connection)))
+        };
+        let database = Database { client, driver };
         for (_, sql) in SCHEMA {
-            client.batch_execute(sql).await?;
+            database
+                .client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| with_causes(&e))?;
         }
-        client.batch_execute(STAGING).await?;
-        Ok(Database { client, driver })
+        database
+            .client
+            .batch_execute(STAGING)
+            .await
+            .map_err(|e| with_causes(&e))?;
+        Ok(database)
     }
 
     /// The connection is gone; a new one is needed.
@@ -179,6 +200,61 @@ async fn copy_events(
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await?;
+    Ok(())
+}
+
+/// An error and its causes, such as "error performing TLS handshake: ...
+/// certificate verify failed": the first line alone rarely says what to fix.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// Run a connection until it ends.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "the PostgreSQL connection ended");
+    }
+}
+
+/// TLS 1.2 or later, the peer verified against the default CAs and
+/// `ca_file`'s.
+fn tls_connector(ca_file: Option<&Path>) -> Result<MakeTlsConnector, String> {
+    let tls = |e: openssl::error::ErrorStack| format!("TLS set-up: {e}");
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls)?;
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(tls)?;
+    if let Some(path) = ca_file {
+        builder
+            .set_ca_file(path)
+            .map_err(|e| format!("postgres_ca_file {}: {e}", path.display()))?;
+    }
+    Ok(MakeTlsConnector::new(builder.build()))
+}
+
+/// Check that `url` parses and that a CA file comes only with TLS.
+pub fn check_url(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("postgres_url: {e}"))?;
+    if ca_file.is_some() && config.get_ssl_mode() != SslMode::Require {
+        return Err("postgres_ca_file is for TLS: add sslmode=require to postgres_url".into());
+    }
+    if let Some(path) = ca_file {
+        tls_connector(Some(path))?;
+    }
     Ok(())
 }
 

@@ -118,7 +118,12 @@ impl LookupService {
     /// Answer misses until every executor's end is dropped.
     /// A connect or query taking over `db_timeout` fails (503 for the
     /// waiting misses) and the connection is made again.
-    pub async fn run(mut self, postgres_url: String, db_timeout: Duration) {
+    pub async fn run(
+        mut self,
+        postgres_url: String,
+        ca_file: Option<std::path::PathBuf>,
+        db_timeout: Duration,
+    ) {
         let mut connection: Option<(Rc<Database>, Statement)> = None;
         let mut unavailable_until: Option<Instant> = None;
         let mut next: Waiting = HashMap::new();
@@ -132,7 +137,8 @@ impl LookupService {
                 if connection.as_ref().is_none_or(|(db, _)| db.is_closed())
                     && unavailable_until.is_none_or(|t| Instant::now() >= t)
                 {
-                    connection = tokio::time::timeout(db_timeout, connect(&postgres_url))
+                    let connecting = connect(&postgres_url, ca_file.as_deref());
+                    connection = tokio::time::timeout(db_timeout, connecting)
                         .await
                         .unwrap_or_else(|_| {
                             tracing::warn!(limit = ?db_timeout, "read-through: connecting to PostgreSQL timed out");
@@ -218,8 +224,11 @@ impl LookupService {
 
 type LookupResult = Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, String>;
 
-async fn connect(url: &str) -> Option<(Rc<Database>, Statement)> {
-    let database = match Database::connect(url).await {
+async fn connect(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Option<(Rc<Database>, Statement)> {
+    let database = match Database::connect(url, ca_file).await {
         Ok(database) => database,
         Err(e) => {
             tracing::warn!(error = %e, "read-through cannot connect to PostgreSQL");

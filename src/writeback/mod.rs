@@ -38,9 +38,12 @@ pub struct WritebackOptions {
         required = true
     )]
     pub redis: Vec<SocketAddr>,
-    /// PostgreSQL connection URL, such as postgres://user:password@127.0.0.1:5440/millrace
+    /// PostgreSQL connection URL, such as postgres://user:password@127.0.0.1:5440/millrace; add ?sslmode=require for TLS (the certificate and host name verified)
     #[arg(long, env = "MILLRACE_POSTGRES_URL")]
     pub postgres: String,
+    /// PEM file of CAs to trust for PostgreSQL's certificate, besides the system's (needs sslmode=require)
+    #[arg(long, env = "MILLRACE_POSTGRES_CA_FILE", value_name = "FILE")]
+    pub postgres_ca_file: Option<std::path::PathBuf>,
     /// Write-back stream partitions; must match the servers' [default: 16]
     #[arg(long, env = "MILLRACE_WRITEBACK_PARTITIONS", default_value_t = 16)]
     pub partitions: u16,
@@ -82,6 +85,8 @@ impl WritebackOptions {
             RedisConfig::new(self.redis).credentials_from_env(),
             self.postgres,
         );
+        db::check_url(&config.postgres_url, self.postgres_ca_file.as_deref())?;
+        config.postgres_ca_file = self.postgres_ca_file;
         config.partitions = self.partitions;
         config.batch_rows = self.batch_rows;
         config.batch_ms = Duration::from_millis(self.batch_ms);

@@ -14,11 +14,23 @@ pub struct Postgres {
     pub port: u16,
     /// The connection URL.
     pub url: String,
+    /// Whether it takes TLS.
+    tls: bool,
 }
 
 impl Postgres {
     /// Start one on a free port.
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// Start one that takes TLS, with a certificate from a private CA
+    /// ([`Postgres::ca_file`]).
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -29,6 +41,7 @@ impl Postgres {
             dir,
             port,
             url: String::new(),
+            tls,
         };
         postgres.url = postgres.run("start", &[]);
         postgres
@@ -48,6 +61,11 @@ impl Postgres {
     /// Start it again after [`Postgres::pause`] or [`Postgres::crash`].
     pub fn resume(&self) {
         self.run("start", &[]);
+    }
+
+    /// The private CA's certificate (PEM), with [`Postgres::start_tls`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// `psql -Atc sql`, its trimmed output, or `None` if it failed (a table
@@ -84,6 +102,11 @@ impl Postgres {
             .arg("--dir")
             .arg(&self.dir)
             .args(extra)
+            .args(if self.tls && command == "start" {
+                &["--tls"][..]
+            } else {
+                &[]
+            })
             .output()
             .expect("run scripts/postgres.sh");
         assert!(
