@@ -105,6 +105,8 @@ serve_options! {
     redis_seeds: String = String::new(), env "MILLRACE_REDIS_SEEDS";
     /// Time a Redis command may take before its request gets 503, in milliseconds [default: 1000]
     redis_command_timeout_ms: u64 = 1000, env "MILLRACE_REDIS_COMMAND_TIMEOUT_MS";
+    /// Redis commands one executor may have in flight; beyond it a /v1 request is answered 503 at once (shedding overload at the door, not queueing it in Redis) [default: 4096]
+    max_redis_in_flight: usize = 4096, env "MILLRACE_MAX_REDIS_IN_FLIGHT";
     /// Write-back stream partitions; must match the database core's [default: 16]
     writeback_partitions: u16 = 16, env "MILLRACE_WRITEBACK_PARTITIONS";
     /// Events one POST /v1/events may carry; more gets 400 [default: 10000]
@@ -180,6 +182,7 @@ impl ServeConfig {
             ("batch_rows", self.batch_rows as u64),
             ("db_timeout_ms", self.db_timeout_ms),
             ("max_pending_lookups", self.max_pending_lookups as u64),
+            ("max_redis_in_flight", self.max_redis_in_flight as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -316,6 +319,7 @@ impl ServeConfig {
                 max_pipeline_depth: self.max_pipeline_depth,
             },
             redis: self.redis(),
+            max_redis_in_flight: self.max_redis_in_flight,
         }
     }
 }

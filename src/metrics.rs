@@ -88,6 +88,8 @@ pub struct CoreMetrics {
     pub connections_accepted: u64,
     /// Connections closed at once because `max_connections` was reached.
     pub connections_rejected: u64,
+    /// Requests answered 503 at once because `max_redis_in_flight` was reached.
+    pub redis_shed: u64,
     /// Connections closed by the header timeout.
     pub header_timeouts: u64,
     /// Connections closed by the idle timeout.
@@ -117,6 +119,7 @@ impl CoreMetrics {
             connections_open: 0,
             connections_accepted: 0,
             connections_rejected: 0,
+            redis_shed: 0,
             header_timeouts: 0,
             idle_timeouts: 0,
             ring_submissions: 0,
@@ -271,6 +274,13 @@ fn render(cores: &[CoreMetrics], out: &mut String) {
         "millrace_connections_rejected_total",
         "Client connections closed at once because max_connections was reached.",
         |m| m.connections_rejected,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_redis_shed_total",
+        "Requests answered 503 at once because max_redis_in_flight was reached.",
+        |m| m.redis_shed,
     );
     family(
         out,

@@ -775,3 +775,43 @@ fn the_database_core_speaks_tls_and_checks_the_certificate() {
     assert_eq!(postgres.query("select count(*) from kv"), "1");
     assert!(!server.log().contains(":millrace@"), "{}", server.log());
 }
+
+#[test]
+fn overload_sheds_at_the_door_and_leaves_nothing() {
+    let cluster = RedisCluster::start(3, 0);
+    let seeds = seed_list(&cluster);
+    let server = Server::start(&["--redis-seeds", &seeds, "--max-redis-in-flight", "1"]);
+    let mut stream = server.connect();
+    // Twenty writes in one packet: one Redis command may be out at a time.
+    let burst: Vec<u8> = (0..20)
+        .flat_map(|i| kv_request("PUT", &format!("burst{i}"), b"v"))
+        .collect();
+    stream.write_all(&burst).unwrap();
+    let answers: Vec<common::Response> = (0..20).map(|_| read_response(&mut stream)).collect();
+    let shed: Vec<usize> = (0..20).filter(|&i| answers[i].status == 503).collect();
+    let accepted = answers.iter().filter(|a| a.status == 202).count();
+    assert_eq!(accepted + shed.len(), 20, "each is 202 or 503");
+    assert!(!shed.is_empty(), "the burst was shed");
+    let first = &answers[shed[0]];
+    assert!(
+        first.text().contains("max_redis_in_flight"),
+        "{}",
+        first.text()
+    );
+    assert_eq!(first.header("Retry-After"), Some("1"));
+    // Nothing of a shed write is queued or cached.
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let queued: i64 = queue_lengths(&mut client).iter().sum();
+    assert_eq!(queued, accepted as i64);
+    for i in shed {
+        assert_eq!(
+            kv(&mut stream, "GET", &format!("burst{i}"), b"").status,
+            404
+        );
+    }
+    let metrics = server.metrics();
+    assert!(
+        common::sample(&metrics, "millrace_redis_shed_total{core=\"0\"}") > 0,
+        "{metrics}"
+    );
+}

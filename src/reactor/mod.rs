@@ -69,6 +69,10 @@ pub struct ExecutorConfig {
     pub limits: Limits,
     /// The Redis Cluster writes go to, if any.
     pub redis: Option<RedisConfig>,
+    /// Redis commands this executor may have in flight; a request that
+    /// would need another is answered 503 at once, so that overload sheds
+    /// at the door instead of queueing in Redis.
+    pub max_redis_in_flight: usize,
 }
 
 /// The completion fields the loop uses.
@@ -125,6 +129,8 @@ pub struct Executor {
 struct RedisSide {
     cluster: Cluster,
     links: Links,
+    /// See [`ExecutorConfig::max_redis_in_flight`].
+    max_in_flight: usize,
 }
 
 /// The token of commands no request waits for (read-through fills): no
@@ -201,6 +207,7 @@ impl Executor {
             redis: config.redis.map(|redis| RedisSide {
                 cluster: Cluster::new(redis, now),
                 links: Links::new(),
+                max_in_flight: config.max_redis_in_flight,
             }),
             arrived: Vec::new(),
             arrived_bytes: Vec::new(),
@@ -616,6 +623,13 @@ impl Executor {
             conn.awaiting.push((number, outgoing.answer));
             let token = command_token(slot, generation, number);
             match &mut self.redis {
+                Some(side) if side.cluster.in_flight() >= side.max_in_flight => {
+                    self.metrics.redis_shed += 1;
+                    self.arrived.push((
+                        token,
+                        Outcome::Failed("overloaded: max_redis_in_flight reached".into()),
+                    ));
+                }
                 Some(side) => side.cluster.submit(token, outgoing.command, self.now),
                 // The write routes answer 503 themselves without Redis.
                 None => self

@@ -16,6 +16,8 @@ pub struct RedisCluster {
     pub nodes: Vec<SocketAddr>,
     /// Password, if any.
     pub password: Option<String>,
+    /// This process's claim on the port range, removed on drop.
+    claim: PathBuf,
 }
 
 impl RedisCluster {
@@ -32,7 +34,7 @@ impl RedisCluster {
         node_timeout_ms: u32,
     ) -> RedisCluster {
         let count = masters * (replicas + 1);
-        let port = free_port_range(count);
+        let (port, claim) = free_port_range(count);
         let dir =
             std::env::temp_dir().join(format!("millrace-redis-{}-{port}", std::process::id()));
         let mut command = Command::new(concat!(
@@ -62,6 +64,7 @@ impl RedisCluster {
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], port + i)))
                 .collect(),
             password: password.map(str::to_string),
+            claim,
         };
         assert!(
             output.status.success(),
@@ -126,11 +129,16 @@ impl Drop for RedisCluster {
         .arg("--dir")
         .arg(&self.dir)
         .output();
+        let _ = std::fs::remove_file(&self.claim);
     }
 }
 
-/// A base port with `count` free ports after it, and free bus ports (+10000).
-fn free_port_range(count: usize) -> u16 {
+/// A base port with `count` free ports after it, and free bus ports
+/// (+10000), claimed with a file that other test processes respect: tests
+/// run in parallel processes, and two clusters on one range would join.
+fn free_port_range(count: usize) -> (u16, PathBuf) {
+    let claims = std::env::temp_dir().join("millrace-redis-ports");
+    std::fs::create_dir_all(&claims).unwrap();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as usize)
@@ -140,14 +148,47 @@ fn free_port_range(count: usize) -> u16 {
         // other, and all below the ephemeral range (32768 and up), where an
         // outgoing connection could take a bus port before Redis binds it.
         let base = 20_000 + ((seed + attempt * 104_729) % 138) * 20;
+        let Some(claim) = claim_range(&claims, base) else {
+            continue;
+        };
         let free = (0..count).all(|i| {
             let port = (base + i) as u16;
             TcpListener::bind(("127.0.0.1", port)).is_ok()
                 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
         });
         if free {
-            return base as u16;
+            return (base as u16, claim);
         }
+        let _ = std::fs::remove_file(&claim);
     }
     panic!("no free port range for a Redis Cluster");
+}
+
+/// Claim the range at `base` for this process, unless a live process holds
+/// it; a claim left by a process that is gone is taken over.
+fn claim_range(claims: &std::path::Path, base: usize) -> Option<PathBuf> {
+    let path = claims.join(base.to_string());
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                use std::io::Write;
+                write!(file, "{}", std::process::id()).ok()?;
+                return Some(path);
+            }
+            Err(_) => {
+                let holder: i32 = std::fs::read_to_string(&path).ok()?.trim().parse().ok()?;
+                // SAFETY: kill(2) with signal 0 only checks that the process exists.
+                let alive = unsafe { libc::kill(holder, 0) } == 0;
+                if alive {
+                    return None;
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    None
 }
