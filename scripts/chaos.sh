@@ -7,7 +7,7 @@
 # ack_replicas, 2,000 slots resharded, PostgreSQL stopped for OUTAGE seconds
 # and crashed with -m immediate, the database core killed before its insert
 # and between commit and XACK, latency, a stall and cuts on the PostgreSQL
-# link, slowloris with the connection cap reached and a 100,000-request
+# link and on the Redis links, load at 50 to 120% of capacity, slowloris with the connection cap reached and a 100,000-request
 # pipeline flood), lets the queue drain, and checks the ledger against the
 # events table: events answered 202 missing, stored twice, or stored though
 # refused. The ledgers are printed as one table and written to

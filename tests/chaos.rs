@@ -774,3 +774,94 @@ fn open_loop_load_around_capacity_loses_nothing() {
         tally.assert_exact();
     }
 }
+
+#[test]
+fn network_faults_to_redis_lose_no_acknowledged_write() {
+    let mut stack = Stack::start(0, &["--redis-command-timeout-ms", "500"]);
+    // A proxy in front of each master, announced by the cluster as the
+    // node's address, so that every client reaches Redis through one.
+    let masters = stack.cluster.seeds();
+    let proxies: Vec<Proxy> = masters
+        .iter()
+        .zip(0u64..)
+        .map(|(&node, i)| Proxy::start(node, seed() + i))
+        .collect();
+    for (node, proxy) in masters.iter().zip(&proxies) {
+        let port = proxy.addr.port().to_string();
+        let bus = (node.port() + 10_000).to_string();
+        for (key, value) in [
+            ("cluster-announce-bus-port", &bus),
+            ("cluster-announce-port", &port),
+        ] {
+            let reply = stack
+                .cluster
+                .cli(node.port(), &["config", "set", key, value]);
+            assert!(reply.contains("OK"), "{key}: {reply}");
+        }
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while !proxies.iter().all(|p| {
+        stack
+            .cluster
+            .cli(stack.cluster.port, &["cluster", "slots"])
+            .lines()
+            .any(|l| l.trim() == p.addr.port().to_string())
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster never announced the proxies"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let seeds: Vec<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    let at = stack
+        .args
+        .iter()
+        .position(|a| a == "--redis-seeds")
+        .unwrap()
+        + 1;
+    stack.args[at] = seeds.join(",");
+    let server = stack.serve();
+
+    let load = Load::start(stack.addr, 500, 10, "redis-network");
+    thread::sleep(Duration::from_secs(1));
+    for proxy in &proxies {
+        proxy.set(Mode::Delay {
+            base: Duration::from_millis(5),
+            jitter: Duration::from_millis(20),
+        });
+    }
+    thread::sleep(Duration::from_secs(2));
+    for proxy in &proxies {
+        proxy.set(Mode::Pass);
+    }
+    // One master silent for longer than redis_command_timeout_ms: its
+    // commands time out (503), the stuck connection is closed and made again.
+    proxies[0].set(Mode::Stall);
+    thread::sleep(Duration::from_millis(1500));
+    proxies[0].set(Mode::Pass);
+    thread::sleep(Duration::from_secs(1));
+    // Every Redis connection cut mid-stream, twice.
+    for _ in 0..2 {
+        for proxy in &proxies {
+            proxy.cut();
+        }
+        thread::sleep(Duration::from_millis(700));
+    }
+    let entries = load.finish();
+    stack.drain(&server);
+    let tally = Tally::check(
+        "Redis links: 5-25 ms latency, a master silent 1.5 s, 2 cuts",
+        &entries,
+        &stack.postgres,
+    );
+    // A write Redis took whose reply was lost (a timeout, a cut) is
+    // answered 503 and may still land; it is written once all the same.
+    assert!(tally.accepted > 0, "{tally:?}");
+    assert_eq!(tally.missing, 0, "acknowledged events lost: {tally:?}");
+    assert_eq!(tally.duplicated, 0, "{tally:?}");
+    assert!(
+        tally.unexpected <= 10 * tally.answered(503),
+        "only writes whose answer was lost may land: {tally:?}"
+    );
+}
