@@ -192,6 +192,11 @@ struct Reader<'a> {
     /// Per partition, the newest entry this consumer has acknowledged: the
     /// streams are trimmed up to it.
     acknowledged: Vec<Option<(i64, i64)>>,
+    /// A read failed: Redis may have delivered entries whose reply was
+    /// lost, pending on this consumer unseen. They are read again (its own
+    /// pending entries) once no batch is in flight, rather than waiting
+    /// `claim_idle` to be taken over.
+    lost_reads: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -218,6 +223,7 @@ impl<'a> Reader<'a> {
             redis,
             malformed: 0,
             acknowledged: vec![None; usize::from(config.partitions)],
+            lost_reads: false,
         })
     }
 
@@ -227,24 +233,25 @@ impl<'a> Reader<'a> {
         committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
     ) {
-        // What this consumer had read but not acknowledged before it
-        // stopped, a batch at a time: reading its pending entries again
-        // before they are acknowledged would return them twice.
-        while !stop.load(Ordering::Relaxed) {
-            let batch = self.gather(Source::OwnPending, stop);
-            if batch.is_empty() || batches.blocking_send(batch).is_err() {
-                break;
-            }
-            match committed.recv() {
-                Ok((batch, rows)) => self.acknowledge(&batch, rows),
-                Err(_) => return,
-            }
+        // What this consumer had read but not acknowledged before it stopped.
+        if !self.read_own_pending(&batches, committed, stop) {
+            return;
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
         let mut next_stats = Instant::now();
+        // Batches handed to the writer and not yet acknowledged.
+        let mut in_flight = 0usize;
         while !stop.load(Ordering::Relaxed) {
             while let Ok((batch, rows)) = committed.try_recv() {
                 self.acknowledge(&batch, rows);
+                in_flight -= 1;
+            }
+            if self.lost_reads && in_flight == 0 {
+                self.lost_reads = false;
+                tracing::info!("a read failed; reading this consumer's pending entries again");
+                if !self.read_own_pending(&batches, committed, stop) {
+                    return;
+                }
             }
             if Instant::now() >= next_stats {
                 next_stats = Instant::now() + STATS_INTERVAL;
@@ -260,8 +267,11 @@ impl<'a> Reader<'a> {
             } else {
                 self.gather(Source::New, stop)
             };
-            if !batch.is_empty() && batches.blocking_send(batch).is_err() {
-                break;
+            if !batch.is_empty() {
+                if batches.blocking_send(batch).is_err() {
+                    break;
+                }
+                in_flight += 1;
             }
         }
         // No more batches; the writer finishes what it holds. Acknowledge
@@ -270,6 +280,32 @@ impl<'a> Reader<'a> {
         while let Ok((batch, rows)) = committed.recv() {
             self.acknowledge(&batch, rows);
         }
+    }
+
+    /// Write this consumer's pending entries, a batch at a time, each
+    /// acknowledged before the next is read: reading pending entries again
+    /// before they are acknowledged would return them twice. Call with no
+    /// batch in flight. `false` when the writer has gone.
+    fn read_own_pending(
+        &mut self,
+        batches: &tokio::sync::mpsc::Sender<Vec<Entry>>,
+        committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
+        stop: &AtomicBool,
+    ) -> bool {
+        while !stop.load(Ordering::Relaxed) {
+            let batch = self.gather(Source::OwnPending, stop);
+            if batch.is_empty() {
+                break;
+            }
+            if batches.blocking_send(batch).is_err() {
+                return false;
+            }
+            match committed.recv() {
+                Ok((batch, rows)) => self.acknowledge(&batch, rows),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Read until the batch is full or its time is up. Own pending entries
@@ -309,17 +345,21 @@ impl<'a> Reader<'a> {
                 .collect();
             let before = batch.len();
             let mut unreadable = Vec::new();
+            let mut failed = false;
             let result = self
                 .redis
                 .execute_each(reads, |partition, reply| match reply {
                     Ok(reply) => take(partition as u16, &reply, &mut batch, &mut unreadable),
                     Err(e) => {
+                        failed = true;
                         tracing::warn!(partition, error = %e, "reading the write-back queue failed")
                     }
                 });
             if let Err(e) = result {
+                failed = true;
                 tracing::warn!(error = %e, "reading the write-back queue failed");
             }
+            self.lost_reads |= failed;
             self.set_aside(unreadable);
             let read = batch.len() - before;
             rows += batch[before..]
