@@ -254,6 +254,23 @@ fn wait_for_stats(server: &Server, done: impl Fn(&serde_json::Value) -> bool) ->
     }
 }
 
+/// WAIT commands the masters have run, from INFO commandstats.
+fn wait_calls(cluster: &RedisCluster) -> u64 {
+    cluster
+        .nodes_table()
+        .iter()
+        .filter(|node| node.2.contains("master"))
+        .map(|node| {
+            cluster
+                .cli(node.1, &["info", "commandstats"])
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
 fn kv_request(method: &str, key: &str, value: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
@@ -509,6 +526,19 @@ fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
         .unwrap();
     assert_eq!(read_response(&mut stream).status, 202);
     assert_eq!(kv(&mut stream, "GET", "replicated", b"").body, b"1");
+    // A pipelined burst: one WAIT per partition per turn confirms many
+    // writes, not one WAIT each.
+    let waits_before = wait_calls(&cluster);
+    let burst: Vec<u8> = (0..64)
+        .flat_map(|i| kv_request("PUT", &format!("burst{i}"), b"v"))
+        .collect();
+    stream.write_all(&burst).unwrap();
+    for i in 0..64 {
+        let put = read_response(&mut stream);
+        assert_eq!(put.status, 202, "burst{i}: {}", put.text());
+    }
+    let waits = wait_calls(&cluster) - waits_before;
+    assert!(waits < 64, "{waits} WAITs for 64 writes");
     drop(server);
 
     // WAIT 2 cannot be met: 503 that says the write is queued but unconfirmed.

@@ -14,6 +14,7 @@ pub mod ring;
 pub mod timers;
 pub mod token;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -131,7 +132,19 @@ struct RedisSide {
     links: Links,
     /// See [`ExecutorConfig::max_redis_in_flight`].
     max_in_flight: usize,
+    /// With `ack_replicas`: writes Redis took this turn, waiting for their
+    /// partition's `WAIT` to be sent, as (token, partition).
+    confirming: Vec<(CommandToken, u16)>,
+    /// `WAIT`s out, by group: the writes each one confirms. One `WAIT` after
+    /// a partition's writes of a turn covers them all (it counts replicas
+    /// that have everything sent before it on the connection).
+    wait_groups: HashMap<u32, Vec<CommandToken>>,
+    next_group: u32,
 }
+
+/// The slot of a [`RedisSide::wait_groups`] group's token; the group is in
+/// the upper half.
+const WAIT_GROUP_SLOT: u32 = u32::MAX - 1;
 
 /// The token of commands no request waits for (read-through fills): no
 /// connection has this slot, so their replies are dropped.
@@ -208,6 +221,9 @@ impl Executor {
                 cluster: Cluster::new(redis, now),
                 links: Links::new(),
                 max_in_flight: config.max_redis_in_flight,
+                confirming: Vec::new(),
+                wait_groups: HashMap::new(),
+                next_group: 0,
             }),
             arrived: Vec::new(),
             arrived_bytes: Vec::new(),
@@ -488,6 +504,11 @@ impl Executor {
         }
         let mut arrived = std::mem::take(&mut self.arrived);
         let bytes = std::mem::take(&mut self.arrived_bytes);
+        if let Some(side) = &mut self.redis
+            && !side.wait_groups.is_empty()
+        {
+            expand_wait_groups(&mut arrived, &mut side.wait_groups);
+        }
         for (token, outcome) in arrived.drain(..) {
             let (slot, generation, number) = token_parts(token);
             if self.conns.generation(slot) & 0xffff != generation {
@@ -544,12 +565,7 @@ impl Executor {
                     ) else {
                         unreachable!("writes come back only over Redis")
                     };
-                    let wait = Command::wait(
-                        writes.queue.stream(partition),
-                        writes.ack_replicas,
-                        writes.ack_timeout,
-                    );
-                    side.cluster.submit(token, wait, self.now);
+                    side.confirming.push((token, partition));
                     conn.awaiting.push((
                         number,
                         Answer::Replicated {
@@ -585,6 +601,7 @@ impl Executor {
             }
             self.touch(slot);
         }
+        self.send_waits();
         // Keep the buffers' capacity for the next turn (and anything queued meanwhile).
         arrived.append(&mut self.arrived);
         self.arrived = arrived;
@@ -592,6 +609,34 @@ impl Executor {
             self.arrived_bytes = bytes;
             self.arrived_bytes.clear();
         }
+    }
+
+    /// One `WAIT` per partition for the writes Redis took this turn.
+    fn send_waits(&mut self) {
+        let (Some(side), Some(writes)) = (&mut self.redis, &self.responder.shared.writes) else {
+            return;
+        };
+        if side.confirming.is_empty() {
+            return;
+        }
+        side.confirming
+            .sort_unstable_by_key(|&(_, partition)| partition);
+        let mut confirming = std::mem::take(&mut side.confirming);
+        for group in confirming.chunk_by(|a, b| a.1 == b.1) {
+            let id = side.next_group;
+            side.next_group = side.next_group.wrapping_add(1);
+            side.wait_groups
+                .insert(id, group.iter().map(|&(token, _)| token).collect());
+            let wait = Command::wait(
+                writes.queue.stream(group[0].1),
+                writes.ack_replicas,
+                writes.ack_timeout,
+            );
+            let token = u64::from(id) << 32 | u64::from(WAIT_GROUP_SLOT);
+            side.cluster.submit(token, wait, self.now);
+        }
+        confirming.clear();
+        side.confirming = confirming;
     }
 
     fn touch(&mut self, slot: u32) {
@@ -920,6 +965,25 @@ impl Responder {
         conn.wrote(written, now);
         metrics.in_flight += written as u64;
         written
+    }
+}
+
+/// Replace each group `WAIT`'s reply in `arrived` with one for each write it
+/// confirms.
+fn expand_wait_groups(
+    arrived: &mut Vec<(CommandToken, Outcome)>,
+    groups: &mut HashMap<u32, Vec<CommandToken>>,
+) {
+    let mut at = 0;
+    while at < arrived.len() {
+        let token = arrived[at].0;
+        if token as u32 != WAIT_GROUP_SLOT {
+            at += 1;
+            continue;
+        }
+        let (_, outcome) = arrived.swap_remove(at);
+        let members = groups.remove(&((token >> 32) as u32)).unwrap_or_default();
+        arrived.extend(members.into_iter().map(|member| (member, outcome.clone())));
     }
 }
 
