@@ -538,6 +538,7 @@ fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
         assert_eq!(put.status, 202, "burst{i}: {}", put.text());
     }
     let waits = wait_calls(&cluster) - waits_before;
+    println!("{waits} WAITs confirmed 64 pipelined writes");
     assert!(waits < 64, "{waits} WAITs for 64 writes");
     drop(server);
 
