@@ -552,16 +552,52 @@ fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
         "50",
     ]);
     let mut stream = server.connect();
+    // A read first: the executor has read the cluster layout after it.
+    assert_eq!(kv(&mut stream, "GET", "unconfirmed", b"").status, 404);
     let put = kv(&mut stream, "PUT", "unconfirmed", b"2");
     assert_eq!(put.status, 503, "{}", put.text());
     assert_eq!(put.header("retry-after"), Some("1"));
+    // The layout shows one replica: the write is refused before anything
+    // is written, and the connection goes on.
     assert!(
-        put.text().contains("1 of 2 replicas confirmed"),
+        put.text().contains("could not be queued")
+            && put.text().contains("master has 1 online replicas"),
         "{}",
         put.text()
     );
-    // The connection goes on, in order.
-    assert_eq!(kv(&mut stream, "GET", "unconfirmed", b"").body, b"2");
+    assert_eq!(kv(&mut stream, "GET", "unconfirmed", b"").status, 404);
+    drop(server);
+
+    // Replicas that stop answering (SIGSTOP) while the cluster still counts
+    // them: WAIT 1 runs out its time.
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--ack-replicas",
+        "1",
+        "--ack-timeout-ms",
+        "50",
+    ]);
+    let mut stream = server.connect();
+    let replicas: Vec<i32> = cluster.nodes[3..]
+        .iter()
+        .map(|node| cluster.pid(node.port()))
+        .collect();
+    for &pid in &replicas {
+        // SAFETY: kill(2) on a redis-server this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    let put = kv(&mut stream, "PUT", "stalled", b"3");
+    for &pid in &replicas {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert_eq!(put.status, 503, "{}", put.text());
+    assert!(
+        put.text().contains("0 of 1 replicas confirmed"),
+        "{}",
+        put.text()
+    );
 }
 
 #[test]

@@ -29,6 +29,7 @@ use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
 use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
 use crate::redis::command::Command;
 use crate::redis::links::Links;
+use crate::redis::slot::Slot as HashSlot;
 use crate::writeback::lookup::{LookupClient, Miss};
 
 use buffers::ProvidedBuffers;
@@ -565,16 +566,28 @@ impl Executor {
                     ) else {
                         unreachable!("writes come back only over Redis")
                     };
-                    side.confirming.push((token, partition));
-                    conn.awaiting.push((
-                        number,
-                        Answer::Replicated {
-                            then: Box::new(answer),
-                            version: bytes[range].to_vec(),
-                            replicas: writes.ack_replicas,
-                        },
-                    ));
-                    continue;
+                    let replicated = Answer::Replicated {
+                        then: Box::new(answer),
+                        version: bytes[range].to_vec(),
+                        replicas: writes.ack_replicas,
+                    };
+                    // A master with too few replicas (one just promoted)
+                    // cannot confirm: say so now rather than hold its
+                    // connection for ack_timeout_ms.
+                    let slot = HashSlot::of(writes.queue.stream(partition));
+                    match side.cluster.online_replicas(slot) {
+                        Some(online) if online < writes.ack_replicas as usize => (
+                            replicated,
+                            Outcome::Failed(format!(
+                                "the partition's master has {online} online replicas"
+                            )),
+                        ),
+                        _ => {
+                            side.confirming.push((token, partition));
+                            conn.awaiting.push((number, replicated));
+                            continue;
+                        }
+                    }
                 }
                 other => (other.0, other.1),
             };
@@ -665,8 +678,11 @@ impl Executor {
         };
         conn.touched = false;
         for (number, outgoing) in conn.issued.drain(..) {
-            conn.awaiting.push((number, outgoing.answer));
             let token = command_token(slot, generation, number);
+            let refused = self.redis.as_ref().and_then(|side| {
+                unconfirmable(&side.cluster, &self.responder.shared, &outgoing.answer)
+            });
+            conn.awaiting.push((number, outgoing.answer));
             match &mut self.redis {
                 Some(side) if side.cluster.in_flight() >= side.max_in_flight => {
                     self.metrics.redis_shed += 1;
@@ -674,6 +690,9 @@ impl Executor {
                         token,
                         Outcome::Failed("overloaded: max_redis_in_flight reached".into()),
                     ));
+                }
+                Some(_) if let Some(why) = refused => {
+                    self.arrived.push((token, Outcome::Failed(why)));
                 }
                 Some(side) => side.cluster.submit(token, outgoing.command, self.now),
                 // The write routes answer 503 themselves without Redis.
@@ -966,6 +985,24 @@ impl Responder {
         metrics.in_flight += written as u64;
         written
     }
+}
+
+/// Why a write cannot be confirmed by `ack_replicas` replicas, if the
+/// layout says its partition's master has fewer online: it is refused
+/// before anything is written.
+fn unconfirmable(cluster: &Cluster, shared: &ApiShared, answer: &Answer) -> Option<String> {
+    let writes = shared.writes.as_ref()?;
+    if writes.ack_replicas == 0 {
+        return None;
+    }
+    let partition = answer.write_partition()?;
+    let online = cluster.online_replicas(HashSlot::of(writes.queue.stream(partition)))?;
+    (online < writes.ack_replicas as usize).then(|| {
+        format!(
+            "the partition's master has {online} online replicas, fewer than ack_replicas ({})",
+            writes.ack_replicas
+        )
+    })
 }
 
 /// Replace each group `WAIT`'s reply in `arrived` with one for each write it

@@ -354,6 +354,8 @@ pub struct Cluster {
     /// The replica read-only commands for each slot go to, [`NO_NODE`] if
     /// none (or reads go to masters).
     readers: Vec<u32>,
+    /// Online replicas of each slot's master, as the last layout said.
+    replica_counts: Vec<u8>,
     layout_known: bool,
     commands: Commands,
     /// Commands waiting for a retry time.
@@ -381,6 +383,7 @@ impl Cluster {
             nodes,
             owners: vec![NO_NODE; usize::from(SLOT_COUNT)],
             readers: vec![NO_NODE; usize::from(SLOT_COUNT)],
+            replica_counts: vec![0; usize::from(SLOT_COUNT)],
             layout_known: false,
             commands: Commands::default(),
             retries: Vec::new(),
@@ -412,6 +415,13 @@ impl Cluster {
     /// A layout has been read (it may not cover every slot).
     pub fn layout_known(&self) -> bool {
         self.layout_known
+    }
+
+    /// How many online replicas the master of `slot` had in the last
+    /// layout; `None` while no owner is known.
+    pub fn online_replicas(&self, slot: Slot) -> Option<usize> {
+        let slot = usize::from(slot.get());
+        (self.owners[slot] != NO_NODE).then(|| usize::from(self.replica_counts[slot]))
     }
 
     /// Commands issued and not yet answered.
@@ -884,7 +894,9 @@ impl Cluster {
     fn apply(&mut self, topology: &Topology, now: Instant) {
         let mut owners = vec![NO_NODE; usize::from(SLOT_COUNT)];
         let mut readers = vec![NO_NODE; usize::from(SLOT_COUNT)];
+        let mut replica_counts = vec![0u8; usize::from(SLOT_COUNT)];
         for shard in &topology.shards {
+            let replicas = u8::try_from(shard.replicas.len()).unwrap_or(u8::MAX);
             let node = self.node_for(shard.master, now);
             let reader = match shard.replicas.first() {
                 Some(&replica) if self.config.read_from_replicas => {
@@ -906,11 +918,13 @@ impl Cluster {
                 for slot in start..=end {
                     owners[usize::from(slot)] = node;
                     readers[usize::from(slot)] = reader;
+                    replica_counts[usize::from(slot)] = replicas;
                 }
             }
         }
         self.owners = owners;
         self.readers = readers;
+        self.replica_counts = replica_counts;
         self.layout_known = true;
         let serving: Vec<bool> = (0..self.nodes.len())
             .map(|i| self.owners.contains(&(i as u32)) || self.readers.contains(&(i as u32)))
