@@ -91,6 +91,14 @@ impl Stack {
         Server::start_with(&args)
     }
 
+    /// The load's end: its ledger, once the queue has drained, against the
+    /// table.
+    fn settle(&self, load: Load, server: &Server, scenario: &str) -> Tally {
+        let entries = load.finish();
+        self.drain(server);
+        Tally::check(scenario, &entries, &self.postgres)
+    }
+
     /// Wait until the queue is empty and the table has stopped growing.
     fn drain(&self, server: &Server) {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -336,9 +344,7 @@ fn sigkill_under_load_then_restart_loses_no_acknowledged_write() {
     server.wait();
     thread::sleep(Duration::from_millis(500));
     let server = stack.serve();
-    let entries = load.finish();
-    stack.drain(&server);
-    let tally = Tally::check("SIGKILL under load, restart", &entries, &stack.postgres);
+    let tally = stack.settle(load, &server, "SIGKILL under load, restart");
     tally.assert_exact();
 }
 
@@ -357,9 +363,7 @@ fn sigterm_under_load_fails_readiness_first_and_loses_nothing() {
     assert_eq!(ready.status, 503, "readiness fails while draining");
     assert!(server.wait().success(), "exit 0 after the drain");
     let server = stack.serve();
-    let entries = load.finish();
-    stack.drain(&server);
-    let tally = Tally::check("SIGTERM under load, restart", &entries, &stack.postgres);
+    let tally = stack.settle(load, &server, "SIGTERM under load, restart");
     tally.assert_exact();
 }
 
@@ -373,12 +377,10 @@ fn database_outage_grows_the_backlog_then_sheds_then_drains() {
     stack.postgres.pause();
     thread::sleep(outage());
     stack.postgres.resume();
-    let entries = load.finish();
-    stack.drain(&server);
-    let tally = Tally::check(
+    let tally = stack.settle(
+        load,
+        &server,
         &format!("PostgreSQL stopped {} s", outage().as_secs()),
-        &entries,
-        &stack.postgres,
     );
     tally.assert_exact();
     assert!(
@@ -399,13 +401,7 @@ fn database_crash_during_commits_loses_and_duplicates_nothing() {
         thread::sleep(Duration::from_millis(500));
         stack.postgres.resume();
     }
-    let entries = load.finish();
-    stack.drain(&server);
-    let tally = Tally::check(
-        "PostgreSQL stop -m immediate, twice",
-        &entries,
-        &stack.postgres,
-    );
+    let tally = stack.settle(load, &server, "PostgreSQL stop -m immediate, twice");
     tally.assert_exact();
 }
 
@@ -507,12 +503,10 @@ fn master_failover(ack_replicas: &str) -> Tally {
     let load = Load::start(stack.addr, 500, 8, &format!("failover-{ack_replicas}"));
     thread::sleep(Duration::from_secs(2));
     signal(stack.cluster.pid(stack.cluster.port), libc::SIGKILL);
-    let entries = load.finish();
-    stack.drain(&server);
-    Tally::check(
+    stack.settle(
+        load,
+        &server,
         &format!("Redis master SIGKILL, ack_replicas = {ack_replicas}"),
-        &entries,
-        &stack.postgres,
     )
 }
 
@@ -572,13 +566,7 @@ fn resharding_during_writes_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    let entries = load.finish();
-    stack.drain(&server);
-    let tally = Tally::check(
-        "2,000 slots resharded during writes",
-        &entries,
-        &stack.postgres,
-    );
+    let tally = stack.settle(load, &server, "2,000 slots resharded during writes");
     tally.assert_exact();
 }
 
@@ -617,19 +605,17 @@ fn network_faults_to_the_database_lose_and_duplicate_nothing() {
         proxy.cut();
         thread::sleep(Duration::from_millis(700));
     }
-    let entries = load.finish();
-    stack.drain(&server);
+    let tally = stack.settle(
+        load,
+        &server,
+        "PostgreSQL link: 20-50 ms latency, 3 s stall, 2 cuts",
+    );
+    tally.assert_exact();
     assert!(
         server.log().contains("timed out"),
         "the stall hit db_timeout_ms:\n{}",
         server.log()
     );
-    let tally = Tally::check(
-        "PostgreSQL link: 20-50 ms latency, 3 s stall, 2 cuts",
-        &entries,
-        &stack.postgres,
-    );
-    tally.assert_exact();
 }
 
 #[test]
@@ -703,15 +689,13 @@ fn abuse_leaves_legitimate_traffic_served_and_memory_bounded() {
     peak_rss = peak_rss.max(server.rss_bytes());
     // Legitimate traffic, with the slow connections still open.
     let load = Load::start(stack.addr, 200, 3, "abuse");
-    let entries = load.finish();
+    let tally = stack.settle(
+        load,
+        &server,
+        "2,500 slowloris + 600 over the cap + 100,000-request flood",
+    );
     let metrics = server.metrics();
     let refused = common::sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}");
-    stack.drain(&server);
-    let tally = Tally::check(
-        "2,500 slowloris + 600 over the cap + 100,000-request flood",
-        &entries,
-        &stack.postgres,
-    );
     tally.assert_exact();
     // Every legitimate request answered 202, but for those still in flight
     // when the run ended (one per connection at most).
@@ -856,12 +840,10 @@ fn network_faults_to_redis_lose_no_acknowledged_write() {
         }
         thread::sleep(Duration::from_millis(700));
     }
-    let entries = load.finish();
-    stack.drain(&server);
-    let tally = Tally::check(
+    let tally = stack.settle(
+        load,
+        &server,
         "Redis links: 5-25 ms latency, a master silent 1.5 s, 2 cuts",
-        &entries,
-        &stack.postgres,
     );
     // A write Redis took whose reply was lost (a timeout, a cut) is
     // answered 503 and may still land; it is written once all the same.
