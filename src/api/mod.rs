@@ -342,7 +342,7 @@ impl Answer {
                     Outcome::Integer(n) => {
                         format!("{n} of {replicas} replicas confirmed it in time")
                     }
-                    Outcome::Failed(why) => format!("WAIT failed: {why}"),
+                    Outcome::Failed(why) => why,
                     other => format!("WAIT answered {other:?}"),
                 };
                 // The write is in the stream and cannot be taken back: say so.

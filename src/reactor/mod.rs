@@ -566,23 +566,18 @@ impl Executor {
                     ) else {
                         unreachable!("writes come back only over Redis")
                     };
+                    // A master that lost its replicas while the script ran
+                    // (one just promoted) cannot confirm: say so now rather
+                    // than hold its connection for ack_timeout_ms.
+                    let refused = unconfirmable(&side.cluster, &self.responder.shared, &answer);
                     let replicated = Answer::Replicated {
                         then: Box::new(answer),
                         version: bytes[range].to_vec(),
                         replicas: writes.ack_replicas,
                     };
-                    // A master with too few replicas (one just promoted)
-                    // cannot confirm: say so now rather than hold its
-                    // connection for ack_timeout_ms.
-                    let slot = HashSlot::of(writes.queue.stream(partition));
-                    match side.cluster.online_replicas(slot) {
-                        Some(online) if online < writes.ack_replicas as usize => (
-                            replicated,
-                            Outcome::Failed(format!(
-                                "the partition's master has {online} online replicas"
-                            )),
-                        ),
-                        _ => {
+                    match refused {
+                        Some(why) => (replicated, Outcome::Failed(why)),
+                        None => {
                             side.confirming.push((token, partition));
                             conn.awaiting.push((number, replicated));
                             continue;
