@@ -65,12 +65,10 @@ dir="$root/var/bench-api-redis"
 # Bus ports are +10000: kept below the ephemeral range (32768 and up), where
 # an outgoing connection could hold one.
 redis_port=$((21400 + RANDOM % 600))
-work="$(mktemp -d)"
-pids=()
+make_work
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  stop_work
   scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-  rm -rf "$work"
 }
 trap cleanup EXIT
 scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true

@@ -45,21 +45,10 @@ cd "$root"
 . scripts/lib.sh
 
 need_packages wrk nginx-light curl python3 pkg-config libssl-dev
-if [ "$build" = 1 ]; then
-  step "building millrace and the may_minihttp peer (release)"
-  cargo build --release --quiet
-  cargo build --release --quiet --manifest-path benches/peers/may-minihttp/Cargo.toml
-fi
-millrace="$root/target/release/millrace"
-may_peer="$root/benches/peers/may-minihttp/target/release/peer-may-minihttp"
+build_with_may_peer
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+make_work
+trap stop_work EXIT
 
 results="$work/results.tsv"
 : > "$results"

@@ -56,13 +56,8 @@ if [ "$build" = 1 ]; then
 fi
 millrace="$root/target/release/millrace"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+make_work
+trap stop_work EXIT
 
 throughput="$work/throughput.tsv"
 latency="$work/latency.tsv"

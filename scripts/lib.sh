@@ -25,6 +25,31 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# build_with_may_peer: millrace and the may_minihttp peer, release; sets
+# millrace and may_peer to their binaries. Call from the repository root.
+build_with_may_peer() {
+  if [ "${build:-1}" = 1 ]; then
+    step "building millrace and the may_minihttp peer (release)"
+    cargo build --release --quiet
+    cargo build --release --quiet --manifest-path benches/peers/may-minihttp/Cargo.toml
+  fi
+  millrace="$PWD/target/release/millrace"
+  may_peer="$PWD/benches/peers/may-minihttp/target/release/peer-may-minihttp"
+}
+
+# make_work: a temporary directory in $work and an empty $pids list; the
+# processes in $pids are killed and $work removed by stop_work.
+make_work() {
+  work="$(mktemp -d)"
+  pids=()
+}
+
+# stop_work: kill what $pids lists and remove $work (for an EXIT trap).
+stop_work() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+
 # wait_for_http URL: until it answers, at most 10 s.
 wait_for_http() {
   for _ in $(seq 1 100); do

@@ -45,13 +45,11 @@ stack="$PWD/var/run"
 # Bus ports are +10000: kept below the ephemeral range (32768 and up).
 redis_port=$((22100 + RANDOM % 600))
 pg_port=$((redis_port + 100))
-work="$(mktemp -d)"
-pids=()
+make_work
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  stop_work
   scripts/postgres.sh stop --dir "$stack/postgres" --port "$pg_port" > /dev/null 2>&1 || true
   scripts/redis-cluster.sh stop --dir "$stack/redis" > /dev/null 2>&1 || true
-  rm -rf "$work"
 }
 trap cleanup EXIT
 step "the local stack: Redis Cluster, PostgreSQL"

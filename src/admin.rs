@@ -17,7 +17,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::http::request::{HeadLimits, Method, parse_head};
-use crate::lifecycle::{Lifecycle, Stage};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{CONTENT_TYPE, MetricsRegistry};
 
 /// How long one admin client may take to send its request and read the answer.
@@ -125,10 +125,12 @@ fn serve(
             answer(&mut stream, 200, CONTENT_TYPE, text.as_bytes(), with_body)
         }
         b"/livez" => answer(&mut stream, 200, "text/plain", b"live\n", with_body),
-        b"/readyz" => match lifecycle.stage() {
-            Stage::Ready => answer(&mut stream, 200, "text/plain", b"ready\n", with_body),
-            Stage::Starting => answer(&mut stream, 503, "text/plain", b"starting\n", with_body),
-            Stage::Draining => answer(&mut stream, 503, "text/plain", b"draining\n", with_body),
+        b"/readyz" => match lifecycle.stage().readiness() {
+            Ok(()) => answer(&mut stream, 200, "text/plain", b"ready\n", with_body),
+            Err(why) => {
+                let body = format!("{why}\n");
+                answer(&mut stream, 503, "text/plain", body.as_bytes(), with_body)
+            }
         },
         _ => answer(&mut stream, 404, "text/plain", b"not found\n", with_body),
     }

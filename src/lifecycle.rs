@@ -1,6 +1,6 @@
 //! The server's lifecycle as readiness probes see it: starting, ready,
-//! draining. Written by the main thread; read by `/readyz` only, never on the
-//! hot path.
+//! draining. Written by the main thread; read by `/readyz` (public port and
+//! admin listener) only, never on the hot path.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -13,6 +13,17 @@ pub enum Stage {
     Ready,
     /// A shutdown signal arrived: finishing in-flight requests.
     Draining,
+}
+
+impl Stage {
+    /// Whether to send this instance traffic, or why not.
+    pub fn readiness(self) -> Result<(), &'static str> {
+        match self {
+            Stage::Ready => Ok(()),
+            Stage::Starting => Err("starting"),
+            Stage::Draining => Err("draining"),
+        }
+    }
 }
 
 /// The shared stage.

@@ -2,13 +2,12 @@
 //! or draining, so a load balancer stops routing here before connections close.
 
 use crate::http::{Rejection, ResponseWriter, Sent, Status};
-use crate::lifecycle::{Lifecycle, Stage};
+use crate::lifecycle::Lifecycle;
 
 /// 200 when ready, 503 with the reason otherwise.
 pub fn handle(lifecycle: &Lifecycle, response: ResponseWriter<'_>) -> Sent {
-    match lifecycle.stage() {
-        Stage::Ready => response.send(Status::Ok, "text/plain; charset=utf-8", b"ready\n"),
-        Stage::Starting => response.reject(Rejection::new(Status::ServiceUnavailable, "starting")),
-        Stage::Draining => response.reject(Rejection::new(Status::ServiceUnavailable, "draining")),
+    match lifecycle.stage().readiness() {
+        Ok(()) => response.send(Status::Ok, "text/plain; charset=utf-8", b"ready\n"),
+        Err(why) => response.reject(Rejection::new(Status::ServiceUnavailable, why)),
     }
 }

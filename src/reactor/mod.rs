@@ -674,26 +674,25 @@ impl Executor {
         conn.touched = false;
         for (number, outgoing) in conn.issued.drain(..) {
             let token = command_token(slot, generation, number);
-            let refused = self.redis.as_ref().and_then(|side| {
-                unconfirmable(&side.cluster, &self.responder.shared, &outgoing.answer)
-            });
-            conn.awaiting.push((number, outgoing.answer));
-            match &mut self.redis {
+            let refused = match &mut self.redis {
+                // The write routes answer 503 themselves without Redis.
+                None => Some("no Redis Cluster".to_string()),
                 Some(side) if side.cluster.in_flight() >= side.max_in_flight => {
                     self.metrics.redis_shed += 1;
-                    self.arrived.push((
-                        token,
-                        Outcome::Failed("overloaded: max_redis_in_flight reached".into()),
-                    ));
+                    Some("overloaded: max_redis_in_flight reached".to_string())
                 }
-                Some(_) if let Some(why) = refused => {
-                    self.arrived.push((token, Outcome::Failed(why)));
+                Some(side) => {
+                    let refused =
+                        unconfirmable(&side.cluster, &self.responder.shared, &outgoing.answer);
+                    if refused.is_none() {
+                        side.cluster.submit(token, outgoing.command, self.now);
+                    }
+                    refused
                 }
-                Some(side) => side.cluster.submit(token, outgoing.command, self.now),
-                // The write routes answer 503 themselves without Redis.
-                None => self
-                    .arrived
-                    .push((token, Outcome::Failed("no Redis Cluster".into()))),
+            };
+            conn.awaiting.push((number, outgoing.answer));
+            if let Some(why) = refused {
+                self.arrived.push((token, Outcome::Failed(why)));
             }
         }
         let draining = self.drain_deadline.is_some();
