@@ -305,6 +305,7 @@ impl ServeConfig {
             recv_buffers: self.recv_buffers as u16,
             recv_buffer_bytes: self.recv_buffer_bytes,
             max_connections: self.max_connections,
+            direct_slots: ExecutorConfig::direct_slots_for(self.max_connections),
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             close_linger: Duration::from_millis(self.close_linger_ms),

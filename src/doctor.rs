@@ -173,7 +173,7 @@ fn open_files_check() -> Check {
         unit: (1, ""),
         // `serve` raises the soft limit to the hard one, so the hard one is what counts.
         judge_hard: true,
-        fix: "every connection is a file: raise to 65536 or more (LimitNOFILE, ulimit -Hn)",
+        fix: "each core's table of connections (max_connections + 1024) must fit under it: raise to 65536 or more (LimitNOFILE, ulimit -Hn)",
     })
 }
 

@@ -47,13 +47,15 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
             )
         })?;
     }
+    // Client sockets are direct descriptors, outside the file table, but
+    // each ring's table of them may not exceed the open-files limit.
+    let mut executor_config = config.executor();
     let nofile = raise_open_files_limit();
-    let wanted = config.max_connections.saturating_mul(cpus.len()) as u64;
-    if nofile < wanted {
+    if nofile > 0 && executor_config.fit_open_files_limit(nofile) {
         tracing::warn!(
             open_files_limit = nofile,
-            max_connections_total = wanted,
-            "the open files limit is below max_connections x cores; accepts will fail first"
+            max_connections = executor_config.max_connections,
+            "the open files limit caps each core's connections below max_connections; raise LimitNOFILE / ulimit -n"
         );
     }
     let listeners = bind_listeners(config.listen, cpus.len(), config.listen_backlog)
@@ -124,7 +126,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
         let executor_wake = wake
             .try_clone()
             .map_err(|e| format!("cannot duplicate an eventfd: {e}"))?;
-        let executor_config = config.executor();
+        let executor_config = executor_config.clone();
         let shared = Arc::clone(&shared);
         let started = started_tx.clone();
         let thread = thread::Builder::new()

@@ -3,6 +3,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -353,6 +354,45 @@ fn connections_over_the_cap_are_closed_at_once() {
         sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}"),
         1
     );
+}
+
+/// Accepted sockets live in each ring's table of direct descriptors, which
+/// the kernel keeps within the open-files limit: under a low limit the
+/// server starts anyway, says it cut max_connections, and holds that many.
+/// A burst of connects beyond the table is refused without stopping the
+/// accepts for good.
+#[test]
+fn a_low_open_files_limit_caps_connections_and_a_burst_over_it_is_refused() {
+    let server = Server::start_with_open_files_limit(64, &[]);
+    // 64 slots: 48 for connections, 16 for rejected ones on their way out.
+    assert!(
+        server
+            .log()
+            .contains("the open files limit caps each core's connections"),
+        "{}",
+        server.log()
+    );
+    let mut held: Vec<TcpStream> = (0..48).map(|_| server.connect()).collect();
+    for stream in &mut held {
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(stream).status, 200);
+    }
+    let mut burst: Vec<TcpStream> = (0..200).map(|_| server.connect()).collect();
+    for stream in &mut burst {
+        assert!(closed_by_server(stream));
+    }
+    drop(burst);
+    held.pop();
+    // One connection slot is free: the scrape itself gets in.
+    let metrics = server.metrics();
+    assert!(sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}") >= 1);
+    let mut again = server.connect();
+    again
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut again).status, 200);
 }
 
 /// A client that writes and never reads: the server stops reading once

@@ -2,7 +2,6 @@
 //! its output buffers and which operations it has in flight. Connections live
 //! in a slab indexed by the slot number their tokens carry.
 
-use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use crate::api::{Answer, Outgoing};
@@ -29,7 +28,10 @@ pub enum Life {
 
 /// One client connection.
 pub struct Connection {
-    pub fd: OwnedFd,
+    /// Its socket's index in the ring's table of direct descriptors: the
+    /// socket has no file descriptor, and the executor closes it with an
+    /// io_uring close when the connection is released.
+    pub socket: u32,
     pub http: HttpConnection,
     /// Responses written since the last send started.
     pub out: Vec<u8>,
@@ -68,9 +70,9 @@ pub struct Connection {
 
 impl Connection {
     /// A connection just accepted.
-    pub fn new(fd: OwnedFd, http: HttpConnection) -> Self {
+    pub fn new(socket: u32, http: HttpConnection) -> Self {
         Connection {
-            fd,
+            socket,
             http,
             out: Vec::new(),
             out_responses: 0,

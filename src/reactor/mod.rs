@@ -16,7 +16,7 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,6 +59,9 @@ pub struct ExecutorConfig {
     pub recv_buffer_bytes: u32,
     /// Connections this executor holds at most; more are closed on accept.
     pub max_connections: usize,
+    /// Slots in the ring's table of direct descriptors, where accepted
+    /// sockets live: `max_connections` and room for rejected ones.
+    pub direct_slots: usize,
     /// See [`TimerKind::Header`].
     pub header_timeout: Duration,
     /// See [`TimerKind::Idle`].
@@ -75,6 +78,35 @@ pub struct ExecutorConfig {
     /// would need another is answered 503 at once, so that overload sheds
     /// at the door instead of queueing in Redis.
     pub max_redis_in_flight: usize,
+}
+
+/// Direct-descriptor slots beyond `max_connections`: room for connections
+/// accepted in one burst and closed at once for being over the limit.
+pub const REJECT_SLOTS: usize = 1024;
+
+/// The kernel's largest table of direct descriptors.
+const MAX_DIRECT_SLOTS: usize = 1 << 20;
+
+impl ExecutorConfig {
+    /// The direct-descriptor table `max_connections` asks for.
+    pub fn direct_slots_for(max_connections: usize) -> usize {
+        max_connections
+            .saturating_add(REJECT_SLOTS)
+            .min(MAX_DIRECT_SLOTS)
+    }
+
+    /// The kernel refuses a direct-descriptor table larger than the
+    /// open-files limit: fit the table under `open_files`, and
+    /// `max_connections` into the table. Returns whether
+    /// `max_connections` was cut.
+    pub fn fit_open_files_limit(&mut self, open_files: u64) -> bool {
+        let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+        self.direct_slots = Self::direct_slots_for(self.max_connections).min(open_files);
+        let room = self.direct_slots - (self.direct_slots / 4).min(REJECT_SLOTS);
+        let cut = self.max_connections > room;
+        self.max_connections = self.max_connections.min(room);
+        cut
+    }
 }
 
 /// The completion fields the loop uses.
@@ -184,6 +216,8 @@ impl Executor {
         let buffers =
             ProvidedBuffers::new(config.recv_buffers, config.recv_buffer_bytes, BUFFER_GROUP)?;
         buffers.register(&ring.submitter())?;
+        ring.submitter()
+            .register_files_sparse(config.direct_slots as u32)?;
         let now = Instant::now();
         let executor = Executor {
             ring,
@@ -332,7 +366,7 @@ impl Executor {
                         );
                     }
                 }
-                OpKind::Cancel => {}
+                OpKind::Cancel | OpKind::Teardown => {}
             }
         }
     }
@@ -348,18 +382,18 @@ impl Executor {
             self.accept_failed(-completion.result);
             return;
         }
-        // SAFETY: a successful accept completion's result is a new file
-        // descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(completion.result) };
+        // A successful accept's result is the new socket's direct descriptor.
+        let socket = completion.result as u32;
         if self.conns.len() >= self.max_connections {
             self.metrics.connections_rejected += 1;
-            return; // Dropping `fd` closes it.
+            self.close_socket(socket);
+            return;
         }
         let mut http = HttpConnection::new();
         if self.drain_deadline.is_some() {
             http.start_drain();
         }
-        let (slot, _) = self.conns.insert(Connection::new(fd, http));
+        let (slot, _) = self.conns.insert(Connection::new(socket, http));
         self.metrics.connections_accepted += 1;
         self.metrics.connections_open += 1;
         self.timers.arm(slot, TimerKind::Header, self.now);
@@ -369,6 +403,12 @@ impl Executor {
     fn accept_failed(&mut self, errno: i32) {
         match errno {
             libc::ECANCELED => {}
+            // The direct-descriptor table filled with connections over
+            // max_connections; their closes go in with the next accept.
+            libc::ENFILE if self.conns.len() >= self.max_connections => {
+                self.metrics.connections_rejected += 1;
+                self.accept_retry_at = Some(self.now);
+            }
             libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
                 self.accept_retry_at = Some(self.now + ACCEPT_RETRY);
                 let quiet = self
@@ -379,7 +419,7 @@ impl Executor {
                     tracing::warn!(
                         core = self.metrics.core,
                         error = %io::Error::from_raw_os_error(errno),
-                        "accept failed; retrying (out of file descriptors? raise LimitNOFILE / ulimit -n)"
+                        "accept failed; retrying (the system is out of open files or memory)"
                     );
                 }
             }
@@ -701,8 +741,10 @@ impl Executor {
             if conn.http.is_closing() {
                 // The final response is out: no more writes; read until the
                 // peer closes so that it sees the response, not a reset.
-                // SAFETY: shutdown(2) on a socket this connection owns.
-                unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
+                let entry = opcode::Shutdown::new(types::Fixed(conn.socket), libc::SHUT_WR)
+                    .build()
+                    .user_data(Token::global(OpKind::Teardown).encode());
+                push(&mut self.ring, &mut self.metrics, &entry);
                 conn.life = Life::Lingering;
                 self.timers.arm(slot, TimerKind::Linger, self.now);
             } else if conn.read_closed || (draining && conn.http.is_idle()) {
@@ -713,7 +755,7 @@ impl Executor {
             conn.life = Life::Closing;
         }
 
-        let fd = types::Fd(conn.fd.as_raw_fd());
+        let fd = types::Fixed(conn.socket);
         if conn.life != Life::Closing
             && let Some(bytes) = conn.next_send()
         {
@@ -792,8 +834,17 @@ impl Executor {
         if let Some(conn) = self.conns.remove(slot) {
             self.metrics.connections_open -= 1;
             self.metrics.in_flight -= conn.unsent_responses() as u64;
-            // Dropping the connection closes its socket.
+            self.close_socket(conn.socket);
         }
+    }
+
+    /// Close a connection's socket and free its direct descriptor. Nothing
+    /// refers to the descriptor afterwards, so its completion is not awaited.
+    fn close_socket(&mut self, socket: u32) {
+        let entry = opcode::Close::new(types::Fixed(socket))
+            .build()
+            .user_data(Token::global(OpKind::Teardown).encode());
+        push(&mut self.ring, &mut self.metrics, &entry);
     }
 
     fn expire_timers(&mut self) {
@@ -869,8 +920,11 @@ impl Executor {
         let Some(listener) = &self.listener else {
             return;
         };
+        // Accepted sockets go straight into the ring's table of direct
+        // descriptors: no file descriptor, and no file reference taken and
+        // dropped by every receive and send.
         let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
+            .allocate_file_index(true)
             .build()
             .user_data(Token::global(OpKind::Accept).encode());
         push(&mut self.ring, &mut self.metrics, &entry);
@@ -1035,4 +1089,45 @@ fn cancel(ring: &mut IoUring, metrics: &mut CoreMetrics, user_data: u64) {
         .build()
         .user_data(Token::global(OpKind::Cancel).encode());
     push(ring, metrics, &entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_connections: usize) -> ExecutorConfig {
+        let mut config = crate::config::ServeConfig::default().executor();
+        config.max_connections = max_connections;
+        config.direct_slots = ExecutorConfig::direct_slots_for(max_connections);
+        config
+    }
+
+    #[test]
+    fn a_high_open_files_limit_leaves_max_connections_alone() {
+        let mut config = config(16_384);
+        assert!(!config.fit_open_files_limit(1 << 20));
+        assert_eq!(config.max_connections, 16_384);
+        assert_eq!(config.direct_slots, 16_384 + REJECT_SLOTS);
+    }
+
+    #[test]
+    fn a_low_open_files_limit_cuts_max_connections_to_fit_the_table() {
+        let mut config = config(16_384);
+        assert!(config.fit_open_files_limit(16_000));
+        assert_eq!(config.direct_slots, 16_000);
+        assert_eq!(config.max_connections, 16_000 - REJECT_SLOTS);
+
+        // A quarter of a small table is kept for rejected connections.
+        let mut config = self::config(1_000);
+        assert!(config.fit_open_files_limit(64));
+        assert_eq!((config.direct_slots, config.max_connections), (64, 48));
+    }
+
+    #[test]
+    fn the_table_never_exceeds_the_kernels_largest() {
+        let mut config = config(usize::MAX / 2);
+        config.fit_open_files_limit(u64::MAX);
+        assert_eq!(config.direct_slots, MAX_DIRECT_SLOTS);
+        assert_eq!(config.max_connections, MAX_DIRECT_SLOTS - REJECT_SLOTS);
+    }
 }

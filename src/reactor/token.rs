@@ -25,6 +25,8 @@ pub enum OpKind {
     RedisSend = 9,
     /// The read on the eventfd that says read-through answers are waiting.
     Lookup = 10,
+    /// A shutdown or close of a connection's socket; nothing waits for it.
+    Teardown = 11,
 }
 
 /// `kind` (8 bits) | `generation` (24 bits) | `slot` (32 bits).
@@ -71,6 +73,7 @@ impl Token {
             8 => OpKind::RedisRecv,
             9 => OpKind::RedisSend,
             10 => OpKind::Lookup,
+            11 => OpKind::Teardown,
             _ => return None,
         };
         Some(Token {
@@ -97,6 +100,8 @@ mod tests {
             OpKind::RedisConnect,
             OpKind::RedisRecv,
             OpKind::RedisSend,
+            OpKind::Lookup,
+            OpKind::Teardown,
         ] {
             for (slot, generation) in [(0, 0), (1, 7), (u32::MAX, GENERATION_MASK)] {
                 let token = Token {

@@ -43,7 +43,25 @@ impl Server {
     /// Start with exactly `args` after `serve`, and `env` set. The admin
     /// listener goes on a free port unless `args` or `env` say otherwise.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        Server::launch(Command::new(env!("CARGO_BIN_EXE_millrace")), args, env)
+    }
+
+    /// [`Server::start`] with the open-files limit (soft and hard) set to
+    /// `limit`, through util-linux's prlimit.
+    pub fn start_with_open_files_limit(limit: u64, args: &[&str]) -> Server {
+        let mut prlimit = Command::new("prlimit");
+        prlimit
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(env!("CARGO_BIN_EXE_millrace"));
+        let mut full = vec!["--listen", "127.0.0.1:0", "--cores", "1"];
+        full.extend_from_slice(args);
+        Server::launch(prlimit, &full, &[])
+    }
+
+    /// Run `command` (the binary, or a wrapper naming it) with `serve`,
+    /// `args` and `env`, and wait until it listens.
+    fn launch(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = command
             .arg("serve")
             .args(args)
             .env("MILLRACE_ADMIN_LISTEN", "127.0.0.1:0")
