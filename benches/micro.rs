@@ -31,6 +31,13 @@ fn http(c: &mut Criterion) {
     group.bench_function("parse GET /plaintext (wrk)", |b| {
         b.iter(|| parse_head(black_box(wrk), &LIMITS).unwrap())
     });
+    group.bench_function("httparse: parse GET /plaintext (wrk), for scale", |b| {
+        b.iter(|| {
+            let mut fields = [httparse::EMPTY_HEADER; 64];
+            let mut request = httparse::Request::new(&mut fields);
+            request.parse(black_box(wrk)).unwrap().unwrap()
+        })
+    });
     let browser = b"GET /v1/kv/user%3A42?fields=all HTTP/1.1\r\nHost: api.example.com\r\n\
 User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36\r\n\
 Accept: application/json, text/plain, */*\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n\

@@ -229,36 +229,50 @@ const BYTE_CLASS: [u8; 256] = {
     table
 };
 
-/// The first position at or after `from` whose byte is not of `class`.
+/// The first position at or after `from` whose byte is not of `class`
+/// (`buf.len()` if there is none).
 fn skip(buf: &[u8], from: usize, class: u8) -> usize {
     let mut at = from;
-    loop {
+    if class == TCHAR {
+        // Tokens are short (methods, field names), so a loop that tests a
+        // byte at a time exits at a different count each time and the exit
+        // is mispredicted: classify eight bytes with one branch.
+        while let Some(chunk) = buf.get(at..at + 8) {
+            let outside = chunk.iter().enumerate().fold(0u32, |mask, (i, &b)| {
+                mask | u32::from(BYTE_CLASS[usize::from(b)] & TCHAR == 0) << i
+            });
+            if outside != 0 {
+                return at + outside.trailing_zeros() as usize;
+            }
+            at += 8;
+        }
+    } else {
         // Targets and values run long (paths, user agents, cookies): look at
         // eight bytes at a time and jump to the first that may end the run.
-        if class != TCHAR {
-            while let Some(chunk) = buf.get(at..at + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-                let stops = may_stop(word, class);
-                if stops != 0 {
-                    at += (stops.trailing_zeros() / 8) as usize;
-                    break;
-                }
+        while let Some(chunk) = buf.get(at..at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let stops = may_stop(word, class);
+            if stops == 0 {
                 at += 8;
+                continue;
             }
-        }
-        // One byte at a time: the candidate found above (a tab inside a value
-        // is not a stop), or the last few bytes.
-        let end = buf.len().min(at + 8);
-        while at < end {
-            if BYTE_CLASS[usize::from(buf[at])] & class == 0 {
+            // The lowest flagged byte is exact: it ends the run, unless it
+            // is a tab inside a value.
+            at += (stops.trailing_zeros() / 8) as usize;
+            if buf[at] != b'\t' || class != FIELD_VALUE {
                 return at;
             }
             at += 1;
         }
-        if at == buf.len() {
+    }
+    // Fewer than eight bytes left: one at a time.
+    while let Some(&b) = buf.get(at) {
+        if BYTE_CLASS[usize::from(b)] & class == 0 {
             return at;
         }
+        at += 1;
     }
+    at
 }
 
 /// A mask with the high bit set in each byte of `word` that may end a run
@@ -299,6 +313,10 @@ fn crlf(buf: &[u8], at: usize) -> Result<Option<()>, Rejection> {
     }
 }
 
+/// The versions as the eight bytes of a request line, read as one word.
+const HTTP_11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+const HTTP_10: u64 = u64::from_le_bytes(*b"HTTP/1.0");
+
 /// A parsed request line.
 struct RequestLine {
     /// `None` for a well-formed method millrace does not know.
@@ -321,12 +339,21 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
         }
         start += 2;
     }
-    let method_end = skip(buf, start, TCHAR);
-    match buf.get(method_end) {
-        None => return Ok(None),
-        Some(b' ') if method_end > start => {}
-        Some(_) => return Err(MALFORMED_REQUEST_LINE),
-    }
+    // The common methods without a scan and a name match.
+    let (method, method_end) = match buf.get(start..start + 5) {
+        Some([b'G', b'E', b'T', b' ', _]) => (Some(Method::Get), start + 3),
+        Some([b'P', b'U', b'T', b' ', _]) => (Some(Method::Put), start + 3),
+        Some([b'P', b'O', b'S', b'T', b' ']) => (Some(Method::Post), start + 4),
+        _ => {
+            let end = skip(buf, start, TCHAR);
+            match buf.get(end) {
+                None => return Ok(None),
+                Some(b' ') if end > start => {}
+                Some(_) => return Err(MALFORMED_REQUEST_LINE),
+            }
+            (Method::parse(&buf[start..end]), end)
+        }
+    };
     let target_start = method_end + 1;
     let path_end = skip(buf, target_start, PATH);
     let (query_mark, target_end) = match buf.get(path_end) {
@@ -339,17 +366,20 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
         Some(_) => return Err(MALFORMED_REQUEST_LINE),
     }
     let version_start = target_end + 1;
-    let seen = &buf[version_start..buf.len().min(version_start + 8)];
-    if !b"HTTP/1.1".starts_with(seen) && !b"HTTP/1.0".starts_with(seen) {
-        return Err(VERSION_NOT_SUPPORTED);
-    }
-    if seen.len() < 8 {
-        return Ok(None);
-    }
-    let version = if seen[7] == b'0' {
-        Version::Http10
-    } else {
-        Version::Http11
+    let version = match buf.get(version_start..version_start + 8) {
+        Some(seen) => match u64::from_le_bytes(seen.try_into().expect("eight bytes")) {
+            HTTP_11 => Version::Http11,
+            HTTP_10 => Version::Http10,
+            _ => return Err(VERSION_NOT_SUPPORTED),
+        },
+        None => {
+            let seen = &buf[version_start..];
+            return if b"HTTP/1.1".starts_with(seen) || b"HTTP/1.0".starts_with(seen) {
+                Ok(None)
+            } else {
+                Err(VERSION_NOT_SUPPORTED)
+            };
+        }
     };
     let line_end = version_start + 8;
     match buf.get(line_end) {
@@ -361,7 +391,7 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
         return Ok(None);
     }
     Ok(Some(RequestLine {
-        method: Method::parse(&buf[start..method_end]),
+        method,
         target: target_start..target_end,
         query_mark,
         version,
