@@ -69,7 +69,7 @@ serve_options! {
     cores: CoreSpec = CoreSpec::All, env "MILLRACE_CORES";
     /// Listen queue length per executor; the kernel caps it at net.core.somaxconn [default: 4096]
     listen_backlog: u32 = 4096, env "MILLRACE_LISTEN_BACKLOG";
-    /// Connections per executor; beyond it new connections are closed at once [default: 16384]
+    /// Connections per executor; beyond it new connections are closed at once. Cut to fit the open-files limit, which must hold it plus 1024 [default: 16384]
     max_connections: usize = 16384, env "MILLRACE_MAX_CONNECTIONS";
     /// Longest request line, in bytes; longer gets 414 [default: 8192]
     max_request_line_bytes: usize = 8192, env "MILLRACE_MAX_REQUEST_LINE_BYTES";
