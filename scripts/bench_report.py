@@ -83,6 +83,21 @@ def main() -> None:
             if ours and theirs:
                 ratios[f"millrace/{peer} req per CPU-s, depth {depth}"] = round(ours / theirs, 2)
 
+    # The same ratio taken within each round (the servers ran back to back),
+    # so that a slow minute on the machine weighs on both sides of it.
+    round_ratios = {}
+    for depth in (1, 16):
+        ours = [r["requests_per_cpu_second"] for r in runs if r["server"] == "millrace" and r["depth"] == depth]
+        theirs = [r["requests_per_cpu_second"] for r in runs if r["server"] == "may_minihttp" and r["depth"] == depth]
+        pairs = [o / t for o, t in zip(ours, theirs) if o and t]
+        if pairs:
+            round_ratios[f"millrace/may_minihttp req per CPU-s within each round, depth {depth}"] = {
+                "median": round(statistics.median(pairs), 2),
+                "min": round(min(pairs), 2),
+                "max": round(max(pairs), 2),
+                "rounds": [round(x, 2) for x in pairs],
+            }
+
     idle_mib = (a.rss_after_kib - a.rss_before_kib) / 1024
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -101,6 +116,7 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
         "ratios": ratios,
+        "round_ratios": round_ratios,
         "idle_connections": {
             "connections": a.idle_connections,
             "rss_before_kib": a.rss_before_kib,
@@ -131,6 +147,8 @@ def main() -> None:
     lines.append("")
     for name, ratio in ratios.items():
         lines.append(f"- {name}: **{ratio}x**")
+    for name, r in round_ratios.items():
+        lines.append(f"- {name}: median {r['median']:.2f}x ({r['min']:.2f}x to {r['max']:.2f}x)")
     lines.append(f"- {a.idle_connections:,} idle keep-alive connections on one executor added "
                  f"**{idle_mib:.1f} MiB** RSS ({a.rss_before_kib:,} KiB -> {a.rss_after_kib:,} KiB)")
     with open(a.markdown, "w") as f:
