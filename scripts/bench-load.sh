@@ -13,10 +13,11 @@
 # and p99 side by side. Servers, generators and their order rotate over ROUNDS
 # rounds; the report gives medians (every run is kept in the JSON).
 #
-# Results: benches/results/<date>-<host>-load.json and .md
+# Results: <RESULTS_DIR>/<date>-<host>-load.json and .md
 #
 # Usage: scripts/bench-load.sh [--duration SECONDS] [--connections N] [--rounds N] [--rates "R1 R2 ..."] [--no-build]
-# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1)
+# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
+# (default benches/results)
 # Needs oha (cargo install oha --locked); installed when missing, which takes a while.
 set -euo pipefail
 
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
 done
 server_cpu="${SERVER_CPU:-0}"
 load_cpu="${LOAD_CPU:-1}"
+results_dir="${RESULTS_DIR:-benches/results}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -147,10 +149,10 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-mkdir -p benches/results
+mkdir -p "$results_dir"
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
-base="benches/results/${stamp}-${host}-load"
+base="$results_dir/${stamp}-${host}-load"
 python3 scripts/bench_load_report.py \
   --throughput "$throughput" --latency "$latency" --json "$base.json" --markdown "$base.md" \
   --duration "$duration" --connections "$connections" --rounds "$rounds" --rates "$rates" \
