@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, closed_by_server, read_response, sample};
+use common::{Server, closed_by_server, get_on, read_response, sample};
 
 /// The three routes a pipelining test cycles through, with what each answers.
 const CYCLE: [(&str, u16, &str); 3] = [
@@ -144,10 +144,7 @@ fn head_gets_headers_only() {
     let head = String::from_utf8(buf).unwrap();
     assert!(head.contains("Content-Length: 13\r\n"), "{head}");
     // The connection is still in sync: the next response starts right away.
-    stream
-        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut stream).text(), "live\n");
+    assert_eq!(get_on(&mut stream, "/livez").text(), "live\n");
 }
 
 #[test]
@@ -166,10 +163,7 @@ fn expect_100_continue_gets_an_interim_response_before_the_body() {
     assert_eq!(response.status, 405);
     assert_eq!(response.header("Allow"), Some("GET, HEAD"));
     // The body was consumed: the connection carries on.
-    stream
-        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut stream).status, 200);
+    assert_eq!(get_on(&mut stream, "/livez").status, 200);
 }
 
 #[test]
@@ -339,10 +333,7 @@ fn connections_over_the_cap_are_closed_at_once() {
     let mut first = server.connect();
     let mut second = server.connect();
     for stream in [&mut first, &mut second] {
-        stream
-            .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
-        assert_eq!(read_response(stream).status, 200);
+        assert_eq!(get_on(stream, "/livez").status, 200);
     }
     let mut third = server.connect();
     let _ = third.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -374,10 +365,7 @@ fn a_low_open_files_limit_caps_connections_and_a_burst_over_it_is_refused() {
     );
     let mut held: Vec<TcpStream> = (0..48).map(|_| server.connect()).collect();
     for stream in &mut held {
-        stream
-            .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
-        assert_eq!(read_response(stream).status, 200);
+        assert_eq!(get_on(stream, "/livez").status, 200);
     }
     let mut burst: Vec<TcpStream> = (0..200).map(|_| server.connect()).collect();
     for stream in &mut burst {
@@ -389,10 +377,7 @@ fn a_low_open_files_limit_caps_connections_and_a_burst_over_it_is_refused() {
     let metrics = server.metrics();
     assert!(sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}") >= 1);
     let mut again = server.connect();
-    again
-        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut again).status, 200);
+    assert_eq!(get_on(&mut again, "/livez").status, 200);
 }
 
 /// A client that writes and never reads: the server stops reading once
@@ -442,8 +427,5 @@ fn a_deep_pipeline_is_throttled_not_buffered() {
     let mut reader = std::io::BufReader::with_capacity(1 << 16, stream.try_clone().unwrap());
     assert_cycle_answers(&mut reader, requests);
     finish.join().unwrap();
-    stream
-        .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut stream).status, 200);
+    assert_eq!(get_on(&mut stream, "/livez").status, 200);
 }

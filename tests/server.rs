@@ -9,7 +9,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{Server, closed_by_server, read_response, sample};
+use common::{Server, closed_by_server, get_on, read_response, sample};
 
 fn millrace(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_millrace"))
@@ -23,9 +23,7 @@ fn millrace(args: &[&str]) -> std::process::Output {
 fn sigterm_drains_a_request_in_flight_then_exits_zero() {
     let mut server = Server::start(&["--drain-delay-ms", "400"]);
     let mut idle = server.connect();
-    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut idle).status, 200);
+    assert_eq!(get_on(&mut idle, "/livez").status, 200);
     assert_eq!(server.get("/readyz").text(), "ready\n");
 
     // A request whose body is half sent when the signal arrives.

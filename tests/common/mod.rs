@@ -127,9 +127,7 @@ impl Server {
 
     /// One request on a fresh connection.
     pub fn get(&self, path: &str) -> Response {
-        let mut stream = self.connect();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        read_response(&mut stream)
+        get_on(&mut self.connect(), path)
     }
 
     /// The `/metrics` text from the admin listener, once every core has
@@ -218,6 +216,12 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// One `GET path` on an open connection, and its response.
+pub fn get_on(stream: &mut TcpStream, path: &str) -> Response {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    read_response(stream)
 }
 
 /// Read one response (interim 1xx responses included) from `stream`.
