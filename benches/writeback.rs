@@ -19,7 +19,7 @@ use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
 use millrace::writeback::core::{self, WritebackConfig};
 use millrace::writeback::db;
-use millrace::writeback::queue::{Queue, Record};
+use millrace::writeback::queue::{Caps, Queue, Record};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client as Postgres, NoTls};
@@ -117,7 +117,10 @@ fn main() {
                         payload: e.payload.clone(),
                     })
                     .collect();
-                queue.append(&Record::events(payload::encode_event_batch(&batch)).unwrap())
+                queue.append(
+                    &Record::events(payload::encode_event_batch(&batch)).unwrap(),
+                    Caps::UNLIMITED,
+                )
             })
             .collect();
         for reply in client.execute(commands) {

@@ -7,14 +7,29 @@
 #           created with redis-cli --cluster create; returns once every node
 #           reports cluster_state:ok, every replica has synced and CLUSTER
 #           SHARDS shows every node online, printing the seed list.
+#   restart kill the node on --port (SIGKILL, as a crash) and start it again
+#           from its own files (its AOF, if on); returns once the cluster
+#           reports cluster_state:ok again.
 #   stop    kill the nodes under DIR and remove DIR.
 #   status  CLUSTER INFO's state and CLUSTER NODES of the first node.
 #
-# Usage: scripts/redis-cluster.sh start|stop|status [--masters N] [--replicas R]
-#          [--port BASE] [--dir DIR] [--password P] [--node-timeout-ms MS]
+# Usage: scripts/redis-cluster.sh start|restart|stop|status [--masters N]
+#          [--replicas R] [--port BASE] [--dir DIR] [--password P]
+#          [--node-timeout-ms MS] [--appendonly yes|no]
+#          [--appendfsync everysec|always|no] [--maxmemory BYTES]
+#          [--maxmemory-policy POLICY]
 # Defaults: 3 masters, 0 replicas, port 7000, dir var/redis-cluster,
 # no password, node timeout 2000 ms (how long before a failover starts).
 # With --password, the default user needs it (ACL), and replicas use it too.
+#
+# Durability and memory (docs/reliability.md says what each setting means
+# for a 202): the append-only file is on and fsynced every second by
+# default (--appendfsync always fsyncs before every reply; --appendonly no
+# is the unsafe setting, for fault tests: a restarted node comes back
+# empty). maxmemory is 512mb per node by default, with volatile-lru: only
+# keys with a TTL can be evicted, which in millrace's keyspace are cache
+# entries already written back and cached misses, never a write-back
+# stream or an entry not yet in PostgreSQL.
 set -euo pipefail
 
 command="${1:-}"
@@ -25,6 +40,10 @@ port=7000
 dir=var/redis-cluster
 password=""
 node_timeout_ms=2000
+appendonly=yes
+appendfsync=everysec
+maxmemory=512mb
+maxmemory_policy=volatile-lru
 while [ $# -gt 0 ]; do
   case "$1" in
     --masters) masters="$2"; shift 2 ;;
@@ -33,10 +52,17 @@ while [ $# -gt 0 ]; do
     --dir) dir="$2"; shift 2 ;;
     --password) password="$2"; shift 2 ;;
     --node-timeout-ms) node_timeout_ms="$2"; shift 2 ;;
+    --appendonly) appendonly="$2"; shift 2 ;;
+    --appendfsync) appendfsync="$2"; shift 2 ;;
+    --maxmemory) maxmemory="$2"; shift 2 ;;
+    --maxmemory-policy) maxmemory_policy="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+
+case "$appendonly" in yes|no) ;; *) echo "--appendonly must be yes or no" >&2; exit 2 ;; esac
+case "$appendfsync" in everysec|always|no) ;; *) echo "--appendfsync must be everysec, always or no" >&2; exit 2 ;; esac
 
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=scripts/lib.sh
@@ -71,8 +97,12 @@ start() {
       echo "daemonize yes"
       echo "pidfile $(realpath "$dir/$p")/redis.pid"
       echo "logfile $(realpath "$dir/$p")/redis.log"
+      # Persistence is the append-only file alone (no RDB snapshots).
       echo "save \"\""
-      echo "appendonly no"
+      echo "appendonly $appendonly"
+      echo "appendfsync $appendfsync"
+      echo "maxmemory $maxmemory"
+      echo "maxmemory-policy $maxmemory_policy"
       if [ -n "$password" ]; then
         echo "requirepass $password"
         echo "masterauth $password"
@@ -113,6 +143,47 @@ start() {
   echo "${addresses[*]}"
 }
 
+# wait_ok: until every node under DIR answers and reports cluster_state:ok, at most 30 s.
+wait_ok() {
+  local deadline=$((SECONDS + 30)) p ok total
+  while :; do
+    ok=0
+    total=0
+    for p in "$dir"/*/redis.conf; do
+      p="$(basename "$(dirname "$p")")"
+      total=$((total + 1))
+      cli "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+    done
+    [ "$ok" -eq "$total" ] && return 0
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "the cluster did not return to cluster_state:ok in 30 s" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+restart() {
+  local conf="$dir/$port/redis.conf" pid
+  [ -f "$conf" ] || { echo "no node on port $port under $dir" >&2; exit 2; }
+  pid="$(cat "$dir/$port/redis.pid" 2>/dev/null || true)"
+  if [ -n "$pid" ]; then
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.02
+    done
+  fi
+  rm -f "$dir/$port/redis.pid"
+  redis-server "$conf"
+  # It answers LOADING until its AOF is read.
+  for _ in $(seq 1 300); do
+    cli "$port" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.05
+  done
+  wait_ok
+}
+
 stop() {
   [ -d "$dir" ] || return 0
   local pidfile pid
@@ -140,7 +211,8 @@ status() {
 
 case "$command" in
   start) start ;;
+  restart) restart ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status [options] (see --help)" >&2; exit 2 ;;
+  *) echo "usage: $0 start|restart|stop|status [options] (see --help)" >&2; exit 2 ;;
 esac

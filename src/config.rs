@@ -113,6 +113,8 @@ serve_options! {
     max_batch_events: usize = 10_000, env "MILLRACE_MAX_BATCH_EVENTS";
     /// Writes waiting in the write-back queue (entries over all partitions) beyond which new writes get 503 [default: 1000000]
     max_backlog: u64 = 1_000_000, env "MILLRACE_MAX_BACKLOG";
+    /// Bytes of writes waiting in the write-back queue (their stream entries' fields, over all partitions) beyond which new writes get 503; Redis also holds each queued PUT's value in the cache, so keep maxmemory above twice this [default: 268435456]
+    max_backlog_bytes: u64 = 256 << 20, env "MILLRACE_MAX_BACKLOG_BYTES";
     /// Longest key of /v1/kv/{key}, in bytes once percent-decoded; longer gets 414 [default: 512]
     max_key_bytes: usize = 512, env "MILLRACE_MAX_KEY_BYTES";
     /// Largest value a PUT /v1/kv/{key} may store, in bytes; larger gets 413 [default: 65536]
@@ -139,6 +141,12 @@ serve_options! {
     db_timeout_ms: u64 = 10_000, env "MILLRACE_DB_TIMEOUT_MS";
     /// GET misses waiting for the database core, over all executors; beyond it a miss gets 503 [default: 65536]
     max_pending_lookups: usize = 65_536, env "MILLRACE_MAX_PENDING_LOOKUPS";
+    /// Time a cache entry stays in Redis once PostgreSQL holds its version (a written-back write, or a value read through), in milliseconds; from then on the eviction policy may also remove it. Entries not yet written back never expire [default: 3600000]
+    cache_ttl_ms: u64 = 3_600_000, env "MILLRACE_CACHE_TTL_MS";
+    /// Time a miss (no row, or a deleted one) stays cached, so that a hot missing key does not reach PostgreSQL on every request, in milliseconds; a write to the key replaces it at once [default: 1000]
+    miss_ttl_ms: u64 = 1000, env "MILLRACE_MISS_TTL_MS";
+    /// Start even when Redis or PostgreSQL is set up so that an acknowledged write would not survive a restart (Redis without its append-only file, an eviction policy that can evict the queue, PostgreSQL with fsync or synchronous_commit off); each finding is still logged as an error [default: false]
+    accept_unsafe_durability: bool = false, env "MILLRACE_ACCEPT_UNSAFE_DURABILITY";
 }
 
 impl ServeOptions {
@@ -177,6 +185,9 @@ impl ServeConfig {
             ("writeback_partitions", u64::from(self.writeback_partitions)),
             ("max_batch_events", self.max_batch_events as u64),
             ("max_backlog", self.max_backlog),
+            ("max_backlog_bytes", self.max_backlog_bytes),
+            ("cache_ttl_ms", self.cache_ttl_ms),
+            ("miss_ttl_ms", self.miss_ttl_ms),
             ("max_key_bytes", self.max_key_bytes as u64),
             ("max_value_bytes", self.max_value_bytes as u64),
             ("batch_rows", self.batch_rows as u64),
@@ -242,6 +253,9 @@ impl ServeConfig {
         config.consumer = self.writeback_consumer.clone();
         config.db_timeout = Duration::from_millis(self.db_timeout_ms);
         config.postgres_ca_file = self.postgres_ca_path();
+        config.cache_ttl_ms = self.cache_ttl_ms;
+        config.miss_ttl_ms = self.miss_ttl_ms;
+        config.accept_unsafe_durability = self.accept_unsafe_durability;
         Some(config)
     }
 

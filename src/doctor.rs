@@ -278,6 +278,63 @@ pub fn tuning_report(profile: &str) -> Result<(String, bool), String> {
     Ok((out, drift == 0))
 }
 
+/// What a 202 would survive on the Redis Cluster behind `seeds` and, given
+/// its URL, on PostgreSQL: the findings of [`crate::durability`] as report
+/// lines, and whether none is unsafe. A cluster that cannot be reached is
+/// itself a failure.
+pub fn durability_report(
+    seeds: &[std::net::SocketAddr],
+    postgres: Option<(&str, Option<&std::path::Path>)>,
+    ack_replicas: u32,
+) -> (String, bool) {
+    use crate::durability::{self, Severity};
+    let mut out = String::from("durability: what an acknowledged write survives\n");
+    let mut findings = Vec::new();
+    if !seeds.is_empty() {
+        let config = crate::redis::cluster::Config::new(seeds.to_vec()).credentials_from_env();
+        match crate::redis::driver::Client::connect(config) {
+            Ok(mut client) => {
+                findings.extend(durability::redis_findings(&mut client, Some(ack_replicas)))
+            }
+            Err(e) => findings.push(durability::Finding {
+                subject: "redis".into(),
+                severity: Severity::Unsafe,
+                text: format!("cannot reach the cluster: {e}"),
+            }),
+        }
+    }
+    if let Some((url, ca_file)) = postgres {
+        let limit = std::time::Duration::from_secs(10);
+        match durability::postgres_findings_blocking(url, ca_file, limit) {
+            Ok(more) => findings.extend(more),
+            Err(e) => findings.push(durability::Finding {
+                subject: "postgresql".into(),
+                severity: Severity::Unsafe,
+                text: format!("cannot reach it: {e}"),
+            }),
+        }
+    }
+    for finding in &findings {
+        let verdict = match finding.severity {
+            Severity::Ok => "ok",
+            Severity::Warn => "warn",
+            Severity::Unsafe => "FAIL",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<26} {:<5} {}",
+            finding.subject, verdict, finding.text
+        );
+    }
+    let safe = findings.iter().all(|f| f.severity != Severity::Unsafe);
+    out.push_str(if safe {
+        "no setting found that loses acknowledged writes on a restart.\n"
+    } else {
+        "acknowledged writes would not survive a restart here: see FAIL above.\n"
+    });
+    (out, safe)
+}
+
 /// The report as printed, and whether millrace can run here.
 pub fn report(checks: &[Check]) -> (String, bool) {
     let mut out = String::from("millrace doctor\n");

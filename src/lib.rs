@@ -16,12 +16,14 @@
 //! Beside them: [`load`] (`millrace load`, the load generator, on the same
 //! engine and HTTP code), [`config`] (flags > environment > file > defaults),
 //! [`lifecycle`] (starting, ready, draining), [`probe`] and [`doctor`]
-//! (what this kernel offers).
+//! (what this kernel offers), [`durability`] (what a 202 survives on the
+//! Redis and PostgreSQL it runs against).
 
 pub mod admin;
 pub mod api;
 pub mod config;
 pub mod doctor;
+pub mod durability;
 pub mod http;
 pub mod lifecycle;
 pub mod load;

@@ -107,8 +107,26 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            let mut durable = true;
+            let seeds = match options.redis_seed_list() {
+                Ok(seeds) => seeds,
+                Err(error) => {
+                    eprintln!("millrace doctor: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !seeds.is_empty() || options.postgres_url.is_some() {
+                let postgres = options
+                    .postgres_url
+                    .as_deref()
+                    .map(|url| (url, options.postgres_ca_file.as_deref()));
+                let (text, safe) =
+                    doctor::durability_report(&seeds, postgres, options.ack_replicas);
+                report.push_str(&text);
+                durable = safe;
+            }
             print!("{report}");
-            if runnable && tuned {
+            if runnable && tuned && durable {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -257,6 +275,36 @@ struct DoctorOptions {
     /// tuning/millrace-tune check PROFILE --iface NAME
     #[arg(long, value_name = "PROFILE")]
     profile: Option<String>,
+    /// Also read each Redis master's persistence, maxmemory and eviction
+    /// policy (host:port[,host:port...]) and say what an acknowledged write
+    /// survives; a setting that loses them on a restart makes the exit status 1
+    #[arg(long, env = "MILLRACE_REDIS_SEEDS", value_name = "SEEDS")]
+    redis_seeds: Option<String>,
+    /// Also read PostgreSQL's fsync, synchronous_commit and standbys
+    #[arg(long, env = "MILLRACE_POSTGRES_URL", value_name = "URL")]
+    postgres_url: Option<String>,
+    /// PEM file of CAs to trust for PostgreSQL's certificate, besides the system's
+    #[arg(long, env = "MILLRACE_POSTGRES_CA_FILE", value_name = "FILE")]
+    postgres_ca_file: Option<std::path::PathBuf>,
+    /// The servers' ack_replicas, to judge the replicas against
+    #[arg(long, env = "MILLRACE_ACK_REPLICAS", default_value_t = 0)]
+    ack_replicas: u32,
+}
+
+impl DoctorOptions {
+    fn redis_seed_list(&self) -> Result<Vec<std::net::SocketAddr>, String> {
+        self.redis_seeds
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| format!("--redis-seeds: {s:?} is not host:port"))
+            })
+            .collect()
+    }
 }
 
 fn fail(error: &str) -> ExitCode {

@@ -7,7 +7,8 @@
 //! per core. Nothing is summed across cores here: Prometheus does that.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::Route;
@@ -150,9 +151,22 @@ impl CoreMetrics {
     }
 }
 
+/// What the database core counts, shared with the scrape (atomics: the
+/// core is off the executors' hot path).
+#[derive(Debug, Default)]
+pub struct WritebackMetrics {
+    /// Partitions whose stream or group was found missing and created again.
+    pub queue_losses: AtomicU64,
+    /// Reads of the queue that failed or got an unexpected reply, and were
+    /// tried again.
+    pub read_errors: AtomicU64,
+}
+
 /// Every core's last published figures, for scraping.
 pub struct MetricsRegistry {
     cores: Box<[Mutex<CoreMetrics>]>,
+    /// The database core's, when this process runs one.
+    writeback: Option<Arc<WritebackMetrics>>,
 }
 
 impl MetricsRegistry {
@@ -163,7 +177,14 @@ impl MetricsRegistry {
                 .iter()
                 .map(|&cpu| Mutex::new(CoreMetrics::new(cpu)))
                 .collect(),
+            writeback: None,
         }
+    }
+
+    /// Also render the database core's figures.
+    pub fn with_writeback(mut self, writeback: Arc<WritebackMetrics>) -> Self {
+        self.writeback = Some(writeback);
+        self
     }
 
     /// Copy executor `index`'s figures into its slot.
@@ -179,6 +200,9 @@ impl MetricsRegistry {
     /// Render every slot in the Prometheus text format (version 0.0.4).
     pub fn render(&self, out: &mut String) {
         render(&self.snapshot(), out);
+        if let Some(writeback) = &self.writeback {
+            render_writeback(writeback, out);
+        }
     }
 }
 
@@ -342,6 +366,24 @@ fn render(cores: &[CoreMetrics], out: &mut String) {
         "Bytes sent to clients.",
         |m| m.bytes_sent,
     );
+}
+
+fn render_writeback(m: &WritebackMetrics, out: &mut String) {
+    for (name, help, value) in [
+        (
+            "millrace_writeback_queue_losses_total",
+            "Write-back partitions whose stream or consumer group was found missing (a Redis master that lost its data) and created again; entries queued there may have been lost.",
+            &m.queue_losses,
+        ),
+        (
+            "millrace_writeback_read_errors_total",
+            "Reads of the write-back queue that failed or got an unexpected reply, and were tried again.",
+            &m.read_errors,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

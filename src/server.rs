@@ -25,7 +25,7 @@ use crate::reactor::{Executor, ring};
 use crate::signals::{ShutdownSignals, signal_name};
 use crate::writeback::core::{Totals, WritebackConfig};
 use crate::writeback::lookup::{self, LookupService};
-use crate::writeback::queue::Queue;
+use crate::writeback::queue::{Caps, Queue};
 
 /// How often the main thread looks at its executors between signals.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
@@ -40,12 +40,29 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     let cpus = config.cores.resolve(&available_cpus())?;
     if let Some(redis) = config.redis() {
         // Fail at start, with the reason, rather than answer every write 503.
-        crate::redis::driver::Client::connect(redis).map_err(|e| {
+        let mut client = crate::redis::driver::Client::connect(redis).map_err(|e| {
             format!(
                 "cannot use the Redis Cluster at {}: {e}",
                 config.redis_seeds
             )
         })?;
+        check_queue_layout(&mut client, &Queue::new(config.writeback_partitions))?;
+        let ca_file = config
+            .database_core()
+            .and_then(|core| core.postgres_ca_file);
+        let postgres = (!config.postgres_url.is_empty()).then(|| {
+            (
+                config.postgres_url.as_str(),
+                ca_file.as_deref(),
+                Duration::from_millis(config.db_timeout_ms),
+            )
+        });
+        crate::durability::check_at_start(
+            &mut client,
+            Some(config.ack_replicas),
+            postgres,
+            config.accept_unsafe_durability,
+        )?;
     }
     // Client sockets are direct descriptors, outside the file table, but
     // each ring's table of them may not exceed the open-files limit.
@@ -74,9 +91,16 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
             max_events: config.max_batch_events,
             max_bytes: config.max_body_bytes,
         },
-        backlog_cap_per_partition: config
-            .max_backlog
-            .div_ceil(u64::from(config.writeback_partitions)),
+        caps: Caps {
+            entries: config
+                .max_backlog
+                .div_ceil(u64::from(config.writeback_partitions)),
+            bytes: config
+                .max_backlog_bytes
+                .div_ceil(u64::from(config.writeback_partitions)),
+        },
+        cache_ttl_ms: config.cache_ttl_ms,
+        miss_ttl_ms: config.miss_ttl_ms,
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
         ack_replicas: config.ack_replicas,
@@ -86,7 +110,12 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     if auth.is_some() {
         tracing::info!("the /v1 routes require a bearer token");
     }
-    let registry = Arc::new(MetricsRegistry::new(&cpus));
+    let database_core_config = config.database_core();
+    let mut registry = MetricsRegistry::new(&cpus);
+    if let Some(core) = &database_core_config {
+        registry = registry.with_writeback(Arc::clone(&core.metrics));
+    }
+    let registry = Arc::new(registry);
     let shared = Arc::new(ApiShared {
         auth,
         writes,
@@ -107,7 +136,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
 
     // The database core, if this process runs one, with the read-through
     // channels each executor gets an end of.
-    let (database_core, mut lookup_clients) = match config.database_core() {
+    let (database_core, mut lookup_clients) = match database_core_config {
         None => (None, Vec::new()),
         Some(writeback) => {
             let (service, clients) = lookup::channels(cpus.len(), config.max_pending_lookups)
@@ -212,6 +241,21 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
         (Err(served), Err(core)) => Err(format!("{served}; {core}")),
+    }
+}
+
+/// Record the queue's partition count in the cluster, or check it against
+/// the one recorded: a server or database core with another count refuses
+/// to start.
+pub fn check_queue_layout(
+    client: &mut crate::redis::driver::Client,
+    queue: &Queue,
+) -> Result<(), String> {
+    match client.call(queue.record_layout()) {
+        Ok(crate::redis::resp::OwnedReply::Bulk(recorded)) => queue.check_layout(&recorded),
+        other => Err(format!(
+            "cannot read the write-back queue's layout from Redis: {other:?}"
+        )),
     }
 }
 

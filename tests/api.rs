@@ -271,6 +271,19 @@ fn wait_calls(cluster: &RedisCluster) -> u64 {
         .sum()
 }
 
+/// The TTL of `key`'s cache entry, in milliseconds (-1: none, -2: no entry).
+fn pttl(client: &mut Client, key: &[u8]) -> i64 {
+    let cache = Queue::new(16).cache_key(key);
+    match client
+        .execute(vec![Command::new(&[&b"PTTL"[..], &cache], Some(1))])
+        .remove(0)
+        .unwrap()
+    {
+        OwnedReply::Integer(ms) => ms,
+        other => panic!("PTTL: {other:?}"),
+    }
+}
+
 fn kv_request(method: &str, key: &str, value: &[u8]) -> Vec<u8> {
     let mut request = format!(
         "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
@@ -352,10 +365,12 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("1"));
 
-    // Exactly the accepted writes were queued: 4 PUTs and 1 DELETE.
+    // Exactly the accepted writes were queued: 4 PUTs and 1 DELETE; none
+    // is written back yet, so their cache entries cannot leave Redis.
     let queue = Queue::new(16);
     let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
     assert_eq!(queue_lengths(&mut client).iter().sum::<i64>(), 5);
+    assert_eq!(pttl(&mut client, b"a"), -1, "no TTL before the write-back");
 
     // The database core writes the newest value of each key, and the
     // delete as a row without a value; then the tombstone leaves the cache.
@@ -370,6 +385,16 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(postgres.query(listing), "a=2,b=,x/y\\000=00ff0d0a");
+    // Written back, the value's cache entry may leave Redis: it has a TTL
+    // (cache_ttl_ms); a write not yet written back has none.
+    while pttl(&mut client, b"a") < 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the written value never got a TTL"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pttl(&mut client, b"a") <= 3_600_000);
     let tombstone = queue.cache_key(b"b");
     while client
         .execute(vec![Command::get(&tombstone)])
@@ -469,24 +494,39 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
             assert_eq!(response.text(), expected);
         }
     }
-    // Found values went back into the cache; the misses did not.
+    // What the database said went back into the cache: found values and,
+    // for a short while, the misses.
     let cached = |key: &[u8], client: &mut Client| {
         client
             .execute(vec![Command::get(&queue.cache_key(key))])
             .remove(0)
             .unwrap()
     };
+    // Each with the version the database holds; misses (no row, a deleted
+    // row) as negative entries.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cached(b"cold:7", &mut client) != OwnedReply::Bulk(b"vvalue 7".to_vec()) {
+    while cached(b"cold:7", &mut client) != OwnedReply::Bulk(b"v1-0 value 7".to_vec()) {
         assert!(Instant::now() < deadline, "the found value was not cached");
         thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        cached(b"kept", &mut client),
-        OwnedReply::Bulk(b"vv1".to_vec())
+    let kept = cached(b"kept", &mut client);
+    let kept = kept.bytes().unwrap_or_default();
+    assert!(
+        kept.starts_with(b"v") && kept.ends_with(b" v1"),
+        "{}",
+        String::from_utf8_lossy(kept)
     );
-    assert_eq!(cached(b"never", &mut client), OwnedReply::Nil);
-    assert_eq!(cached(b"gone", &mut client), OwnedReply::Nil);
+    let version = String::from_utf8_lossy(&kept[1..kept.len() - 3]);
+    assert_eq!(get.header("etag"), Some(format!("\"{version}\"").as_str()));
+    assert_eq!(
+        cached(b"never", &mut client),
+        OwnedReply::Bulk(b"n".to_vec())
+    );
+    let gone = cached(b"gone", &mut client);
+    assert!(
+        gone.bytes().is_some_and(|e| e.starts_with(b"t")),
+        "a deleted row is cached as a tombstone: {gone:?}"
+    );
 
     // Up to 203 misses (fewer as fills land) for 28 distinct keys:
     // concurrent misses for one key shared a lookup, and queries took

@@ -17,7 +17,7 @@ use millrace::redis::cluster::Config;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
-use millrace::writeback::queue::{Queue, Record};
+use millrace::writeback::queue::{Caps, Queue, Record};
 
 const PARTITIONS: u16 = 16;
 
@@ -64,7 +64,12 @@ fn enqueue(client: &mut Client, records: impl Iterator<Item = Record>) {
     let queue = Queue::new(PARTITIONS);
     let records: Vec<Record> = records.collect();
     for chunk in records.chunks(10_000) {
-        for reply in client.execute(chunk.iter().map(|r| queue.append(r)).collect()) {
+        for reply in client.execute(
+            chunk
+                .iter()
+                .map(|r| queue.append(r, Caps::UNLIMITED))
+                .collect(),
+        ) {
             assert!(matches!(reply, Ok(OwnedReply::Bulk(_))), "{reply:?}");
         }
     }

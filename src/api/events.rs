@@ -56,12 +56,10 @@ pub fn handle(
         Ok(batch) => {
             let count = batch.events().len() as u32;
             let key = batch.events().get(0).key().as_bytes();
-            let command = writes.queue.append_capped_batch(
-                key,
-                count,
-                bytes,
-                writes.backlog_cap_per_partition,
-            );
+            let command = writes
+                .queue
+                .append_batch(key, count, bytes, writes.caps)
+                .command();
             (command, count, writes.queue.partition_of(key))
         }
         Err(why) => return bad_request(response, &why),

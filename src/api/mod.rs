@@ -20,7 +20,7 @@ use crate::metrics::{CoreMetrics, MetricsRegistry};
 use crate::payload::{BatchLimits, encode_accepted};
 use crate::redis::command::{Command, Error as RedisError};
 use crate::redis::resp::Reply;
-use crate::writeback::queue::{Cached, Queue};
+use crate::writeback::queue::{Caps, Queue};
 
 /// Every route, plus `Unmatched` for requests that reached none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,8 +176,12 @@ pub struct WritePath {
     pub queue: Queue,
     /// What an event batch may hold.
     pub limits: BatchLimits,
-    /// Entries one partition may hold before writes to it get 503.
-    pub backlog_cap_per_partition: u64,
+    /// How full one partition may get before writes to it get 503.
+    pub caps: Caps,
+    /// TTL of a value read from the database into the cache, in milliseconds.
+    pub cache_ttl_ms: u64,
+    /// TTL of a cached miss (no row, or a deleted one), in milliseconds.
+    pub miss_ttl_ms: u64,
     /// Longest key, in bytes once percent-decoded.
     pub max_key_bytes: usize,
     /// Longest value a PUT may store, in bytes.
@@ -219,6 +223,8 @@ pub enum Answer {
         /// The partition it went to.
         partition: u16,
     },
+    /// A conditional PUT or DELETE on its way.
+    KvWriteIf(Box<kv::WriteIf>),
     /// A queued write waiting for `WAIT` (`ack_replicas`): answered as
     /// `then` once `replicas` replicas have it.
     Replicated {
@@ -231,13 +237,22 @@ pub enum Answer {
     },
     /// `GET /v1/stats`: the figures' values, in [`stats::FIELDS`] order.
     Stats,
-    /// A GET: the cache entry, or (once `looked_up`) the database's row.
-    KvRead {
-        /// The key, decoded.
-        key: Vec<u8>,
-        /// The cache missed and the database core was asked.
-        looked_up: bool,
-    },
+    /// A GET on its way.
+    KvRead(kv::Read),
+}
+
+/// What to do with a deferred answer once what it waited for has come.
+#[derive(Debug)]
+pub enum Next {
+    /// Write the answer now.
+    Respond(Answer, Outcome),
+    /// Send the command; its reply goes on with the answer.
+    Redis(Command, Answer),
+    /// Look the key up in the database (read-through); the row goes on
+    /// with the answer.
+    Lookup(Vec<u8>, Answer),
+    /// Write the answer now, and send the command, which nothing waits for.
+    RespondAndSend(Answer, Outcome, Command),
 }
 
 /// What came back for a deferred answer, kept past the reply's buffer: a
@@ -253,6 +268,15 @@ pub enum Outcome {
     List(Vec<Option<Range<usize>>>),
     /// An integer.
     Integer(i64),
+    /// What the database holds for a key, as a cache entry at this range
+    /// of the arrival bytes; `fill`: this answer should put it into the
+    /// cache (one per key and lookup).
+    Row {
+        /// The entry's bytes.
+        entry: Range<usize>,
+        /// Whether to fill the cache with it.
+        fill: bool,
+    },
     /// Any other reply that is not an error.
     Done,
     /// Redis refused the command, or it never got an answer.
@@ -298,8 +322,10 @@ impl Answer {
             Answer::Events { .. } => Route::Events,
             Answer::KvWritten { .. } => Route::KvPut,
             Answer::KvDeleted { .. } => Route::KvDelete,
+            Answer::KvWriteIf(write) if write.is_delete() => Route::KvDelete,
+            Answer::KvWriteIf(_) => Route::KvPut,
             Answer::Replicated { then, .. } => then.route(),
-            Answer::KvRead { .. } => Route::KvGet,
+            Answer::KvRead(_) => Route::KvGet,
             Answer::Stats => Route::Stats,
         }
     }
@@ -310,22 +336,31 @@ impl Answer {
             Answer::Events { partition, .. }
             | Answer::KvWritten { partition }
             | Answer::KvDeleted { partition } => Some(*partition),
+            Answer::KvWriteIf(write) => Some(write.partition),
             _ => None,
+        }
+    }
+
+    /// Go on from what came back: answer, or take the next step. `writes`
+    /// is the write path the request came through; `read_through`, whether
+    /// this executor can look keys up in the database.
+    pub fn next(
+        self,
+        outcome: Outcome,
+        bytes: &[u8],
+        writes: &WritePath,
+        read_through: bool,
+    ) -> Next {
+        match self {
+            Answer::KvRead(read) => read.next(outcome, bytes, writes, read_through),
+            Answer::KvWriteIf(write) => write.next(outcome, bytes, writes, read_through),
+            answer => Next::Respond(answer, outcome),
         }
     }
 
     /// Write the answer to what came back; `bytes` holds the arrival
     /// bytes an [`Outcome::Bulk`] points into.
     pub fn respond(self, outcome: Outcome, bytes: &[u8], response: ResponseWriter<'_>) -> Sent {
-        let unavailable = |why: &str, response: ResponseWriter<'_>| {
-            let body = format!("the write could not be queued: {why}\n");
-            response.send_with_headers(
-                Status::ServiceUnavailable,
-                &[("Retry-After", "1")],
-                "text/plain; charset=utf-8",
-                body.as_bytes(),
-            )
-        };
         match (self, outcome) {
             (
                 Answer::Replicated {
@@ -357,16 +392,14 @@ impl Answer {
                     body.as_bytes(),
                 )
             }
-            (Answer::KvRead { .. } | Answer::Stats, Outcome::Failed(why)) => {
-                let body = format!("could not be read: {why}\n");
-                response.send_with_headers(
-                    Status::ServiceUnavailable,
-                    &[("Retry-After", "1")],
-                    "text/plain; charset=utf-8",
-                    body.as_bytes(),
-                )
+            (Answer::KvRead(read), outcome) => read.respond(outcome, bytes, response),
+            (Answer::KvWriteIf(write), outcome) => write.respond(outcome, bytes, response),
+            (Answer::Stats, Outcome::Failed(why)) => {
+                unavailable("could not be read", &why, response)
             }
-            (_, Outcome::Failed(why)) => unavailable(&why, response),
+            (_, Outcome::Failed(why)) => {
+                unavailable("the write could not be queued", &why, response)
+            }
             (Answer::Events { count, json, .. }, _) => {
                 if json {
                     let body = format!("{{\"count\":{count}}}");
@@ -377,7 +410,7 @@ impl Answer {
                 }
             }
             (Answer::Stats, outcome) => {
-                let mut values = [0i64; 5];
+                let mut values = [0i64; stats::FIELDS.len()];
                 if let Outcome::List(items) = &outcome {
                     for (value, item) in values.iter_mut().zip(items) {
                         *value = item
@@ -391,42 +424,28 @@ impl Answer {
                 response.send(Status::Ok, "application/json", body.as_bytes())
             }
             (Answer::KvWritten { .. } | Answer::KvDeleted { .. }, outcome) => {
-                let version = match &outcome {
-                    Outcome::Bulk(range) => &bytes[range.clone()],
-                    _ => b"".as_slice(),
-                };
-                let body = [b"{\"version\":\"", version, b"\"}"].concat();
-                response.send(Status::Accepted, "application/json", &body)
-            }
-            (Answer::KvRead { looked_up, .. }, outcome) => {
-                let entry = match &outcome {
-                    Outcome::Bulk(range) => Some(&bytes[range.clone()]),
-                    _ => None,
-                };
-                // The cache holds tagged entries; the database core answers
-                // with the bare value.
-                let found = if looked_up {
-                    entry.map(Cached::Value).unwrap_or(Cached::Missing)
-                } else {
-                    match Cached::from_entry(entry) {
-                        Ok(cached) => cached,
-                        Err(why) => {
-                            return response
-                                .reject(Rejection::new(Status::InternalServerError, why));
-                        }
-                    }
-                };
-                match found {
-                    Cached::Value(value) => {
-                        response.send(Status::Ok, "application/octet-stream", value)
-                    }
-                    Cached::Deleted | Cached::Missing => {
-                        response.reject(Rejection::new(Status::NotFound, "no such key"))
-                    }
-                }
+                kv::accepted(&outcome, bytes, response)
             }
         }
     }
+}
+
+/// 503 with `Retry-After`, saying what failed and why. A `maxmemory`
+/// refusal from Redis is said in words an operator acts on.
+fn unavailable(what: &str, why: &str, response: ResponseWriter<'_>) -> Sent {
+    let why = if why.starts_with("OOM") {
+        "Redis is at maxmemory and can evict nothing that is not yet written back; \
+         it frees memory as the database core drains the queue"
+    } else {
+        why
+    };
+    let body = format!("{what}: {why}\n");
+    response.send_with_headers(
+        Status::ServiceUnavailable,
+        &[("Retry-After", "1")],
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+    )
 }
 
 /// The API as one executor runs it: borrowed for the length of one batch of

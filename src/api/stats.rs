@@ -11,12 +11,13 @@ use crate::writeback::core::STATS_KEY;
 use super::{Answer, Outgoing, WritePath};
 
 /// The hash fields read, in this order.
-pub const FIELDS: [&[u8]; 5] = [
+pub const FIELDS: [&[u8]; 6] = [
     b"accepted",
     b"written",
     b"backlog",
     b"oldest_ms",
     b"updated_ms",
+    b"queue_losses",
 ];
 
 /// Ask Redis for the figures.
@@ -41,8 +42,15 @@ pub fn handle(
 }
 
 /// The JSON body from the fields' values (absent ones read as 0).
-pub fn body(values: [i64; 5]) -> String {
-    let [accepted, written, backlog, oldest_ms, updated_ms] = values;
+pub fn body(values: [i64; FIELDS.len()]) -> String {
+    let [
+        accepted,
+        written,
+        backlog,
+        oldest_ms,
+        updated_ms,
+        queue_losses,
+    ] = values;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -59,6 +67,7 @@ pub fn body(values: [i64; 5]) -> String {
     };
     format!(
         "{{\"accepted\":{accepted},\"written\":{written},\"backlog\":{backlog},\
-         \"oldest_pending_age_ms\":{oldest_age_ms},\"figures_age_ms\":{as_of}}}"
+         \"oldest_pending_age_ms\":{oldest_age_ms},\"figures_age_ms\":{as_of},\
+         \"queue_losses\":{queue_losses}}}"
     )
 }

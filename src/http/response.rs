@@ -14,6 +14,8 @@ pub enum Status {
     Accepted,
     /// 204
     NoContent,
+    /// 304: `If-None-Match` named the current version.
+    NotModified,
     /// 400: malformed request; the connection closes.
     BadRequest,
     /// 401
@@ -24,6 +26,8 @@ pub enum Status {
     MethodNotAllowed,
     /// 408: the request head did not arrive within `header_timeout_ms`.
     RequestTimeout,
+    /// 412: a conditional write's `If-Match` or `If-None-Match` did not hold.
+    PreconditionFailed,
     /// 413: body over `max_body_bytes`.
     PayloadTooLarge,
     /// 414: request line over `max_request_line_bytes`.
@@ -46,15 +50,17 @@ pub enum Status {
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 19] = [
         Status::Ok,
         Status::Accepted,
         Status::NoContent,
+        Status::NotModified,
         Status::BadRequest,
         Status::Unauthorized,
         Status::NotFound,
         Status::MethodNotAllowed,
         Status::RequestTimeout,
+        Status::PreconditionFailed,
         Status::PayloadTooLarge,
         Status::UriTooLong,
         Status::UnsupportedMediaType,
@@ -77,11 +83,13 @@ impl Status {
             Status::Ok => 200,
             Status::Accepted => 202,
             Status::NoContent => 204,
+            Status::NotModified => 304,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
+            Status::PreconditionFailed => 412,
             Status::PayloadTooLarge => 413,
             Status::UriTooLong => 414,
             Status::UnsupportedMediaType => 415,
@@ -112,11 +120,13 @@ impl Status {
             Status::Ok => prefix!("200 OK"),
             Status::Accepted => prefix!("202 Accepted"),
             Status::NoContent => prefix!("204 No Content"),
+            Status::NotModified => prefix!("304 Not Modified"),
             Status::BadRequest => prefix!("400 Bad Request"),
             Status::Unauthorized => prefix!("401 Unauthorized"),
             Status::NotFound => prefix!("404 Not Found"),
             Status::MethodNotAllowed => prefix!("405 Method Not Allowed"),
             Status::RequestTimeout => prefix!("408 Request Timeout"),
+            Status::PreconditionFailed => prefix!("412 Precondition Failed"),
             Status::PayloadTooLarge => prefix!("413 Content Too Large"),
             Status::UriTooLong => prefix!("414 URI Too Long"),
             Status::UnsupportedMediaType => prefix!("415 Unsupported Media Type"),
@@ -358,6 +368,22 @@ impl<'a> ResponseWriter<'a> {
             out.extend_from_slice(b"\r\n");
         }
         self.finish(status, body)
+    }
+
+    /// Write a `304 Not Modified`: `headers` (the `ETag`), no content
+    /// fields and no body.
+    pub fn not_modified(self, headers: &[(&str, &str)]) -> Sent {
+        let out = &mut *self.out;
+        out.extend_from_slice(Status::NotModified.head_prefix());
+        out.extend_from_slice(self.date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.finish(Status::NotModified, b"")
     }
 
     /// Write a response rendered at compile time.

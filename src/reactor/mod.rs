@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::Socket;
 
-use crate::api::{Answer, Api, ApiShared, Outcome};
+use crate::api::{Answer, Api, ApiShared, Next, Outcome, WritePath};
 use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
 use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
@@ -537,8 +537,9 @@ impl Executor {
         }
     }
 
-    /// Write each deferred answer whose reply (or failure) arrived, and go
-    /// on with the requests behind it.
+    /// Take each deferred answer whose reply (or failure) arrived one step
+    /// on ([`Answer::next`]): answer it, or send what it waits for next;
+    /// and go on with the requests behind the answers written.
     fn deliver_arrived(&mut self) {
         if self.arrived.is_empty() {
             return;
@@ -550,6 +551,7 @@ impl Executor {
         {
             expand_wait_groups(&mut arrived, &mut side.wait_groups);
         }
+        let shared = Arc::clone(&self.responder.shared);
         for (token, outcome) in arrived.drain(..) {
             let (slot, generation, number) = token_parts(token);
             if self.conns.generation(slot) & 0xffff != generation {
@@ -562,54 +564,44 @@ impl Executor {
                 continue;
             };
             let (_, answer) = conn.awaiting.swap_remove(at);
-            // A cache miss: the database core looks the key up.
-            let (answer, outcome) = match (answer, outcome, &self.lookups) {
-                (
-                    Answer::KvRead {
-                        key,
-                        looked_up: false,
-                    },
-                    Outcome::Nil,
-                    Some(lookups),
-                ) => {
-                    let miss = Miss {
-                        executor: self.responder.index,
-                        token,
-                        key,
-                    };
-                    let looked_up = Answer::KvRead {
-                        key: Vec::new(),
-                        looked_up: true,
-                    };
-                    if lookups.ask(miss) {
-                        conn.awaiting.push((number, looked_up));
+            // Every deferred answer came through the write path, over Redis.
+            let (Some(side), Some(writes)) = (&mut self.redis, &shared.writes) else {
+                continue;
+            };
+            let (answer, outcome) =
+                match answer.next(outcome, &bytes, writes, self.lookups.is_some()) {
+                    Next::Redis(command, answer) => {
+                        side.cluster.submit(token, command, self.now);
+                        conn.awaiting.push((number, answer));
                         continue;
                     }
-                    let why = "too many read-through lookups waiting (max_pending_lookups)";
-                    (looked_up, Outcome::Failed(why.into()))
-                }
-                // A write Redis took, which replicas must confirm: WAIT on
-                // the node that owns its partition, then answer.
-                (answer, Outcome::Bulk(range), _)
-                    if answer.write_partition().is_some()
-                        && self
-                            .responder
-                            .shared
-                            .writes
-                            .as_ref()
-                            .is_some_and(|w| w.ack_replicas > 0) =>
-                {
-                    let (Some(side), Some(writes), Some(partition)) = (
-                        &mut self.redis,
-                        &self.responder.shared.writes,
-                        answer.write_partition(),
-                    ) else {
-                        unreachable!("writes come back only over Redis")
-                    };
+                    Next::Lookup(key, answer) => {
+                        let miss = Miss {
+                            executor: self.responder.index,
+                            token,
+                            key,
+                        };
+                        if self.lookups.as_ref().is_some_and(|l| l.ask(miss)) {
+                            conn.awaiting.push((number, answer));
+                            continue;
+                        }
+                        let why = "too many read-through lookups waiting (max_pending_lookups)";
+                        (answer, Outcome::Failed(why.into()))
+                    }
+                    Next::RespondAndSend(answer, outcome, command) => {
+                        side.cluster.submit(UNWAITED, command, self.now);
+                        (answer, outcome)
+                    }
+                    Next::Respond(answer, outcome) => (answer, outcome),
+                };
+            // A write Redis took, which replicas must confirm: WAIT on the
+            // node that owns its partition, then answer.
+            let (answer, outcome) = match (answer.write_partition(), outcome) {
+                (Some(partition), Outcome::Bulk(range)) if writes.ack_replicas > 0 => {
                     // A master that lost its replicas while the script ran
                     // (one just promoted) cannot confirm: say so now rather
                     // than hold its connection for ack_timeout_ms.
-                    let refused = unconfirmable(&side.cluster, &self.responder.shared, &answer);
+                    let refused = unconfirmable(&side.cluster, writes, &answer);
                     let replicated = Answer::Replicated {
                         then: Box::new(answer),
                         version: bytes[range].to_vec(),
@@ -624,7 +616,7 @@ impl Executor {
                         }
                     }
                 }
-                other => (other.0, other.1),
+                (_, outcome) => (answer, outcome),
             };
             if conn.life == Life::Open {
                 let route = answer.route();
@@ -723,7 +715,9 @@ impl Executor {
                 }
                 Some(side) => {
                     let refused =
-                        unconfirmable(&side.cluster, &self.responder.shared, &outgoing.answer);
+                        self.responder.shared.writes.as_ref().and_then(|writes| {
+                            unconfirmable(&side.cluster, writes, &outgoing.answer)
+                        });
                     if refused.is_none() {
                         side.cluster.submit(token, outgoing.command, self.now);
                     }
@@ -960,30 +954,21 @@ impl Executor {
         push(&mut self.ring, &mut self.metrics, &entry);
     }
 
-    /// Read-through answers are waiting: deliver them like Redis replies,
-    /// and put each found value back into the cache.
+    /// Read-through answers are waiting: deliver them like Redis replies.
     fn on_lookups(&mut self) {
         let Some(lookups) = &self.lookups else {
             return;
         };
         for found in lookups.take() {
-            let outcome = match found.value {
-                Ok(Some(value)) => {
-                    if found.fill
-                        && let (Some(side), Some(writes)) =
-                            (&mut self.redis, &self.responder.shared.writes)
-                    {
-                        side.cluster.submit(
-                            UNWAITED,
-                            writes.queue.fill(&found.key, &value),
-                            self.now,
-                        );
-                    }
+            let outcome = match found.entry {
+                Ok(entry) => {
                     let start = self.arrived_bytes.len();
-                    self.arrived_bytes.extend_from_slice(&value);
-                    Outcome::Bulk(start..self.arrived_bytes.len())
+                    self.arrived_bytes.extend_from_slice(&entry);
+                    Outcome::Row {
+                        entry: start..self.arrived_bytes.len(),
+                        fill: found.fill,
+                    }
                 }
-                Ok(None) => Outcome::Nil,
                 Err(why) => Outcome::Failed(why),
             };
             self.arrived.push((found.token, outcome));
@@ -1038,8 +1023,7 @@ impl Responder {
 /// Why a write cannot be confirmed by `ack_replicas` replicas, if the
 /// layout says its partition's master has fewer online: it is refused
 /// before anything is written.
-fn unconfirmable(cluster: &Cluster, shared: &ApiShared, answer: &Answer) -> Option<String> {
-    let writes = shared.writes.as_ref()?;
+fn unconfirmable(cluster: &Cluster, writes: &WritePath, answer: &Answer) -> Option<String> {
     if writes.ack_replicas == 0 {
         return None;
     }

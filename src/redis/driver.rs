@@ -95,6 +95,12 @@ impl Client {
         Ok(client)
     }
 
+    /// One slot of each master's, to reach every master with a keyless
+    /// command ([`Command::routed_to`]).
+    pub fn slot_per_master(&self) -> Vec<(std::net::SocketAddr, super::slot::Slot)> {
+        self.cluster.slot_per_master()
+    }
+
     /// The masters this client is connected to.
     pub fn masters(&self) -> Vec<std::net::SocketAddr> {
         self.cluster.masters()

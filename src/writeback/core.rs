@@ -2,23 +2,35 @@
 //!
 //! One loop, one thread: gather entries from every partition with
 //! `XREADGROUP` until the batch holds `batch_rows` or `batch_ms` has passed;
-//! write them in one transaction; only after the commit, `XACK` them and
-//! trim the streams below the oldest entry still pending (`XTRIM MINID`). A crash between the commit and the acknowledgement redelivers the
-//! batch, which the idempotent merge absorbs, so each write lands once.
-//! At start the core first re-reads its own pending entries; every
-//! `claim_interval` it takes over entries another consumer left pending
-//! for `claim_idle` (`XAUTOCLAIM`).
+//! write them in one transaction; only after the commit, `XACK` them (and
+//! take their bytes off the partition's count), let the cache entries of
+//! the keys written expire ([`Queue::release`]), and trim the streams below
+//! the oldest entry still pending (`XTRIM MINID`). A crash between the
+//! commit and the acknowledgement redelivers the batch, which the
+//! idempotent merge absorbs, so each write lands once. At start the core
+//! first re-reads its own pending entries; every `claim_interval` it takes
+//! over entries another consumer left pending for `claim_idle`
+//! (`XAUTOCLAIM`).
 //!
 //! PostgreSQL down or slow: the batch is retried with exponential back-off
 //! and jitter, nothing is acknowledged, and the backlog waits in Redis.
+//!
+//! The core never stops reading a partition silently. A stream or group
+//! found missing (a Redis master that restarted without its data) is
+//! created again, the loss logged as an error naming the partition and
+//! counted (`queue_losses`); any other unexpected reply to a read is
+//! logged and the read tried again.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::db::Database;
 use super::lookup::LookupService;
-use super::queue::{Entry, GROUP, Queue, Record, entries};
+use super::queue::{Entry, GROUP, Queue, Record, Version, entries};
 use crate::load::workload::Rng;
+use crate::metrics::WritebackMetrics;
 use crate::redis::cluster::Config as RedisConfig;
 use crate::redis::command::Command;
 use crate::redis::driver::Client;
@@ -38,6 +50,9 @@ const STATS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long an empty read waits before the next.
 const IDLE_POLL: Duration = Duration::from_millis(1);
+
+/// At most one warning about failed reads per this interval.
+const READ_WARNING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A deliberate crash, for the tests that prove redelivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +96,17 @@ pub struct WritebackConfig {
     /// it the connection is dropped and the work tried again, so a stalled
     /// database connection cannot stop the queue.
     pub db_timeout: Duration,
+    /// How long a key's cache entry stays once its write is in the
+    /// database, in milliseconds.
+    pub cache_ttl_ms: u64,
+    /// How long a deleted key's tombstone stays once the delete is in the
+    /// database, in milliseconds.
+    pub miss_ttl_ms: u64,
+    /// Start even when the durability checks find settings that lose
+    /// acknowledged writes.
+    pub accept_unsafe_durability: bool,
+    /// What the core counts, for `/metrics`.
+    pub metrics: Arc<WritebackMetrics>,
     /// A crash to inject, for tests.
     pub fault: Option<Fault>,
 }
@@ -100,6 +126,10 @@ impl WritebackConfig {
             db_timeout: Duration::from_secs(10),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
+            cache_ttl_ms: 3_600_000,
+            miss_ttl_ms: 1000,
+            accept_unsafe_durability: false,
+            metrics: Arc::default(),
             fault: None,
         }
     }
@@ -116,6 +146,8 @@ pub struct Totals {
     pub retries: u64,
     /// Entries set aside because they could not be read.
     pub malformed: u64,
+    /// Partitions found lost (their stream or group missing) and created again.
+    pub queue_losses: u64,
 }
 
 /// Drain the queue until `stop` is set (checked between batches).
@@ -138,13 +170,14 @@ pub fn run(
         .map_err(|e| format!("cannot start the database core's runtime: {e}"))?;
     let (batches, to_write) = tokio::sync::mpsc::channel::<Vec<Entry>>(BATCHES_AHEAD);
     let (committed, to_acknowledge) = std::sync::mpsc::channel::<(Vec<Entry>, u64)>();
+    let (marks_tx, marks) = std::sync::mpsc::channel::<Vec<Option<Version>>>();
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("millrace-db-read".into())
             .spawn_scoped(scope, move || {
                 let mut reader = Reader::start(config)?;
-                reader.run(batches, &to_acknowledge, stop);
-                Ok::<u64, String>(reader.malformed)
+                reader.run(&marks, batches, &to_acknowledge, stop)?;
+                Ok::<(u64, u64), String>((reader.malformed, reader.queue_losses))
             })
             .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
         let local = tokio::task::LocalSet::new();
@@ -161,12 +194,13 @@ pub fn run(
             totals: Totals::default(),
             rng: Rng::new(std::process::id().into()),
         };
-        let totals = local.block_on(&runtime, writer.run(to_write, committed, stop));
-        let malformed = reader
+        let totals = local.block_on(&runtime, writer.run(marks_tx, to_write, committed, stop));
+        let (malformed, queue_losses) = reader
             .join()
             .map_err(|_| "the database core's reader panicked".to_string())??;
         Ok(Totals {
             malformed,
+            queue_losses,
             ..totals
         })
     })
@@ -189,56 +223,183 @@ struct Reader<'a> {
     queue: Queue,
     redis: Client,
     malformed: u64,
-    /// Per partition, the newest entry this consumer has acknowledged: the
-    /// streams are trimmed up to it.
-    acknowledged: Vec<Option<(i64, i64)>>,
+    queue_losses: u64,
+    /// Per partition, the newest entry this consumer has acknowledged since
+    /// the partition's stream was (re)created: the streams are trimmed up
+    /// to it.
+    acknowledged: Vec<Option<Version>>,
+    /// Per partition, the newest version the database holds: a stream
+    /// created again after a loss starts its ids above it, so that a key's
+    /// versions keep their order.
+    committed: Vec<Option<Version>>,
     /// A read failed: Redis may have delivered entries whose reply was
     /// lost, pending on this consumer unseen. They are read again (its own
     /// pending entries) once no batch is in flight, rather than waiting
     /// `claim_idle` to be taken over.
     lost_reads: bool,
+    /// Partitions whose stream or group a read found missing, to create again.
+    lost_partitions: Vec<u16>,
+    last_read_warning: Option<Instant>,
 }
 
 impl<'a> Reader<'a> {
+    /// Connect, and check that the cluster's queue has this core's
+    /// partition count.
     fn start(config: &'a WritebackConfig) -> Result<Reader<'a>, String> {
         let mut redis = Client::connect(config.redis.clone()).map_err(|e| e.to_string())?;
         let queue = Queue::new(config.partitions);
-        let creates = (0..queue.partitions())
-            .map(|p| Command::xgroup_create(queue.stream(p), GROUP, b"0"))
-            .collect();
-        for reply in redis.execute(creates) {
-            match reply.map_err(|e| e.to_string())? {
-                OwnedReply::Status(_) => {}
-                OwnedReply::Error(e) if e.starts_with(b"BUSYGROUP") => {}
-                other => {
-                    return Err(format!(
-                        "cannot create the write-back consumer group: {other:?}"
-                    ));
-                }
-            }
-        }
+        crate::server::check_queue_layout(&mut redis, &queue)?;
         Ok(Reader {
             config,
             queue,
             redis,
             malformed: 0,
+            queue_losses: 0,
             acknowledged: vec![None; usize::from(config.partitions)],
+            committed: vec![None; usize::from(config.partitions)],
             lost_reads: false,
+            lost_partitions: Vec::new(),
+            last_read_warning: None,
         })
+    }
+
+    /// Make sure every partition has its stream and group. A group created
+    /// here on a partition the database has writes from means its stream
+    /// was lost: said, counted, and its ids started above the database's.
+    fn ensure_groups(&mut self) -> Result<(), String> {
+        let creates = (0..self.queue.partitions())
+            .map(|p| Command::xgroup_create(self.queue.stream(p), GROUP, b"0"))
+            .collect();
+        let mut created = Vec::new();
+        for (p, reply) in (0..).zip(self.redis.execute(creates)) {
+            match reply.map_err(|e| e.to_string())? {
+                OwnedReply::Status(_) => created.push(p),
+                OwnedReply::Error(e) if e.starts_with(b"BUSYGROUP") => {}
+                other => {
+                    return Err(format!(
+                        "cannot create the write-back consumer group of partition {p}: {other:?}"
+                    ));
+                }
+            }
+        }
+        for p in created {
+            if self.committed[usize::from(p)].is_some() {
+                self.report_loss(p, "at start, its consumer group was missing");
+            }
+        }
+        Ok(())
+    }
+
+    /// A partition's stream or group is gone although the database holds
+    /// writes from it: the master that holds it lost its data. Log it,
+    /// count it, and start the new stream's ids above the database's.
+    fn report_loss(&mut self, partition: u16, how: &str) {
+        self.queue_losses += 1;
+        self.config
+            .metrics
+            .queue_losses
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            partition,
+            stream = %String::from_utf8_lossy(self.queue.stream(partition)),
+            "the write-back queue of partition {partition} was lost ({how}): its Redis master \
+             lost its data (restarted without its append-only file?). Writes queued there and \
+             not yet written back may have been lost; the partition is created again and \
+             drained from now on"
+        );
+        self.acknowledged[usize::from(partition)] = None;
+        let stream = self.queue.stream(partition).to_vec();
+        let mut commands = vec![Command::new(
+            &[&b"HINCRBY"[..], STATS_KEY, b"queue_losses", b"1"],
+            Some(1),
+        )];
+        if let Some(newest) = self.committed[usize::from(partition)] {
+            // Refused (harmlessly) if the stream's newest id is already higher.
+            let id = newest.to_string();
+            commands.push(Command::new(
+                &[&b"XSETID"[..], &stream, id.as_bytes()],
+                Some(1),
+            ));
+        }
+        for reply in self.redis.execute(commands) {
+            if let Err(e) = reply {
+                tracing::warn!(partition, error = %e, "recording a lost partition failed");
+            }
+        }
+    }
+
+    /// Create the streams and groups that reads found missing.
+    fn recreate_lost(&mut self) {
+        let lost = std::mem::take(&mut self.lost_partitions);
+        for partition in lost {
+            let create = Command::xgroup_create(self.queue.stream(partition), GROUP, b"0");
+            match self.redis.call(create) {
+                Ok(OwnedReply::Status(_)) => {
+                    self.report_loss(partition, "a read found its stream or group missing")
+                }
+                // Created meanwhile (by another database core): already reported there.
+                Ok(OwnedReply::Error(e)) if e.starts_with(b"BUSYGROUP") => {}
+                other => {
+                    tracing::error!(partition, reply = ?other, "cannot create a lost write-back partition again; retrying");
+                    self.lost_partitions.push(partition);
+                }
+            }
+        }
+    }
+
+    /// A read that failed or got an unexpected reply: counted, logged at
+    /// most once per [`READ_WARNING_INTERVAL`], and read again.
+    fn read_failed(&mut self, partition: Option<u16>, why: &str) {
+        self.lost_reads = true;
+        self.config
+            .metrics
+            .read_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if self
+            .last_read_warning
+            .is_none_or(|at| now >= at + READ_WARNING_INTERVAL)
+        {
+            self.last_read_warning = Some(now);
+            tracing::warn!(
+                ?partition,
+                "reading the write-back queue failed; reading again: {why}"
+            );
+        }
     }
 
     fn run(
         &mut self,
+        marks: &std::sync::mpsc::Receiver<Vec<Option<Version>>>,
         batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
         committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
-    ) {
+    ) -> Result<(), String> {
+        // What the database holds of each partition, before any stream is
+        // created; the figures are published meanwhile.
+        let mut next_stats = Instant::now();
+        loop {
+            if Instant::now() >= next_stats {
+                next_stats = Instant::now() + STATS_INTERVAL;
+                self.publish_stats();
+            }
+            match marks.recv_timeout(STATS_INTERVAL) {
+                Ok(marks) => {
+                    self.committed = marks;
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if !stop.load(Ordering::Relaxed) => {}
+                // Stopped, or the writer gave up before PostgreSQL answered.
+                Err(_) => return Ok(()),
+            }
+        }
+        self.ensure_groups()?;
         // What this consumer had read but not acknowledged before it stopped.
         if !self.read_own_pending(&batches, committed, stop) {
-            return;
+            return Ok(());
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
-        let mut next_stats = Instant::now();
         // Batches handed to the writer and not yet acknowledged.
         let mut in_flight = 0usize;
         while !stop.load(Ordering::Relaxed) {
@@ -246,11 +407,14 @@ impl<'a> Reader<'a> {
                 self.acknowledge(&batch, rows);
                 in_flight -= 1;
             }
+            if !self.lost_partitions.is_empty() {
+                self.recreate_lost();
+            }
             if self.lost_reads && in_flight == 0 {
                 self.lost_reads = false;
                 tracing::info!("a read failed; reading this consumer's pending entries again");
                 if !self.read_own_pending(&batches, committed, stop) {
-                    return;
+                    return Ok(());
                 }
             }
             if Instant::now() >= next_stats {
@@ -280,6 +444,7 @@ impl<'a> Reader<'a> {
         while let Ok((batch, rows)) = committed.recv() {
             self.acknowledge(&batch, rows);
         }
+        Ok(())
     }
 
     /// Write this consumer's pending entries, a batch at a time, each
@@ -318,48 +483,48 @@ impl<'a> Reader<'a> {
         let deadline = Instant::now() + self.config.batch_ms;
         loop {
             let partitions = usize::from(self.queue.partitions());
-            let count = (self.config.batch_rows.saturating_sub(rows) / partitions)
-                .max(1)
-                .to_string();
+            let count = (self.config.batch_rows.saturating_sub(rows) / partitions).max(1);
             let id: &[u8] = match source {
                 Source::New => b">",
                 Source::OwnPending => b"0",
             };
             let reads = (0..self.queue.partitions())
                 .map(|p| {
-                    Command::new(
-                        &[
-                            &b"XREADGROUP"[..],
-                            b"GROUP",
-                            GROUP,
-                            self.config.consumer.as_bytes(),
-                            b"COUNT",
-                            count.as_bytes(),
-                            b"STREAMS",
-                            self.queue.stream(p),
-                            id,
-                        ],
-                        Some(7),
+                    Command::xreadgroup(
+                        self.queue.stream(p),
+                        GROUP,
+                        self.config.consumer.as_bytes(),
+                        count,
+                        id,
                     )
                 })
                 .collect();
             let before = batch.len();
             let mut unreadable = Vec::new();
-            let mut failed = false;
-            let result = self
-                .redis
-                .execute_each(reads, |partition, reply| match reply {
-                    Ok(reply) => take(partition as u16, &reply, &mut batch, &mut unreadable),
-                    Err(e) => {
-                        failed = true;
-                        tracing::warn!(partition, error = %e, "reading the write-back queue failed")
-                    }
-                });
+            let mut failures: Vec<(Option<u16>, String)> = Vec::new();
+            let mut lost = Vec::new();
+            let result = self.redis.execute_each(reads, |partition, reply| {
+                let partition = partition as u16;
+                match reply {
+                    Ok(reply) => match take(partition, &reply, &mut batch, &mut unreadable) {
+                        Taken::Read => {}
+                        Taken::Lost => lost.push(partition),
+                        Taken::Unexpected(why) => failures.push((Some(partition), why)),
+                    },
+                    Err(e) => failures.push((Some(partition), e.to_string())),
+                }
+            });
             if let Err(e) = result {
-                failed = true;
-                tracing::warn!(error = %e, "reading the write-back queue failed");
+                failures.push((None, e.to_string()));
             }
-            self.lost_reads |= failed;
+            for (partition, why) in failures {
+                self.read_failed(partition, &why);
+            }
+            for partition in lost {
+                if !self.lost_partitions.contains(&partition) {
+                    self.lost_partitions.push(partition);
+                }
+            }
             self.set_aside(unreadable);
             let read = batch.len() - before;
             rows += batch[before..]
@@ -370,6 +535,7 @@ impl<'a> Reader<'a> {
                 || rows >= self.config.batch_rows
                 || Instant::now() >= deadline
                 || stop.load(Ordering::Relaxed)
+                || !self.lost_partitions.is_empty()
             {
                 return batch;
             }
@@ -409,16 +575,28 @@ impl<'a> Reader<'a> {
             .collect();
         let mut batch = Vec::new();
         let mut unreadable = Vec::new();
+        let mut lost = Vec::new();
         let result = self.redis.execute_each(claims, |partition, reply| {
             // [next-start, [[id, fields], ...], [deleted ids]]
-            if let Ok(Reply::Array(parts)) = reply
-                && let Some(messages) = parts.get(1)
-            {
-                take_messages(partition as u16, messages, &mut batch, &mut unreadable);
+            match reply {
+                Ok(Reply::Array(parts)) => {
+                    if let Some(messages) = parts.get(1) {
+                        take_messages(partition as u16, messages, &mut batch, &mut unreadable);
+                    }
+                }
+                Ok(Reply::Error(e)) if e.starts_with(b"NOGROUP") => lost.push(partition as u16),
+                other => {
+                    tracing::debug!(partition, reply = ?other, "claiming write-back entries failed")
+                }
             }
         });
         if let Err(e) = result {
             tracing::warn!(error = %e, "claiming write-back entries failed");
+        }
+        for partition in lost {
+            if !self.lost_partitions.contains(&partition) {
+                self.lost_partitions.push(partition);
+            }
         }
         self.set_aside(unreadable);
         if !batch.is_empty() {
@@ -471,12 +649,9 @@ impl<'a> Reader<'a> {
             if let Ok(OwnedReply::Array(entries)) = first
                 && let Some(OwnedReply::Array(entry)) = entries.first()
                 && let Some(id) = entry.first().and_then(OwnedReply::bytes)
-                && let Some(ms) = std::str::from_utf8(id)
-                    .ok()
-                    .and_then(|id| id.split('-').next())
-                    .and_then(|ms| ms.parse::<i64>().ok())
+                && let Some(version) = Version::parse(id)
             {
-                oldest_ms = oldest_ms.min(ms);
+                oldest_ms = oldest_ms.min(version.ms);
             }
         }
         let oldest_ms = if oldest_ms == i64::MAX { 0 } else { oldest_ms };
@@ -509,48 +684,87 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Acknowledge the committed entries, count them, and trim what every
-    /// consumer has acknowledged from the streams (so that a stream's
-    /// length is its backlog).
+    /// Acknowledge the committed entries, take their bytes off their
+    /// partitions' counts, let the cache entries of the keys written expire,
+    /// count them, and trim what every consumer has acknowledged from the
+    /// streams (so that a stream's length is its backlog).
     fn acknowledge(&mut self, batch: &[Entry], rows: u64) {
         let partitions = usize::from(self.queue.partitions());
-        let mut ids: Vec<Vec<&[u8]>> = vec![Vec::new(); partitions];
-        let mut newest: Vec<(i64, i64)> = vec![(0, 0); partitions];
+        let mut acked: Vec<Vec<(&[u8], u64)>> = vec![Vec::new(); partitions];
+        let mut newest: Vec<Option<Version>> = vec![None; partitions];
+        // The newest write of each key in the batch: only it can still be
+        // what the cache holds.
+        let mut written: HashMap<&[u8], &Entry> = HashMap::new();
         for entry in batch {
             let partition = usize::from(self.queue.partition_of(entry.record.key()));
-            ids[partition].push(&entry.id);
-            newest[partition] = newest[partition].max((entry.version_ms, entry.version_seq));
-        }
-        let touched: Vec<usize> = (0..partitions).filter(|&p| !ids[p].is_empty()).collect();
-        let mut commands = Vec::new();
-        for &partition in &touched {
-            let stream = self.queue.stream(partition as u16);
-            commands.push(Command::xack(stream, GROUP, &ids[partition]));
-        }
-        // A delete now in the database no longer needs its tombstone in
-        // the cache to hide the old row from read-throughs.
-        for entry in batch {
-            if let Record::Delete { key } = &entry.record {
-                commands.push(self.queue.drop_tombstone(key, &entry.id));
+            acked[partition].push((&entry.id, entry.record.queued_bytes()));
+            newest[partition] = newest[partition].max(Some(entry.version));
+            if let Record::Put { key, .. } | Record::Delete { key } = &entry.record {
+                let slot = written.entry(key).or_insert(entry);
+                if entry.version > slot.version {
+                    *slot = entry;
+                }
             }
         }
-        let written = rows.to_string();
+        let touched: Vec<usize> = (0..partitions).filter(|&p| !acked[p].is_empty()).collect();
+        let mut commands = Vec::new();
+        for &partition in &touched {
+            commands.push(self.queue.acknowledge(partition as u16, &acked[partition]));
+        }
+        // The database holds these versions now: their cache entries may
+        // leave Redis, the values after cache_ttl_ms, the tombstones (which
+        // kept a read-through from bringing the old row back) after
+        // miss_ttl_ms.
+        for entry in written.values() {
+            let (key, deleted, ttl_ms) = match &entry.record {
+                Record::Put { key, .. } => (key, false, self.config.cache_ttl_ms),
+                Record::Delete { key } => (key, true, self.config.miss_ttl_ms),
+                Record::Events { .. } => continue,
+            };
+            commands.push(self.queue.release(key, &entry.id, deleted, ttl_ms));
+        }
+        let written_rows = rows.to_string();
         commands.push(Command::new(
-            &[&b"HINCRBY"[..], STATS_KEY, b"written", written.as_bytes()],
+            &[
+                &b"HINCRBY"[..],
+                STATS_KEY,
+                b"written",
+                written_rows.as_bytes(),
+            ],
             Some(1),
         ));
         let replies = self.redis.execute(commands);
         let mut acknowledged = Vec::new();
         for (i, &partition) in touched.iter().enumerate() {
             match &replies[i] {
+                Ok(OwnedReply::Error(e)) => {
+                    tracing::warn!(partition, error = %String::from_utf8_lossy(e), "acknowledging a committed batch failed")
+                }
                 Ok(_) => {
                     let known = &mut self.acknowledged[partition];
-                    *known = Some(known.map_or(newest[partition], |k| k.max(newest[partition])));
+                    *known = (*known).max(newest[partition]);
+                    let committed = &mut self.committed[partition];
+                    *committed = (*committed).max(newest[partition]);
                     acknowledged.push(partition);
                 }
                 // Not fatal: the entries stay pending, are redelivered and
                 // merged again without effect.
-                Err(e) => tracing::warn!(error = %e, "acknowledging a committed batch failed"),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "acknowledging a committed batch failed")
+                }
+            }
+        }
+        for reply in &replies[touched.len()..] {
+            // A failed release leaves an entry pinned until the key's next
+            // write is written back.
+            match reply {
+                Ok(OwnedReply::Error(e)) => {
+                    tracing::debug!(error = %String::from_utf8_lossy(e), "releasing a written-back cache entry failed")
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "releasing a written-back cache entry failed")
+                }
+                Ok(_) => {}
             }
         }
         self.trim(&acknowledged);
@@ -558,7 +772,7 @@ impl<'a> Reader<'a> {
 
     /// Trim what every consumer has acknowledged from `partitions`' streams.
     fn trim(&mut self, partitions: &[usize]) {
-        let partitions: Vec<(usize, (i64, i64))> = partitions
+        let partitions: Vec<(usize, Version)> = partitions
             .iter()
             .filter_map(|&p| self.acknowledged[p].map(|newest| (p, newest)))
             .collect();
@@ -573,13 +787,18 @@ impl<'a> Reader<'a> {
             .collect();
         let replies = self.redis.execute(pending);
         let mut trims = Vec::new();
-        for (&(partition, (ms, seq)), reply) in partitions.iter().zip(&replies) {
+        for (&(partition, newest), reply) in partitions.iter().zip(&replies) {
             // [count, smallest pending id, largest, consumers]: everything
             // below the smallest pending id is acknowledged; with nothing
             // pending, everything up to the newest entry acknowledged.
             let below = match reply {
                 Ok(OwnedReply::Array(summary)) => match summary.first() {
-                    Some(OwnedReply::Integer(0)) => format!("{ms}-{}", seq + 1).into_bytes(),
+                    Some(OwnedReply::Integer(0)) => Version {
+                        seq: newest.seq + 1,
+                        ..newest
+                    }
+                    .to_string()
+                    .into_bytes(),
                     _ => match summary.get(1).and_then(OwnedReply::bytes) {
                         Some(id) => id.to_vec(),
                         None => continue,
@@ -587,11 +806,7 @@ impl<'a> Reader<'a> {
                 },
                 _ => continue,
             };
-            let stream = self.queue.stream(partition as u16);
-            trims.push(Command::new(
-                &[&b"XTRIM"[..], stream, b"MINID", &below],
-                Some(1),
-            ));
+            trims.push(self.queue.trim(partition as u16, &below));
         }
         for reply in self.redis.execute(trims) {
             if let Err(e) = reply {
@@ -613,20 +828,18 @@ struct Writer<'a> {
 impl Writer<'_> {
     async fn run(
         &mut self,
+        marks: std::sync::mpsc::Sender<Vec<Option<Version>>>,
         mut to_write: tokio::sync::mpsc::Receiver<Vec<Entry>>,
         committed: std::sync::mpsc::Sender<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
     ) -> Totals {
-        // The schema is applied at start, not at the first batch; if the
-        // database is not there yet, the first batch retries.
-        match Database::connect(
-            &self.config.postgres_url,
-            self.config.postgres_ca_file.as_deref(),
-        )
-        .await
-        {
-            Ok(database) => self.database = Some(database),
-            Err(e) => tracing::warn!(error = %e, "cannot connect to PostgreSQL yet"),
+        // The schema is applied at start, and what the database holds of
+        // each partition handed to the reader before it reads anything.
+        let Some(newest) = self.newest_committed(stop).await else {
+            return self.totals;
+        };
+        if marks.send(newest).is_err() {
+            return self.totals;
         }
         while let Some(batch) = to_write.recv().await {
             let Some(rows) = self.commit(&batch, stop).await else {
@@ -639,33 +852,89 @@ impl Writer<'_> {
         self.totals
     }
 
+    /// Connect (trying again with back-off while PostgreSQL is away) and
+    /// read the newest version written back from each partition; `None` if
+    /// stopped first.
+    async fn newest_committed(&mut self, stop: &AtomicBool) -> Option<Vec<Option<Version>>> {
+        let mut attempt = 0u32;
+        loop {
+            self.reconnect().await;
+            if let Some(database) = &self.database {
+                let read = database.newest_committed(self.config.partitions);
+                match tokio::time::timeout(self.config.db_timeout, read).await {
+                    Ok(Ok(newest)) => return Some(newest),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the partitions' progress from PostgreSQL")
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "reading the partitions' progress from PostgreSQL timed out"
+                        );
+                        self.database = None;
+                    }
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.back_off(attempt).await;
+            attempt += 1;
+        }
+    }
+
+    /// Connect unless connected, within `db_timeout`.
+    async fn reconnect(&mut self) {
+        if self.database.as_ref().is_some_and(|d| !d.is_closed()) {
+            return;
+        }
+        let limit = self.config.db_timeout;
+        let connect = Database::connect(
+            &self.config.postgres_url,
+            self.config.postgres_ca_file.as_deref(),
+        );
+        self.database = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(database)) => Some(database),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot connect to PostgreSQL");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(?limit, "connecting to PostgreSQL timed out");
+                None
+            }
+        };
+    }
+
+    /// Wait before attempt `attempt + 1`: exponential, with jitter.
+    async fn back_off(&mut self, attempt: u32) {
+        let backoff = RETRY_MIN
+            .saturating_mul(1 << attempt.min(10))
+            .min(RETRY_MAX);
+        // Jitter: anywhere from half to all of the back-off.
+        let jittered = backoff.mul_f64(0.5 + 0.5 * self.rng.unit());
+        tokio::time::sleep(jittered).await;
+    }
+
     /// Write `batch`, retrying until it commits (the rows written) or `stop` (`None`).
     async fn commit(&mut self, batch: &[Entry], stop: &AtomicBool) -> Option<u64> {
+        let queue = Queue::new(self.config.partitions);
+        let mut newest: Vec<(u16, Version)> = Vec::new();
+        for entry in batch {
+            let partition = queue.partition_of(entry.record.key());
+            match newest.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, version)) => *version = (*version).max(entry.version),
+                None => newest.push((partition, entry.version)),
+            }
+        }
         let mut attempt = 0u32;
         let written = loop {
             let limit = self.config.db_timeout;
-            if self.database.as_ref().is_none_or(Database::is_closed) {
-                let connect = Database::connect(
-                    &self.config.postgres_url,
-                    self.config.postgres_ca_file.as_deref(),
-                );
-                self.database = match tokio::time::timeout(limit, connect).await {
-                    Ok(Ok(database)) => Some(database),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot connect to PostgreSQL");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(?limit, "connecting to PostgreSQL timed out");
-                        None
-                    }
-                };
-            }
+            self.reconnect().await;
             if let Some(database) = &mut self.database {
                 if self.config.fault == Some(Fault::KillBeforeInsert) {
                     crash("before a batch is written");
                 }
-                match tokio::time::timeout(limit, database.write(batch)).await {
+                match tokio::time::timeout(limit, database.write(batch, &newest)).await {
                     Ok(Ok(rows)) => break rows,
                     Ok(Err(e)) => {
                         tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
@@ -687,12 +956,7 @@ impl Writer<'_> {
                 // Not acknowledged: the entries stay pending for the next start.
                 return None;
             }
-            let backoff = RETRY_MIN
-                .saturating_mul(1 << attempt.min(10))
-                .min(RETRY_MAX);
-            // Jitter: anywhere from half to all of the back-off.
-            let jittered = backoff.mul_f64(0.5 + 0.5 * self.rng.unit());
-            tokio::time::sleep(jittered).await;
+            self.back_off(attempt).await;
             attempt += 1;
         };
         self.totals.rows += written;
@@ -704,6 +968,16 @@ impl Writer<'_> {
     }
 }
 
+/// What one partition's read gave.
+enum Taken {
+    /// Entries, or nothing new.
+    Read,
+    /// `NOGROUP`: the stream or its group is gone.
+    Lost,
+    /// Anything else: an error or a reply of the wrong shape.
+    Unexpected(String),
+}
+
 /// The entries of one partition's `XREADGROUP` reply into `batch`, the
 /// unreadable ones into `unreadable`.
 fn take(
@@ -711,18 +985,24 @@ fn take(
     reply: &Reply<'_>,
     batch: &mut Vec<Entry>,
     unreadable: &mut Vec<(u16, Vec<u8>, String)>,
-) {
-    // [[stream, [[id, fields], ...]]], or nil when there is nothing.
-    let Reply::Array(streams) = reply else {
-        return;
+) -> Taken {
+    // [[stream, [[id, fields], ...]]], or nil when there is nothing new.
+    let streams = match reply {
+        Reply::Nil => return Taken::Read,
+        Reply::Array(streams) => streams,
+        Reply::Error(e) if e.starts_with(b"NOGROUP") => return Taken::Lost,
+        Reply::Error(e) => return Taken::Unexpected(String::from_utf8_lossy(e).into_owned()),
+        other => return Taken::Unexpected(format!("a reply of the wrong shape: {other:?}")),
     };
     for stream in streams {
-        if let Reply::Array(parts) = stream
-            && let Some(messages) = parts.get(1)
-        {
-            take_messages(partition, messages, batch, unreadable);
+        match stream {
+            Reply::Array(parts) if parts.len() == 2 => {
+                take_messages(partition, &parts[1], batch, unreadable)
+            }
+            other => return Taken::Unexpected(format!("a stream of the wrong shape: {other:?}")),
         }
     }
+    Taken::Read
 }
 
 fn take_messages(

@@ -16,14 +16,20 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 
-use super::queue::{Entry, Record};
+use super::queue::{Entry, Record, Version};
 use crate::payload::{BatchLimits, schema, verify_event_batch};
 
 /// The schema files, applied in order at every start (each is idempotent).
-pub const SCHEMA: &[(&str, &str)] = &[(
-    "001_writeback.sql",
-    include_str!("../../schemas/sql/001_writeback.sql"),
-)];
+pub const SCHEMA: &[(&str, &str)] = &[
+    (
+        "001_writeback.sql",
+        include_str!("../../schemas/sql/001_writeback.sql"),
+    ),
+    (
+        "002_durability.sql",
+        include_str!("../../schemas/sql/002_durability.sql"),
+    ),
+];
 
 /// Session-local staging tables, emptied at every commit.
 const STAGING: &str = "
@@ -46,11 +52,24 @@ set value = excluded.value, version_ms = excluded.version_ms,
     version_seq = excluded.version_seq, updated_at = now()
 where (kv.version_ms, kv.version_seq) < (excluded.version_ms, excluded.version_seq)";
 
-/// An event already stored (a redelivery, a client's retry) is left alone.
+/// An event already stored (a redelivery, a client's retry) is left
+/// alone, and its `deliveries` counted; so is one that comes twice in a batch.
 const MERGE_EVENTS: &str = "
-insert into events (client_id, key, kind, timestamp_us, payload)
-select client_id, key, kind, timestamp_us, payload from events_stage
-on conflict (client_id) do nothing";
+insert into events (client_id, key, kind, timestamp_us, payload, deliveries)
+select distinct on (client_id) client_id, key, kind, timestamp_us, payload,
+       count(*) over (partition by client_id)
+from events_stage
+order by client_id
+on conflict (client_id) do update set deliveries = events.deliveries + excluded.deliveries";
+
+/// Each partition's newest version written back, never moved back.
+const ADVANCE_PARTITIONS: &str = "
+insert into writeback_partitions (partition, version_ms, version_seq)
+select * from unnest($1::integer[], $2::bigint[], $3::bigint[])
+on conflict (partition) do update
+set version_ms = excluded.version_ms, version_seq = excluded.version_seq
+where (writeback_partitions.version_ms, writeback_partitions.version_seq)
+    < (excluded.version_ms, excluded.version_seq)";
 
 /// A connection to PostgreSQL with its staging tables.
 pub struct Database {
@@ -97,12 +116,17 @@ impl Database {
         self.client.is_closed()
     }
 
-    /// Write `entries` in one transaction and return the rows written (an
-    /// event batch is a row per event). On error nothing of it is kept.
+    /// Write `entries` in one transaction, with `newest`, the newest
+    /// version of each partition among them, and return the rows written
+    /// (an event batch is a row per event). On error nothing of it is kept.
     /// Event batches that fail verification were set aside at the door and
     /// cannot be here; one that does (a corrupted entry) is skipped with a
     /// warning rather than stop the queue.
-    pub async fn write(&mut self, entries: &[Entry]) -> Result<u64, tokio_postgres::Error> {
+    pub async fn write(
+        &mut self,
+        entries: &[Entry],
+        newest: &[(u16, Version)],
+    ) -> Result<u64, tokio_postgres::Error> {
         let mut transaction = self.client.transaction().await?;
         let kv: Vec<&Entry> = entries
             .iter()
@@ -139,7 +163,7 @@ impl Database {
                     Record::Events { .. } => unreachable!("filtered above"),
                 };
                 let row: [&(dyn ToSql + Sync); 4] =
-                    [&key, &value, &entry.version_ms, &entry.version_seq];
+                    [&key, &value, &entry.version.ms, &entry.version.seq];
                 writer.as_mut().write(&row).await?;
             }
             writer.finish().await?;
@@ -160,8 +184,53 @@ impl Database {
                 Err(e) => return Err(e),
             }
         }
+        if !newest.is_empty() {
+            let partitions: Vec<i32> = newest.iter().map(|&(p, _)| i32::from(p)).collect();
+            let ms: Vec<i64> = newest.iter().map(|(_, v)| v.ms).collect();
+            let seq: Vec<i64> = newest.iter().map(|(_, v)| v.seq).collect();
+            transaction
+                .execute(ADVANCE_PARTITIONS, &[&partitions, &ms, &seq])
+                .await?;
+        }
         transaction.commit().await?;
         Ok(rows)
+    }
+
+    /// The newest version written back from each of `partitions`
+    /// partitions (`None`: nothing yet). Rows from a partition beyond them
+    /// mean the queue had more partitions than this core was started with:
+    /// an error that says both numbers.
+    pub async fn newest_committed(&self, partitions: u16) -> Result<Vec<Option<Version>>, String> {
+        let rows = self
+            .client
+            .query(
+                "select partition, version_ms, version_seq from writeback_partitions",
+                &[],
+            )
+            .await
+            .map_err(|e| with_causes(&e))?;
+        let mut newest = vec![None; usize::from(partitions)];
+        for row in rows {
+            let partition: i32 = row.get(0);
+            let version = Version {
+                ms: row.get(1),
+                seq: row.get(2),
+            };
+            match usize::try_from(partition)
+                .ok()
+                .and_then(|p| newest.get_mut(p))
+            {
+                Some(slot) => *slot = Some(version),
+                None => {
+                    return Err(format!(
+                        "PostgreSQL holds writes from write-back partition {partition}, but this \
+                         database core was started with {partitions} partitions: start it with \
+                         the count the servers use (writeback_partitions)"
+                    ));
+                }
+            }
+        }
+        Ok(newest)
     }
 
     /// The client, for queries outside the write path (read-through, tests).

@@ -2,12 +2,15 @@
 //! the database core.
 //!
 //! Executors send misses over one bounded channel. The database core runs
-//! one query at a time, `SELECT key, value FROM kv WHERE key = ANY($1)`,
-//! for every key that missed since the last one started: misses that come
-//! while a query runs wait for the next, and misses for a key already in
-//! the running or the next query join it, so concurrent misses for one key
-//! share one lookup. Each result goes back on its executor's channel, and
-//! the executor's eventfd wakes its ring.
+//! one query at a time, `SELECT key, value, version FROM kv WHERE key =
+//! ANY($1)`, for every key that missed since the last one started: misses
+//! that come while a query runs wait for the next, and misses for a key
+//! already in the next query join it, so concurrent misses for one key
+//! share one lookup. A miss never joins the query already running: that
+//! query may have read the row before a newer version was written back and
+//! left the cache, and the miss would go back in time. Each result goes
+//! back on its executor's channel, and the executor's eventfd wakes its
+//! ring.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Statement;
 
 use super::db::Database;
+use super::queue::{Cached, Version};
 use crate::reactor::ring;
 
 /// A miss, from an executor.
@@ -37,11 +41,10 @@ pub struct Miss {
 pub struct Found {
     /// The miss's token.
     pub token: u64,
-    /// The key.
-    pub key: Vec<u8>,
-    /// The stored value; `None` when there is no row or the row is a delete.
-    pub value: Result<Option<Vec<u8>>, String>,
-    /// Put the value back into the cache: set on one answer per lookup.
+    /// What the database holds, as a cache entry ([`Cached::entry`]): the
+    /// value and its version, a delete's version, or no row.
+    pub entry: Result<Vec<u8>, String>,
+    /// Put the entry into the cache: set on one answer per key and lookup.
     pub fill: bool,
 }
 
@@ -109,7 +112,7 @@ pub fn channels(
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// The query every lookup runs.
-const SELECT: &str = "select key, value from kv where key = any($1)";
+const SELECT: &str = "select key, value, version_ms, version_seq from kv where key = any($1)";
 
 /// Who waits on each key of one lookup.
 type Waiting = HashMap<Vec<u8>, Vec<(usize, u64)>>;
@@ -164,8 +167,7 @@ impl LookupService {
                     None => open = false,
                     Some(miss) => {
                         misses += 1;
-                        let waiting = if running.contains_key(&miss.key) { &mut running } else { &mut next };
-                        waiting.entry(miss.key).or_default().push((miss.executor, miss.token));
+                        next.entry(miss.key).or_default().push((miss.executor, miss.token));
                     }
                 },
                 result = async { query.as_mut().expect("guarded").await }, if query.is_some() => {
@@ -188,28 +190,26 @@ impl LookupService {
     /// Send each waiting miss its answer and wake the executors that got one.
     fn answer(&self, waiting: Waiting, result: LookupResult) {
         let mut woken = vec![false; self.executors.len()];
-        let mut rows = match &result {
+        let mut rows: HashMap<&[u8], (Version, Option<&[u8]>)> = match &result {
             Ok(rows) => rows
                 .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .map(|row| (row.key.as_slice(), (row.version, row.value.as_deref())))
                 .collect(),
             Err(_) => HashMap::new(),
         };
         for (key, requesters) in waiting {
-            let value = match &result {
-                Ok(_) => Ok(rows.remove(key.as_slice()).flatten().map(<[u8]>::to_vec)),
+            let entry = match &result {
+                Ok(_) => Ok(Cached::entry(rows.remove(key.as_slice()))),
                 Err(e) => Err(e.clone()),
             };
             for (i, (executor, token)) in requesters.into_iter().enumerate() {
                 let Some((found, _)) = self.executors.get(executor) else {
                     continue;
                 };
-                let fill = i == 0 && matches!(value, Ok(Some(_)));
                 let _ = found.send(Found {
                     token,
-                    key: key.clone(),
-                    value: value.clone(),
-                    fill,
+                    entry: entry.clone(),
+                    fill: i == 0 && entry.is_ok(),
                 });
                 woken[executor] = true;
             }
@@ -222,7 +222,14 @@ impl LookupService {
     }
 }
 
-type LookupResult = Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, String>;
+/// A row of `kv`: a deleted key keeps its row, with no value.
+struct Row {
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    version: Version,
+}
+
+type LookupResult = Result<Vec<Row>, String>;
 
 async fn connect(
     url: &str,
@@ -266,6 +273,13 @@ async fn look_up(
     };
     Ok(rows
         .iter()
-        .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Option<Vec<u8>>>(1)))
+        .map(|row| Row {
+            key: row.get(0),
+            value: row.get(1),
+            version: Version {
+                ms: row.get(2),
+                seq: row.get(3),
+            },
+        })
         .collect())
 }

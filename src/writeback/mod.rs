@@ -26,6 +26,7 @@ use crate::redis::cluster::Config as RedisConfig;
 use crate::signals::{ShutdownSignals, signal_name};
 
 use self::core::{Fault, WritebackConfig};
+use self::queue::Queue;
 
 /// `millrace writeback` flags; each also reads its environment variable.
 #[derive(clap::Args, Debug)]
@@ -62,6 +63,15 @@ pub struct WritebackOptions {
     /// Longest a PostgreSQL connect or batch write may take before the connection is dropped and the batch written again, in milliseconds [default: 10000]
     #[arg(long, env = "MILLRACE_DB_TIMEOUT_MS", default_value_t = 10_000)]
     pub db_timeout_ms: u64,
+    /// Time a key's cache entry stays in Redis once its write is in PostgreSQL, in milliseconds; from then on the eviction policy may also remove it [default: 3600000]
+    #[arg(long, env = "MILLRACE_CACHE_TTL_MS", default_value_t = 3_600_000)]
+    pub cache_ttl_ms: u64,
+    /// Time a deleted key's tombstone stays in Redis once the delete is in PostgreSQL, in milliseconds [default: 1000]
+    #[arg(long, env = "MILLRACE_MISS_TTL_MS", default_value_t = 1000)]
+    pub miss_ttl_ms: u64,
+    /// Start even when Redis or PostgreSQL is set up so that an acknowledged write would not survive a restart; each finding is still logged as an error [default: false]
+    #[arg(long, env = "MILLRACE_ACCEPT_UNSAFE_DURABILITY")]
+    pub accept_unsafe_durability: bool,
     /// CPU to pin the database core to [default: not pinned]
     #[arg(long, env = "MILLRACE_DB_CORE")]
     pub core: Option<usize>,
@@ -96,6 +106,12 @@ impl WritebackOptions {
             return Err("--db-timeout-ms must be at least 1".into());
         }
         config.db_timeout = Duration::from_millis(self.db_timeout_ms);
+        if self.cache_ttl_ms == 0 || self.miss_ttl_ms == 0 {
+            return Err("--cache-ttl-ms and --miss-ttl-ms must be at least 1".into());
+        }
+        config.cache_ttl_ms = self.cache_ttl_ms;
+        config.miss_ttl_ms = self.miss_ttl_ms;
+        config.accept_unsafe_durability = self.accept_unsafe_durability;
         config.fault = match std::env::var(FAULT_ENV).ok().as_deref() {
             None | Some("") => None,
             Some("kill-before-insert") => Some(Fault::KillBeforeInsert),
@@ -114,6 +130,21 @@ impl WritebackOptions {
 pub fn run_command(options: WritebackOptions) -> Result<(), String> {
     let pin = options.core;
     let config = options.resolve()?;
+    // The same checks as `serve`'s, before anything is read.
+    let mut client = crate::redis::driver::Client::connect(config.redis.clone())
+        .map_err(|e| format!("cannot use the Redis Cluster: {e}"))?;
+    crate::server::check_queue_layout(&mut client, &Queue::new(config.partitions))?;
+    crate::durability::check_at_start(
+        &mut client,
+        None,
+        Some((
+            &config.postgres_url,
+            config.postgres_ca_file.as_deref(),
+            config.db_timeout,
+        )),
+        config.accept_unsafe_durability,
+    )?;
+    drop(client);
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let core_stop = Arc::clone(&stop);

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use millrace::payload::{BatchLimits, encode_accepted, verify_event_batch};
-use millrace::writeback::queue::{Cached, Queue, Record};
+use millrace::writeback::queue::{Cached, Caps, Queue, Record};
 
 #[derive(Clone)]
 struct Peer {
@@ -22,8 +22,12 @@ struct Peer {
     queue: std::sync::Arc<Queue>,
 }
 
-/// The same cap as millrace's default: 1,000,000 entries over 16 partitions.
-const CAP_PER_PARTITION: &str = "62500";
+/// The same caps as millrace's defaults: 1,000,000 entries and 256 MiB
+/// over 16 partitions.
+const CAPS: Caps = Caps {
+    entries: 62_500,
+    bytes: 16 << 20,
+};
 
 async fn events(State(peer): State<Peer>, headers: HeaderMap, body: Bytes) -> Response {
     if headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()) != Some(b"application/x-flatbuffers") {
@@ -32,12 +36,13 @@ async fn events(State(peer): State<Peer>, headers: HeaderMap, body: Bytes) -> Re
     if let Err(why) = verify_event_batch(&body, &BatchLimits::default()) {
         return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     }
-    let record = match Record::events(body.to_vec()) {
-        Ok(record) => record,
+    let (key, count) = match Record::events(body.to_vec()) {
+        Ok(Record::Events { key, count, .. }) => (key, count),
+        Ok(_) => unreachable!("Record::events makes an event record"),
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
-    let count = record.rows().to_string();
-    let args = peer.queue.append_capped_args(&record, CAP_PER_PARTITION, &count);
+    let call = peer.queue.append_batch(&key, count, &body, CAPS);
+    let args = call.args();
     let mut command = redis::cmd(std::str::from_utf8(args[0]).unwrap());
     for arg in &args[1..] {
         command.arg(*arg);
@@ -47,7 +52,7 @@ async fn events(State(peer): State<Peer>, headers: HeaderMap, body: Bytes) -> Re
         Ok(_) => (
             StatusCode::ACCEPTED,
             [(header::CONTENT_TYPE, "application/x-flatbuffers")],
-            encode_accepted(record.rows() as u32),
+            encode_accepted(count),
         )
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], format!("{e}\n")).into_response(),
@@ -62,7 +67,8 @@ async fn put(State(peer): State<Peer>, Path(key): Path<String>, body: Bytes) -> 
         return (StatusCode::PAYLOAD_TOO_LARGE, "value larger than max_value_bytes\n").into_response();
     }
     let cache = peer.queue.cache_key(key.as_bytes());
-    let args = peer.queue.put_capped_args(key.as_bytes(), &body, CAP_PER_PARTITION, &cache);
+    let call = peer.queue.put(key.as_bytes(), &body, &cache, CAPS);
+    let args = call.args();
     let mut command = redis::cmd("EVAL");
     for arg in &args[1..] {
         command.arg(*arg);
@@ -85,10 +91,10 @@ async fn read(State(peer): State<Peer>, Path(key): Path<String>) -> Response {
         .query_async(&mut connection)
         .await;
     match entry.as_ref().map(|e| Cached::from_entry(e.as_deref())) {
-        Ok(Ok(Cached::Value(value))) => {
+        Ok(Ok(Cached::Value { value, .. })) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], value.to_vec()).into_response()
         }
-        Ok(Ok(Cached::Deleted | Cached::Missing)) => (StatusCode::NOT_FOUND, "no such key\n").into_response(),
+        Ok(Ok(Cached::Absent { .. } | Cached::Missing)) => (StatusCode::NOT_FOUND, "no such key\n").into_response(),
         Ok(Err(why)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], format!("{e}\n")).into_response(),
     }
