@@ -33,6 +33,18 @@ impl RedisCluster {
         password: Option<&str>,
         node_timeout_ms: u32,
     ) -> RedisCluster {
+        RedisCluster::start_configured(masters, replicas, password, node_timeout_ms, &[])
+    }
+
+    /// The same, with more options of scripts/redis-cluster.sh (such as
+    /// `--appendonly no`, `--maxmemory-policy allkeys-lru`).
+    pub fn start_configured(
+        masters: usize,
+        replicas: usize,
+        password: Option<&str>,
+        node_timeout_ms: u32,
+        script_options: &[&str],
+    ) -> RedisCluster {
         let count = masters * (replicas + 1);
         let (port, claim) = free_port_range(count);
         let dir =
@@ -53,6 +65,7 @@ impl RedisCluster {
             &node_timeout_ms.to_string(),
         ]);
         command.arg("--dir").arg(&dir);
+        command.args(script_options);
         if let Some(password) = password {
             command.args(["--password", password]);
         }
@@ -89,6 +102,33 @@ impl RedisCluster {
         }
         let output = command.args(args).output().expect("run redis-cli");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Kill the node on `port` (SIGKILL) and start it again from its own
+    /// files, as scripts/redis-cluster.sh restart does; returns once the
+    /// cluster is ok again.
+    pub fn restart(&self, port: u16) {
+        let output = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/redis-cluster.sh"
+        ))
+        .args(["restart", "--port", &port.to_string()])
+        .arg("--dir")
+        .arg(&self.dir)
+        .args(
+            self.password
+                .as_deref()
+                .map(|p| vec!["--password", p])
+                .unwrap_or_default(),
+        )
+        .output()
+        .expect("run scripts/redis-cluster.sh restart");
+        assert!(
+            output.status.success(),
+            "the node on {port} did not come back:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// The process id of the node on `port`.
