@@ -160,6 +160,10 @@ pub struct WritebackMetrics {
     /// Reads of the queue that failed or got an unexpected reply, and were
     /// tried again.
     pub read_errors: AtomicU64,
+    /// kv writes read with a version not above one already read from their
+    /// partition: the stream went back, and such a write may lose to an
+    /// older one.
+    pub version_regressions: AtomicU64,
 }
 
 /// Every core's last published figures, for scraping.
@@ -379,6 +383,11 @@ fn render_writeback(m: &WritebackMetrics, out: &mut String) {
             "millrace_writeback_read_errors_total",
             "Reads of the write-back queue that failed or got an unexpected reply, and were tried again.",
             &m.read_errors,
+        ),
+        (
+            "millrace_writeback_version_regressions_total",
+            "kv writes read with a version not above one already read from their partition (the stream went back: a failover to a lagging replica or a lost stream, on a master whose clock is behind); such a write loses to the newer version in the merge.",
+            &m.version_regressions,
         ),
     ] {
         family(out, name, "counter", help);

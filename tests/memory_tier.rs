@@ -427,3 +427,253 @@ fn redis_that_would_lose_acknowledged_writes_is_refused_unless_accepted() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("synchronous_commit = off"), "{stderr}");
 }
+
+/// The version in a 202's body.
+fn version_of(response: &Response) -> millrace::writeback::queue::Version {
+    assert_eq!(response.status, 202, "{}", response.text());
+    let text = response.text();
+    let id = text
+        .strip_prefix("{\"version\":\"")
+        .and_then(|t| t.strip_suffix("\"}"))
+        .unwrap_or_else(|| panic!("{text}"));
+    millrace::writeback::queue::Version::parse(id.as_bytes()).unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Move `key`'s partition stream's last id to `ms`-0, as if a master whose
+/// clock ran `ms` had written it.
+fn set_stream_id(client: &mut Client, key: &[u8], ms: i64) {
+    let queue = Queue::new(16);
+    let stream = queue.stream(queue.partition_of(key)).to_vec();
+    let id = format!("{ms}-0");
+    let reply = client
+        .call(Command::new(
+            &[&b"XSETID"[..], &stream, id.as_bytes()],
+            Some(1),
+        ))
+        .unwrap();
+    assert_eq!(reply, OwnedReply::Status(b"OK".to_vec()));
+}
+
+/// The master node that holds `key`'s partition.
+fn master_of(cluster: &RedisCluster, key: &[u8]) -> u16 {
+    let queue = Queue::new(16);
+    let slot = millrace::redis::slot::Slot::of(queue.stream(queue.partition_of(key))).get();
+    let table = cluster.nodes_table();
+    table
+        .iter()
+        .find(|(_, _, flags, _, slots)| {
+            flags.contains("master")
+                && slots.split_whitespace().any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    (low.parse::<u16>().unwrap()..=high.parse().unwrap()).contains(&slot)
+                })
+        })
+        .map(|n| n.1)
+        .expect("a master for the slot")
+}
+
+fn stored(postgres: &Postgres, key: &str) -> Option<String> {
+    postgres.try_query(&format!(
+        "select encode(value, 'escape') || ' ' || version_ms || '-' || version_seq from kv where key = '{key}'"
+    ))
+}
+
+#[test]
+fn versions_stay_ordered_when_the_masters_clock_is_behind_and_through_a_restart() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seed_list(&cluster),
+        "--postgres-url",
+        &postgres.url,
+    ]);
+    let mut s = server.connect();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let first = version_of(&kv(&mut s, "PUT", "clock", &[], b"v1"));
+    // Versions handed out by a master whose clock was an hour ahead: this
+    // one's clock is now an hour behind them.
+    let ahead = now_ms() + 3_600_000;
+    set_stream_id(&mut client, b"clock", ahead);
+    let second = version_of(&kv(&mut s, "PUT", "clock", &[], b"v2"));
+    assert!(
+        second > first && second.ms >= ahead,
+        "{second} after {first}, ahead {ahead}"
+    );
+    // The last id survives a restart (the append-only file), so the next
+    // version is above it still.
+    cluster.restart(master_of(&cluster, b"clock"));
+    let mut server = server;
+    assert!(server.running(), "{}", server.log());
+    let mut s = server.connect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let third = loop {
+        let response = kv(&mut s, "PUT", "clock", &[], b"v3");
+        if response.status == 202 {
+            break version_of(&response);
+        }
+        assert!(Instant::now() < deadline, "{}", response.text());
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(third > second, "{third} after {second}");
+    let expected = format!("v3 {third}");
+    wait_until("the newest write landed", || {
+        stored(&postgres, "clock").as_deref() == Some(&expected)
+    });
+}
+
+#[test]
+fn versions_stay_ordered_through_a_failover() {
+    let cluster = RedisCluster::start_with(3, 1, None, 1000);
+    let postgres = Postgres::start();
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seed_list(&cluster),
+        "--postgres-url",
+        &postgres.url,
+        "--ack-replicas",
+        "1",
+        "--ack-timeout-ms",
+        "200",
+        "--redis-command-timeout-ms",
+        "500",
+    ]);
+    let mut s = server.connect();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    version_of(&kv(&mut s, "PUT", "failover", &[], b"first"));
+    let ahead = now_ms() + 3_600_000;
+    set_stream_id(&mut client, b"failover", ahead);
+    let before = version_of(&kv(&mut s, "PUT", "failover", &[], b"before"));
+    assert!(before.ms >= ahead);
+    // The master dies; its replica (which confirmed the write) takes over
+    // with the stream's last id.
+    let master = master_of(&cluster, b"failover");
+    let table = cluster.nodes_table();
+    let id = &table.iter().find(|n| n.1 == master).unwrap().0;
+    let replica = table
+        .iter()
+        .find(|n| &n.3 == id)
+        .expect("the master's replica")
+        .1;
+    // SAFETY: kill(2) on a Redis node this test started.
+    unsafe { libc::kill(cluster.pid(master), libc::SIGKILL) };
+    // Once its replica is promoted, the old master comes back as the new
+    // one's replica, so that ack_replicas = 1 can be met again.
+    wait_until("the replica took over", || {
+        cluster.cli(replica, &["role"]).starts_with("master")
+    });
+    cluster.restart(master);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let response = kv(&mut s, "PUT", "failover", &[], b"after");
+        if response.status == 202 {
+            break version_of(&response);
+        }
+        assert!(Instant::now() < deadline, "{}", response.text());
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(after > before, "{after} after {before}");
+    let expected = format!("after {after}");
+    wait_until("the write after the failover landed", || {
+        stored(&postgres, "failover").as_deref() == Some(&expected)
+    });
+}
+
+#[test]
+fn a_lost_stream_starts_above_the_database_and_a_write_behind_it_is_reported() {
+    // The documented unsafe setting: no append-only file.
+    let cluster = RedisCluster::start_configured(3, 0, None, 2000, &["--appendonly", "no"]);
+    let postgres = Postgres::start();
+    let seeds = seed_list(&cluster);
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--accept-unsafe-durability",
+        "true",
+    ]);
+    let log = std::env::temp_dir().join(format!("millrace-lost-stream-{}.log", std::process::id()));
+    let core = Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["writeback", "--accept-unsafe-durability"])
+        .env("MILLRACE_REDIS_SEEDS", &seeds)
+        .env("MILLRACE_POSTGRES_URL", &postgres.url)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let core_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut s = server.connect();
+    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    version_of(&kv(&mut s, "PUT", "lost", &[], b"zero"));
+    let ahead = now_ms() + 3_600_000;
+    set_stream_id(&mut client, b"lost", ahead);
+    let written = version_of(&kv(&mut s, "PUT", "lost", &[], b"first"));
+    let expected = format!("first {written}");
+    wait_until("the first write landed", || {
+        stored(&postgres, "lost").as_deref() == Some(&expected)
+    });
+
+    // The master restarts empty. The database core finds the partition
+    // lost, says so, and starts its new stream above what it wrote back.
+    let master = master_of(&cluster, b"lost");
+    cluster.restart(master);
+    wait_until("the loss was reported", || core_log().contains("was lost"));
+    let mut s = server.connect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = loop {
+        let response = kv(&mut s, "PUT", "lost", &[], b"second");
+        if response.status == 202 {
+            break version_of(&response);
+        }
+        assert!(Instant::now() < deadline, "{}", response.text());
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        next > written,
+        "{next} after {written}: the new stream starts above the database"
+    );
+    let expected = format!("second {next}");
+    wait_until("the write after the loss landed", || {
+        stored(&postgres, "lost").as_deref() == Some(&expected)
+    });
+
+    // The limit: a write taken after the loss and before the core's next
+    // read of the partition gets the master's clock, behind the database.
+    // The core is held still to make that window wide.
+    // SAFETY: kill(2) on the database core this test started.
+    unsafe { libc::kill(core.id() as i32, libc::SIGSTOP) };
+    cluster.restart(master);
+    let mut s = server.connect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let behind = loop {
+        let response = kv(&mut s, "PUT", "lost", &[], b"third");
+        if response.status == 202 {
+            break version_of(&response);
+        }
+        assert!(Instant::now() < deadline, "{}", response.text());
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        behind < next,
+        "the restarted master's clock is behind {next}: {behind}"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(core.id() as i32, libc::SIGCONT) };
+    wait_until("the write behind the database was reported", || {
+        core_log().contains("versioned behind one already written back")
+    });
+    // The merge keeps the newer version: the older write stays.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        stored(&postgres, "lost").as_deref(),
+        Some(expected.as_str())
+    );
+    common::stop_writeback(core);
+    let _ = std::fs::remove_file(&log);
+}

@@ -601,7 +601,7 @@ impl Executor {
                     // A master that lost its replicas while the script ran
                     // (one just promoted) cannot confirm: say so now rather
                     // than hold its connection for ack_timeout_ms.
-                    let refused = unconfirmable(&side.cluster, writes, &answer);
+                    let refused = unconfirmable(&mut side.cluster, writes, &answer, self.now);
                     let replicated = Answer::Replicated {
                         then: Box::new(answer),
                         version: bytes[range].to_vec(),
@@ -714,10 +714,9 @@ impl Executor {
                     Some("overloaded: max_redis_in_flight reached".to_string())
                 }
                 Some(side) => {
-                    let refused =
-                        self.responder.shared.writes.as_ref().and_then(|writes| {
-                            unconfirmable(&side.cluster, writes, &outgoing.answer)
-                        });
+                    let refused = self.responder.shared.writes.as_ref().and_then(|writes| {
+                        unconfirmable(&mut side.cluster, writes, &outgoing.answer, self.now)
+                    });
                     if refused.is_none() {
                         side.cluster.submit(token, outgoing.command, self.now);
                     }
@@ -1023,18 +1022,29 @@ impl Responder {
 /// Why a write cannot be confirmed by `ack_replicas` replicas, if the
 /// layout says its partition's master has fewer online: it is refused
 /// before anything is written.
-fn unconfirmable(cluster: &Cluster, writes: &WritePath, answer: &Answer) -> Option<String> {
+/// A refusal asks for the layout again when it is older than this, so
+/// that a replica joining the master is seen within about a second.
+const REPLICA_RECHECK: Duration = Duration::from_secs(1);
+
+fn unconfirmable(
+    cluster: &mut Cluster,
+    writes: &WritePath,
+    answer: &Answer,
+    now: Instant,
+) -> Option<String> {
     if writes.ack_replicas == 0 {
         return None;
     }
     let partition = answer.write_partition()?;
     let online = cluster.online_replicas(HashSlot::of(writes.queue.stream(partition)))?;
-    (online < writes.ack_replicas as usize).then(|| {
-        format!(
-            "the partition's master has {online} online replicas, fewer than ack_replicas ({})",
-            writes.ack_replicas
-        )
-    })
+    if online >= writes.ack_replicas as usize {
+        return None;
+    }
+    cluster.refresh_layout_if_older(REPLICA_RECHECK, now);
+    Some(format!(
+        "the partition's master has {online} online replicas, fewer than ack_replicas ({})",
+        writes.ack_replicas
+    ))
 }
 
 /// Replace each group `WAIT`'s reply in `arrived` with one for each write it

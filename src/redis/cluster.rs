@@ -417,6 +417,16 @@ impl Cluster {
         self.layout_known
     }
 
+    /// Ask for the layout again if the last one is older than `age`: a
+    /// caller that refuses work on the layout's word (a master without
+    /// enough replicas) learns soon when that changes, without a refresh
+    /// per refusal.
+    pub fn refresh_layout_if_older(&mut self, age: Duration, now: Instant) {
+        if self.refresh.last.is_none_or(|last| now >= last + age) {
+            self.refresh.wanted = true;
+        }
+    }
+
     /// How many online replicas the master of `slot` had in the last
     /// layout; `None` while no owner is known.
     pub fn online_replicas(&self, slot: Slot) -> Option<usize> {

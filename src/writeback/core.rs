@@ -176,7 +176,7 @@ pub fn run(
             .name("millrace-db-read".into())
             .spawn_scoped(scope, move || {
                 let mut reader = Reader::start(config)?;
-                reader.run(&marks, batches, &to_acknowledge, stop)?;
+                reader.run(&marks, batches, &to_acknowledge, stop);
                 Ok::<(u64, u64), String>((reader.malformed, reader.queue_losses))
             })
             .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
@@ -232,6 +232,10 @@ struct Reader<'a> {
     /// created again after a loss starts its ids above it, so that a key's
     /// versions keep their order.
     committed: Vec<Option<Version>>,
+    /// Per partition, the newest version read as new (or held by the
+    /// database): a write read as new at or below it was versioned behind
+    /// one already written, and loses to it in the merge.
+    newest_read: Vec<Option<Version>>,
     /// A read failed: Redis may have delivered entries whose reply was
     /// lost, pending on this consumer unseen. They are read again (its own
     /// pending entries) once no batch is in flight, rather than waiting
@@ -257,6 +261,7 @@ impl<'a> Reader<'a> {
             queue_losses: 0,
             acknowledged: vec![None; usize::from(config.partitions)],
             committed: vec![None; usize::from(config.partitions)],
+            newest_read: vec![None; usize::from(config.partitions)],
             lost_reads: false,
             lost_partitions: Vec::new(),
             last_read_warning: None,
@@ -374,7 +379,7 @@ impl<'a> Reader<'a> {
         batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
         committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
-    ) -> Result<(), String> {
+    ) {
         // What the database holds of each partition, before any stream is
         // created; the figures are published meanwhile.
         let mut next_stats = Instant::now();
@@ -385,19 +390,29 @@ impl<'a> Reader<'a> {
             }
             match marks.recv_timeout(STATS_INTERVAL) {
                 Ok(marks) => {
+                    self.newest_read = marks.clone();
                     self.committed = marks;
                     break;
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     if !stop.load(Ordering::Relaxed) => {}
                 // Stopped, or the writer gave up before PostgreSQL answered.
-                Err(_) => return Ok(()),
+                Err(_) => return,
             }
         }
-        self.ensure_groups()?;
+        // A master failing over or restarting meanwhile is waited out.
+        let mut wait = RETRY_MIN;
+        while let Err(e) = self.ensure_groups() {
+            tracing::error!(error = %e, "cannot set up the write-back queue's groups; retrying");
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(RETRY_MAX);
+        }
         // What this consumer had read but not acknowledged before it stopped.
         if !self.read_own_pending(&batches, committed, stop) {
-            return Ok(());
+            return;
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
         // Batches handed to the writer and not yet acknowledged.
@@ -414,7 +429,7 @@ impl<'a> Reader<'a> {
                 self.lost_reads = false;
                 tracing::info!("a read failed; reading this consumer's pending entries again");
                 if !self.read_own_pending(&batches, committed, stop) {
-                    return Ok(());
+                    return;
                 }
             }
             if Instant::now() >= next_stats {
@@ -444,7 +459,6 @@ impl<'a> Reader<'a> {
         while let Ok((batch, rows)) = committed.recv() {
             self.acknowledge(&batch, rows);
         }
-        Ok(())
     }
 
     /// Write this consumer's pending entries, a batch at a time, each
@@ -526,6 +540,9 @@ impl<'a> Reader<'a> {
                 }
             }
             self.set_aside(unreadable);
+            if source == Source::New {
+                self.check_versions(&batch[before..]);
+            }
             let read = batch.len() - before;
             rows += batch[before..]
                 .iter()
@@ -541,6 +558,35 @@ impl<'a> Reader<'a> {
             }
             if read == 0 {
                 std::thread::sleep(IDLE_POLL);
+            }
+        }
+    }
+
+    /// Entries read as new come in id order; a kv write whose version is
+    /// not above the newest its partition has given means the stream went
+    /// back (a failover to a replica that lacked entries already written
+    /// back, or a stream lost and created again, on a master whose clock is
+    /// behind them). The merge keeps the newer version, so this write is
+    /// lost to an older one: said as an error and counted.
+    fn check_versions(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            let partition = self.queue.partition_of(entry.record.key());
+            let newest = &mut self.newest_read[usize::from(partition)];
+            let behind = newest.is_some_and(|n| entry.version <= n);
+            *newest = (*newest).max(Some(entry.version));
+            if behind && matches!(entry.record, Record::Put { .. } | Record::Delete { .. }) {
+                self.config
+                    .metrics
+                    .version_regressions
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    partition,
+                    id = %String::from_utf8_lossy(&entry.id),
+                    "a write was versioned behind one already written back from its partition \
+                     (the stream went back: a failover to a lagging replica, or a lost stream, on \
+                     a master whose clock is behind); if its key has a newer version in the \
+                     database, that one stays"
+                );
             }
         }
     }
