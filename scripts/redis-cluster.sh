@@ -8,8 +8,8 @@
 #           reports cluster_state:ok, every replica has synced and CLUSTER
 #           SHARDS shows every node online, printing the seed list.
 #   restart kill the node on --port (SIGKILL, as a crash) and start it again
-#           from its own files (its AOF, if on); returns once the cluster
-#           reports cluster_state:ok again.
+#           from its own files (its AOF, if on); with --all, every node at
+#           once. Returns once the cluster reports cluster_state:ok again.
 #   stop    kill the nodes under DIR and remove DIR.
 #   status  CLUSTER INFO's state and CLUSTER NODES of the first node.
 #
@@ -17,7 +17,7 @@
 #          [--replicas R] [--port BASE] [--dir DIR] [--password P]
 #          [--node-timeout-ms MS] [--appendonly yes|no]
 #          [--appendfsync everysec|always|no] [--maxmemory BYTES]
-#          [--maxmemory-policy POLICY]
+#          [--maxmemory-policy POLICY] [--all]
 # Defaults: 3 masters, 0 replicas, port 7000, dir var/redis-cluster,
 # no password, node timeout 2000 ms (how long before a failover starts).
 # With --password, the default user needs it (ACL), and replicas use it too.
@@ -44,6 +44,7 @@ appendonly=yes
 appendfsync=everysec
 maxmemory=512mb
 maxmemory_policy=volatile-lru
+all=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --masters) masters="$2"; shift 2 ;;
@@ -56,6 +57,7 @@ while [ $# -gt 0 ]; do
     --appendfsync) appendfsync="$2"; shift 2 ;;
     --maxmemory) maxmemory="$2"; shift 2 ;;
     --maxmemory-policy) maxmemory_policy="$2"; shift 2 ;;
+    --all) all=1; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -163,24 +165,45 @@ wait_ok() {
   done
 }
 
+# crash_and_start PORT...: SIGKILL each node, then start each from its files.
+crash_and_start() {
+  local p pid
+  for p in "$@"; do
+    [ -f "$dir/$p/redis.conf" ] || { echo "no node on port $p under $dir" >&2; exit 2; }
+    pid="$(cat "$dir/$p/redis.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+  done
+  for p in "$@"; do
+    pid="$(cat "$dir/$p/redis.pid" 2>/dev/null || true)"
+    if [ -n "$pid" ]; then
+      for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.02
+      done
+    fi
+    rm -f "$dir/$p/redis.pid"
+  done
+  for p in "$@"; do
+    redis-server "$dir/$p/redis.conf"
+  done
+  # Each answers LOADING until its AOF is read.
+  for p in "$@"; do
+    for _ in $(seq 1 300); do
+      cli "$p" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.05
+    done
+  done
+}
+
 restart() {
-  local conf="$dir/$port/redis.conf" pid
-  [ -f "$conf" ] || { echo "no node on port $port under $dir" >&2; exit 2; }
-  pid="$(cat "$dir/$port/redis.pid" 2>/dev/null || true)"
-  if [ -n "$pid" ]; then
-    kill -9 "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.02
+  local ports=("$port") conf
+  if [ "$all" = 1 ]; then
+    ports=()
+    for conf in "$dir"/*/redis.conf; do
+      ports+=("$(basename "$(dirname "$conf")")")
     done
   fi
-  rm -f "$dir/$port/redis.pid"
-  redis-server "$conf"
-  # It answers LOADING until its AOF is read.
-  for _ in $(seq 1 300); do
-    cli "$port" ping 2>/dev/null | grep -q PONG && break
-    sleep 0.05
-  done
+  crash_and_start "${ports[@]}"
   wait_ok
 }
 

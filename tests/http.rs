@@ -283,15 +283,26 @@ fn a_slow_header_gets_408_and_a_close() {
     stream
         .write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n")
         .unwrap();
-    // Trickling bytes does not extend the deadline.
-    for _ in 0..3 {
-        thread::sleep(Duration::from_millis(60));
-        stream.write_all(b"X: y\r\n").unwrap();
-    }
+    // A header field every 50 ms for 1.5 s, five times the timeout: if
+    // each byte that came extended the deadline, the 408 would wait for
+    // the trickle to end.
+    let mut trickle = stream.try_clone().unwrap();
+    let trickler = thread::spawn(move || {
+        for _ in 0..30 {
+            thread::sleep(Duration::from_millis(50));
+            if trickle.write_all(b"X: y\r\n").is_err() {
+                break;
+            }
+        }
+    });
     let response = read_response(&mut stream);
     assert_eq!(response.status, 408);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1200),
+        "408 after {waited:?}: the deadline runs from the head's first byte"
+    );
+    trickler.join().unwrap();
     assert!(closed_by_server(&mut stream));
     // A connection that never sends anything is closed without a response.
     let mut silent = server.connect();

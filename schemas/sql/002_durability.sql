@@ -12,5 +12,16 @@ create table if not exists writeback_partitions (
 
 -- How many times each event reached the database: 1, unless a redelivery
 -- (a crash between a commit and its acknowledgement) or a client's retry
--- brought it again. The first row is kept; this only counts.
-alter table events add column if not exists deliveries integer not null default 1;
+-- brought it again. The first row is kept; this only counts. Added only
+-- when missing, so that a start does not lock the table.
+do $$
+begin
+    if not exists (
+        select 1 from information_schema.columns
+        where table_schema = current_schema() and table_name = 'events'
+          and column_name = 'deliveries'
+    ) then
+        alter table events add column deliveries integer not null default 1;
+    end if;
+end
+$$;

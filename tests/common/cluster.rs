@@ -108,11 +108,21 @@ impl RedisCluster {
     /// files, as scripts/redis-cluster.sh restart does; returns once the
     /// cluster is ok again.
     pub fn restart(&self, port: u16) {
+        self.run_restart(&["--port", &port.to_string()]);
+    }
+
+    /// Kill every node at once and start them all again.
+    pub fn restart_all(&self) {
+        self.run_restart(&["--all"]);
+    }
+
+    fn run_restart(&self, which: &[&str]) {
         let output = Command::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/redis-cluster.sh"
         ))
-        .args(["restart", "--port", &port.to_string()])
+        .arg("restart")
+        .args(which)
         .arg("--dir")
         .arg(&self.dir)
         .args(
@@ -125,7 +135,7 @@ impl RedisCluster {
         .expect("run scripts/redis-cluster.sh restart");
         assert!(
             output.status.success(),
-            "the node on {port} did not come back:\n{}{}",
+            "the cluster did not come back ({which:?}):\n{}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );

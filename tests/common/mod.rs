@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
 pub mod cluster;
+pub mod history;
 pub mod postgres;
 pub mod proxy;
 
@@ -237,22 +238,41 @@ pub fn read_head_response(stream: &mut impl Read) -> Response {
 }
 
 fn read_response_to(stream: &mut impl Read, head: bool) -> Response {
+    try_read_response_to(stream, head).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Read one response, or say why none could be read (closed, timed out,
+/// malformed), for clients that carry on after a failure.
+pub fn try_read_response(stream: &mut impl Read) -> Result<Response, String> {
+    try_read_response_to(stream, false)
+}
+
+fn try_read_response_to(stream: &mut impl Read, head: bool) -> Result<Response, String> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
-            Ok(0) => panic!(
-                "connection closed after {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed after {:?}",
+                    String::from_utf8_lossy(&buf)
+                ));
+            }
             Ok(_) => buf.push(byte[0]),
-            Err(e) => panic!("read failed after {:?}: {e}", String::from_utf8_lossy(&buf)),
+            Err(e) => {
+                return Err(format!(
+                    "read failed after {:?}: {e}",
+                    String::from_utf8_lossy(&buf)
+                ));
+            }
         }
     }
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Response::new(&mut headers);
-    parsed.parse(&buf).expect("a valid response head");
-    let status = parsed.code.unwrap();
+    parsed
+        .parse(&buf)
+        .map_err(|e| format!("a malformed response head: {e}"))?;
+    let status = parsed.code.ok_or("a response head without a status")?;
     let headers: Vec<(String, String)> = parsed
         .headers
         .iter()
@@ -266,14 +286,17 @@ fn read_response_to(stream: &mut impl Read, head: bool) -> Response {
     let length: usize = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().unwrap());
+        .map_or(Ok(0), |(_, v)| v.parse())
+        .map_err(|_| "a bad Content-Length".to_string())?;
     let mut body = vec![0; if head { 0 } else { length }];
-    stream.read_exact(&mut body).expect("the whole body");
-    Response {
+    stream
+        .read_exact(&mut body)
+        .map_err(|e| format!("the body did not come whole: {e}"))?;
+    Ok(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// SIGTERM a `millrace writeback` child and check that it exits cleanly
