@@ -98,7 +98,7 @@ impl History {
                 let stop = Arc::clone(&stop);
                 let prefix = prefix.clone();
                 thread::spawn(move || {
-                    client(addr, &prefix, c, seed ^ (c as u64 + 1) * 0x9e37, &stop)
+                    client(addr, &prefix, c, seed ^ ((c as u64 + 1) * 0x9e37), &stop)
                 })
             })
             .collect();
