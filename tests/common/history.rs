@@ -64,8 +64,9 @@ enum Kind {
 enum Outcome {
     /// 202, with the write's version.
     Written(Version),
-    /// Refused before anything was written (4xx, or a 503 that says so).
-    Refused(u16),
+    /// Refused before anything was written (4xx, or a 503 that says so),
+    /// with the answer's status and body.
+    Refused(u16, String),
     /// No answer, or a 503 after which the write may still land.
     Unknown,
     /// 200 with a version and a value, or 404 (`None`).
@@ -201,7 +202,7 @@ impl Recorded {
             match (&op.kind, &op.outcome) {
                 (_, Outcome::Written(_)) => tally.written += 1,
                 (_, Outcome::Unknown) => tally.unknown += 1,
-                (_, Outcome::Refused(_)) => tally.refused += 1,
+                (_, Outcome::Refused(..)) => tally.refused += 1,
                 (Kind::Get, Outcome::Read(_)) => tally.reads += 1,
                 (Kind::Get, Outcome::Unread) => tally.unread += 1,
                 _ => {}
@@ -278,16 +279,17 @@ impl Recorded {
                 }
             }
             if let Some((_, Some(value))) = stored.get(&key) {
-                let refused = all.iter().any(|op| {
+                let refused = all.iter().find(|op| {
                     op.key == key
-                        && matches!(op.outcome, Outcome::Refused(_))
+                        && matches!(op.outcome, Outcome::Refused(..))
                         && value_of(op).as_ref() == Some(value)
                 });
-                if refused {
+                if let Some(op) = refused {
                     tally.refused_stored += 1;
-                    tally
-                        .notes
-                        .push(format!("key {key}: refused value {value} stored"));
+                    tally.notes.push(format!(
+                        "key {key}: refused value {value} stored ({:?})",
+                        op.outcome
+                    ));
                 }
             }
         }
@@ -514,7 +516,9 @@ fn exchange(addr: SocketAddr, stream: &mut Option<TcpStream>, request: &[u8]) ->
     answer.map_or(Exchange::Lost, Exchange::Answer)
 }
 
-/// Refusals that leave nothing: the write was never run.
+/// Refusals that leave nothing: the write was never run. (A write whose
+/// script ran and whose replicas did not confirm it says "queued on the
+/// primary" and may land.)
 const REFUSED_BEFORE_WRITING: [&str; 5] = [
     "backlog",
     "max_redis_in_flight",
@@ -530,7 +534,7 @@ fn judge(kind: &Kind, exchange: Exchange) -> Outcome {
     };
     let answer = match exchange {
         Exchange::NotSent if matches!(kind, Kind::Get) => return Outcome::Unread,
-        Exchange::NotSent => return Outcome::Refused(0),
+        Exchange::NotSent => return Outcome::Refused(0, "not sent".into()),
         Exchange::Lost => None,
         Exchange::Answer(r) => Some(r),
     };
@@ -547,13 +551,14 @@ fn judge(kind: &Kind, exchange: Exchange) -> Outcome {
         (_, None) => Outcome::Unknown,
         (_, Some(r)) => match r.status {
             202 => version(&r).map_or(Outcome::Unknown, Outcome::Written),
-            503 if !REFUSED_BEFORE_WRITING
-                .iter()
-                .any(|why| r.text().contains(why)) =>
+            503 if r.text().contains("queued on the primary")
+                || !REFUSED_BEFORE_WRITING
+                    .iter()
+                    .any(|why| r.text().contains(why)) =>
             {
                 Outcome::Unknown
             }
-            status => Outcome::Refused(status),
+            status => Outcome::Refused(status, r.text()),
         },
     }
 }
