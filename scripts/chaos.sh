@@ -2,16 +2,21 @@
 # scripts/chaos.sh: the fault suite (tests/chaos.rs), seeded and repeatable.
 #
 # Each scenario starts its own Redis Cluster, PostgreSQL and millrace, drives
-# open-loop event load with `millrace load --ledger`, injects one fault
-# (SIGKILL and SIGTERM of the server, a Redis master killed with and without
-# ack_replicas, 2,000 slots resharded, PostgreSQL stopped for OUTAGE seconds
-# and crashed with -m immediate, the database core killed before its insert
-# and between commit and XACK, latency, a stall and cuts on the PostgreSQL
-# link and on the Redis links, load at 50 to 120% of capacity, slowloris with the connection cap reached and a 100,000-request
-# pipeline flood), lets the queue drain, and checks the ledger against the
-# events table: events answered 202 missing, stored twice, or stored though
-# refused. The ledgers are printed as one table and written to
-# benches/results/<date>-<host>-chaos.md.
+# open-loop event load with `millrace load --ledger` and a kv history
+# (PUT, DELETE, GET, compare-and-set over a small key set) beside it,
+# injects one fault (SIGKILL and SIGTERM of the server; a Redis master
+# killed with and without ack_replicas, restarted from its AOF, restarted
+# empty without one; every node restarted at once; Redis at maxmemory;
+# 2,000 slots resharded; PostgreSQL stopped for OUTAGE seconds and crashed
+# with -m immediate; the database core killed before its insert and between
+# commit and XACK; latency, a stall and cuts on the PostgreSQL link and on
+# the Redis links; load at 50 to 120% of capacity; slowloris with the
+# connection cap reached and a 300,000-request pipeline flood), lets the
+# queue drain, and checks the ledger against the events table (events
+# answered 202 missing, redelivered, or stored though refused) and the kv
+# history against itself and the kv table (lost writes, refused values
+# stored, stale reads, keys come back, double compare-and-set wins). Both
+# tables are printed and written to benches/results/<date>-<host>-chaos.md.
 #
 # Usage: scripts/chaos.sh [--seed N] [--outage-seconds N] [--only NAME]
 # Defaults: seed 1, outage 60 s (the test suite's own pass uses 10 s), every
@@ -42,7 +47,7 @@ need_packages curl redis-server redis-tools postgresql postgresql-client pkg-con
 
 rows="$(mktemp)"
 log="$(mktemp)"
-trap 'rm -f "$rows" "$log"' EXIT
+trap 'rm -f "$rows" "$rows.kv" "$log"' EXIT
 
 step "fault suite: seed $seed, PostgreSQL down $outage s"
 status=0
@@ -57,10 +62,17 @@ out="$results_dir/${stamp}-${host}-chaos.md"
   echo "Fault suite ledgers: events (10 per request) answered 202 vs rows in PostgreSQL. Seed $seed, PostgreSQL outage $outage s; $(nproc) CPUs, Linux $(uname -r)."
   echo "Command: \`scripts/chaos.sh --seed $seed --outage-seconds $outage${only:+ --only $only}\`"
   echo
-  echo "| scenario | requests | answers | no answer | events accepted | rows | missing | duplicated | unexpected |"
+  echo "| scenario | requests | answers | no answer | events accepted | rows | missing | redelivered | unexpected |"
   echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
   cat "$rows"
   echo
+  echo "The kv history beside each load: requests (4 clients), writes acknowledged, answers lost, refused (412 mostly), reads, and each kind of violation."
+  echo
+  echo "| scenario | kv requests | written | unknown | refused | reads | lost | refused stored | stale reads | came back | double wins |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  cat "$rows.kv" 2>/dev/null || true
+  echo
+  grep -h '^kv: ' "$log" | sed 's/^/- /' || true
   grep -h '^peak RSS' "$log" | sed 's/^/- abuse: /' || true
   grep -h '^test result' "$log" | sed 's/^/- /' || true
 } > "$out"
