@@ -236,6 +236,18 @@ struct PlanOptions {
     /// Requests each load-generator connection keeps in flight
     #[arg(long, default_value_t = 16)]
     pipeline: u32,
+    /// Keys kept in the Redis cache (the hot set)
+    #[arg(long, default_value_t = 1_000_000)]
+    hot_keys: u64,
+    /// Seconds of PostgreSQL outage the queue in Redis must absorb
+    #[arg(long, default_value_t = 300.0)]
+    outage_s: f64,
+    /// Replicas per Redis master
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Memory one Redis master may use, in GiB
+    #[arg(long, default_value_t = 32.0)]
+    redis_memory_gib: f64,
     /// A results file with plan_inputs (scripts/bench.sh writes one); default: this
     /// repository's measurements on its development VM
     #[arg(long, value_name = "FILE")]
@@ -261,6 +273,10 @@ fn plan_command(options: &PlanOptions) -> Result<String, String> {
         nic_gbit: options.nic_gbit,
         headroom: options.headroom,
         pipeline: options.pipeline,
+        hot_keys: options.hot_keys,
+        outage_s: options.outage_s,
+        replicas: options.replicas,
+        redis_memory_gib: options.redis_memory_gib,
     };
     let plan = millrace::plan::plan(&demand, &costs)?;
     Ok(millrace::plan::render(&demand, &costs, &plan))

@@ -3,9 +3,11 @@
 //! The arithmetic is plain: executor cores from the requests one core
 //! serves per second, Redis masters from the operations one master serves,
 //! NIC bandwidth from the bytes each exchange puts on the wire, database
-//! cores from the rows one core writes back, and the load generator's
-//! concurrency from Little's law at the measured p99. Each figure names the
-//! measurement it came from.
+//! cores from the rows one core writes back, Redis memory from the bytes a
+//! cached key and a queued write take (the hot set, and the backlog an
+//! outage of PostgreSQL builds), and the load generator's concurrency from
+//! Little's law at the measured p99. Each figure names the measurement it
+//! came from.
 
 use std::fmt::Write as _;
 
@@ -34,6 +36,23 @@ pub struct Costs {
     pub writeback_rows_per_core_second: Measured,
     /// p99 latency of an API request under load, in milliseconds.
     pub p99_ms: Measured,
+    /// Redis bytes a cached key takes beyond its key and value.
+    #[serde(default = "default_cached_key_overhead")]
+    pub redis_cached_key_overhead_bytes: Measured,
+    /// Redis bytes a queued PUT takes beyond twice its key and value (its
+    /// stream entry and its cache entry).
+    #[serde(default = "default_queued_write_overhead")]
+    pub redis_queued_write_overhead_bytes: Measured,
+}
+
+/// What scripts/bench-memory.sh measured on the development VM, for
+/// results files written before it ran.
+fn default_cached_key_overhead() -> Measured {
+    Costs::defaults().redis_cached_key_overhead_bytes
+}
+
+fn default_queued_write_overhead() -> Measured {
+    Costs::defaults().redis_queued_write_overhead_bytes
 }
 
 impl Costs {
@@ -66,6 +85,14 @@ impl Costs {
                 0.403,
                 "PUT /v1/kv open loop at 2,000/s, p99: scripts/bench-api.sh (benches/results/2026-11-28-vm-api.md)",
             ),
+            redis_cached_key_overhead_bytes: measured(
+                CACHED_KEY_OVERHEAD_MEASURED,
+                "used_memory per cached key less its key and value: scripts/bench-memory.sh (benches/results/2026-12-03-vm-memory.md)",
+            ),
+            redis_queued_write_overhead_bytes: measured(
+                QUEUED_WRITE_OVERHEAD_MEASURED,
+                "used_memory per queued PUT less twice its key and value: scripts/bench-memory.sh (benches/results/2026-12-03-vm-memory.md)",
+            ),
         }
     }
 
@@ -90,7 +117,7 @@ impl Costs {
         Ok(costs)
     }
 
-    fn figures(&self) -> [(&'static str, &Measured); 5] {
+    fn figures(&self) -> [(&'static str, &Measured); 7] {
         [
             ("reads_per_core_second", &self.reads_per_core_second),
             ("writes_per_core_second", &self.writes_per_core_second),
@@ -103,6 +130,14 @@ impl Costs {
                 &self.writeback_rows_per_core_second,
             ),
             ("p99_ms", &self.p99_ms),
+            (
+                "redis_cached_key_overhead_bytes",
+                &self.redis_cached_key_overhead_bytes,
+            ),
+            (
+                "redis_queued_write_overhead_bytes",
+                &self.redis_queued_write_overhead_bytes,
+            ),
         ]
     }
 }
@@ -126,6 +161,14 @@ pub struct Demand {
     pub headroom: f64,
     /// Requests each load-generator connection keeps in flight.
     pub pipeline: u32,
+    /// Keys kept in the cache (the hot set).
+    pub hot_keys: u64,
+    /// Seconds of PostgreSQL outage the queue must absorb.
+    pub outage_s: f64,
+    /// Replicas per Redis master.
+    pub replicas: u32,
+    /// Memory one Redis master may use, in GiB.
+    pub redis_memory_gib: f64,
 }
 
 impl Demand {
@@ -157,6 +200,15 @@ impl Demand {
         if self.pipeline == 0 {
             return Err("--pipeline must be at least 1".into());
         }
+        if !(self.outage_s.is_finite() && self.outage_s >= 0.0) {
+            return Err(format!("--outage-s must be 0 or more, not {}", self.outage_s));
+        }
+        if !(self.redis_memory_gib.is_finite() && self.redis_memory_gib > 0.0) {
+            return Err(format!(
+                "--redis-memory-gib must be above 0, not {}",
+                self.redis_memory_gib
+            ));
+        }
         Ok(())
     }
 }
@@ -170,8 +222,12 @@ pub const WIRE_OVERHEAD_BYTES: u64 = 90;
 pub const REQUEST_HEAD_BYTES: u64 = 64;
 
 /// Response bytes besides the value: status line, Server, Date,
-/// Content-Type, Content-Length, the blank line (a 202's version included).
-pub const RESPONSE_HEAD_BYTES: u64 = 140;
+/// Content-Type, Content-Length, ETag, the blank line (a 202's version included).
+pub const RESPONSE_HEAD_BYTES: u64 = 170;
+
+/// What scripts/bench-memory.sh measured (benches/results/2026-12-03-vm-memory.md).
+const CACHED_KEY_OVERHEAD_MEASURED: f64 = 0.0;
+const QUEUED_WRITE_OVERHEAD_MEASURED: f64 = 0.0;
 
 /// The plan.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,8 +243,21 @@ pub struct Plan {
     /// about three per written row for the database core (read, ack, trim,
     /// amortised over a batch: counted as one).
     pub redis_ops: f64,
-    /// Redis masters, at the headroom.
+    /// Redis masters, at the headroom: for the commands or for the memory,
+    /// whichever needs more.
     pub redis_masters: u64,
+    /// Redis masters the commands alone need.
+    pub redis_masters_for_ops: u64,
+    /// Bytes the hot set takes in Redis.
+    pub hot_set_bytes: f64,
+    /// Bytes the queue takes after `outage_s` of PostgreSQL outage.
+    pub backlog_bytes: f64,
+    /// Queued bytes as `max_backlog_bytes` counts them (entries' fields).
+    pub backlog_payload_bytes: f64,
+    /// `maxmemory` for each master.
+    pub maxmemory_per_master_bytes: f64,
+    /// Redis memory over all masters and replicas.
+    pub redis_memory_bytes: f64,
     /// Bytes into a box's NIC per request, framing included.
     pub bytes_in: f64,
     /// Bytes out per request.
@@ -226,9 +295,28 @@ pub fn plan(demand: &Demand, costs: &Costs) -> Result<Plan, String> {
     let boxes = executor_cores.div_ceil(executors_per_box);
 
     let redis_ops = reads + 2.0 * writes;
-    let redis_masters = (redis_ops / (costs.redis_ops_per_master_second.value * usable))
+    let redis_masters_for_ops = (redis_ops / (costs.redis_ops_per_master_second.value * usable))
         .ceil()
         .max(1.0) as u64;
+    // Memory: the hot set, each key once; the backlog of an outage, each
+    // write twice (its stream entry, its pinned cache entry), counted as if
+    // every write were to a new key.
+    let payload = (demand.key_bytes + demand.value_bytes) as f64;
+    let hot_set_bytes =
+        demand.hot_keys as f64 * (costs.redis_cached_key_overhead_bytes.value + payload);
+    let backlog_writes = writes * demand.outage_s;
+    let backlog_bytes =
+        backlog_writes * (costs.redis_queued_write_overhead_bytes.value + 2.0 * payload);
+    let backlog_payload_bytes = backlog_writes * (6.0 + payload);
+    let gib = (1u64 << 30) as f64;
+    let redis_masters_for_memory = ((hot_set_bytes + backlog_bytes)
+        / (demand.redis_memory_gib * gib * usable))
+        .ceil()
+        .max(1.0) as u64;
+    let redis_masters = redis_masters_for_ops.max(redis_masters_for_memory);
+    let maxmemory_per_master_bytes = (hot_set_bytes + backlog_bytes) / redis_masters as f64 / usable;
+    let redis_memory_bytes =
+        maxmemory_per_master_bytes * redis_masters as f64 * f64::from(1 + demand.replicas);
 
     // A read: a small request in, the value out. A write: the value in, a
     // small response out. One packet each way per request (values up to a
@@ -270,6 +358,12 @@ pub fn plan(demand: &Demand, costs: &Costs) -> Result<Plan, String> {
         boxes,
         redis_ops,
         redis_masters,
+        redis_masters_for_ops,
+        hot_set_bytes,
+        backlog_bytes,
+        backlog_payload_bytes,
+        maxmemory_per_master_bytes,
+        redis_memory_bytes,
         bytes_in,
         bytes_out,
         gbit_in: gbit(bytes_in),
@@ -331,12 +425,34 @@ pub fn render(demand: &Demand, costs: &Costs, plan: &Plan) -> String {
     line(
         &mut out,
         &format!(
-            "Redis masters: {} for {} commands/s (a read is one; a write is its script plus \
+            "Redis masters: {} ({} for {} commands/s: a read is one; a write is its script plus \
              its share of the database core's reads, acks and trims, counted as one)",
             plan.redis_masters,
+            plan.redis_masters_for_ops,
             group(plan.redis_ops)
         ),
         &[&costs.redis_ops_per_master_second],
+    );
+    line(
+        &mut out,
+        &format!(
+            "Redis memory: {} for the hot set ({} keys) + {} for {} s of PostgreSQL outage \
+             ({} writes queued); maxmemory {} per master (volatile-lru), {} in all with {} \
+             replica(s) each; max_backlog_bytes {} holds that outage",
+            bytes(plan.hot_set_bytes),
+            group(demand.hot_keys as f64),
+            bytes(plan.backlog_bytes),
+            demand.outage_s,
+            group(plan.rows * demand.outage_s),
+            bytes(plan.maxmemory_per_master_bytes),
+            bytes(plan.redis_memory_bytes),
+            demand.replicas,
+            bytes(plan.backlog_payload_bytes),
+        ),
+        &[
+            &costs.redis_cached_key_overhead_bytes,
+            &costs.redis_queued_write_overhead_bytes,
+        ],
     );
     line(
         &mut out,
@@ -377,6 +493,22 @@ pub fn render(demand: &Demand, costs: &Costs, plan: &Plan) -> String {
     out
 }
 
+/// Bytes in the largest binary unit that keeps the figure at 1 or more.
+fn bytes(value: f64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = value;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} bytes")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 /// `1234567.8` as `1,234,568`.
 fn group(value: f64) -> String {
     let digits = format!("{:.0}", value.round());
@@ -408,6 +540,10 @@ mod tests {
             nic_gbit: 25.0,
             headroom: 0.3,
             pipeline: 16,
+            hot_keys: 10_000_000,
+            outage_s: 60.0,
+            replicas: 1,
+            redis_memory_gib: 32.0,
         }
     }
 
@@ -422,6 +558,8 @@ mod tests {
             redis_ops_per_master_second: measured(500_000.0),
             writeback_rows_per_core_second: measured(200_000.0),
             p99_ms: measured(0.5),
+            redis_cached_key_overhead_bytes: measured(100.0),
+            redis_queued_write_overhead_bytes: measured(300.0),
         }
     }
 
@@ -435,9 +573,9 @@ mod tests {
         // 900,000 + 2 x 100,000 = 1,100,000 commands, 350,000 per master.
         assert_eq!(plan.redis_ops, 1_100_000.0);
         assert_eq!(plan.redis_masters, 4);
-        // A read: 64 + 16 in, 140 + 512 out; a write: 64 + 16 + 512 in, 140 out; 90 per packet.
+        // A read: 64 + 16 in, 170 + 512 out; a write: 64 + 16 + 512 in, 170 out; 90 per packet.
         let bytes_in = 0.9 * (80.0 + 90.0) + 0.1 * (592.0 + 90.0);
-        let bytes_out = 0.9 * (652.0 + 90.0) + 0.1 * (140.0 + 90.0);
+        let bytes_out = 0.9 * (682.0 + 90.0) + 0.1 * (170.0 + 90.0);
         assert!((plan.bytes_in - bytes_in).abs() < 1e-9);
         assert!((plan.bytes_out - bytes_out).abs() < 1e-9);
         assert!((plan.gbit_out - 1e6 * bytes_out * 8.0 / 1e9).abs() < 1e-9);
@@ -449,6 +587,30 @@ mod tests {
         // 1,000,000/s x 0.5 ms = 500 in flight, 32 connections of 16.
         assert_eq!(plan.in_flight, 500);
         assert_eq!(plan.connections, 32);
+        // 10M keys x (100 + 16 + 512) bytes; 100,000 writes/s x 60 s x
+        // (300 + 2 x 528) bytes; over 4 masters (the commands need 4, the
+        // 6.7 GiB fit one) at 70%, and twice that with a replica each.
+        assert!((plan.hot_set_bytes - 10e6 * 628.0).abs() < 1.0);
+        assert!((plan.backlog_bytes - 6e6 * 1356.0).abs() < 1.0);
+        assert!((plan.backlog_payload_bytes - 6e6 * 534.0).abs() < 1.0);
+        assert_eq!((plan.redis_masters_for_ops, plan.redis_masters), (4, 4));
+        let total = 10e6 * 628.0 + 6e6 * 1356.0;
+        assert!((plan.maxmemory_per_master_bytes - total / 4.0 / 0.7).abs() < 1.0);
+        assert!((plan.redis_memory_bytes - total / 0.7 * 2.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn memory_can_need_more_masters_than_the_commands() {
+        let big = Demand {
+            hot_keys: 1_000_000_000,
+            redis_memory_gib: 16.0,
+            ..demand()
+        };
+        let plan = plan(&big, &costs()).unwrap();
+        // 628 GB of hot set at 70% of 16 GiB per master.
+        let expected = ((1e9 * 628.0 + 6e6 * 1356.0) / (16.0 * (1u64 << 30) as f64 * 0.7)).ceil() as u64;
+        assert_eq!(plan.redis_masters, expected);
+        assert!(plan.redis_masters > plan.redis_masters_for_ops);
     }
 
     #[test]
@@ -460,7 +622,7 @@ mod tests {
             ..demand()
         };
         let plan = plan(&big, &costs()).unwrap();
-        let out = (140 + 100_000 + 70 * 90) as f64;
+        let out = (170 + 100_000 + 70 * 90) as f64;
         assert!((plan.bytes_out - out).abs() < 1e-9, "{}", plan.bytes_out);
         assert_eq!(plan.database_cores, 0, "no writes, no rows");
         assert!(plan.boxes_for_nic > plan.boxes, "{plan:?}");
@@ -531,6 +693,20 @@ mod tests {
                     ..demand()
                 },
                 "--pipeline",
+            ),
+            (
+                Demand {
+                    outage_s: -1.0,
+                    ..demand()
+                },
+                "--outage-s",
+            ),
+            (
+                Demand {
+                    redis_memory_gib: 0.0,
+                    ..demand()
+                },
+                "--redis-memory-gib",
             ),
         ] {
             let error = plan(&bad, &costs()).unwrap_err();
