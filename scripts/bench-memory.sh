@@ -52,13 +52,16 @@ dir="$root/var/bench-memory"
 redis_port=$((21400 + RANDOM % 600))
 pg_port=$(free_port)
 make_work
-cleanup() {
-  stop_work
+stop_stack() {
   scripts/redis-cluster.sh stop --dir "$dir/redis" > /dev/null 2>&1 || true
   scripts/postgres.sh stop --dir "$dir/postgres" --port "$pg_port" > /dev/null 2>&1 || true
 }
+cleanup() {
+  stop_work
+  stop_stack
+}
 trap cleanup EXIT
-cleanup
+stop_stack
 step "a 3-master Redis Cluster and PostgreSQL on CPU $load_cpu"
 seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir/redis" --port "$redis_port")
 pg_url=$(taskset -c "$load_cpu" scripts/postgres.sh start --dir "$dir/postgres" --port "$pg_port")
@@ -175,10 +178,11 @@ for kind, size, key_bytes, queued, cached, count in rows:
                       "queued_bytes_per_put": int(queued) / count, "cached_bytes_per_key": int(cached) / count}
 events = next(r for r in rows if r[0] == "events")
 per_post = int(events[3]) / int(events[5])
-# Overheads beyond the payload: a cached key holds its key and value once,
+# Overheads beyond the payload (the larger of the two sizes, to size with
+# room): a cached key holds its key and value once,
 # a queued PUT twice (its stream entry and its cache entry).
-cached_overhead = min(p["cached_bytes_per_key"] - p["key_bytes"] - p["value_bytes"] for p in puts.values())
-queued_overhead = min(p["queued_bytes_per_put"] - 2 * (p["key_bytes"] + p["value_bytes"]) for p in puts.values())
+cached_overhead = max(p["cached_bytes_per_key"] - p["key_bytes"] - p["value_bytes"] for p in puts.values())
+queued_overhead = max(p["queued_bytes_per_put"] - 2 * (p["key_bytes"] + p["value_bytes"]) for p in puts.values())
 command = f"scripts/bench-memory.sh --keys {keys} --posts {posts} --batch {batch}"
 source = f"{command} (benches/results/{out.rsplit('/', 1)[-1]}.md)"
 report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,

@@ -201,7 +201,10 @@ impl Demand {
             return Err("--pipeline must be at least 1".into());
         }
         if !(self.outage_s.is_finite() && self.outage_s >= 0.0) {
-            return Err(format!("--outage-s must be 0 or more, not {}", self.outage_s));
+            return Err(format!(
+                "--outage-s must be 0 or more, not {}",
+                self.outage_s
+            ));
         }
         if !(self.redis_memory_gib.is_finite() && self.redis_memory_gib > 0.0) {
             return Err(format!(
@@ -226,8 +229,8 @@ pub const REQUEST_HEAD_BYTES: u64 = 64;
 pub const RESPONSE_HEAD_BYTES: u64 = 170;
 
 /// What scripts/bench-memory.sh measured (benches/results/2026-12-03-vm-memory.md).
-const CACHED_KEY_OVERHEAD_MEASURED: f64 = 0.0;
-const QUEUED_WRITE_OVERHEAD_MEASURED: f64 = 0.0;
+const CACHED_KEY_OVERHEAD_MEASURED: f64 = 210.0;
+const QUEUED_WRITE_OVERHEAD_MEASURED: f64 = 322.0;
 
 /// The plan.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,7 +317,8 @@ pub fn plan(demand: &Demand, costs: &Costs) -> Result<Plan, String> {
         .ceil()
         .max(1.0) as u64;
     let redis_masters = redis_masters_for_ops.max(redis_masters_for_memory);
-    let maxmemory_per_master_bytes = (hot_set_bytes + backlog_bytes) / redis_masters as f64 / usable;
+    let maxmemory_per_master_bytes =
+        (hot_set_bytes + backlog_bytes) / redis_masters as f64 / usable;
     let redis_memory_bytes =
         maxmemory_per_master_bytes * redis_masters as f64 * f64::from(1 + demand.replicas);
 
@@ -608,7 +612,8 @@ mod tests {
         };
         let plan = plan(&big, &costs()).unwrap();
         // 628 GB of hot set at 70% of 16 GiB per master.
-        let expected = ((1e9 * 628.0 + 6e6 * 1356.0) / (16.0 * (1u64 << 30) as f64 * 0.7)).ceil() as u64;
+        let expected =
+            ((1e9 * 628.0 + 6e6 * 1356.0) / (16.0 * (1u64 << 30) as f64 * 0.7)).ceil() as u64;
         assert_eq!(plan.redis_masters, expected);
         assert!(plan.redis_masters > plan.redis_masters_for_ops);
     }
