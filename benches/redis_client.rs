@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use millrace::load::workload::Rng;
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::Reply;
+use millrace::rng::Rng;
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -37,7 +37,7 @@ fn main() {
             other => panic!("unknown flag {other}"),
         }
     }
-    let mut client = Client::connect(Config::new(seeds)).expect("connect");
+    let mut client = Client::connect(ClusterConfig::new(seeds)).expect("connect");
     let value = vec![b'x'; value_bytes];
     let names: Vec<Vec<u8>> = (0..keys)
         .map(|k| format!("key:{k:012}").into_bytes())

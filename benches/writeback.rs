@@ -13,13 +13,15 @@ use std::sync::{Arc, atomic::Ordering};
 use std::time::{Duration, Instant};
 
 use millrace::payload;
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
-use millrace::writeback::core::{self, WritebackConfig};
+use millrace::routes;
 use millrace::writeback::db;
-use millrace::writeback::queue::{Caps, Queue, Record};
+use millrace::writeback::drain::{self, WritebackConfig};
+use millrace::writeback::queue::{Caps, Queue};
+use millrace::writeback::table::Tables;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client as Postgres, NoTls};
@@ -77,8 +79,15 @@ fn main() {
             .await
             .expect("connect to PostgreSQL");
         tokio::spawn(connection);
-        for (_, sql) in db::SCHEMA {
-            postgres.batch_execute(sql).await.expect("apply the schema");
+        postgres
+            .batch_execute(db::CORE_SCHEMA)
+            .await
+            .expect("apply the schema");
+        for table in routes::tables() {
+            postgres
+                .batch_execute(table.schema())
+                .await
+                .expect("apply the tables' schemas");
         }
         postgres
             .batch_execute(
@@ -99,7 +108,7 @@ fn main() {
     });
 
     // The database core: queue the rows (not timed), then drain them.
-    let mut client = Client::connect(Config::new(seeds.clone())).expect("connect to Redis");
+    let mut client = Client::connect(ClusterConfig::new(seeds.clone())).expect("connect to Redis");
     let partitions = 16;
     let queue = Queue::new(partitions);
     // As the API queues them: a post of 100 events is one stream entry.
@@ -118,7 +127,8 @@ fn main() {
                     })
                     .collect();
                 queue.append(
-                    &Record::events(payload::encode_event_batch(&batch)).unwrap(),
+                    &routes::events::record(payload::encode_event_batch(&batch)).unwrap(),
+                    false,
                     Caps::UNLIMITED,
                 )
             })
@@ -127,13 +137,14 @@ fn main() {
             assert!(matches!(reply, Ok(OwnedReply::Bulk(_))), "{reply:?}");
         }
     }
-    let mut config = WritebackConfig::new(Config::new(seeds), url.clone());
+    let tables = Tables::new(routes::tables()).unwrap();
+    let mut config = WritebackConfig::new(ClusterConfig::new(seeds), url.clone(), tables);
     config.partitions = partitions;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let worker = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || core::run(&config, &stop, None))
+        std::thread::spawn(move || drain::run(&config, &stop, None))
     };
     loop {
         let lengths = client.execute(

@@ -1,39 +1,42 @@
-//! millrace: a thread-per-core io_uring API server.
+//! millrace: a thread-per-core io_uring API server, and an engine for
+//! services of one's own on the same runtime.
 //!
-//! Layout, with requests flowing down the list:
+//! Layers, each using only those below it (`tests/layers.rs` checks):
 //!
-//! - [`server`]: `millrace serve`: probes the kernel, binds one SO_REUSEPORT
-//!   listener per executor, starts the pinned executors, handles signals.
-//! - [`reactor`]: one executor per core: its io_uring ring, provided buffers,
-//!   connections and timers. Moves bytes; knows nothing of HTTP's rules.
-//! - [`http`]: HTTP/1.1, sans-IO: request heads, chunked bodies, responses,
-//!   one connection's state. Pure functions over bytes.
-//! - [`api`]: the routing table and one file per endpoint.
-//! - [`metrics`]: per-core counters and their Prometheus exposition.
-//! - [`admin`]: the admin listener, apart from the public port, serving
-//!   `/metrics`, `/livez` and `/readyz` from what the executors publish.
-//!
-//! Beside them: [`load`] (`millrace load`, the load generator, on the same
-//! engine and HTTP code), [`config`] (flags > environment > file > defaults),
-//! [`lifecycle`] (starting, ready, draining), [`probe`] and [`doctor`]
-//! (what this kernel offers), [`durability`] (what a 202 survives on the
-//! Redis and PostgreSQL it runs against).
+//! 1. Protocols and leaves, sans-IO: [`http`] (HTTP/1.1 heads, bodies,
+//!    responses, one connection's state), [`redis`]'s RESP, slots, layout
+//!    and cluster state machine, [`payload`] (FlatBuffers), the write-back
+//!    [`writeback::queue`] scripts and [`writeback::table`] rows,
+//!    [`metrics`], [`lifecycle`], [`rng`].
+//! 2. [`ring`]: the io_uring layer: the ring, tokens, the submission path,
+//!    provided buffers.
+//! 3. I/O on it: the Redis Cluster's sockets ([`redis::links`]), the blocking
+//!    [`redis::driver`], and the database core ([`writeback`]: PostgreSQL,
+//!    read-through).
+//! 4. [`runtime`]: one pinned executor per core: its listener, connections,
+//!    tasks and [`runtime::Io`]. It knows no route.
+//! 5. [`app`]: the public API a service is written with: routes, handlers,
+//!    the store, write-back tables.
+//! 6. [`routes`]: millrace's own routes and tables, written on [`app`].
+//! 7. The process: [`server`] ([`App`], which starts a service, its
+//!    configuration, admin listener and signals, and `millrace
+//!    writeback`); beside it the host tooling ([`host`]: probe, doctor,
+//!    tuning, durability, plan) and [`load`], the load generator (on
+//!    [`ring`] and [`http`]).
 
-pub mod admin;
-pub mod api;
-pub mod config;
-pub mod doctor;
-pub mod durability;
+pub mod app;
+pub mod host;
 pub mod http;
 pub mod lifecycle;
 pub mod load;
 pub mod metrics;
 pub mod payload;
-pub mod plan;
-pub mod probe;
-pub mod reactor;
 pub mod redis;
+pub mod ring;
+pub mod rng;
+pub mod routes;
+pub mod runtime;
 pub mod server;
-pub mod signals;
-pub mod tuning;
 pub mod writeback;
+
+pub use server::{App, Core};

@@ -1,18 +1,16 @@
 //! The `millrace` command: `serve`, `load`, `writeback`, `doctor`, `plan`
 //! and `plot`.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
-use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::prelude::*;
 
-use millrace::config::ServeOptions;
+use millrace::host::doctor;
 use millrace::load::LoadOptions;
-use millrace::writeback::WritebackOptions;
-use millrace::{doctor, load, server, writeback};
+use millrace::server::config::ServeOptions;
+use millrace::server::writeback::{self, WritebackOptions};
+use millrace::writeback::table::Tables;
+use millrace::{load, routes};
 
 /// A thread-per-core io_uring API server.
 #[derive(Parser)]
@@ -40,7 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    millrace::server::program::init_logging();
     match Cli::parse().command {
         Command::Serve(options) => {
             let print_config = options.print_config;
@@ -52,7 +50,7 @@ fn main() -> ExitCode {
                 print!("{}", config.to_toml());
                 return ExitCode::SUCCESS;
             }
-            match server::serve(&config) {
+            match routes::app(config.route_limits()).serve(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(&error),
             }
@@ -71,7 +69,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Writeback(options) => match writeback::run_command(*options) {
+        Command::Writeback(options) => match Tables::new(routes::tables())
+            .and_then(|tables| writeback::run_command(*options, tables))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => fail(&error),
         },
@@ -256,15 +256,15 @@ struct PlanOptions {
 
 fn plan_command(options: &PlanOptions) -> Result<String, String> {
     let costs = match &options.from {
-        None => millrace::plan::Costs::defaults(),
+        None => millrace::host::plan::Costs::defaults(),
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            millrace::plan::Costs::from_json(&text)
+            millrace::host::plan::Costs::from_json(&text)
                 .map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
-    let demand = millrace::plan::Demand {
+    let demand = millrace::host::plan::Demand {
         rps: options.rps,
         read_ratio: options.read_ratio,
         value_bytes: options.value_bytes,
@@ -278,8 +278,8 @@ fn plan_command(options: &PlanOptions) -> Result<String, String> {
         replicas: options.replicas,
         redis_memory_gib: options.redis_memory_gib,
     };
-    let plan = millrace::plan::plan(&demand, &costs)?;
-    Ok(millrace::plan::render(&demand, &costs, &plan))
+    let plan = millrace::host::plan::plan(&demand, &costs)?;
+    Ok(millrace::host::plan::render(&demand, &costs, &plan))
 }
 
 /// `millrace doctor` flags.
@@ -327,21 +327,4 @@ fn fail(error: &str) -> ExitCode {
     tracing::error!("{error}");
     eprintln!("millrace: {error}");
     ExitCode::FAILURE
-}
-
-/// Logs to stderr, filtered by RUST_LOG (`info` unless set).
-fn init_logging() {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|spec| Targets::from_str(&spec).ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_filter(filter),
-        )
-        .init();
 }

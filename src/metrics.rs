@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::api::Route;
 use crate::http::Status;
+
+/// A route's index in its application's table: its metrics label's index.
+pub type RouteId = u16;
 
 /// How stale another core's figures may be in a scrape, at most.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -78,7 +80,8 @@ pub enum TimeoutKind {
 pub struct CoreMetrics {
     /// The CPU this executor is pinned to; the `core` label.
     pub core: usize,
-    responses: [[u64; Status::ALL.len()]; Route::ALL.len()],
+    /// Responses by route and status.
+    responses: Vec<[u64; Status::ALL.len()]>,
     /// Requests parsed whose responses have not yet been handed to the kernel.
     pub in_flight: u64,
     /// Time from a request's arrival to its response being sent.
@@ -89,8 +92,12 @@ pub struct CoreMetrics {
     pub connections_accepted: u64,
     /// Connections closed at once because `max_connections` was reached.
     pub connections_rejected: u64,
-    /// Requests answered 503 at once because `max_redis_in_flight` was reached.
+    /// Redis commands refused at once because `max_redis_in_flight` was
+    /// reached (their requests answered 503).
     pub redis_shed: u64,
+    /// Deferred answers that did not come within `request_timeout_ms`
+    /// (answered 503).
+    pub request_timeouts: u64,
     /// Connections closed by the header timeout.
     pub header_timeouts: u64,
     /// Connections closed by the idle timeout.
@@ -110,17 +117,19 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
-    /// Zeroed figures for the executor on `core`.
-    pub fn new(core: usize) -> Self {
+    /// Zeroed figures for the executor on `core`, whose application has
+    /// `routes` routes.
+    pub fn new(core: usize, routes: usize) -> Self {
         CoreMetrics {
             core,
-            responses: [[0; Status::ALL.len()]; Route::ALL.len()],
+            responses: vec![[0; Status::ALL.len()]; routes],
             in_flight: 0,
             duration: DurationHistogram::default(),
             connections_open: 0,
             connections_accepted: 0,
             connections_rejected: 0,
             redis_shed: 0,
+            request_timeouts: 0,
             header_timeouts: 0,
             idle_timeouts: 0,
             ring_submissions: 0,
@@ -133,13 +142,17 @@ impl CoreMetrics {
     }
 
     /// Count one response.
-    pub fn record_response(&mut self, route: Route, status: Status) {
-        self.responses[route.index()][status.index()] += 1;
+    pub fn record_response(&mut self, route: RouteId, status: Status) {
+        if let Some(counts) = self.responses.get_mut(usize::from(route)) {
+            counts[status.index()] += 1;
+        }
     }
 
     /// Responses counted for `route` with `status`.
-    pub fn responses(&self, route: Route, status: Status) -> u64 {
-        self.responses[route.index()][status.index()]
+    pub fn responses(&self, route: RouteId, status: Status) -> u64 {
+        self.responses
+            .get(usize::from(route))
+            .map_or(0, |counts| counts[status.index()])
     }
 
     /// Count a connection closed by a timer.
@@ -169,20 +182,30 @@ pub struct WritebackMetrics {
 /// Every core's last published figures, for scraping.
 pub struct MetricsRegistry {
     cores: Box<[Mutex<CoreMetrics>]>,
+    /// Each route's `route` label, by [`RouteId`].
+    routes: Vec<String>,
     /// The database core's, when this process runs one.
     writeback: Option<Arc<WritebackMetrics>>,
 }
 
 impl MetricsRegistry {
-    /// One slot per executor, in executor order, labelled with its CPU.
-    pub fn new(cpus: &[usize]) -> Self {
+    /// One slot per executor, in executor order, labelled with its CPU;
+    /// responses labelled by `routes`, the names of the application's
+    /// routes in [`RouteId`] order.
+    pub fn new(cpus: &[usize], routes: Vec<String>) -> Self {
         MetricsRegistry {
             cores: cpus
                 .iter()
-                .map(|&cpu| Mutex::new(CoreMetrics::new(cpu)))
+                .map(|&cpu| Mutex::new(CoreMetrics::new(cpu, routes.len())))
                 .collect(),
+            routes,
             writeback: None,
         }
+    }
+
+    /// The routes' labels, by [`RouteId`].
+    pub fn routes(&self) -> &[String] {
+        &self.routes
     }
 
     /// Also render the database core's figures.
@@ -203,7 +226,7 @@ impl MetricsRegistry {
 
     /// Render every slot in the Prometheus text format (version 0.0.4).
     pub fn render(&self, out: &mut String) {
-        render(&self.snapshot(), out);
+        render(&self.snapshot(), &self.routes, out);
         if let Some(writeback) = &self.writeback {
             render_writeback(writeback, out);
         }
@@ -220,7 +243,7 @@ fn lock(slot: &Mutex<CoreMetrics>) -> std::sync::MutexGuard<'_, CoreMetrics> {
 /// The `Content-Type` of [`MetricsRegistry::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn render(cores: &[CoreMetrics], out: &mut String) {
+fn render(cores: &[CoreMetrics], routes: &[String], out: &mut String) {
     family(
         out,
         "millrace_http_requests_total",
@@ -228,15 +251,15 @@ fn render(cores: &[CoreMetrics], out: &mut String) {
         "HTTP responses sent, by route and status; route=\"unmatched\" counts requests refused before routing.",
     );
     for m in cores {
-        for route in Route::ALL {
+        for (route, name) in routes.iter().enumerate() {
             for status in Status::ALL {
-                let n = m.responses(route, status);
+                let n = m.responses(route as RouteId, status);
                 if n > 0 {
                     let _ = writeln!(
                         out,
                         "millrace_http_requests_total{{core=\"{}\",route=\"{}\",status=\"{}\"}} {n}",
                         m.core,
-                        route.name(),
+                        escape_label(name),
                         status.code()
                     );
                 }
@@ -307,8 +330,15 @@ fn render(cores: &[CoreMetrics], out: &mut String) {
         out,
         cores,
         "millrace_redis_shed_total",
-        "Requests answered 503 at once because max_redis_in_flight was reached.",
+        "Redis commands refused at once because max_redis_in_flight was reached; their requests were answered 503.",
         |m| m.redis_shed,
+    );
+    counter(
+        out,
+        cores,
+        "millrace_request_timeouts_total",
+        "Deferred answers that did not come within request_timeout_ms; their requests were answered 503.",
+        |m| m.request_timeouts,
     );
     family(
         out,
@@ -433,6 +463,19 @@ fn per_core(
     }
 }
 
+/// A label value as the exposition format writes it: `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned(
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
+}
+
 /// Nanoseconds as decimal seconds, exactly (no float rounding).
 fn seconds(ns: u64) -> String {
     let whole = ns / 1_000_000_000;
@@ -450,12 +493,12 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_in_seconds() {
-        let mut m = CoreMetrics::new(3);
+        let mut m = CoreMetrics::new(3, 1);
         m.duration.observe(Duration::from_micros(40), 2);
         m.duration.observe(Duration::from_millis(3), 1);
         m.duration.observe(Duration::from_secs(10), 1);
         let mut out = String::new();
-        render(&[m], &mut out);
+        render(&[m], &["r".into()], &mut out);
         let line = |needle: &str| {
             out.lines()
                 .find(|l| l.starts_with(needle))
@@ -491,11 +534,11 @@ mod tests {
 
     #[test]
     fn responses_are_labelled_by_core_route_and_status() {
-        let registry = MetricsRegistry::new(&[0, 1]);
-        let mut m = CoreMetrics::new(1);
-        m.record_response(Route::Plaintext, Status::Ok);
-        m.record_response(Route::Plaintext, Status::Ok);
-        m.record_response(Route::Unmatched, Status::NotFound);
+        let registry = MetricsRegistry::new(&[0, 1], vec!["plaintext".into(), "unmatched".into()]);
+        let mut m = CoreMetrics::new(1, 2);
+        m.record_response(0, Status::Ok);
+        m.record_response(0, Status::Ok);
+        m.record_response(1, Status::NotFound);
         registry.publish(1, &m);
         let mut out = String::new();
         registry.render(&mut out);
@@ -523,6 +566,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn route_labels_are_escaped() {
+        assert_eq!(escape_label("GET /{code}"), "GET /{code}");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 
     #[test]

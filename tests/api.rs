@@ -13,7 +13,7 @@ use common::postgres::Postgres;
 use common::{Server, read_response, stop_writeback};
 use millrace::payload::schema;
 use millrace::payload::{Event, encode_event_batch};
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
@@ -232,7 +232,7 @@ fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
     }
     assert!(accepted > 0 && shed > 0, "{accepted} accepted, {shed} shed");
     // What is queued is exactly what was accepted, at most one per partition.
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     let lengths = queue_lengths(&mut client);
     assert!(lengths.iter().all(|&n| n <= 1), "{lengths:?}");
     assert_eq!(lengths.iter().sum::<i64>(), accepted);
@@ -273,7 +273,7 @@ fn wait_calls(cluster: &RedisCluster) -> u64 {
 
 /// The TTL of `key`'s cache entry, in milliseconds (-1: none, -2: no entry).
 fn pttl(client: &mut Client, key: &[u8]) -> i64 {
-    let cache = Queue::new(16).cache_key(key);
+    let cache = Queue::new(16).cache_key("kv", key);
     match client
         .execute(vec![Command::new(&[&b"PTTL"[..], &cache], Some(1))])
         .remove(0)
@@ -368,7 +368,7 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
     // Exactly the accepted writes were queued: 4 PUTs and 1 DELETE; none
     // is written back yet, so their cache entries cannot leave Redis.
     let queue = Queue::new(16);
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     assert_eq!(queue_lengths(&mut client).iter().sum::<i64>(), 5);
     assert_eq!(pttl(&mut client, b"a"), -1, "no TTL before the write-back");
 
@@ -395,7 +395,7 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
         thread::sleep(Duration::from_millis(50));
     }
     assert!(pttl(&mut client, b"a") <= 3_600_000);
-    let tombstone = queue.cache_key(b"b");
+    let tombstone = queue.cache_key("kv", b"b");
     while client
         .execute(vec![Command::get(&tombstone)])
         .remove(0)
@@ -439,9 +439,9 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
          select ('cold:' || i)::bytea, ('value ' || i)::bytea, 1, 0 from generate_series(1, 50) i",
     );
     let queue = Queue::new(16);
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
-    client.execute(vec![Command::del(&queue.cache_key(b"kept"))]);
-    let tombstone = queue.cache_key(b"gone");
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
+    client.execute(vec![Command::del(&queue.cache_key("kv", b"kept"))]);
+    let tombstone = queue.cache_key("kv", b"gone");
     while client
         .execute(vec![Command::get(&tombstone)])
         .remove(0)
@@ -498,7 +498,7 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
     // for a short while, the misses.
     let cached = |key: &[u8], client: &mut Client| {
         client
-            .execute(vec![Command::get(&queue.cache_key(key))])
+            .execute(vec![Command::get(&queue.cache_key("kv", key))])
             .remove(0)
             .unwrap()
     };
@@ -674,8 +674,8 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     }
     assert_eq!(server.get("/v1/stats").status, 401);
     // Nothing of the refused writes reached Redis.
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
-    let cached = Command::get(&Queue::new(16).cache_key(b"guarded"));
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
+    let cached = Command::get(&Queue::new(16).cache_key("kv", b"guarded"));
     assert_eq!(
         client.execute(vec![cached]).remove(0).unwrap(),
         OwnedReply::Nil
@@ -807,7 +807,7 @@ fn hostile_requests_get_their_4xx_and_queue_nothing() {
     }
     // Nothing of any of them was queued or cached, and the server still serves.
     let queue = Queue::new(16);
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     assert_eq!(
         queue_lengths(&mut client).iter().sum::<i64>(),
         0,
@@ -815,7 +815,7 @@ fn hostile_requests_get_their_4xx_and_queue_nothing() {
     );
     assert_eq!(
         client
-            .execute(vec![Command::get(&queue.cache_key(b"a"))])
+            .execute(vec![Command::get(&queue.cache_key("kv", b"a"))])
             .remove(0)
             .unwrap(),
         OwnedReply::Nil
@@ -907,7 +907,7 @@ fn overload_sheds_at_the_door_and_leaves_nothing() {
     );
     assert_eq!(first.header("Retry-After"), Some("1"));
     // Nothing of a shed write is queued or cached.
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     let queued: i64 = queue_lengths(&mut client).iter().sum();
     assert_eq!(queued, accepted as i64);
     for i in shed {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::cluster::RedisCluster;
 use common::postgres::Postgres;
 use common::{Response, Server, read_response};
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
@@ -160,7 +160,7 @@ fn versions_are_etags_and_conditional_requests_follow_rfc_9110() {
     let stored = kv(&mut s, "PUT", "cold", &[], b"stored");
     let vc = etag(&stored);
     let queue = Queue::new(16);
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     wait_until("the write landed", || {
         postgres
             .try_query("select count(*) from kv where key = 'cold'")
@@ -168,7 +168,7 @@ fn versions_are_etags_and_conditional_requests_follow_rfc_9110() {
             == Some("1")
     });
     client
-        .call(Command::del(&queue.cache_key(b"cold")))
+        .call(Command::del(&queue.cache_key("kv", b"cold")))
         .unwrap();
     let stale = kv(&mut s, "PUT", "cold", &[("If-Match", "\"1-0\"")], b"x");
     assert_eq!(
@@ -178,7 +178,7 @@ fn versions_are_etags_and_conditional_requests_follow_rfc_9110() {
         stale.text()
     );
     client
-        .call(Command::del(&queue.cache_key(b"cold")))
+        .call(Command::del(&queue.cache_key("kv", b"cold")))
         .unwrap();
     let fresh = kv(&mut s, "PUT", "cold", &[("If-Match", &vc)], b"swapped");
     assert_eq!(fresh.status, 202, "{}", fresh.text());
@@ -202,7 +202,7 @@ fn without_read_through_a_conditional_write_on_an_uncached_key_is_refused() {
     );
     assert_eq!(refused.header("retry-after"), Some("1"));
     // Nothing was queued.
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     let queue = Queue::new(16);
     let stream = queue.stream(queue.partition_of(b"k"));
     let length = client.call(Command::new(&[&b"XLEN"[..], stream], Some(1)));
@@ -223,15 +223,15 @@ fn a_miss_is_cached_briefly_and_a_write_replaces_it_at_once() {
     ]);
     let mut s = server.connect();
     let queue = Queue::new(16);
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
-    let cached = |client: &mut Client| client.call(queue.cached(b"ghost")).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
+    let cached = |client: &mut Client| client.call(queue.cached("kv", b"ghost")).unwrap();
     assert_eq!(kv(&mut s, "GET", "ghost", &[], b"").status, 404);
     wait_until("the miss was cached", || {
         cached(&mut client) == OwnedReply::Bulk(b"n".to_vec())
     });
     let ttl = client
         .call(Command::new(
-            &[&b"PTTL"[..], &queue.cache_key(b"ghost")],
+            &[&b"PTTL"[..], &queue.cache_key("kv", b"ghost")],
             Some(1),
         ))
         .unwrap();
@@ -291,7 +291,7 @@ fn the_backlog_cap_in_bytes_sheds_with_503_and_leaves_nothing() {
     assert!(accepted > 0 && shed > 0, "{accepted} accepted, {shed} shed");
     // At most one entry over the cap per partition: 5 of 16,000 bytes.
     assert!(accepted <= 16 * 5, "{accepted}");
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     let queue = Queue::new(16);
     let (mut entries, mut cached) = (0, 0);
     for p in 0..16 {
@@ -302,7 +302,7 @@ fn the_backlog_cap_in_bytes_sheds_with_503_and_leaves_nothing() {
     }
     for i in 0..200 {
         if client
-            .call(queue.cached(format!("k{i}").as_bytes()))
+            .call(queue.cached("kv", format!("k{i}").as_bytes()))
             .unwrap()
             != OwnedReply::Nil
         {
@@ -496,7 +496,7 @@ fn versions_stay_ordered_when_the_masters_clock_is_behind_and_through_a_restart(
         &postgres.url,
     ]);
     let mut s = server.connect();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     let first = version_of(&kv(&mut s, "PUT", "clock", &[], b"v1"));
     // Versions handed out by a master whose clock was an hour ahead: this
     // one's clock is now an hour behind them.
@@ -546,7 +546,7 @@ fn versions_stay_ordered_through_a_failover() {
         "500",
     ]);
     let mut s = server.connect();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     version_of(&kv(&mut s, "PUT", "failover", &[], b"first"));
     let ahead = now_ms() + 3_600_000;
     set_stream_id(&mut client, b"failover", ahead);
@@ -609,7 +609,7 @@ fn a_lost_stream_starts_above_the_database_and_a_write_behind_it_is_reported() {
         .unwrap();
     let core_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut s = server.connect();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     version_of(&kv(&mut s, "PUT", "lost", &[], b"zero"));
     let ahead = now_ms() + 3_600_000;
     set_stream_id(&mut client, b"lost", ahead);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::cluster::RedisCluster;
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
@@ -13,7 +13,7 @@ use millrace::writeback::queue::{Caps, GROUP, Preconditions, Queue, Record, TagL
 const PARTITIONS: u16 = 4;
 
 fn connect(cluster: &RedisCluster) -> Client {
-    Client::connect(Config::new(cluster.seeds())).unwrap()
+    Client::connect(ClusterConfig::new(cluster.seeds())).unwrap()
 }
 
 fn call(client: &mut Client, command: Command) -> OwnedReply {
@@ -47,19 +47,19 @@ fn raw(client: &mut Client, args: &[&[u8]], key: usize) -> OwnedReply {
 }
 
 fn entry(client: &mut Client, queue: &Queue, key: &[u8]) -> Option<Vec<u8>> {
-    match call(client, queue.cached(key)) {
+    match call(client, queue.cached("kv", key)) {
         OwnedReply::Nil => None,
         reply => Some(bulk(reply)),
     }
 }
 
 fn pttl(client: &mut Client, queue: &Queue, key: &[u8]) -> i64 {
-    integer(raw(client, &[b"PTTL", &queue.cache_key(key)], 1))
+    integer(raw(client, &[b"PTTL", &queue.cache_key("kv", key)], 1))
 }
 
 fn put(client: &mut Client, queue: &Queue, key: &[u8], value: &[u8], caps: Caps) -> OwnedReply {
-    let cache = queue.cache_key(key);
-    call(client, queue.put(key, value, &cache, caps).command())
+    let cache = queue.cache_key("kv", key);
+    call(client, queue.put("kv", key, value, &cache, caps).command())
 }
 
 fn counter(client: &mut Client, queue: &Queue, key: &[u8]) -> Vec<u8> {
@@ -101,14 +101,20 @@ fn a_cache_entry_is_pinned_until_the_database_holds_exactly_its_version() {
 
     // The older write is written back: the entry holds the newer one, stays pinned.
     assert_eq!(
-        integer(call(&mut client, queue.release(key, &v1, false, 60_000))),
+        integer(call(
+            &mut client,
+            queue.release("kv", key, &v1, false, 60_000)
+        )),
         0
     );
     assert_eq!(pttl(&mut client, &queue, key), -1);
     assert_eq!(counter(&mut client, &queue, key), bucket_before);
     // Its own version: a TTL, and the release counted in the key's bucket.
     assert_eq!(
-        integer(call(&mut client, queue.release(key, &v2, false, 60_000))),
+        integer(call(
+            &mut client,
+            queue.release("kv", key, &v2, false, 60_000)
+        )),
         1
     );
     let ttl = pttl(&mut client, &queue, key);
@@ -116,10 +122,10 @@ fn a_cache_entry_is_pinned_until_the_database_holds_exactly_its_version() {
     assert_ne!(counter(&mut client, &queue, key), bucket_before);
 
     // A delete pins a tombstone again (its SET drops the TTL).
-    let cache = queue.cache_key(key);
+    let cache = queue.cache_key("kv", key);
     let v3 = bulk(call(
         &mut client,
-        queue.delete(key, &cache, Caps::UNLIMITED).command(),
+        queue.delete("kv", key, &cache, Caps::UNLIMITED).command(),
     ));
     assert_eq!(
         entry(&mut client, &queue, key),
@@ -129,12 +135,15 @@ fn a_cache_entry_is_pinned_until_the_database_holds_exactly_its_version() {
     // A tombstone is matched whole: an id that is a prefix of its id is not it.
     let prefix = &v3[..v3.len() - 1];
     assert_eq!(
-        integer(call(&mut client, queue.release(key, prefix, true, 1000))),
+        integer(call(
+            &mut client,
+            queue.release("kv", key, prefix, true, 1000)
+        )),
         0
     );
     assert_eq!(pttl(&mut client, &queue, key), -1);
     assert_eq!(
-        integer(call(&mut client, queue.release(key, &v3, true, 1000))),
+        integer(call(&mut client, queue.release("kv", key, &v3, true, 1000))),
         1
     );
     assert!(pttl(&mut client, &queue, key) > 0);
@@ -151,19 +160,25 @@ fn a_fill_never_replaces_an_entry_and_never_lands_after_a_release() {
     let stale = b"v1-0 old".to_vec();
     // Meanwhile a delete is accepted, written back and released, and its
     // tombstone leaves the cache (expired, or evicted).
-    let cache = queue.cache_key(key);
+    let cache = queue.cache_key("kv", key);
     let id = bulk(call(
         &mut client,
-        queue.delete(key, &cache, Caps::UNLIMITED).command(),
+        queue.delete("kv", key, &cache, Caps::UNLIMITED).command(),
     ));
     assert_eq!(
-        integer(call(&mut client, queue.release(key, &id, true, 60_000))),
+        integer(call(
+            &mut client,
+            queue.release("kv", key, &id, true, 60_000)
+        )),
         1
     );
     raw(&mut client, &[b"DEL", &cache], 1);
     // The old row read before the delete must not come back.
     assert_eq!(
-        integer(call(&mut client, queue.fill(key, &stale, 60_000, &before))),
+        integer(call(
+            &mut client,
+            queue.fill("kv", key, &stale, 60_000, &before)
+        )),
         0
     );
     assert_eq!(entry(&mut client, &queue, key), None);
@@ -171,19 +186,28 @@ fn a_fill_never_replaces_an_entry_and_never_lands_after_a_release() {
     let after = counter(&mut client, &queue, key);
     let row = format!("t{}", String::from_utf8_lossy(&id)).into_bytes();
     assert_eq!(
-        integer(call(&mut client, queue.fill(key, &row, 60_000, &after))),
+        integer(call(
+            &mut client,
+            queue.fill("kv", key, &row, 60_000, &after)
+        )),
         1
     );
     assert_eq!(entry(&mut client, &queue, key), Some(row.clone()));
     assert!(pttl(&mut client, &queue, key) > 0, "a fill is evictable");
     // Whatever is cached is at least as new as the database: never replaced.
     assert_eq!(
-        integer(call(&mut client, queue.fill(key, &stale, 60_000, &after))),
+        integer(call(
+            &mut client,
+            queue.fill("kv", key, &stale, 60_000, &after)
+        )),
         0
     );
     let v = bulk(put(&mut client, &queue, key, b"new", Caps::UNLIMITED));
     assert_eq!(
-        integer(call(&mut client, queue.fill(key, &row, 60_000, &after))),
+        integer(call(
+            &mut client,
+            queue.fill("kv", key, &row, 60_000, &after)
+        )),
         0
     );
     assert_eq!(
@@ -200,8 +224,16 @@ fn write_if(
     preconditions: &Preconditions,
     known: Option<(&[u8], &[u8])>,
 ) -> OwnedReply {
-    let cache = queue.cache_key(key);
-    let call = queue.write_if(key, value, preconditions, known, &cache, Caps::UNLIMITED);
+    let cache = queue.cache_key("kv", key);
+    let call = queue.write_if(
+        "kv",
+        key,
+        value,
+        preconditions,
+        known,
+        &cache,
+        Caps::UNLIMITED,
+    );
     client.call(call.command()).unwrap()
 }
 
@@ -283,11 +315,12 @@ fn conditional_writes_compare_the_current_version_in_the_writing_script() {
     );
 
     // Many writers naming the same version at once: exactly one wins.
-    let cache = queue.cache_key(key);
+    let cache = queue.cache_key("kv", key);
     let racers: Vec<Command> = (0..32)
         .map(|i| {
             let value = format!("racer {i}").into_bytes();
             let call = queue.write_if(
+                "kv",
                 key,
                 Some(&value),
                 &if_match(&v2),
@@ -342,11 +375,7 @@ fn the_backlog_caps_count_entries_and_bytes_and_acknowledgements_free_them() {
     let key = b"capped";
     let partition = queue.partition_of(key);
     let value = [b'x'; 50];
-    let size = Record::Put {
-        key: key.to_vec(),
-        value: value.to_vec(),
-    }
-    .queued_bytes() as i64;
+    let size = Record::new("kv", key, Some(&value), 1).queued_bytes() as i64;
     // Room for two such entries by bytes (admitted while below the cap).
     let caps = Caps {
         entries: 100,
@@ -483,16 +512,15 @@ fn at_maxmemory_a_write_is_refused_whole_while_reads_and_the_drain_go_on() {
         entry(&mut client, &queue, key),
         Some([b"v", &v1[..], b" kept"].concat())
     );
-    let size = Record::Put {
-        key: key.to_vec(),
-        value: b"kept".to_vec(),
-    }
-    .queued_bytes() as i64;
+    let size = Record::new("kv", key, Some(b"kept"), 1).queued_bytes() as i64;
     assert_eq!(bytes_queued(&mut client, &queue, partition), size);
     // What frees memory still runs: the release after a write-back (and
     // then the entry can be evicted), the acknowledgement, the trim.
     assert_eq!(
-        integer(call(&mut client, queue.release(key, &v1, false, 60_000))),
+        integer(call(
+            &mut client,
+            queue.release("kv", key, &v1, false, 60_000)
+        )),
         1
     );
     raw(

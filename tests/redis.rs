@@ -12,15 +12,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cluster::RedisCluster;
-use millrace::load::workload::Rng;
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::{Command, Error};
 use millrace::redis::driver::Client;
 use millrace::redis::resp::{OwnedReply, Protocol};
 use millrace::redis::slot::Slot;
+use millrace::rng::Rng;
 
 fn client(cluster: &RedisCluster) -> Client {
-    let mut config = Config::new(cluster.seeds());
+    let mut config = ClusterConfig::new(cluster.seeds());
     config.password = cluster.password.clone();
     Client::connect(config).expect("connect to the cluster")
 }
@@ -64,7 +64,7 @@ fn slots_agree_with_cluster_keyslot() {
 fn set_and_get_across_every_master() {
     for protocol in [Protocol::Resp2, Protocol::Resp3] {
         let cluster = RedisCluster::start(3, 0);
-        let mut config = Config::new(cluster.seeds());
+        let mut config = ClusterConfig::new(cluster.seeds());
         config.protocol = protocol;
         let mut client = Client::connect(config).unwrap();
         assert_eq!(client.masters().len(), 3);
@@ -254,7 +254,7 @@ fn live_resharding_fails_no_command() {
 #[test]
 fn a_failed_master_is_replaced_and_found() {
     let cluster = RedisCluster::start_with(3, 1, None, 1000);
-    let mut config = Config::new(cluster.seeds());
+    let mut config = ClusterConfig::new(cluster.seeds());
     config.command_timeout = Duration::from_millis(500);
     let mut client = Client::connect(config).unwrap();
     // A key on the first master.
@@ -316,7 +316,7 @@ fn a_failed_master_is_replaced_and_found() {
 #[test]
 fn credentials_are_checked_and_never_shown() {
     let cluster = RedisCluster::start_with(3, 0, Some("s3cret-pass"), 2000);
-    let mut config = Config::new(cluster.seeds());
+    let mut config = ClusterConfig::new(cluster.seeds());
     config.password = Some("wrong-pass".into());
     let error = Client::connect(config.clone())
         .err()
@@ -343,7 +343,7 @@ fn credentials_are_checked_and_never_shown() {
         );
         assert_eq!(reply.trim(), "OK");
     }
-    let mut config = Config::new(cluster.seeds());
+    let mut config = ClusterConfig::new(cluster.seeds());
     config.user = Some("app".into());
     config.password = Some("app-pass".into());
     let mut client = Client::connect(config).unwrap();
@@ -352,7 +352,7 @@ fn credentials_are_checked_and_never_shown() {
         OwnedReply::Bulk(b"app".to_vec())
     );
     for (user, protocol) in [(None, Protocol::Resp2), (Some("default"), Protocol::Resp3)] {
-        let mut config = Config::new(cluster.seeds());
+        let mut config = ClusterConfig::new(cluster.seeds());
         config.password = Some("s3cret-pass".into());
         config.user = user.map(str::to_string);
         config.protocol = protocol;
@@ -367,7 +367,7 @@ fn credentials_are_checked_and_never_shown() {
 #[test]
 fn reads_can_go_to_replicas() {
     let cluster = RedisCluster::start(3, 1);
-    let mut config = Config::new(cluster.seeds());
+    let mut config = ClusterConfig::new(cluster.seeds());
     config.read_from_replicas = true;
     let mut client = Client::connect(config).unwrap();
     let keys: Vec<String> = (0..300).map(|i| format!("rr:{i}")).collect();
@@ -418,7 +418,9 @@ fn unreachable_seeds_are_a_clear_error() {
         })
         .collect();
     let started = Instant::now();
-    let error = Client::connect(Config::new(ports.clone())).err().unwrap();
+    let error = Client::connect(ClusterConfig::new(ports.clone()))
+        .err()
+        .unwrap();
     let text = error.to_string();
     assert!(text.contains("none of the Redis seeds answered"), "{text}");
     for port in &ports {
@@ -440,7 +442,9 @@ fn a_cluster_that_is_not_ok_is_a_clear_error() {
         assert!(Instant::now() < deadline, "the cluster did not fail");
         thread::sleep(Duration::from_millis(50));
     }
-    let error = Client::connect(Config::new(cluster.seeds())).err().unwrap();
+    let error = Client::connect(ClusterConfig::new(cluster.seeds()))
+        .err()
+        .unwrap();
     assert!(error.to_string().contains("cluster_state:fail"), "{error}");
 }
 
@@ -515,7 +519,7 @@ fn a_misbehaving_server_is_a_clean_error() {
         Fault::Silent,
     ] {
         let address = fake_node(fault);
-        let mut config = Config::new(vec![address]);
+        let mut config = ClusterConfig::new(vec![address]);
         config.command_timeout = Duration::from_millis(300);
         let mut client = Client::connect(config).unwrap();
         let started = Instant::now();

@@ -13,7 +13,7 @@ use common::cluster::RedisCluster;
 use common::postgres::Postgres;
 use common::stop_writeback;
 use millrace::payload::{Event, encode_event_batch};
-use millrace::redis::cluster::Config;
+use millrace::redis::cluster::ClusterConfig;
 use millrace::redis::command::Command;
 use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
@@ -54,7 +54,7 @@ fn batches(range: std::ops::Range<u64>) -> impl Iterator<Item = Record> {
     let events: Vec<Event> = range.map(event).collect();
     events
         .chunks(100)
-        .map(|chunk| Record::events(encode_event_batch(chunk)).unwrap())
+        .map(|chunk| millrace::routes::events::record(encode_event_batch(chunk)).unwrap())
         .collect::<Vec<_>>()
         .into_iter()
 }
@@ -67,7 +67,7 @@ fn enqueue(client: &mut Client, records: impl Iterator<Item = Record>) {
         for reply in client.execute(
             chunk
                 .iter()
-                .map(|r| queue.append(r, Caps::UNLIMITED))
+                .map(|r| queue.append(r, r.table == "kv", Caps::UNLIMITED))
                 .collect(),
         ) {
             assert!(matches!(reply, Ok(OwnedReply::Bulk(_))), "{reply:?}");
@@ -104,7 +104,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 fn every_event_lands_exactly_once() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     enqueue(&mut client, batches(0..100_000));
     let core = writeback(&cluster, &postgres, &[]);
     wait_for("the backlog to drain", Duration::from_secs(60), || {
@@ -141,7 +141,7 @@ fn every_event_lands_exactly_once() {
 fn the_last_write_to_each_key_wins() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     // 10,000 writes over 100 keys, in a known order, some of them deletes.
     let mut last = vec![None; 100];
     let records: Vec<Record> = (0..10_000u32)
@@ -150,11 +150,11 @@ fn the_last_write_to_each_key_wins() {
             let key = format!("key:{k}").into_bytes();
             if i % 13 == 0 {
                 last[k as usize] = None;
-                Record::Delete { key }
+                Record::new("kv", &key, None, 1)
             } else {
                 let value = format!("value {i}").into_bytes();
                 last[k as usize] = Some(String::from_utf8(value.clone()).unwrap());
-                Record::Put { key, value }
+                Record::new("kv", &key, Some(&value), 1)
             }
         })
         .collect();
@@ -183,7 +183,7 @@ fn the_last_write_to_each_key_wins() {
 fn a_crash_between_commit_and_ack_duplicates_nothing() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     enqueue(&mut client, batches(0..20_000));
     let mut crashing = writeback(
         &cluster,
@@ -219,7 +219,7 @@ fn a_crash_between_commit_and_ack_duplicates_nothing() {
 fn a_database_outage_loses_nothing() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let mut client = Client::connect(Config::new(cluster.seeds())).unwrap();
+    let mut client = Client::connect(ClusterConfig::new(cluster.seeds())).unwrap();
     let core = writeback(&cluster, &postgres, &[]);
     enqueue(&mut client, batches(0..5_000));
     wait_for("the first writes", Duration::from_secs(30), || {

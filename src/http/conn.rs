@@ -230,7 +230,7 @@ impl HttpConnection {
 
     /// The numbers the deferred answers of the last step got, in request
     /// order: those from `first` up to the next number to be given.
-    pub fn deferred_since(&self, first: u16) -> impl Iterator<Item = u16> {
+    pub fn deferred_since(&self, first: u16) -> impl ExactSizeIterator<Item = u16> {
         let count = self.next_deferred.wrapping_sub(first);
         (0..count).map(move |i| first.wrapping_add(i))
     }

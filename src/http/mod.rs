@@ -18,4 +18,4 @@ pub mod response;
 
 pub use conn::{HttpConnection, HttpEnv, Limits, Phase, Request, Service};
 pub use request::{Method, RequestHead, Version};
-pub use response::{DateHeader, FixedResponse, Rejection, ResponseWriter, Sent, Status};
+pub use response::{DateHeader, FixedResponse, Rejection, Response, ResponseWriter, Sent, Status};

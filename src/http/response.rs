@@ -1,6 +1,7 @@
 //! Responses: status codes, the cached `Date` header, and the encoder that
 //! writes a whole response into a connection's output buffer.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::time::SystemTime;
 
@@ -10,22 +11,40 @@ use std::time::SystemTime;
 pub enum Status {
     /// 200
     Ok,
+    /// 201: a resource was made; `Location` says where.
+    Created,
     /// 202: the write is queued.
     Accepted,
     /// 204
     NoContent,
+    /// 301, with a `Location` header.
+    MovedPermanently,
+    /// 302, with a `Location` header.
+    Found,
+    /// 303, with a `Location` header.
+    SeeOther,
     /// 304: `If-None-Match` named the current version.
     NotModified,
+    /// 307, with a `Location` header.
+    TemporaryRedirect,
+    /// 308, with a `Location` header.
+    PermanentRedirect,
     /// 400: malformed request; the connection closes.
     BadRequest,
     /// 401
     Unauthorized,
+    /// 403
+    Forbidden,
     /// 404
     NotFound,
     /// 405, with an `Allow` header.
     MethodNotAllowed,
     /// 408: the request head did not arrive within `header_timeout_ms`.
     RequestTimeout,
+    /// 409
+    Conflict,
+    /// 410
+    Gone,
     /// 412: a conditional write's `If-Match` or `If-None-Match` did not hold.
     PreconditionFailed,
     /// 413: body over `max_body_bytes`.
@@ -36,39 +55,60 @@ pub enum Status {
     UnsupportedMediaType,
     /// 417: an `Expect` other than `100-continue`.
     ExpectationFailed,
+    /// 422
+    UnprocessableContent,
+    /// 429
+    TooManyRequests,
     /// 431: header section over `max_header_bytes` or more than `max_headers` fields.
     HeaderFieldsTooLarge,
     /// 500
     InternalServerError,
     /// 501: unknown method or transfer coding.
     NotImplemented,
+    /// 502
+    BadGateway,
     /// 503: not ready, draining, or shedding load.
     ServiceUnavailable,
+    /// 504
+    GatewayTimeout,
     /// 505: neither HTTP/1.0 nor HTTP/1.1.
     VersionNotSupported,
 }
 
 impl Status {
     /// Every status, in the order of [`Status::index`].
-    pub const ALL: [Status; 19] = [
+    pub const ALL: [Status; 32] = [
         Status::Ok,
+        Status::Created,
         Status::Accepted,
         Status::NoContent,
+        Status::MovedPermanently,
+        Status::Found,
+        Status::SeeOther,
         Status::NotModified,
+        Status::TemporaryRedirect,
+        Status::PermanentRedirect,
         Status::BadRequest,
         Status::Unauthorized,
+        Status::Forbidden,
         Status::NotFound,
         Status::MethodNotAllowed,
         Status::RequestTimeout,
+        Status::Conflict,
+        Status::Gone,
         Status::PreconditionFailed,
         Status::PayloadTooLarge,
         Status::UriTooLong,
         Status::UnsupportedMediaType,
         Status::ExpectationFailed,
+        Status::UnprocessableContent,
+        Status::TooManyRequests,
         Status::HeaderFieldsTooLarge,
         Status::InternalServerError,
         Status::NotImplemented,
+        Status::BadGateway,
         Status::ServiceUnavailable,
+        Status::GatewayTimeout,
         Status::VersionNotSupported,
     ];
 
@@ -81,23 +121,36 @@ impl Status {
     pub fn code(self) -> u16 {
         match self {
             Status::Ok => 200,
+            Status::Created => 201,
             Status::Accepted => 202,
             Status::NoContent => 204,
+            Status::MovedPermanently => 301,
+            Status::Found => 302,
+            Status::SeeOther => 303,
             Status::NotModified => 304,
+            Status::TemporaryRedirect => 307,
+            Status::PermanentRedirect => 308,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
+            Status::Forbidden => 403,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
+            Status::Conflict => 409,
+            Status::Gone => 410,
             Status::PreconditionFailed => 412,
             Status::PayloadTooLarge => 413,
             Status::UriTooLong => 414,
             Status::UnsupportedMediaType => 415,
             Status::ExpectationFailed => 417,
+            Status::UnprocessableContent => 422,
+            Status::TooManyRequests => 429,
             Status::HeaderFieldsTooLarge => 431,
             Status::InternalServerError => 500,
             Status::NotImplemented => 501,
+            Status::BadGateway => 502,
             Status::ServiceUnavailable => 503,
+            Status::GatewayTimeout => 504,
             Status::VersionNotSupported => 505,
         }
     }
@@ -118,23 +171,36 @@ impl Status {
         }
         match self {
             Status::Ok => prefix!("200 OK"),
+            Status::Created => prefix!("201 Created"),
             Status::Accepted => prefix!("202 Accepted"),
             Status::NoContent => prefix!("204 No Content"),
+            Status::MovedPermanently => prefix!("301 Moved Permanently"),
+            Status::Found => prefix!("302 Found"),
+            Status::SeeOther => prefix!("303 See Other"),
             Status::NotModified => prefix!("304 Not Modified"),
+            Status::TemporaryRedirect => prefix!("307 Temporary Redirect"),
+            Status::PermanentRedirect => prefix!("308 Permanent Redirect"),
             Status::BadRequest => prefix!("400 Bad Request"),
             Status::Unauthorized => prefix!("401 Unauthorized"),
+            Status::Forbidden => prefix!("403 Forbidden"),
             Status::NotFound => prefix!("404 Not Found"),
             Status::MethodNotAllowed => prefix!("405 Method Not Allowed"),
             Status::RequestTimeout => prefix!("408 Request Timeout"),
+            Status::Conflict => prefix!("409 Conflict"),
+            Status::Gone => prefix!("410 Gone"),
             Status::PreconditionFailed => prefix!("412 Precondition Failed"),
             Status::PayloadTooLarge => prefix!("413 Content Too Large"),
             Status::UriTooLong => prefix!("414 URI Too Long"),
             Status::UnsupportedMediaType => prefix!("415 Unsupported Media Type"),
             Status::ExpectationFailed => prefix!("417 Expectation Failed"),
+            Status::UnprocessableContent => prefix!("422 Unprocessable Content"),
+            Status::TooManyRequests => prefix!("429 Too Many Requests"),
             Status::HeaderFieldsTooLarge => prefix!("431 Request Header Fields Too Large"),
             Status::InternalServerError => prefix!("500 Internal Server Error"),
             Status::NotImplemented => prefix!("501 Not Implemented"),
+            Status::BadGateway => prefix!("502 Bad Gateway"),
             Status::ServiceUnavailable => prefix!("503 Service Unavailable"),
+            Status::GatewayTimeout => prefix!("504 Gateway Timeout"),
             Status::VersionNotSupported => prefix!("505 HTTP Version Not Supported"),
         }
     }
@@ -214,6 +280,116 @@ impl Rejection {
     pub const fn new(status: Status, reason: &'static str) -> Self {
         Rejection { status, reason }
     }
+}
+
+/// A response built as a value, for an answer written later than its
+/// request was read (an asynchronous handler returns one): the status,
+/// extra header fields, the content type and the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    status: Status,
+    /// Extra fields, rendered: `Name: value\r\n` each.
+    fields: Vec<u8>,
+    content_type: Cow<'static, str>,
+    body: Vec<u8>,
+    close: bool,
+    /// A field given was not a valid field: written as a 500 instead.
+    invalid: bool,
+}
+
+impl Response {
+    /// `status`, no body.
+    pub fn new(status: Status) -> Response {
+        Response {
+            status,
+            fields: Vec::new(),
+            content_type: Cow::Borrowed("text/plain; charset=utf-8"),
+            body: Vec::new(),
+            close: false,
+            invalid: false,
+        }
+    }
+
+    /// `status` with `text` as a plain-text body.
+    pub fn text(status: Status, text: impl Into<Vec<u8>>) -> Response {
+        Response::new(status).body("text/plain; charset=utf-8", text)
+    }
+
+    /// `status` with `json` as an `application/json` body.
+    pub fn json(status: Status, json: impl Into<Vec<u8>>) -> Response {
+        Response::new(status).body("application/json", json)
+    }
+
+    /// A rejection: its status, its reason and a newline as the body.
+    pub fn rejection(rejection: Rejection) -> Response {
+        let mut body = Vec::with_capacity(rejection.reason.len() + 1);
+        body.extend_from_slice(rejection.reason.as_bytes());
+        body.push(b'\n');
+        Response::text(rejection.status, body)
+    }
+
+    /// Add a header field. A name that is not a token, or a value with a
+    /// control character (CR and LF would split the response), makes the
+    /// whole response a 500 when it is written: a handler's mistake must
+    /// not reach the wire.
+    pub fn header(mut self, name: &str, value: &str) -> Response {
+        let name_ok = !name.is_empty() && name.bytes().all(is_token_byte);
+        let value_ok = value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        if !(name_ok && value_ok) {
+            self.invalid = true;
+            return self;
+        }
+        self.fields.extend_from_slice(name.as_bytes());
+        self.fields.extend_from_slice(b": ");
+        self.fields.extend_from_slice(value.as_bytes());
+        self.fields.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Set the body and its content type.
+    pub fn body(
+        mut self,
+        content_type: impl Into<Cow<'static, str>>,
+        body: impl Into<Vec<u8>>,
+    ) -> Response {
+        let content_type = content_type.into();
+        if !content_type
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        {
+            self.invalid = true;
+        }
+        self.content_type = content_type;
+        self.body = body.into();
+        self
+    }
+
+    /// Close the connection after this response.
+    pub fn close(mut self) -> Response {
+        self.close = true;
+        self
+    }
+
+    /// The status it will be written with.
+    pub fn status(&self) -> Status {
+        if self.invalid {
+            Status::InternalServerError
+        } else {
+            self.status
+        }
+    }
+
+    /// The body.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// `tchar` of RFC 9110: the bytes a field name may hold.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The `Date` header value, formatted once per second rather than per response.
@@ -384,6 +560,41 @@ impl<'a> ResponseWriter<'a> {
             out.extend_from_slice(b"\r\n");
         }
         self.finish(Status::NotModified, b"")
+    }
+
+    /// Write `response`, built as a value. 204 and 304 carry no content
+    /// fields and no body; an invalid one is written as a 500.
+    pub fn send_response(mut self, response: &Response) -> Sent {
+        if response.invalid {
+            return self.reject(Rejection::new(
+                Status::InternalServerError,
+                "the handler built an invalid header field",
+            ));
+        }
+        if response.close {
+            self = self.close();
+        }
+        let status = response.status;
+        let out = &mut *self.out;
+        if matches!(status, Status::NoContent | Status::NotModified) {
+            out.extend_from_slice(status.head_prefix());
+            out.extend_from_slice(self.date.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&response.fields);
+            return self.finish(status, b"");
+        }
+        out.reserve(
+            160 + response.content_type.len() + response.fields.len() + response.body.len(),
+        );
+        out.extend_from_slice(status.head_prefix());
+        out.extend_from_slice(self.date.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(response.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(response.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&response.fields);
+        self.finish(status, &response.body)
     }
 
     /// Write a response rendered at compile time.

@@ -21,11 +21,12 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::stats::{Failure, Stats, second_of};
-use super::workload::{Encoded, Rng, Workload};
+use super::workload::{Encoded, Workload};
 use crate::http::client::{ResponseReader, Step};
-use crate::reactor::buffers::ProvidedBuffers;
-use crate::reactor::ring;
-use crate::reactor::token::{GENERATION_MASK, OpKind, Token};
+use crate::ring;
+use crate::ring::buffers::ProvidedBuffers;
+use crate::ring::token::{GENERATION_MASK, OpKind, Token};
+use crate::rng::Rng;
 
 /// Bytes per provided receive buffer.
 const RECV_BUFFER_BYTES: u32 = 16 * 1024;

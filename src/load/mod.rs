@@ -77,7 +77,7 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
                     Err(e) => {
                         let error = format!(
                             "load thread {index}: {}",
-                            crate::probe::explain_setup_error(&e)
+                            crate::host::probe::explain_setup_error(&e)
                         );
                         let _ = ready.send(Err(error.clone()));
                         return Err(error);

@@ -4,7 +4,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::CoreSpec;
+use crate::server::config::CoreSpec;
 
 use super::workload::{EventBatches, EventsFormat, FixedRequest, KeyDistribution, KvMix, Workload};
 

@@ -6,7 +6,8 @@
 use std::io::Write as _;
 
 use super::ledger::EventIds;
-use crate::payload::{Event, encode_event_batch};
+use crate::payload::{CONTENT_TYPE as FLATBUFFERS_CONTENT_TYPE, Event, encode_event_batch};
+use crate::rng::Rng;
 
 /// How keys are drawn from `0..keys`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,37 +32,6 @@ impl std::str::FromStr for KeyDistribution {
                 "invalid key distribution {s:?}: expected uniform or zipf:S with 0 < S <= 10 (such as zipf:0.99)"
             )),
         }
-    }
-}
-
-/// A small, fast generator (SplitMix64): good enough to pick keys, and
-/// seeded so that a run can be repeated.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Uniform in `0..n` (`n > 0`), by multiply-shift; the bias is below 2^-32 for any `n` used here.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }
 
@@ -258,9 +228,6 @@ pub enum EventsFormat {
     /// The JSON form of the same batch, `application/json`
     Json,
 }
-
-/// The `Content-Type` of a FlatBuffers body.
-pub const FLATBUFFERS_CONTENT_TYPE: &str = "application/x-flatbuffers";
 
 /// Batches of events posted to `/v1/events`, each event with an id unique
 /// to this run.

@@ -20,6 +20,9 @@ use flatbuffers::{FlatBufferBuilder, VerifierOptions};
 
 pub use millrace_generated::millrace::v_1 as schema;
 
+/// The `Content-Type` of a FlatBuffers body.
+pub const CONTENT_TYPE: &str = "application/x-flatbuffers";
+
 /// What an `EventBatch` may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchLimits {

@@ -40,7 +40,7 @@ const NO_NODE: u32 = u32::MAX;
 
 /// How the client connects and how patient it is.
 #[derive(Clone)]
-pub struct Config {
+pub struct ClusterConfig {
     /// Nodes to learn the cluster's layout from.
     pub seeds: Vec<SocketAddr>,
     /// ACL user; `None` with a password authenticates as `default`.
@@ -73,9 +73,9 @@ pub struct Config {
     pub read_from_replicas: bool,
 }
 
-impl std::fmt::Debug for Config {
+impl std::fmt::Debug for ClusterConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
+        f.debug_struct("ClusterConfig")
             .field("seeds", &self.seeds)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -86,17 +86,17 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// The environment variable [`Config::credentials_from_env`] reads the user from.
+/// The environment variable [`ClusterConfig::credentials_from_env`] reads the user from.
 pub const USER_ENV: &str = "MILLRACE_REDIS_USER";
 
-/// The environment variable [`Config::credentials_from_env`] reads the password from.
+/// The environment variable [`ClusterConfig::credentials_from_env`] reads the password from.
 pub const PASSWORD_ENV: &str = "MILLRACE_REDIS_PASSWORD";
 
-impl Config {
+impl ClusterConfig {
     /// Take the user and password from `MILLRACE_REDIS_USER` and
     /// `MILLRACE_REDIS_PASSWORD` where they are set, so that they need not
     /// appear in files or on command lines.
-    pub fn credentials_from_env(mut self) -> Config {
+    pub fn credentials_from_env(mut self) -> ClusterConfig {
         if let Ok(user) = std::env::var(USER_ENV) {
             self.user = Some(user);
         }
@@ -108,8 +108,8 @@ impl Config {
 
     /// Defaults for `seeds`: RESP2, no credentials, 1 s command timeout,
     /// 5 redirects, a layout refresh every 30 s, reads from masters.
-    pub fn new(seeds: Vec<SocketAddr>) -> Config {
-        Config {
+    pub fn new(seeds: Vec<SocketAddr>) -> ClusterConfig {
+        ClusterConfig {
             seeds,
             user: None,
             password: None,
@@ -148,7 +148,7 @@ pub enum Action {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
+enum LinkState {
     /// No connection, none wanted until `retry_at`.
     Down { retry_at: Instant },
     /// Connecting since `since`.
@@ -184,14 +184,14 @@ enum LayoutQuery {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Sent {
+struct InFlight {
     expect: Expect,
     at: Instant,
 }
 
 struct Node {
     address: SocketAddr,
-    link: Link,
+    link: LinkState,
     generation: u32,
     /// Failed connects in a row, for the back-off.
     failures: u32,
@@ -201,7 +201,7 @@ struct Node {
     /// Bytes for the driver to send.
     out: Vec<u8>,
     /// Replies awaited, in order.
-    sent: VecDeque<Sent>,
+    sent: VecDeque<InFlight>,
     /// Commands for this node not yet written (it was not ready).
     queued: VecDeque<CommandKey>,
     /// The start of a reply split across reads.
@@ -220,7 +220,7 @@ impl Node {
     fn new(address: SocketAddr, protocol: Protocol, now: Instant) -> Node {
         Node {
             address,
-            link: Link::Down { retry_at: now },
+            link: LinkState::Down { retry_at: now },
             generation: 0,
             failures: 0,
             wanted: true,
@@ -347,7 +347,7 @@ impl<F: FnMut(CommandToken, Result<Reply<'_>, Error>)> Sink for F {
 
 /// One core's view of a Redis Cluster and its connections.
 pub struct Cluster {
-    config: Config,
+    config: ClusterConfig,
     nodes: Vec<Node>,
     /// The node owning each slot, [`NO_NODE`] if none is known.
     owners: Vec<u32>,
@@ -373,7 +373,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// A client that will connect to `config.seeds` and read the layout.
-    pub fn new(config: Config, now: Instant) -> Cluster {
+    pub fn new(config: ClusterConfig, now: Instant) -> Cluster {
         let nodes = config
             .seeds
             .iter()
@@ -403,7 +403,7 @@ impl Cluster {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
@@ -531,7 +531,7 @@ impl Cluster {
             return;
         }
         let node = node as usize;
-        if self.nodes[node].link == Link::Ready {
+        if self.nodes[node].link == LinkState::Ready {
             self.write(node, key, now);
         } else {
             self.nodes[node].queued.push_back(key);
@@ -548,20 +548,20 @@ impl Cluster {
         let target = &mut self.nodes[node];
         if asking {
             encode_command(&mut target.out, &[b"ASKING"]);
-            target.sent.push_back(Sent {
+            target.sent.push_back(InFlight {
                 expect: Expect::Asking,
                 at: now,
             });
         }
         target.out.extend_from_slice(pending.command.bytes());
-        target.sent.push_back(Sent {
+        target.sent.push_back(InFlight {
             expect: Expect::Command(key),
             at: now,
         });
     }
 
     fn any_ready_node(&self) -> Option<u32> {
-        let ready = |n: &Node| n.link == Link::Ready;
+        let ready = |n: &Node| n.link == LinkState::Ready;
         let len = self.nodes.len();
         (0..len)
             .map(|i| (self.refresh.next_node + i) % len)
@@ -574,18 +574,18 @@ impl Cluster {
         out.extend(self.to_close.drain(..).map(|node| Action::Close { node }));
         for (index, node) in self.nodes.iter_mut().enumerate() {
             match node.link {
-                Link::Down { retry_at } if node.wanted && now >= retry_at => {
+                LinkState::Down { retry_at } if node.wanted && now >= retry_at => {
                     node.generation = node.generation.wrapping_add(1) & 0x00ff_ffff;
-                    node.link = Link::Connecting { since: now };
+                    node.link = LinkState::Connecting { since: now };
                     out.push(Action::Connect {
                         node: index,
                         address: node.address,
                         generation: node.generation,
                     });
                 }
-                Link::Connecting { since } if now >= since + self.config.connect_timeout => {
+                LinkState::Connecting { since } if now >= since + self.config.connect_timeout => {
                     node.last_error = Some("connect timed out".into());
-                    node.link = Link::Closing;
+                    node.link = LinkState::Closing;
                     out.push(Action::Close { node: index });
                 }
                 _ => {}
@@ -638,16 +638,16 @@ impl Cluster {
         target.handshake_left = handshake.len() as u32;
         for args in handshake {
             encode_command(&mut target.out, &args);
-            target.sent.push_back(Sent {
+            target.sent.push_back(InFlight {
                 expect: Expect::Handshake,
                 at: now,
             });
         }
-        target.link = Link::Handshake;
+        target.link = LinkState::Handshake;
     }
 
     fn become_ready(&mut self, node: usize, now: Instant) {
-        self.nodes[node].link = Link::Ready;
+        self.nodes[node].link = LinkState::Ready;
         let queued = std::mem::take(&mut self.nodes[node].queued);
         for key in queued {
             // A command queued here may belong elsewhere by now.
@@ -683,7 +683,7 @@ impl Cluster {
         let doublings = (target.failures - 1).min(16);
         let backoff = (self.config.reconnect_backoff_min * (1 << doublings))
             .min(self.config.reconnect_backoff_max);
-        target.link = Link::Down {
+        target.link = LinkState::Down {
             retry_at: now + backoff,
         };
         target.out.clear();
@@ -728,7 +728,10 @@ impl Cluster {
         match result {
             Ok(()) => {
                 // The link may have been lost while reading (a handshake failed).
-                if matches!(self.nodes[node].link, Link::Ready | Link::Handshake) {
+                if matches!(
+                    self.nodes[node].link,
+                    LinkState::Ready | LinkState::Handshake
+                ) {
                     self.nodes[node].partial = partial;
                 }
             }
@@ -740,8 +743,8 @@ impl Cluster {
     /// with `why` once it has.
     fn close(&mut self, node: usize, why: String) {
         let target = &mut self.nodes[node];
-        if target.link != Link::Closing {
-            target.link = Link::Closing;
+        if target.link != LinkState::Closing {
+            target.link = LinkState::Closing;
             target.close_reason = Some(why);
             self.to_close.push(node);
         }
@@ -912,9 +915,9 @@ impl Cluster {
                 Some(&replica) if self.config.read_from_replicas => {
                     let reader = self.node_for(replica, now);
                     let target = &mut self.nodes[reader as usize];
-                    if !target.replica && target.link == Link::Ready {
+                    if !target.replica && target.link == LinkState::Ready {
                         encode_command(&mut target.out, &[b"READONLY"]);
-                        target.sent.push_back(Sent {
+                        target.sent.push_back(InFlight {
                             expect: Expect::ReadOnly,
                             at: now,
                         });
@@ -945,7 +948,7 @@ impl Cluster {
         // Re-route what waits unsent on nodes, and what had no owner.
         let mut moved = std::mem::take(&mut self.unrouted);
         for node in &mut self.nodes {
-            if node.link != Link::Ready {
+            if node.link != LinkState::Ready {
                 moved.extend(node.queued.drain(..));
             }
         }
@@ -982,7 +985,7 @@ impl Cluster {
         };
         let target = &mut self.nodes[node];
         encode_command(&mut target.out, &args);
-        target.sent.push_back(Sent {
+        target.sent.push_back(InFlight {
             expect: Expect::Layout(query),
             at: now,
         });
@@ -1046,7 +1049,7 @@ impl Cluster {
         let stuck: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 let node = &self.nodes[i];
-                matches!(node.link, Link::Ready | Link::Handshake)
+                matches!(node.link, LinkState::Ready | LinkState::Handshake)
                     && node.sent.front().is_some_and(|s| now >= s.at + timeout)
             })
             .collect();
@@ -1127,7 +1130,7 @@ mod tests {
 
     /// A cluster connected to its seed, with the layout `0-16383 on seed`.
     fn ready_cluster(now: Instant) -> Cluster {
-        let mut cluster = Cluster::new(Config::new(vec![seed()]), now);
+        let mut cluster = Cluster::new(ClusterConfig::new(vec![seed()]), now);
         let mut actions = Vec::new();
         cluster.actions(now, &mut actions);
         assert_eq!(
@@ -1346,7 +1349,7 @@ mod tests {
     #[test]
     fn a_refused_password_is_a_startup_error() {
         let now = Instant::now();
-        let mut config = Config::new(vec![seed()]);
+        let mut config = ClusterConfig::new(vec![seed()]);
         config.password = Some("wrong".into());
         let mut cluster = Cluster::new(config, now);
         cluster.actions(now, &mut Vec::new());
@@ -1370,7 +1373,7 @@ mod tests {
     #[test]
     fn a_cluster_without_shards_is_asked_for_slots() {
         let now = Instant::now();
-        let mut cluster = Cluster::new(Config::new(vec![seed()]), now);
+        let mut cluster = Cluster::new(ClusterConfig::new(vec![seed()]), now);
         cluster.actions(now, &mut Vec::new());
         cluster.on_connected(0, now);
         cluster.output(0).clear();
@@ -1400,7 +1403,7 @@ mod tests {
     #[test]
     fn reads_go_to_a_readonly_replica_when_asked() {
         let now = Instant::now();
-        let mut config = Config::new(vec![seed()]);
+        let mut config = ClusterConfig::new(vec![seed()]);
         config.read_from_replicas = true;
         let mut cluster = Cluster::new(config, now);
         cluster.actions(now, &mut Vec::new());

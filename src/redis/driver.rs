@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use io_uring::IoUring;
 
-use super::cluster::{Cluster, CommandToken, Config};
+use super::cluster::{Cluster, ClusterConfig, CommandToken};
 use super::command::{Command, Error};
 use super::links::Links;
 use super::resp::{OwnedReply, Reply};
-use crate::reactor::ring;
-use crate::reactor::token::Token;
+use crate::ring;
+use crate::ring::token::Token;
 
 /// How long [`Client::connect`] tries before giving up.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ impl Client {
     /// Connect to the cluster behind `config.seeds`: read its layout,
     /// connect to every master and check that the cluster is
     /// `cluster_state:ok`.
-    pub fn connect(config: Config) -> Result<Client, Error> {
+    pub fn connect(config: ClusterConfig) -> Result<Client, Error> {
         let (ring, _) =
             ring::build(256).map_err(|e| Error::Unavailable(format!("io_uring: {e}")))?;
         let now = Instant::now();

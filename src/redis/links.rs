@@ -18,8 +18,8 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::cluster::{Action, Cluster, CommandToken};
 use super::command::Error;
 use super::resp::Reply;
-use crate::reactor::ring;
-use crate::reactor::token::{OpKind, Token};
+use crate::ring;
+use crate::ring::token::{OpKind, Token};
 
 /// Bytes each connection reads at once.
 const RECV_BUFFER_BYTES: usize = 64 * 1024;

@@ -1,66 +1,31 @@
-//! Writing batches into PostgreSQL: one transaction per batch. Key-value
-//! rows are copied in binary into a session-local staging table and merged
-//! with `INSERT ... ON CONFLICT` (newest version wins). Events are copied
-//! straight into their table, and only when that meets an id already
-//! stored (a redelivery) go through staging and `ON CONFLICT DO NOTHING`.
-//! Either way a retried batch is harmless.
+//! Writing batches into PostgreSQL: one transaction per batch. Each
+//! table's rows go in one binary COPY, encoded by the table
+//! ([`Table::rows`]): into a session-local staging table, then merged by
+//! the table's rule; an insert-once table's rows are copied straight into
+//! the table, and only when that meets an id already stored (a redelivery)
+//! go through staging and the merge. Either way a retried batch is
+//! harmless.
 
 use std::path::Path;
 use std::pin::pin;
 
+use bytes::Bytes;
+use futures_util::SinkExt;
 use openssl::ssl::{SslConnector, SslMethod, SslVersion};
 use postgres_openssl::MakeTlsConnector;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 
-use super::queue::{Entry, Record, Version};
-use crate::payload::{BatchLimits, schema, verify_event_batch};
+use super::queue::{Entry, Version};
+use super::table::{RecordRef, RowWriter, Table, Tables};
 
-/// The schema files, applied in order at every start (each is idempotent).
-pub const SCHEMA: &[(&str, &str)] = &[
-    (
-        "001_writeback.sql",
-        include_str!("../../schemas/sql/001_writeback.sql"),
-    ),
-    (
-        "002_durability.sql",
-        include_str!("../../schemas/sql/002_durability.sql"),
-    ),
-];
+/// What the database core itself keeps, applied at every start
+/// (idempotent), before the tables' own schemas.
+pub const CORE_SCHEMA: &str = include_str!("../../schemas/sql/writeback.sql");
 
-/// Session-local staging tables, emptied at every commit.
-const STAGING: &str = "
-create temp table if not exists kv_stage (
-    key bytea, value bytea, version_ms bigint, version_seq bigint
-) on commit delete rows;
-create temp table if not exists events_stage (
-    client_id bytea, key bytea, kind integer, timestamp_us bigint, payload bytea
-) on commit delete rows;
-";
-
-/// The newest version of each key wins, and never over a newer one already stored.
-const MERGE_KV: &str = "
-insert into kv (key, value, version_ms, version_seq)
-select distinct on (key) key, value, version_ms, version_seq
-from kv_stage
-order by key, version_ms desc, version_seq desc
-on conflict (key) do update
-set value = excluded.value, version_ms = excluded.version_ms,
-    version_seq = excluded.version_seq, updated_at = now()
-where (kv.version_ms, kv.version_seq) < (excluded.version_ms, excluded.version_seq)";
-
-/// An event already stored (a redelivery, a client's retry) is left
-/// alone, and its `deliveries` counted; so is one that comes twice in a batch.
-const MERGE_EVENTS: &str = "
-insert into events (client_id, key, kind, timestamp_us, payload, deliveries)
-select distinct on (client_id) client_id, key, kind, timestamp_us, payload,
-       count(*) over (partition by client_id)
-from events_stage
-order by client_id
-on conflict (client_id) do update set deliveries = events.deliveries + excluded.deliveries";
+/// The advisory lock schema changes are made under ("millrace" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6d69_6c6c_7261_6365;
 
 /// Each partition's newest version written back, never moved back.
 const ADVANCE_PARTITIONS: &str = "
@@ -75,14 +40,44 @@ where (writeback_partitions.version_ms, writeback_partitions.version_seq)
 pub struct Database {
     client: Client,
     driver: tokio::task::JoinHandle<()>,
+    tables: Tables,
+}
+
+/// What one batch wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Rows written (an event batch is a row per event).
+    pub rows: u64,
+    /// Entries no row could be made of, by index in the batch, and why:
+    /// set aside, not written.
+    pub rejected: Vec<(usize, String)>,
 }
 
 impl Database {
     /// Connect to `url` (a `postgres://` URL or key=value string), apply
-    /// the schema and create the staging tables. With `sslmode=require` in
-    /// `url` the connection is TLS, the server's certificate checked against
-    /// the system's CAs and `ca_file`'s, and its name against the host.
-    pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Database, String> {
+    /// the core's schema and `tables`' own, check that each table has the
+    /// columns its merge needs, and create the staging tables: the
+    /// connection that writes batches. With `sslmode=require` in `url` the
+    /// connection is TLS, the server's certificate checked against the
+    /// system's CAs and `ca_file`'s, and its name against the host.
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&Path>,
+        tables: &Tables,
+    ) -> Result<Database, String> {
+        let mut database = Database::connect_only(url, ca_file, tables).await?;
+        database.prepare_tables().await?;
+        Ok(database)
+    }
+
+    /// Connect to `url` without touching the schema: for queries only
+    /// (read-through, settings), beside a writer that applies it. (Two
+    /// sessions creating one table at once can fail.)
+    pub async fn connect_only(
+        url: &str,
+        ca_file: Option<&Path>,
+        tables: &Tables,
+    ) -> Result<Database, String> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| format!("postgres_url: {e}"))?;
         let (client, driver) = if config.get_ssl_mode() == SslMode::Require {
@@ -95,20 +90,56 @@ impl Database {
             let (client, connection) = config.connect(NoTls).await.map_err(|e| with_causes(&e))?;
             (client, tokio::task::spawn_local(drive(connection)))
         };
-        let database = Database { client, driver };
-        for (_, sql) in SCHEMA {
-            database
-                .client
-                .batch_execute(sql)
-                .await
-                .map_err(|e| with_causes(&e))?;
-        }
-        database
+        Ok(Database {
+            client,
+            driver,
+            tables: tables.clone(),
+        })
+    }
+
+    /// Apply the core's schema and the tables' (one session at a time,
+    /// under an advisory lock: two sessions creating one table at once can
+    /// fail), check the tables, create the staging tables.
+    async fn prepare_tables(&mut self) -> Result<(), String> {
+        let schema = self
             .client
-            .batch_execute(STAGING)
+            .transaction()
             .await
             .map_err(|e| with_causes(&e))?;
-        Ok(database)
+        schema
+            .batch_execute(&format!("select pg_advisory_xact_lock({SCHEMA_LOCK})"))
+            .await
+            .map_err(|e| with_causes(&e))?;
+        schema
+            .batch_execute(CORE_SCHEMA)
+            .await
+            .map_err(|e| with_causes(&e))?;
+        for table in self.tables.all() {
+            if !table.schema().is_empty() {
+                schema.batch_execute(table.schema()).await.map_err(|e| {
+                    format!("write-back table {}: {}", table.name(), with_causes(&e))
+                })?;
+            }
+        }
+        schema.commit().await.map_err(|e| with_causes(&e))?;
+        for table in self.tables.all() {
+            self.client
+                .batch_execute(&table.check_sql())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "write-back table {} lacks a column its records or merge fill ({}): {}",
+                        table.name(),
+                        table.copy_columns(),
+                        with_causes(&e)
+                    )
+                })?;
+            self.client
+                .batch_execute(&table.create_staging_sql())
+                .await
+                .map_err(|e| format!("write-back table {}: {}", table.name(), with_causes(&e)))?;
+        }
+        Ok(())
     }
 
     /// The connection is gone; a new one is needed.
@@ -116,73 +147,46 @@ impl Database {
         self.client.is_closed()
     }
 
-    /// Write `entries` in one transaction, with `newest`, the newest
-    /// version of each partition among them, and return the rows written
-    /// (an event batch is a row per event). On error nothing of it is kept.
-    /// Event batches that fail verification were set aside at the door and
-    /// cannot be here; one that does (a corrupted entry) is skipped with a
-    /// warning rather than stop the queue.
+    /// Write `entries` of the queue's `partitions` partitions in one
+    /// transaction, with `newest`, the newest version of each partition
+    /// among them. On error nothing of it is kept. An entry of no known
+    /// table, or whose rows its table cannot make, is left out and named
+    /// in [`Written::rejected`]: set aside rather than stop the queue.
     pub async fn write(
         &mut self,
         entries: &[Entry],
+        partition_of: impl Fn(&[u8]) -> u16,
         newest: &[(u16, Version)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        let mut transaction = self.client.transaction().await?;
-        let kv: Vec<&Entry> = entries
-            .iter()
-            .filter(|e| matches!(e.record, Record::Put { .. } | Record::Delete { .. }))
-            .collect();
-        let limits = BatchLimits::unlimited();
-        let events: Vec<schema::Event<'_>> = entries
-            .iter()
-            .filter_map(|e| match &e.record {
-                Record::Events { batch, .. } => match verify_event_batch(batch, &limits) {
-                    Ok(batch) => Some(batch),
-                    Err(why) => {
-                        tracing::warn!(id = %String::from_utf8_lossy(&e.id), "skipping an unreadable event batch: {why}");
-                        None
-                    }
-                },
-                _ => None,
-            })
-            .flat_map(|batch| batch.events().iter())
-            .collect();
-        let rows = (kv.len() + events.len()) as u64;
-        if !kv.is_empty() {
-            let sink = transaction
-                .copy_in("copy kv_stage (key, value, version_ms, version_seq) from stdin binary")
-                .await?;
-            let mut writer = pin!(BinaryCopyInWriter::new(
-                sink,
-                &[Type::BYTEA, Type::BYTEA, Type::INT8, Type::INT8]
-            ));
-            for entry in kv {
-                let (key, value): (&[u8], Option<&[u8]>) = match &entry.record {
-                    Record::Put { key, value } => (key, Some(value)),
-                    Record::Delete { key } => (key, None),
-                    Record::Events { .. } => unreachable!("filtered above"),
-                };
-                let row: [&(dyn ToSql + Sync); 4] =
-                    [&key, &value, &entry.version.ms, &entry.version.seq];
-                writer.as_mut().write(&row).await?;
+    ) -> Result<Written, tokio_postgres::Error> {
+        let mut written = Written::default();
+        // Each table's rows, in the order its entries came.
+        let mut streams: Vec<Option<RowWriter>> = self.tables.all().iter().map(|_| None).collect();
+        for (index, entry) in entries.iter().enumerate() {
+            let Some((t, table)) = self.tables.find(entry.record.table.as_bytes()) else {
+                let why = format!("no write-back table is called {:?}", entry.record.table);
+                written.rejected.push((index, why));
+                continue;
+            };
+            let writer = streams[t].get_or_insert_with(|| RowWriter::new(table));
+            let (len, rows) = (writer.len(), writer.rows());
+            let partition = partition_of(&entry.record.key);
+            writer.start_record(table, partition, (entry.version.ms, entry.version.seq));
+            let record = RecordRef {
+                key: &entry.record.key,
+                payload: entry.record.payload.as_deref(),
+            };
+            if let Err(why) = table.rows(record, writer) {
+                writer.truncate(len, rows);
+                written.rejected.push((index, why));
             }
-            writer.finish().await?;
-            transaction.execute(MERGE_KV, &[]).await?;
         }
-        if !events.is_empty() {
-            // Almost always every event is new: copy straight into the table.
-            // A redelivered or retried one makes the COPY fail; then the
-            // savepoint rolls it back and the events go through the merge.
-            let fast = transaction.savepoint("events_direct").await?;
-            match copy_events(&fast, "events", &events).await {
-                Ok(()) => fast.commit().await?,
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    fast.rollback().await?;
-                    copy_events(&transaction, "events_stage", &events).await?;
-                    transaction.execute(MERGE_EVENTS, &[]).await?;
-                }
-                Err(e) => return Err(e),
-            }
+        let mut transaction = self.client.transaction().await?;
+        for (table, stream) in self.tables.all().iter().zip(streams) {
+            let Some(stream) = stream.filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            written.rows += stream.rows();
+            write_table(&mut transaction, table, stream.finish()).await?;
         }
         if !newest.is_empty() {
             let partitions: Vec<i32> = newest.iter().map(|&(p, _)| i32::from(p)).collect();
@@ -193,7 +197,7 @@ impl Database {
                 .await?;
         }
         transaction.commit().await?;
-        Ok(rows)
+        Ok(written)
     }
 
     /// The newest version written back from each of `partitions`
@@ -239,36 +243,40 @@ impl Database {
     }
 }
 
-/// Binary COPY of `events` into `table`.
-async fn copy_events(
-    transaction: &Transaction<'_>,
-    table: &str,
-    events: &[schema::Event<'_>],
+/// One table's rows of a batch: COPY into staging and merge; for an
+/// insert-once table, first straight into the table under a savepoint.
+async fn write_table(
+    transaction: &mut Transaction<'_>,
+    table: &Table,
+    copy: Vec<u8>,
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = transaction
-        .copy_in(&format!(
-            "copy {table} (client_id, key, kind, timestamp_us, payload) from stdin binary"
-        ))
-        .await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::BYTEA,
-            Type::BYTEA,
-            Type::INT4,
-            Type::INT8,
-            Type::BYTEA
-        ]
-    ));
-    for event in events {
-        let client_id: &[u8] = &event.client_id().0;
-        let key: &[u8] = event.key().as_bytes();
-        let payload: &[u8] = event.payload().map_or(&[], |p| p.bytes());
-        let (kind, timestamp_us) = (event.kind(), event.timestamp_us());
-        let row: [&(dyn ToSql + Sync); 5] = [&client_id, &key, &kind, &timestamp_us, &payload];
-        writer.as_mut().write(&row).await?;
+    let copy = Bytes::from(copy);
+    if table.copies_directly() {
+        // Almost always every row is new: copy straight into the table. A
+        // redelivered or retried one makes the COPY fail; then the
+        // savepoint rolls it back and the rows go through the merge.
+        let fast = transaction.savepoint("direct").await?;
+        match copy_in(&fast, &table.copy_sql(table.name()), copy.clone()).await {
+            Ok(()) => return fast.commit().await,
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => fast.rollback().await?,
+            Err(e) => return Err(e),
+        }
     }
-    writer.finish().await?;
+    copy_in(transaction, &table.copy_sql(&table.staging_table()), copy).await?;
+    transaction.execute(&table.merge_sql(), &[]).await?;
+    Ok(())
+}
+
+/// Send `copy`, a whole binary COPY stream, with `sql`.
+async fn copy_in(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    copy: Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = transaction.copy_in::<_, Bytes>(sql).await?;
+    let mut sink = pin!(sink);
+    sink.send(copy).await?;
+    sink.finish().await?;
     Ok(())
 }
 

@@ -11,11 +11,13 @@
 //! | `{millrace:wb:N}accepted` | rows accepted onto it (an event batch counts its events) |
 //! | `{millrace:wb:N}bytes` | bytes of the entries not yet acknowledged ([`Record::queued_bytes`]) |
 //! | `{millrace:wb:N}released` | a hash of release counters, one per [`RELEASE_BUCKETS`] bucket of keys |
-//! | `{millrace:wb:N}kv:KEY` | KEY's cache entry ([`Cached`]) |
+//! | `{millrace:wb:N}TABLE:KEY` | KEY's cache entry in a cached table ([`Cached`]) |
 //!
 //! A key always maps to the same partition, so the writes to one key are
 //! read in the order they were accepted, and each stream's entry id is the
-//! version that orders them.
+//! version that orders them. An entry is a [`Record`] of one write-back
+//! table (see [`super::table`]): `t TABLE k KEY [n ROWS] [v PAYLOAD]`, no
+//! payload for a delete.
 //!
 //! What may leave Redis: a cache entry gets a TTL (and so may expire, or be
 //! evicted under `volatile-*` policies) only once PostgreSQL holds its
@@ -27,7 +29,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::payload::{BatchLimits, Invalid, verify_event_batch};
 use crate::redis::command::Command;
 use crate::redis::resp::Reply;
 use crate::redis::slot::crc16;
@@ -59,32 +60,35 @@ macro_rules! backlog_check {
     };
 }
 
-/// Events: XADD unless the partition is full; count the rows and bytes.
-/// KEYS: stream, (unused), accepted, bytes; ARGV: entry cap, byte cap, entry
-/// bytes, rows, then the entry's fields and values. The checks only read,
-/// so under `maxmemory` the XADD is the first write and is refused whole.
+/// A record of an uncached table: XADD unless the partition is full; count
+/// the rows and bytes. KEYS: stream, (unused), accepted, bytes; ARGV: entry
+/// cap, byte cap, entry bytes, rows, then the entry's fields and values.
+/// The checks only read, so under `maxmemory` the XADD is the first write
+/// and is refused whole.
 const APPEND: &str = concat!(
     backlog_check!(),
     "local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5)) \
      redis.call('INCRBY', KEYS[3], ARGV[4]) redis.call('INCRBY', KEYS[4], ARGV[3]) return id"
 );
 
-/// PUT: the write onto the queue and `v<id> <value>` into the cache (a SET
-/// without a TTL: not evictable until written back). KEYS: stream, cache,
-/// accepted, bytes; ARGV: entry cap, byte cap, entry bytes, key, value.
+/// PUT into a cached table: the write onto the queue and `v<id> <value>`
+/// into the cache (a SET without a TTL: not evictable until written back).
+/// KEYS: stream, cache, accepted, bytes; ARGV: entry cap, byte cap, entry
+/// bytes, key, value, table.
 const PUT: &str = concat!(
     backlog_check!(),
-    "local id = redis.call('XADD', KEYS[1], '*', 't', 'put', 'k', ARGV[4], 'v', ARGV[5]) \
+    "local id = redis.call('XADD', KEYS[1], '*', 't', ARGV[6], 'k', ARGV[4], 'v', ARGV[5]) \
      redis.call('SET', KEYS[2], 'v' .. id .. ' ' .. ARGV[5]) \
      redis.call('INCR', KEYS[3]) redis.call('INCRBY', KEYS[4], ARGV[3]) return id"
 );
 
-/// DELETE: the write onto the queue and the tombstone `t<id>` into the
-/// cache, so that a read cannot bring the old row back before the delete
-/// is written. KEYS and ARGV as [`PUT`], without the value.
+/// DELETE from a cached table: the write onto the queue and the tombstone
+/// `t<id>` into the cache, so that a read cannot bring the old row back
+/// before the delete is written. KEYS as [`PUT`]; ARGV: entry cap, byte
+/// cap, entry bytes, key, table.
 const DELETE: &str = concat!(
     backlog_check!(),
-    "local id = redis.call('XADD', KEYS[1], '*', 't', 'del', 'k', ARGV[4]) \
+    "local id = redis.call('XADD', KEYS[1], '*', 't', ARGV[5], 'k', ARGV[4]) \
      redis.call('SET', KEYS[2], 't' .. id) \
      redis.call('INCR', KEYS[3]) redis.call('INCRBY', KEYS[4], ARGV[3]) return id"
 );
@@ -95,8 +99,8 @@ const DELETE: &str = concat!(
 /// byte cap, entry bytes, key, value (empty for a delete), `put` or `del`,
 /// If-Match and If-None-Match (each empty: none; `*`; or versions
 /// separated by spaces, `-` for none), the state read from the database (empty:
-/// none yet), its release bucket, and the bucket's counter read before the
-/// database was.
+/// none yet), its release bucket, the bucket's counter read before the
+/// database was, and the table.
 ///
 /// Not cached and no state from the database (or the bucket's counter has
 /// moved since it was read: the entry may have been released and evicted
@@ -117,9 +121,9 @@ const WRITE_IF: &str = concat!(
      return redis.error_reply('PRECONDITION ' .. cur) end ",
     backlog_check!(),
     "local id if ARGV[6] == 'put' then \
-     id = redis.call('XADD', KEYS[1], '*', 't', 'put', 'k', ARGV[4], 'v', ARGV[5]) \
+     id = redis.call('XADD', KEYS[1], '*', 't', ARGV[12], 'k', ARGV[4], 'v', ARGV[5]) \
      redis.call('SET', KEYS[2], 'v' .. id .. ' ' .. ARGV[5]) else \
-     id = redis.call('XADD', KEYS[1], '*', 't', 'del', 'k', ARGV[4]) \
+     id = redis.call('XADD', KEYS[1], '*', 't', ARGV[12], 'k', ARGV[4]) \
      redis.call('SET', KEYS[2], 't' .. id) end \
      redis.call('INCR', KEYS[3]) redis.call('INCRBY', KEYS[4], ARGV[3]) return id"
 );
@@ -268,82 +272,60 @@ impl<'a> Cached<'a> {
     }
 }
 
-/// A queued write.
+/// A queued write: a record of one write-back table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// A key's new value.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// Its value.
-        value: Vec<u8>,
-    },
-    /// A key's removal.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// A batch of events: a verified FlatBuffers `EventBatch`, as posted
-    /// (or converted from JSON), in one stream entry.
-    Events {
-        /// The first event's key, which picks the partition.
-        key: Vec<u8>,
-        /// Events in the batch.
-        count: u32,
-        /// The `EventBatch` buffer.
-        batch: Vec<u8>,
-    },
+pub struct Record {
+    /// The table it goes to.
+    pub table: String,
+    /// The key that picks its partition (in a cached table, the key).
+    pub key: Vec<u8>,
+    /// What the table makes rows of; `None` for a delete.
+    pub payload: Option<Vec<u8>>,
+    /// Rows it becomes in the database.
+    pub rows: u32,
 }
 
 impl Record {
-    /// The key that picks its partition.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Record::Put { key, .. } | Record::Delete { key } | Record::Events { key, .. } => key,
+    /// A record of `table` that becomes `rows` rows.
+    pub fn new(table: &str, key: &[u8], payload: Option<&[u8]>, rows: u32) -> Record {
+        Record {
+            table: table.to_string(),
+            key: key.to_vec(),
+            payload: payload.map(<[u8]>::to_vec),
+            rows,
         }
     }
 
-    /// The record for an `EventBatch` buffer, verified here.
-    pub fn events(batch: Vec<u8>) -> Result<Record, Invalid> {
-        let parsed = verify_event_batch(&batch, &BatchLimits::unlimited())?;
-        let key = parsed.events().get(0).key().as_bytes().to_vec();
-        let count = parsed.events().len() as u32;
-        Ok(Record::Events { key, count, batch })
+    /// The key that picks its partition.
+    pub fn key(&self) -> &[u8] {
+        &self.key
     }
 
     /// Rows it becomes in the database.
     pub fn rows(&self) -> usize {
-        match self {
-            Record::Put { .. } | Record::Delete { .. } => 1,
-            Record::Events { count, .. } => *count as usize,
-        }
+        self.rows as usize
     }
 
     /// The bytes its stream entry holds (its fields' names and values),
     /// as counted against `max_backlog_bytes`.
     pub fn queued_bytes(&self) -> u64 {
-        match self {
-            Record::Put { key, value } => put_bytes(key.len(), value.len()),
-            Record::Delete { key } => delete_bytes(key.len()),
-            Record::Events { key, count, batch } => events_bytes(key.len(), *count, batch.len()),
-        }
+        queued_bytes(
+            self.table.len(),
+            self.key.len(),
+            self.payload.as_ref().map(Vec::len),
+            self.rows,
+        )
     }
 }
 
-/// [`Record::queued_bytes`] of a PUT: `t put k KEY v VALUE`.
-fn put_bytes(key: usize, value: usize) -> u64 {
-    (1 + 3 + 1 + key + 1 + value) as u64
-}
-
-/// [`Record::queued_bytes`] of a DELETE: `t del k KEY`.
-fn delete_bytes(key: usize) -> u64 {
-    (1 + 3 + 1 + key) as u64
-}
-
-/// [`Record::queued_bytes`] of an event batch: `t evb k KEY n COUNT b BATCH`.
-fn events_bytes(key: usize, count: u32, batch: usize) -> u64 {
-    let digits = count.checked_ilog10().map_or(1, |d| d as usize + 1);
-    (1 + 3 + 1 + key + 1 + digits + 1 + batch) as u64
+/// The bytes of an entry `t TABLE k KEY [n ROWS] [v PAYLOAD]`.
+pub fn queued_bytes(table: usize, key: usize, payload: Option<usize>, rows: u32) -> u64 {
+    let rows_field = if rows == 1 {
+        0
+    } else {
+        1 + rows.checked_ilog10().map_or(1, |d| d as usize + 1)
+    };
+    (1 + table + 1 + key + rows_field + payload.map_or(0, |p| 1 + p)) as u64
 }
 
 /// An entry read back from a stream: its id (the version) and the record.
@@ -355,6 +337,8 @@ pub struct Entry {
     pub version: Version,
     /// The write.
     pub record: Record,
+    /// The bytes its fields hold, as they were counted when it was queued.
+    pub queued_bytes: u64,
 }
 
 /// How full one partition may get before writes to it are refused.
@@ -512,11 +496,11 @@ impl Queue {
         crc16(key) % self.partitions
     }
 
-    /// Where `key`'s value is cached: in its partition's slot, so that one
-    /// script writes both the cache and the queue.
-    pub fn cache_key(&self, key: &[u8]) -> Vec<u8> {
+    /// Where `key`'s value in cached table `table` is: in its partition's
+    /// slot, so that one script writes both the cache and the queue.
+    pub fn cache_key(&self, table: &str, key: &[u8]) -> Vec<u8> {
         let stream = self.stream(self.partition_of(key));
-        [stream, b"kv:", key].concat()
+        [stream, table.as_bytes(), b":", key].concat()
     }
 
     /// `key`'s release bucket, as decimal text (FNV-1a, independent of the
@@ -528,11 +512,12 @@ impl Queue {
         (hash % RELEASE_BUCKETS).to_string()
     }
 
-    /// The command that puts `value` in the cache and queues it, unless
-    /// the partition is at its caps (then Redis answers an error starting
-    /// with `BACKLOG` and nothing changed). Answers the entry id.
+    /// The command that puts `value` in `table`'s cache and queues it,
+    /// unless the partition is at its caps (then Redis answers an error
+    /// starting with `BACKLOG` and nothing changed). Answers the entry id.
     pub fn put<'a>(
         &'a self,
+        table: &'a str,
         key: &'a [u8],
         value: &'a [u8],
         cache: &'a [u8],
@@ -545,15 +530,22 @@ impl Queue {
             vec![
                 number(caps.entries),
                 number(caps.bytes),
-                number(put_bytes(key.len(), value.len())),
+                number(queued_bytes(table.len(), key.len(), Some(value.len()), 1)),
                 Cow::Borrowed(key),
                 Cow::Borrowed(value),
+                Cow::Borrowed(table.as_bytes()),
             ],
         )
     }
 
     /// [`Queue::put`] for a delete: a tombstone in the cache and on the queue.
-    pub fn delete<'a>(&'a self, key: &'a [u8], cache: &'a [u8], caps: Caps) -> ScriptCall<'a> {
+    pub fn delete<'a>(
+        &'a self,
+        table: &'a str,
+        key: &'a [u8],
+        cache: &'a [u8],
+        caps: Caps,
+    ) -> ScriptCall<'a> {
         let p = &self.names[usize::from(self.partition_of(key))];
         ScriptCall::new(
             DELETE,
@@ -561,8 +553,9 @@ impl Queue {
             vec![
                 number(caps.entries),
                 number(caps.bytes),
-                number(delete_bytes(key.len())),
+                number(queued_bytes(table.len(), key.len(), None, 1)),
                 Cow::Borrowed(key),
+                Cow::Borrowed(table.as_bytes()),
             ],
         )
     }
@@ -573,8 +566,10 @@ impl Queue {
     /// Redis answers the entry id, a `PRECONDITION` error with the current
     /// version, a `MISS` error (look the key up, then call again with
     /// `known`), or a `BACKLOG` error.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_if<'a>(
         &'a self,
+        table: &'a str,
         key: &'a [u8],
         value: Option<&'a [u8]>,
         preconditions: &Preconditions,
@@ -583,10 +578,7 @@ impl Queue {
         caps: Caps,
     ) -> ScriptCall<'a> {
         let p = &self.names[usize::from(self.partition_of(key))];
-        let bytes = match value {
-            Some(value) => put_bytes(key.len(), value.len()),
-            None => delete_bytes(key.len()),
-        };
+        let bytes = queued_bytes(table.len(), key.len(), value.map(<[u8]>::len), 1);
         let tags = |list: &Option<TagList>| -> Cow<'a, [u8]> {
             list.as_ref()
                 .map_or(Cow::Borrowed(b""), |l| Cow::Owned(l.argument()))
@@ -607,13 +599,14 @@ impl Queue {
                 Cow::Borrowed(entry),
                 Cow::Owned(Self::bucket(key).into_bytes()),
                 Cow::Borrowed(counter),
+                Cow::Borrowed(table.as_bytes()),
             ],
         )
     }
 
-    /// The cache entry of `key` (read it with [`Cached::from_entry`]).
-    pub fn cached(&self, key: &[u8]) -> Command {
-        Command::get(&self.cache_key(key))
+    /// The cache entry of `key` in `table` (read it with [`Cached::from_entry`]).
+    pub fn cached(&self, table: &str, key: &[u8]) -> Command {
+        Command::get(&self.cache_key(table, key))
     }
 
     /// The release counter of `key`'s bucket (nil when none yet): read it
@@ -627,14 +620,21 @@ impl Queue {
         )
     }
 
-    /// Put `entry`, read from the database, into the cache with a TTL of
-    /// `ttl_ms`, unless something is cached or `key`'s bucket `counter`
-    /// (as [`Queue::release_counter`] read it) has moved.
-    pub fn fill(&self, key: &[u8], entry: &[u8], ttl_ms: u64, counter: &[u8]) -> Command {
+    /// Put `entry`, read from the database, into `table`'s cache with a
+    /// TTL of `ttl_ms`, unless something is cached or `key`'s bucket
+    /// `counter` (as [`Queue::release_counter`] read it) has moved.
+    pub fn fill(
+        &self,
+        table: &str,
+        key: &[u8],
+        entry: &[u8],
+        ttl_ms: u64,
+        counter: &[u8],
+    ) -> Command {
         let p = &self.names[usize::from(self.partition_of(key))];
         ScriptCall::new(
             FILL,
-            &[&self.cache_key(key), &p.released],
+            &[&self.cache_key(table, key), &p.released],
             vec![
                 Cow::Borrowed(entry),
                 number(ttl_ms),
@@ -645,10 +645,17 @@ impl Queue {
         .command()
     }
 
-    /// Once the database holds write `id` of `key` (a delete when
-    /// `deleted`): let its cache entry expire in `ttl_ms`, if it still
+    /// Once the database holds write `id` of `key` in `table` (a delete
+    /// when `deleted`): let its cache entry expire in `ttl_ms`, if it still
     /// holds that write.
-    pub fn release(&self, key: &[u8], id: &[u8], deleted: bool, ttl_ms: u64) -> Command {
+    pub fn release(
+        &self,
+        table: &str,
+        key: &[u8],
+        id: &[u8],
+        deleted: bool,
+        ttl_ms: u64,
+    ) -> Command {
         let p = &self.names[usize::from(self.partition_of(key))];
         let head = if deleted {
             [b"t", id].concat()
@@ -658,7 +665,7 @@ impl Queue {
         debug_assert!(head.len() <= ENTRY_HEAD_BYTES);
         ScriptCall::new(
             RELEASE,
-            &[&self.cache_key(key), &p.released],
+            &[&self.cache_key(table, key), &p.released],
             vec![
                 Cow::Owned(head),
                 number(ttl_ms),
@@ -670,50 +677,57 @@ impl Queue {
 
     /// The command that queues `record` on its partition unless it is at
     /// `caps`, atomically: Redis answers the new entry's id, or an error
-    /// starting with `BACKLOG`, and then nothing was queued. A kv record
-    /// goes through the cache as [`Queue::put`] and [`Queue::delete`] do.
-    pub fn append(&self, record: &Record, caps: Caps) -> Command {
-        match record {
-            Record::Put { key, value } => {
-                self.put(key, value, &self.cache_key(key), caps).command()
-            }
-            Record::Delete { key } => self.delete(key, &self.cache_key(key), caps).command(),
-            Record::Events { key, count, batch } => {
-                self.append_batch(key, *count, batch, caps).command()
-            }
+    /// starting with `BACKLOG`, and then nothing was queued. A record of a
+    /// cached table (`cached`) goes through the cache as [`Queue::put`] and
+    /// [`Queue::delete`] do.
+    pub fn append(&self, record: &Record, cached: bool, caps: Caps) -> Command {
+        let (table, key) = (record.table.as_str(), record.key.as_slice());
+        match (&record.payload, cached) {
+            (Some(value), true) => self
+                .put(table, key, value, &self.cache_key(table, key), caps)
+                .command(),
+            (None, _) => self
+                .delete(table, key, &self.cache_key(table, key), caps)
+                .command(),
+            (Some(payload), false) => self
+                .append_record(table, key, payload, record.rows, caps)
+                .command(),
         }
     }
 
-    /// [`Queue::append`] for an event batch still in the request's buffer,
-    /// verified, whose first event's key is `key`: nothing copied but into
-    /// the command.
-    pub fn append_batch<'a>(
+    /// [`Queue::append`] for a record of an uncached table still in the
+    /// caller's buffers: nothing copied but into the command.
+    pub fn append_record<'a>(
         &'a self,
+        table: &'a str,
         key: &'a [u8],
-        count: u32,
-        batch: &'a [u8],
+        payload: &'a [u8],
+        rows: u32,
         caps: Caps,
     ) -> ScriptCall<'a> {
         let p = &self.names[usize::from(self.partition_of(key))];
-        let count_text = number(u64::from(count));
-        ScriptCall::new(
-            APPEND,
-            &[&p.stream, &p.stream, &p.accepted, &p.bytes],
-            vec![
-                number(caps.entries),
-                number(caps.bytes),
-                number(events_bytes(key.len(), count, batch.len())),
-                count_text.clone(),
-                Cow::Borrowed(b"t"),
-                Cow::Borrowed(b"evb"),
-                Cow::Borrowed(b"k"),
-                Cow::Borrowed(key),
-                Cow::Borrowed(b"n"),
-                count_text,
-                Cow::Borrowed(b"b"),
-                Cow::Borrowed(batch),
-            ],
-        )
+        let mut args = vec![
+            number(caps.entries),
+            number(caps.bytes),
+            number(queued_bytes(
+                table.len(),
+                key.len(),
+                Some(payload.len()),
+                rows,
+            )),
+            number(u64::from(rows)),
+            Cow::Borrowed(b"t".as_slice()),
+            Cow::Borrowed(table.as_bytes()),
+            Cow::Borrowed(b"k".as_slice()),
+            Cow::Borrowed(key),
+        ];
+        if rows != 1 {
+            args.push(Cow::Borrowed(b"n".as_slice()));
+            args.push(number(u64::from(rows)));
+        }
+        args.push(Cow::Borrowed(b"v".as_slice()));
+        args.push(Cow::Borrowed(payload));
+        ScriptCall::new(APPEND, &[&p.stream, &p.stream, &p.accepted, &p.bytes], args)
     }
 
     /// Acknowledge `entries` of `partition` (id and queued bytes each) and
@@ -796,40 +810,52 @@ pub fn entries(messages: &Reply<'_>) -> Vec<Result<Entry, (Vec<u8>, String)>> {
 
 fn parse_entry(id: &[u8], fields: &[Reply<'_>]) -> Result<Entry, String> {
     let version = Version::parse(id).ok_or("a bad stream id")?;
+    let mut queued_bytes = 0u64;
     let field = |name: &[u8]| {
         fields
             .chunks_exact(2)
             .find(|pair| pair[0].bytes() == Some(name))
             .and_then(|pair| pair[1].bytes())
     };
-    let need = |name: &'static str| field(name.as_bytes()).ok_or(format!("no field {name}"));
-    let record = match need("t")? {
-        b"put" => Record::Put {
-            key: need("k")?.to_vec(),
-            value: need("v")?.to_vec(),
-        },
-        b"del" => Record::Delete {
-            key: need("k")?.to_vec(),
-        },
-        b"evb" => Record::Events {
-            key: need("k")?.to_vec(),
-            count: std::str::from_utf8(need("n")?)
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .ok_or("an event count that is not a number")?,
-            batch: need("b")?.to_vec(),
-        },
-        other => {
-            return Err(format!(
-                "unknown record type {:?}",
-                String::from_utf8_lossy(other)
-            ));
-        }
+    for pair in fields.chunks_exact(2) {
+        queued_bytes += pair
+            .iter()
+            .filter_map(Reply::bytes)
+            .map(|b| b.len() as u64)
+            .sum::<u64>();
+    }
+    fn need<'a>(value: Option<&'a [u8]>, name: &str) -> Result<&'a [u8], String> {
+        value.ok_or(format!("no field {name}"))
+    }
+    let key = need(field(b"k"), "k")?.to_vec();
+    let rows = match field(b"n") {
+        None => 1,
+        Some(n) => std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or("a row count that is not a number")?,
+    };
+    // Entries written before tables had names: `put` and `del` of kv,
+    // `evb` (its batch in `b`) of events.
+    let (table, payload) = match need(field(b"t"), "t")? {
+        b"put" => ("kv".to_string(), Some(need(field(b"v"), "v")?.to_vec())),
+        b"del" => ("kv".to_string(), None),
+        b"evb" => ("events".to_string(), Some(need(field(b"b"), "b")?.to_vec())),
+        name => (
+            String::from_utf8(name.to_vec()).map_err(|_| "a table name that is not UTF-8")?,
+            field(b"v").map(<[u8]>::to_vec),
+        ),
     };
     Ok(Entry {
         id: id.to_vec(),
         version,
-        record,
+        record: Record {
+            table,
+            key,
+            payload,
+            rows,
+        },
+        queued_bytes,
     })
 }
 
@@ -857,7 +883,7 @@ mod tests {
         }
         let key = b"user:7";
         assert_eq!(
-            Slot::of(&queue.cache_key(key)),
+            Slot::of(&queue.cache_key("kv", key)),
             Slot::of(queue.stream(queue.partition_of(key)))
         );
         let used: std::collections::HashSet<u16> = (0..1000)
@@ -867,49 +893,56 @@ mod tests {
     }
 
     #[test]
-    fn both_appends_of_a_batch_send_the_same_command() {
+    fn both_appends_of_a_record_send_the_same_command() {
         let queue = Queue::new(16);
-        let record = Record::Events {
-            key: b"user:1".to_vec(),
-            count: 2,
-            batch: b"batch".to_vec(),
-        };
+        let record = Record::new("events", b"user:1", Some(b"batch"), 2);
         assert_eq!(
-            queue.append(&record, Caps::UNLIMITED),
+            queue.append(&record, false, Caps::UNLIMITED),
             queue
-                .append_batch(b"user:1", 2, b"batch", Caps::UNLIMITED)
+                .append_record("events", b"user:1", b"batch", 2, Caps::UNLIMITED)
+                .command()
+        );
+        let put = Record::new("kv", b"a", Some(b"1"), 1);
+        let cache = queue.cache_key("kv", b"a");
+        assert_eq!(
+            queue.append(&put, true, Caps::UNLIMITED),
+            queue
+                .put("kv", b"a", b"1", &cache, Caps::UNLIMITED)
                 .command()
         );
     }
 
     #[test]
     fn queued_bytes_are_the_fields_the_entry_holds() {
-        let put = Record::Put {
-            key: b"ab".to_vec(),
-            value: b"xyz".to_vec(),
-        };
-        // t put k ab v xyz
-        assert_eq!(put.queued_bytes(), 1 + 3 + 1 + 2 + 1 + 3);
-        assert_eq!(
-            Record::Delete {
-                key: b"ab".to_vec()
-            }
-            .queued_bytes(),
-            7
-        );
-        for (count, digits) in [(1, 1), (9, 1), (10, 2), (10_000, 5)] {
-            let events = Record::Events {
-                key: b"k".to_vec(),
-                count,
-                batch: vec![0; 100],
-            };
-            assert_eq!(events.queued_bytes(), 1 + 3 + 1 + 1 + 1 + digits + 1 + 100);
+        let put = Record::new("kv", b"ab", Some(b"xyz"), 1);
+        // t kv k ab v xyz
+        assert_eq!(put.queued_bytes(), 1 + 2 + 1 + 2 + 1 + 3);
+        // t kv k ab
+        assert_eq!(Record::new("kv", b"ab", None, 1).queued_bytes(), 6);
+        for (count, digits) in [(2, 1), (9, 1), (10, 2), (10_000, 5)] {
+            let events = Record::new("events", b"k", Some(&[0; 100]), count);
+            // t events k k n COUNT v BATCH
+            assert_eq!(events.queued_bytes(), 1 + 6 + 1 + 1 + 1 + digits + 1 + 100);
         }
         // What the script is told is what the database core takes off.
         let queue = Queue::new(4);
-        let cache = queue.cache_key(b"ab");
-        let call = queue.put(b"ab", b"xyz", &cache, Caps::UNLIMITED);
+        let cache = queue.cache_key("kv", b"ab");
+        let call = queue.put("kv", b"ab", b"xyz", &cache, Caps::UNLIMITED);
         assert_eq!(call.args()[9], put.queued_bytes().to_string().as_bytes());
+        // And what an entry read back counts.
+        let reply = Reply::Array(vec![Reply::Array(vec![
+            Reply::Bulk(b"1-0"),
+            Reply::Array(
+                [&b"t"[..], b"kv", b"k", b"ab", b"v", b"xyz"]
+                    .into_iter()
+                    .map(Reply::Bulk)
+                    .collect(),
+            ),
+        ])]);
+        assert_eq!(
+            entries(&reply)[0].as_ref().unwrap().queued_bytes,
+            put.queued_bytes()
+        );
     }
 
     #[test]
@@ -984,12 +1017,13 @@ mod tests {
     #[test]
     fn preconditions_reach_the_script_as_its_arguments() {
         let queue = Queue::new(16);
-        let cache = queue.cache_key(b"k");
+        let cache = queue.cache_key("kv", b"k");
         let preconditions = Preconditions {
             if_match: Some(TagList::Versions(vec![b"1-0".to_vec(), b"2-0".to_vec()])),
             if_none_match: None,
         };
         let call = queue.write_if(
+            "kv",
             b"k",
             Some(b"v"),
             &preconditions,
@@ -998,14 +1032,14 @@ mod tests {
             Caps::UNLIMITED,
         );
         let args = call.args();
-        // EVAL script 5 keys... then the 11 arguments.
+        // EVAL script 5 keys... then the 12 arguments.
         assert_eq!(args[2], b"5");
         assert_eq!(
             &args[8..],
             &[
                 &b"18446744073709551615"[..],
                 b"9223372036854775807",
-                b"8",
+                b"7",
                 b"k",
                 b"v",
                 b"put",
@@ -1014,13 +1048,14 @@ mod tests {
                 b"v1-0 old",
                 Queue::bucket(b"k").as_bytes(),
                 b"7",
+                b"kv",
             ]
         );
         let any = Preconditions {
             if_match: Some(TagList::Any),
             if_none_match: Some(TagList::Versions(Vec::new())),
         };
-        let args = queue.write_if(b"k", None, &any, None, &cache, Caps::UNLIMITED);
+        let args = queue.write_if("kv", b"k", None, &any, None, &cache, Caps::UNLIMITED);
         assert_eq!(&args.args()[13..16], &[&b"del"[..], b"*", b"-"]);
     }
 
@@ -1046,7 +1081,7 @@ mod tests {
             ])]);
             entries(&reply)
         }
-        let put = entries_of(vec![b"t", b"put", b"k", b"a", b"v", b"1"]);
+        let put = entries_of(vec![b"t", b"kv", b"k", b"a", b"v", b"1"]);
         assert_eq!(
             put,
             [Ok(Entry {
@@ -1055,33 +1090,44 @@ mod tests {
                     ms: 1_700_000_000_000,
                     seq: 5
                 },
-                record: Record::Put {
-                    key: b"a".to_vec(),
-                    value: b"1".to_vec()
-                }
+                record: Record::new("kv", b"a", Some(b"1"), 1),
+                queued_bytes: 7,
             })]
         );
+        let delete = entries_of(vec![b"t", b"kv", b"k", b"a"]);
+        assert_eq!(
+            delete[0].as_ref().unwrap().record,
+            Record::new("kv", b"a", None, 1)
+        );
         let events = entries_of(vec![
-            b"t",
-            b"evb",
-            b"k",
-            b"a",
-            b"n",
-            b"2",
-            b"b",
-            b"batch bytes",
+            b"t", b"events", b"k", b"a", b"n", b"2", b"v", b"batch",
         ]);
-        assert!(matches!(
-            &events[0],
-            Ok(Entry {
-                record: Record::Events { .. },
-                ..
-            })
-        ));
+        assert_eq!(
+            events[0].as_ref().unwrap().record,
+            Record::new("events", b"a", Some(b"batch"), 2)
+        );
+        // Entries queued before tables had names read as the same records.
+        let old_put = entries_of(vec![b"t", b"put", b"k", b"a", b"v", b"1"]);
+        assert_eq!(
+            old_put[0].as_ref().unwrap().record,
+            Record::new("kv", b"a", Some(b"1"), 1)
+        );
+        let old_delete = entries_of(vec![b"t", b"del", b"k", b"a"]);
+        assert_eq!(
+            old_delete[0].as_ref().unwrap().record,
+            Record::new("kv", b"a", None, 1)
+        );
+        let old_events = entries_of(vec![b"t", b"evb", b"k", b"a", b"n", b"2", b"b", b"batch"]);
+        assert_eq!(
+            old_events[0].as_ref().unwrap().record,
+            Record::new("events", b"a", Some(b"batch"), 2)
+        );
         for bad in [
             vec![&b"t"[..], b"zap"],
             vec![b"t", b"put", b"k", b"a"],
             vec![b"t", b"evb", b"k", b"a"],
+            vec![b"t", b"kv", b"k", b"a", b"n", b"x"],
+            vec![b"t", b"\xff", b"k", b"a"],
         ] {
             assert!(entries_of(bad)[0].is_err());
         }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use millrace::load::workload::Rng;
+use millrace::rng::Rng;
 use millrace::writeback::queue::Version;
 
 use super::postgres::Postgres;

@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use millrace::payload::{BatchLimits, encode_accepted, verify_event_batch};
-use millrace::writeback::queue::{Cached, Caps, Queue, Record};
+use millrace::routes::events;
+use millrace::writeback::queue::{Cached, Caps, Queue};
 
 #[derive(Clone)]
 struct Peer {
@@ -36,12 +37,11 @@ async fn events(State(peer): State<Peer>, headers: HeaderMap, body: Bytes) -> Re
     if let Err(why) = verify_event_batch(&body, &BatchLimits::default()) {
         return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     }
-    let (key, count) = match Record::events(body.to_vec()) {
-        Ok(Record::Events { key, count, .. }) => (key, count),
-        Ok(_) => unreachable!("Record::events makes an event record"),
+    let (key, count) = match events::record(body.to_vec()) {
+        Ok(record) => (record.key, record.rows),
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
-    let call = peer.queue.append_batch(&key, count, &body, CAPS);
+    let call = peer.queue.append_record(events::TABLE, &key, &body, count, CAPS);
     let args = call.args();
     let mut command = redis::cmd(std::str::from_utf8(args[0]).unwrap());
     for arg in &args[1..] {
@@ -66,8 +66,8 @@ async fn put(State(peer): State<Peer>, Path(key): Path<String>, body: Bytes) -> 
     if body.len() > MAX_VALUE_BYTES {
         return (StatusCode::PAYLOAD_TOO_LARGE, "value larger than max_value_bytes\n").into_response();
     }
-    let cache = peer.queue.cache_key(key.as_bytes());
-    let call = peer.queue.put(key.as_bytes(), &body, &cache, CAPS);
+    let cache = peer.queue.cache_key("kv", key.as_bytes());
+    let call = peer.queue.put("kv", key.as_bytes(), &body, &cache, CAPS);
     let args = call.args();
     let mut command = redis::cmd("EVAL");
     for arg in &args[1..] {
@@ -87,7 +87,7 @@ async fn put(State(peer): State<Peer>, Path(key): Path<String>, body: Bytes) -> 
 async fn read(State(peer): State<Peer>, Path(key): Path<String>) -> Response {
     let mut connection = peer.redis.clone();
     let entry: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
-        .arg(peer.queue.cache_key(key.as_bytes()))
+        .arg(peer.queue.cache_key("kv", key.as_bytes()))
         .query_async(&mut connection)
         .await;
     match entry.as_ref().map(|e| Cached::from_entry(e.as_deref())) {

@@ -1,6 +1,6 @@
 //! Connection timeouts as deadline lists. Every timeout of one kind has the
 //! same length, so a list kept in arming order is also in deadline order:
-//! arming, disarming and expiring are O(1), and memory is two links per
+//! arming, disarming and expiring are O(1), and memory is two entries per
 //! connection. (The technique libev recommends for constant timeouts.)
 
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ impl TimerKind {
 const NIL: u32 = u32::MAX;
 
 #[derive(Clone, Copy)]
-struct Link {
+struct Entry {
     kind: Option<TimerKind>,
     prev: u32,
     next: u32,
@@ -47,7 +47,7 @@ struct List {
 pub struct Timers {
     durations: [Duration; 3],
     lists: [List; 3],
-    links: Vec<Link>,
+    entries: Vec<Entry>,
 }
 
 impl Timers {
@@ -59,7 +59,7 @@ impl Timers {
                 head: NIL,
                 tail: NIL,
             }; 3],
-            links: Vec::new(),
+            entries: Vec::new(),
         }
     }
 
@@ -67,10 +67,10 @@ impl Timers {
     /// moves its deadline only if that kind restarts on progress.
     pub fn arm(&mut self, slot: u32, kind: TimerKind, now: Instant) {
         let index = slot as usize;
-        if index >= self.links.len() {
-            self.links.resize(
+        if index >= self.entries.len() {
+            self.entries.resize(
                 index + 1,
-                Link {
+                Entry {
                     kind: None,
                     prev: NIL,
                     next: NIL,
@@ -78,12 +78,12 @@ impl Timers {
                 },
             );
         }
-        if self.links[index].kind == Some(kind) && !kind.restarts_on_progress() {
+        if self.entries[index].kind == Some(kind) && !kind.restarts_on_progress() {
             return;
         }
         self.disarm(slot);
         let list = &mut self.lists[kind as usize];
-        let link = &mut self.links[index];
+        let link = &mut self.entries[index];
         link.kind = Some(kind);
         link.deadline = now + self.durations[kind as usize];
         link.prev = list.tail;
@@ -91,14 +91,14 @@ impl Timers {
         if list.tail == NIL {
             list.head = slot;
         } else {
-            self.links[list.tail as usize].next = slot;
+            self.entries[list.tail as usize].next = slot;
         }
         list.tail = slot;
     }
 
     /// Stop waiting.
     pub fn disarm(&mut self, slot: u32) {
-        let Some(link) = self.links.get(slot as usize).copied() else {
+        let Some(link) = self.entries.get(slot as usize).copied() else {
             return;
         };
         let Some(kind) = link.kind else {
@@ -108,19 +108,20 @@ impl Timers {
         if link.prev == NIL {
             list.head = link.next;
         } else {
-            self.links[link.prev as usize].next = link.next;
+            self.entries[link.prev as usize].next = link.next;
         }
         if link.next == NIL {
             list.tail = link.prev;
         } else {
-            self.links[link.next as usize].prev = link.prev;
+            self.entries[link.next as usize].prev = link.prev;
         }
-        self.links[slot as usize].kind = None;
+        self.entries[slot as usize].kind = None;
     }
 
     /// The timeout `slot` waits on, if any.
+    #[cfg(test)]
     pub fn armed(&self, slot: u32) -> Option<TimerKind> {
-        self.links.get(slot as usize).and_then(|l| l.kind)
+        self.entries.get(slot as usize).and_then(|l| l.kind)
     }
 
     /// The next slot whose deadline is at or before `now`, disarmed.
@@ -129,7 +130,7 @@ impl Timers {
             .lists
             .iter()
             .filter(|list| list.head != NIL)
-            .map(|list| &self.links[list.head as usize])
+            .map(|list| &self.entries[list.head as usize])
             .filter(|link| link.deadline <= now)
             .min_by_key(|link| link.deadline)
             .and_then(|link| {
@@ -145,7 +146,7 @@ impl Timers {
         self.lists
             .iter()
             .filter(|list| list.head != NIL)
-            .map(|list| self.links[list.head as usize].deadline)
+            .map(|list| self.entries[list.head as usize].deadline)
             .min()
     }
 }

@@ -4,11 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::http::{Rejection, ResponseWriter, Sent, Status};
-use crate::redis::command::Command;
-use crate::writeback::core::STATS_KEY;
-
-use super::{Answer, Outgoing, WritePath};
+use crate::app::{Command, Cx, OwnedReply, Request, Responder, Response, Sent, Status};
+use crate::writeback::drain::STATS_KEY;
 
 /// The hash fields read, in this order.
 pub const FIELDS: [&[u8]; 6] = [
@@ -20,25 +17,40 @@ pub const FIELDS: [&[u8]; 6] = [
     b"queue_losses",
 ];
 
-/// Ask Redis for the figures.
-pub fn handle(
-    response: ResponseWriter<'_>,
-    writes: Option<&WritePath>,
-    outgoing: &mut Vec<Outgoing>,
-) -> Sent {
-    if writes.is_none() {
-        return response.reject_with_headers(
-            Rejection::new(Status::ServiceUnavailable, "no Redis Cluster is configured"),
-            &[("Retry-After", "1")],
-        );
+/// Ask Redis for the figures; answer them as JSON.
+pub fn handle(cx: &Cx<'_, ()>, _: &Request<'_>, response: Responder<'_>) -> Sent {
+    if !cx.io().has_redis() {
+        return super::no_redis(response);
     }
     let mut args: Vec<&[u8]> = vec![b"HMGET", STATS_KEY];
     args.extend_from_slice(&FIELDS);
-    outgoing.push(Outgoing {
-        command: Command::new(&args, Some(1)),
-        answer: Answer::Stats,
-    });
-    response.defer()
+    let figures = cx.io().redis(Command::new(&args, Some(1)));
+    response.later(async move {
+        let items = match figures.await {
+            Ok(OwnedReply::Array(items)) => items,
+            Ok(OwnedReply::Error(e)) => {
+                return super::unavailable(&format!(
+                    "could not be read: {}",
+                    String::from_utf8_lossy(&e)
+                ));
+            }
+            Ok(other) => {
+                return super::unavailable(&format!(
+                    "could not be read: an unexpected reply {other:?}"
+                ));
+            }
+            Err(failure) => return super::unavailable(&format!("could not be read: {failure}")),
+        };
+        let mut values = [0i64; FIELDS.len()];
+        for (value, item) in values.iter_mut().zip(&items) {
+            *value = item
+                .bytes()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(0);
+        }
+        Response::json(Status::Ok, body(values))
+    })
 }
 
 /// The JSON body from the fields' values (absent ones read as 0).

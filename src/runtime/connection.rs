@@ -4,10 +4,8 @@
 
 use std::time::Instant;
 
-use crate::api::{Answer, Outgoing};
 use crate::http::HttpConnection;
-
-use super::token::GENERATION_MASK;
+use crate::ring::token::GENERATION_MASK;
 
 /// Output buffers that grew past this are freed once sent, so one large
 /// response does not pin memory for the life of a connection.
@@ -61,11 +59,6 @@ pub struct Connection {
     pub life: Life,
     /// Queued to be settled at the end of this turn.
     pub touched: bool,
-    /// Redis commands handlers issued, to be submitted when settled, with
-    /// the numbers of the deferred answers they are for.
-    pub issued: Vec<(u16, Outgoing)>,
-    /// The deferred answers waiting for their commands' replies, by number.
-    pub awaiting: Vec<(u16, Answer)>,
 }
 
 impl Connection {
@@ -89,8 +82,6 @@ impl Connection {
             fresh: true,
             life: Life::Open,
             touched: false,
-            issued: Vec::new(),
-            awaiting: Vec::new(),
         }
     }
 

@@ -1,4 +1,11 @@
-//! Creating an executor's ring with the best setup flags the kernel takes.
+//! The io_uring layer: a ring with the best setup flags the kernel takes,
+//! the one submission path, the tokens completions carry, provided
+//! receive buffers, and eventfds to wake a ring from another thread.
+//! Everything that runs on a ring (the executors, the Redis links, the
+//! load generator, the kernel probe) builds on this.
+
+pub mod buffers;
+pub mod token;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

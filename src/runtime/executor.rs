@@ -1,42 +1,41 @@
-//! The per-core reactor: one thread, one io_uring ring, one listener, its
-//! connections. Nothing here is shared with another core.
+//! The executor: one thread, one io_uring ring, one listener, its
+//! connections and the tasks their handlers wait on. Nothing here is
+//! shared with another core.
 //!
-//! One turn of the loop: submit what was queued and wait for a completion or
-//! the next deadline; handle every completion (received bytes go straight from
-//! the provided buffer into the connection's HTTP state and the buffer goes
-//! back); expire timers; then settle each connection touched this turn: start
-//! its send (all responses written this turn go out in one send), arm or
-//! cancel its receive, pick its timer, close it when it is done.
+//! One turn of the loop: submit what was queued and wait for a completion
+//! or the next deadline; handle every completion (received bytes go
+//! straight from the provided buffer into the connection's HTTP state and
+//! the buffer goes back; a Redis reply or a read-through row completes its
+//! operation and wakes the task that waits for it); expire timers and
+//! request deadlines; run the tasks that were woken, writing the answers
+//! of those that finished; then settle each connection touched this turn:
+//! start its send (all responses written this turn go out in one send),
+//! arm or cancel its receive, pick its timer, close it when it is done.
 
-pub mod buffers;
-mod connection;
-pub mod ring;
-pub mod timers;
-pub mod token;
-
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::Socket;
 
-use crate::api::{Answer, Api, ApiShared, Next, Outcome, WritePath};
-use crate::http::{DateHeader, HttpConnection, HttpEnv, Limits, Phase};
-use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, TimeoutKind};
-use crate::redis::cluster::{Cluster, CommandToken, Config as RedisConfig};
-use crate::redis::command::Command;
+use crate::http::{
+    DateHeader, HttpConnection, HttpEnv, Limits, Phase, Rejection, Request, Response,
+    ResponseWriter, Sent, Service, Status,
+};
+use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, RouteId, TimeoutKind};
+use crate::redis::cluster::{Cluster, ClusterConfig};
 use crate::redis::links::Links;
-use crate::redis::slot::Slot as HashSlot;
-use crate::writeback::lookup::{LookupClient, Miss};
+use crate::ring::buffers::ProvidedBuffers;
+use crate::ring::token::{OpKind, Token};
+use crate::ring::{self, SetupFlags};
+use crate::writeback::lookup::LookupClient;
 
-use buffers::ProvidedBuffers;
-use connection::{Connection, Life, Slab};
-use ring::SetupFlags;
-use timers::{TimerKind, Timers};
-use token::{OpKind, Token};
+use super::connection::{Connection, Life, Slab};
+use super::io::{Io, IoConfig};
+use super::tasks::{BoxFuture, Finished, Job, Tasks};
+use super::timers::{TimerKind, Timers};
+use super::{Application, Later, Turn};
 
 /// The buffer group id of every executor's provided buffers (one per ring).
 const BUFFER_GROUP: u16 = 0;
@@ -70,13 +69,16 @@ pub struct ExecutorConfig {
     pub close_linger: Duration,
     /// How long a drain may take before the remaining connections are closed.
     pub shutdown_timeout: Duration,
+    /// How long a deferred answer may take; then it is dropped and the
+    /// request answered 503.
+    pub request_timeout: Duration,
     /// HTTP limits.
     pub limits: Limits,
-    /// The Redis Cluster writes go to, if any.
-    pub redis: Option<RedisConfig>,
-    /// Redis commands this executor may have in flight; a request that
-    /// would need another is answered 503 at once, so that overload sheds
-    /// at the door instead of queueing in Redis.
+    /// The Redis Cluster handlers' commands go to, if any.
+    pub redis: Option<ClusterConfig>,
+    /// Redis commands this executor may have in flight; a command beyond
+    /// them fails at once, so that overload sheds at the door instead of
+    /// queueing in Redis.
     pub max_redis_in_flight: usize,
 }
 
@@ -117,17 +119,26 @@ struct Completion {
     flags: u32,
 }
 
+/// Where a task's answer goes: deferred answer `number` of the connection
+/// in `slot` (if it is still the one `generation` names), counted under
+/// `route`.
+#[derive(Clone, Copy, Debug)]
+struct AnswerTo {
+    slot: u32,
+    generation: u32,
+    number: u16,
+    route: RouteId,
+}
+
 /// One core's server.
-pub struct Executor {
+pub struct Executor<A: Application> {
     // Field order is drop order: the ring goes first, so the kernel has
-    // stopped using the buffers and the wake-up word before they are freed.
+    // stopped using the buffers and the wake-up words before they are freed.
     ring: IoUring,
     buffers: ProvidedBuffers,
     wake_word: Box<u64>,
     wake: OwnedFd,
-    /// Where read-through answers come from, and the word its eventfd
-    /// reads into.
-    lookups: Option<LookupClient>,
+    /// The word the read-through eventfd reads into.
     lookup_word: Box<u64>,
     listener: Option<Socket>,
     accept_armed: bool,
@@ -139,7 +150,15 @@ pub struct Executor {
     touched: Vec<u32>,
     completions: Vec<Completion>,
     metrics: CoreMetrics,
-    responder: Responder,
+    responder: Responder<A>,
+    /// What tasks wait for; this core's Redis client state lives in it.
+    io: Io,
+    /// The Redis client's sockets on this ring.
+    links: Links,
+    tasks: Tasks<AnswerTo>,
+    /// Scratch: detached tasks taken from `io`, tasks that finished.
+    spawned: Vec<BoxFuture<()>>,
+    finished: Vec<Finished<AnswerTo>>,
     /// See [`ExecutorConfig::max_connections`].
     max_connections: usize,
     /// See [`ExecutorConfig::shutdown_timeout`].
@@ -151,64 +170,21 @@ pub struct Executor {
     next_publish: Instant,
     /// Set once a drain has begun: when the remaining connections are cut.
     drain_deadline: Option<Instant>,
-    /// This core's Redis Cluster client, its sockets on this ring.
-    redis: Option<RedisSide>,
-    /// Replies (or failures) for deferred answers, to deliver this turn.
-    arrived: Vec<(CommandToken, Outcome)>,
-    /// The bytes of the bulk replies in `arrived`.
-    arrived_bytes: Vec<u8>,
 }
 
-/// A Redis Cluster client driven from an executor's ring.
-struct RedisSide {
-    cluster: Cluster,
-    links: Links,
-    /// See [`ExecutorConfig::max_redis_in_flight`].
-    max_in_flight: usize,
-    /// With `ack_replicas`: writes Redis took this turn, waiting for their
-    /// partition's `WAIT` to be sent, as (token, partition).
-    confirming: Vec<(CommandToken, u16)>,
-    /// `WAIT`s out, by group: the writes each one confirms. One `WAIT` after
-    /// a partition's writes of a turn covers them all (it counts replicas
-    /// that have everything sent before it on the connection).
-    wait_groups: HashMap<u32, Vec<CommandToken>>,
-    next_group: u32,
-}
-
-/// The slot of a [`RedisSide::wait_groups`] group's token; the group is in
-/// the upper half.
-const WAIT_GROUP_SLOT: u32 = u32::MAX - 1;
-
-/// The token of commands no request waits for (read-through fills): no
-/// connection has this slot, so their replies are dropped.
-const UNWAITED: CommandToken = u32::MAX as CommandToken;
-
-/// The command token of a connection's deferred answer: the answer's
-/// number, the low 16 bits of the slot's generation, and the slot. (A slot
-/// reused 65,536 times while one command is out would be mistaken; commands
-/// time out long before.)
-fn command_token(slot: u32, generation: u32, number: u16) -> CommandToken {
-    u64::from(number) << 48 | u64::from(generation & 0xffff) << 32 | u64::from(slot)
-}
-
-/// [`command_token`]'s parts: slot, generation's low 16 bits, number.
-fn token_parts(token: CommandToken) -> (u32, u32, u16) {
-    (
-        token as u32,
-        (token >> 32) as u32 & 0xffff,
-        (token >> 48) as u16,
-    )
-}
-
-impl Executor {
+impl<A: Application> Executor<A> {
     /// Set up the ring and buffers. Call on the executor's own (pinned)
-    /// thread: the ring accepts submissions from its creator only.
+    /// thread: the ring accepts submissions from its creator only, and
+    /// `app` may hold state that must not leave it. `make_app` gets the
+    /// executor's [`Io`].
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: ExecutorConfig,
         listener: Socket,
         wake: OwnedFd,
         lookups: Option<LookupClient>,
-        shared: Arc<ApiShared>,
+        make_app: impl FnOnce(&Io) -> A,
+        routes: usize,
         index: usize,
         cpu: usize,
     ) -> io::Result<(Self, SetupFlags)> {
@@ -219,12 +195,21 @@ impl Executor {
         ring.submitter()
             .register_files_sparse(config.direct_slots as u32)?;
         let now = Instant::now();
+        let io = Io::new(
+            IoConfig {
+                max_redis_in_flight: config.max_redis_in_flight,
+                executor: index,
+            },
+            config.redis.map(|redis| Cluster::new(redis, now)),
+            lookups,
+            now,
+        );
+        let app = make_app(&io);
         let executor = Executor {
             ring,
             buffers,
             wake_word: Box::new(0),
             wake,
-            lookups,
             lookup_word: Box::new(0),
             listener: Some(listener),
             accept_armed: false,
@@ -238,42 +223,40 @@ impl Executor {
             ),
             touched: Vec::new(),
             completions: Vec::new(),
-            metrics: CoreMetrics::new(cpu),
+            metrics: CoreMetrics::new(cpu, routes),
             responder: Responder {
                 limits: config.limits,
                 date: DateHeader::new(),
-                shared,
+                app,
                 index,
-                outgoing: Vec::new(),
+                request_timeout: config.request_timeout,
+                later: Vec::new(),
             },
+            io,
+            links: Links::new(),
+            tasks: Tasks::default(),
+            spawned: Vec::new(),
+            finished: Vec::new(),
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
             now,
             date_due: now,
             next_publish: now,
             drain_deadline: None,
-            redis: config.redis.map(|redis| RedisSide {
-                cluster: Cluster::new(redis, now),
-                links: Links::new(),
-                max_in_flight: config.max_redis_in_flight,
-                confirming: Vec::new(),
-                wait_groups: HashMap::new(),
-                next_group: 0,
-            }),
-            arrived: Vec::new(),
-            arrived_bytes: Vec::new(),
         };
         Ok((executor, flags))
     }
 
-    /// Serve until a drain, signalled through the wake-up eventfd, finishes.
-    pub fn run(mut self) -> io::Result<()> {
+    /// Serve until a drain, signalled through the wake-up eventfd, finishes;
+    /// every turn's figures are copied into `publish` now and then.
+    pub fn run(mut self, publish: &dyn Fn(&CoreMetrics)) -> io::Result<()> {
         self.arm_accept();
         self.arm_wake();
         self.arm_lookups();
         while !self.finished() {
             self.enter()?;
             self.now = Instant::now();
+            self.io.start_turn(self.now);
             if self.now >= self.date_due {
                 self.refresh_date();
             }
@@ -281,15 +264,18 @@ impl Executor {
             self.buffers.publish();
             self.expire_timers();
             self.redis_settle();
+            self.run_tasks();
             self.settle_touched();
             self.redis_prepare();
             self.retry_accept();
             if self.now >= self.next_publish {
-                self.publish_metrics();
+                self.metrics.redis_shed = self.io.shed();
+                publish(&self.metrics);
                 self.next_publish = self.now + PUBLISH_INTERVAL;
             }
         }
-        self.publish_metrics();
+        self.metrics.redis_shed = self.io.shed();
+        publish(&self.metrics);
         Ok(())
     }
 
@@ -304,11 +290,6 @@ impl Executor {
         self.date_due = self.now + Duration::from_nanos(u64::from(1_000_000_000 - into_second));
     }
 
-    fn publish_metrics(&self) {
-        let shared = &self.responder.shared;
-        shared.registry.publish(self.responder.index, &self.metrics);
-    }
-
     fn finished(&self) -> bool {
         self.drain_deadline.is_some() && self.conns.len() == 0 && !self.accept_armed
     }
@@ -316,11 +297,10 @@ impl Executor {
     /// Submit everything queued; wait for one completion or the next deadline.
     fn enter(&mut self) -> io::Result<()> {
         let mut wake_at = self.next_publish;
-        if let Some(side) = &self.redis {
-            wake_at = wake_at.min(side.cluster.next_deadline(self.now));
-        }
         for deadline in [
+            self.io.next_deadline(self.now),
             self.timers.next_deadline(),
+            self.tasks.next_deadline(),
             self.accept_retry_at,
             self.drain_deadline,
         ]
@@ -355,16 +335,10 @@ impl Executor {
                 OpKind::Lookup => self.on_lookups(),
                 OpKind::Connect => {}
                 OpKind::RedisConnect | OpKind::RedisRecv | OpKind::RedisSend => {
-                    if let Some(side) = &mut self.redis {
-                        let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
-                        side.links.complete(
-                            &mut side.cluster,
-                            token,
-                            completion.result,
-                            self.now,
-                            &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
-                        );
-                    }
+                    let (links, now) = (&mut self.links, self.now);
+                    self.io.with_cluster(|cluster, mut sink| {
+                        links.complete(cluster, token, completion.result, now, &mut sink)
+                    });
                 }
                 OpKind::Cancel | OpKind::Teardown => {}
             }
@@ -445,11 +419,14 @@ impl Executor {
                 let bytes = self.buffers.get(bid, n as usize);
                 self.metrics.bytes_received += n as u64;
                 if conn.life == Life::Open && !conn.read_closed {
+                    let at = (token.slot, token.generation);
                     let written = self.responder.answer(
                         conn,
+                        at,
                         &mut self.metrics,
+                        &mut self.tasks,
                         self.now,
-                        |http, api, out, env| http.receive(bytes, api, out, env),
+                        |http, service, out, env| http.receive(bytes, service, out, env),
                     );
                     if written > 0 {
                         // A request was answered: the next one gets a fresh header deadline.
@@ -490,193 +467,105 @@ impl Executor {
             }
             if conn.life == Life::Open {
                 // The pipeline has room again: answer requests that waited for it.
-                self.responder
-                    .answer(conn, &mut self.metrics, self.now, |http, api, out, env| {
-                        http.resume(api, out, env)
-                    });
+                let at = (token.slot, token.generation);
+                self.responder.answer(
+                    conn,
+                    at,
+                    &mut self.metrics,
+                    &mut self.tasks,
+                    self.now,
+                    |http, service, out, env| http.resume(service, out, env),
+                );
             }
         }
         self.touch(token.slot);
     }
 
-    /// Redis completions handled: re-arm receives, finish closes, and
-    /// deliver the answers that arrived.
+    /// Redis completions handled: re-arm receives, finish closes.
     fn redis_settle(&mut self) {
-        if let Some(side) = &mut self.redis {
-            let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
-            side.links.settle_all(
-                &mut self.ring,
-                &mut side.cluster,
-                self.now,
-                &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
-            );
-        }
-        self.deliver_arrived();
+        let (ring, links, now) = (&mut self.ring, &mut self.links, self.now);
+        self.io
+            .with_cluster(|cluster, mut sink| links.settle_all(ring, cluster, now, &mut sink));
     }
 
     /// Before waiting: Redis timeouts and retries, connects, and every
-    /// command issued this turn sent, one send per node.
+    /// command issued this turn sent, one send per node. Tasks those wake
+    /// (a timed-out command) run, and what they issue goes out too.
     fn redis_prepare(&mut self) {
-        // Answers delivered here can issue commands (the next pipelined
-        // request, a WAIT): send those too before the ring waits.
         loop {
-            if let Some(side) = &mut self.redis {
-                let (arrived, bytes) = (&mut self.arrived, &mut self.arrived_bytes);
-                side.links.prepare(
-                    &mut self.ring,
-                    &mut side.cluster,
-                    self.now,
-                    &mut |t, reply| arrived.push((t, Outcome::keep(reply, bytes))),
-                );
-            }
-            if self.arrived.is_empty() {
+            let (ring, links, now) = (&mut self.ring, &mut self.links, self.now);
+            self.io
+                .with_cluster(|cluster, mut sink| links.prepare(ring, cluster, now, &mut sink));
+            if !self.tasks.has_ready() {
                 return;
             }
-            self.deliver_arrived();
+            self.run_tasks();
             self.settle_touched();
         }
     }
 
-    /// Take each deferred answer whose reply (or failure) arrived one step
-    /// on ([`Answer::next`]): answer it, or send what it waits for next;
-    /// and go on with the requests behind the answers written.
-    fn deliver_arrived(&mut self) {
-        if self.arrived.is_empty() {
-            return;
-        }
-        let mut arrived = std::mem::take(&mut self.arrived);
-        let bytes = std::mem::take(&mut self.arrived_bytes);
-        if let Some(side) = &mut self.redis
-            && !side.wait_groups.is_empty()
-        {
-            expand_wait_groups(&mut arrived, &mut side.wait_groups);
-        }
-        let shared = Arc::clone(&self.responder.shared);
-        for (token, outcome) in arrived.drain(..) {
-            let (slot, generation, number) = token_parts(token);
-            if self.conns.generation(slot) & 0xffff != generation {
+    /// Poll every task that is ready until none is, then end the turn for
+    /// the tasks that wait for that, and run what it woke; write the
+    /// answers of the tasks that finished.
+    fn run_tasks(&mut self) {
+        let mut turn_ended = false;
+        loop {
+            self.io.take_spawned(&mut self.spawned);
+            for future in self.spawned.drain(..) {
+                self.tasks.spawn(Job::Detached(future), None);
+            }
+            if !self.tasks.has_ready() {
+                if turn_ended || !self.io.end_turn() {
+                    return;
+                }
+                turn_ended = true;
                 continue;
             }
-            let Some(conn) = self.conns.slot_mut(slot) else {
-                continue;
-            };
-            let Some(at) = conn.awaiting.iter().position(|(n, _)| *n == number) else {
-                continue;
-            };
-            let (_, answer) = conn.awaiting.swap_remove(at);
-            // Every deferred answer came through the write path, over Redis.
-            let (Some(side), Some(writes)) = (&mut self.redis, &shared.writes) else {
-                continue;
-            };
-            let (answer, outcome) =
-                match answer.next(outcome, &bytes, writes, self.lookups.is_some()) {
-                    Next::Redis(command, answer) => {
-                        side.cluster.submit(token, command, self.now);
-                        conn.awaiting.push((number, answer));
-                        continue;
-                    }
-                    Next::Lookup(key, answer) => {
-                        let miss = Miss {
-                            executor: self.responder.index,
-                            token,
-                            key,
-                        };
-                        if self.lookups.as_ref().is_some_and(|l| l.ask(miss)) {
-                            conn.awaiting.push((number, answer));
-                            continue;
-                        }
-                        let why = "too many read-through lookups waiting (max_pending_lookups)";
-                        (answer, Outcome::Failed(why.into()))
-                    }
-                    Next::RespondAndSend(answer, outcome, command) => {
-                        side.cluster.submit(UNWAITED, command, self.now);
-                        (answer, outcome)
-                    }
-                    Next::Respond(answer, outcome) => (answer, outcome),
-                };
-            // A write Redis took, which replicas must confirm: WAIT on the
-            // node that owns its partition, then answer.
-            let (answer, outcome) = match (answer.write_partition(), outcome) {
-                (Some(partition), Outcome::Bulk(range)) if writes.ack_replicas > 0 => {
-                    // A master that lost its replicas while the script ran
-                    // (one just promoted) cannot confirm: say so now rather
-                    // than hold its connection for ack_timeout_ms.
-                    let refused = unconfirmable(&mut side.cluster, writes, &answer, self.now);
-                    let replicated = Answer::Replicated {
-                        then: Box::new(answer),
-                        version: bytes[range].to_vec(),
-                        replicas: writes.ack_replicas,
-                    };
-                    match refused {
-                        Some(why) => (replicated, Outcome::Failed(why)),
-                        None => {
-                            side.confirming.push((token, partition));
-                            conn.awaiting.push((number, replicated));
-                            continue;
-                        }
-                    }
-                }
-                (_, outcome) => (answer, outcome),
-            };
-            if conn.life == Life::Open {
-                let route = answer.route();
-                let mut status = None;
-                self.responder
-                    .answer(conn, &mut self.metrics, self.now, |http, api, out, env| {
-                        http.complete(
-                            number,
-                            |response| {
-                                let sent = answer.respond(outcome, &bytes, response);
-                                status = Some(sent.status());
-                                sent
-                            },
-                            api,
-                            out,
-                            env,
-                        )
-                    });
-                if let Some(status) = status {
-                    self.metrics.record_response(route, status);
+            let finished = &mut self.finished;
+            self.tasks.run_ready(|done| finished.push(done));
+            let mut finished = std::mem::take(&mut self.finished);
+            for done in finished.drain(..) {
+                if let Some((to, response)) = done.answer {
+                    self.deliver(to, &response);
                 }
             }
-            self.touch(slot);
-        }
-        self.send_waits();
-        // Keep the buffers' capacity for the next turn (and anything queued meanwhile).
-        arrived.append(&mut self.arrived);
-        self.arrived = arrived;
-        if self.arrived.is_empty() {
-            self.arrived_bytes = bytes;
-            self.arrived_bytes.clear();
+            self.finished = finished;
         }
     }
 
-    /// One `WAIT` per partition for the writes Redis took this turn.
-    fn send_waits(&mut self) {
-        let (Some(side), Some(writes)) = (&mut self.redis, &self.responder.shared.writes) else {
+    /// Write a task's answer into its connection, and go on with the
+    /// requests behind it.
+    fn deliver(&mut self, to: AnswerTo, response: &Response) {
+        let Some(conn) = self.conns.get_mut(to.slot, to.generation) else {
             return;
         };
-        if side.confirming.is_empty() {
-            return;
-        }
-        side.confirming
-            .sort_unstable_by_key(|&(_, partition)| partition);
-        let mut confirming = std::mem::take(&mut side.confirming);
-        for group in confirming.chunk_by(|a, b| a.1 == b.1) {
-            let id = side.next_group;
-            side.next_group = side.next_group.wrapping_add(1);
-            side.wait_groups
-                .insert(id, group.iter().map(|&(token, _)| token).collect());
-            let wait = Command::wait(
-                writes.queue.stream(group[0].1),
-                writes.ack_replicas,
-                writes.ack_timeout,
+        if conn.life == Life::Open {
+            let mut status = None;
+            self.responder.answer(
+                conn,
+                (to.slot, to.generation),
+                &mut self.metrics,
+                &mut self.tasks,
+                self.now,
+                |http, service, out, env| {
+                    http.complete(
+                        to.number,
+                        |writer| {
+                            let sent = writer.send_response(response);
+                            status = Some(sent.status());
+                            sent
+                        },
+                        service,
+                        out,
+                        env,
+                    )
+                },
             );
-            let token = u64::from(id) << 32 | u64::from(WAIT_GROUP_SLOT);
-            side.cluster.submit(token, wait, self.now);
+            if let Some(status) = status {
+                self.metrics.record_response(to.route, status);
+            }
         }
-        confirming.clear();
-        side.confirming = confirming;
+        self.touch(to.slot);
     }
 
     fn touch(&mut self, slot: u32) {
@@ -704,30 +593,6 @@ impl Executor {
             return;
         };
         conn.touched = false;
-        for (number, outgoing) in conn.issued.drain(..) {
-            let token = command_token(slot, generation, number);
-            let refused = match &mut self.redis {
-                // The write routes answer 503 themselves without Redis.
-                None => Some("no Redis Cluster".to_string()),
-                Some(side) if side.cluster.in_flight() >= side.max_in_flight => {
-                    self.metrics.redis_shed += 1;
-                    Some("overloaded: max_redis_in_flight reached".to_string())
-                }
-                Some(side) => {
-                    let refused = self.responder.shared.writes.as_ref().and_then(|writes| {
-                        unconfirmable(&mut side.cluster, writes, &outgoing.answer, self.now)
-                    });
-                    if refused.is_none() {
-                        side.cluster.submit(token, outgoing.command, self.now);
-                    }
-                    refused
-                }
-            };
-            conn.awaiting.push((number, outgoing.answer));
-            if let Some(why) = refused {
-                self.arrived.push((token, Outcome::Failed(why)));
-            }
-        }
         let draining = self.drain_deadline.is_some();
 
         if conn.life == Life::Open && conn.output_drained() {
@@ -821,7 +686,8 @@ impl Executor {
         }
     }
 
-    /// Close a connection whose operations have all completed.
+    /// Close a connection whose operations have all completed. Tasks still
+    /// answering it run on; their answers find no connection.
     fn release(&mut self, slot: u32) {
         self.timers.disarm(slot);
         if let Some(conn) = self.conns.remove(slot) {
@@ -858,7 +724,23 @@ impl Executor {
                 self.touch(slot);
             }
         }
+        while let Some((_, job)) = self.tasks.pop_expired(self.now) {
+            // Dropped: the operations it waited for are abandoned (a write
+            // Redis had already taken may still land).
+            let Job::Answer(future, to) = job else {
+                continue;
+            };
+            drop(future);
+            self.metrics.request_timeouts += 1;
+            let timed_out = Response::rejection(Rejection::new(
+                Status::ServiceUnavailable,
+                "the request did not finish within request_timeout_ms",
+            ))
+            .header("Retry-After", "1");
+            self.deliver(to, &timed_out);
+        }
         while let Some((slot, kind)) = self.timers.pop_expired(self.now) {
+            let generation = self.conns.generation(slot);
             let Some(conn) = self.conns.slot_mut(slot) else {
                 continue;
             };
@@ -867,9 +749,11 @@ impl Executor {
                     self.metrics.record_timeout(TimeoutKind::Header);
                     let written = self.responder.answer(
                         conn,
+                        (slot, generation),
                         &mut self.metrics,
+                        &mut self.tasks,
                         self.now,
-                        |http, api, out, env| http.time_out(api, out, env),
+                        |http, service, out, env| http.time_out(service, out, env),
                     );
                     if written == 0 {
                         conn.life = Life::Closing;
@@ -943,126 +827,123 @@ impl Executor {
     }
 
     fn arm_lookups(&mut self) {
-        let Some(lookups) = &self.lookups else {
+        let Some(fd) = self.io.lookup_ready_fd() else {
             return;
         };
         let word: *mut u64 = &mut *self.lookup_word;
-        let entry = opcode::Read::new(types::Fd(lookups.ready_fd().as_raw_fd()), word.cast(), 8)
+        let entry = opcode::Read::new(types::Fd(fd), word.cast(), 8)
             .build()
             .user_data(Token::global(OpKind::Lookup).encode());
         push(&mut self.ring, &mut self.metrics, &entry);
     }
 
-    /// Read-through answers are waiting: deliver them like Redis replies.
+    /// Read-through answers are waiting: they complete their lookups.
     fn on_lookups(&mut self) {
-        let Some(lookups) = &self.lookups else {
-            return;
-        };
-        for found in lookups.take() {
-            let outcome = match found.entry {
-                Ok(entry) => {
-                    let start = self.arrived_bytes.len();
-                    self.arrived_bytes.extend_from_slice(&entry);
-                    Outcome::Row {
-                        entry: start..self.arrived_bytes.len(),
-                        fill: found.fill,
-                    }
-                }
-                Err(why) => Outcome::Failed(why),
-            };
-            self.arrived.push((found.token, outcome));
-        }
+        self.io.deliver_lookups();
         self.arm_lookups();
     }
 }
 
-/// What answering requests borrows from the executor besides the connection
-/// and the metrics, kept apart so both can be borrowed beside it.
-struct Responder {
+/// What answering requests borrows from the executor besides the
+/// connection, the metrics and the tasks, kept apart so that all can be
+/// borrowed beside it.
+struct Responder<A> {
     limits: Limits,
     date: DateHeader,
-    shared: Arc<ApiShared>,
+    app: A,
     /// This executor's index among all executors (its metrics slot).
     index: usize,
-    /// Commands handlers issued in one step, kept for its capacity.
-    outgoing: Vec<crate::api::Outgoing>,
+    /// See [`ExecutorConfig::request_timeout`].
+    request_timeout: Duration,
+    /// Answers deferred in one step, kept for its capacity.
+    later: Vec<Later>,
 }
 
-impl Responder {
-    /// Run one step of `conn`'s HTTP state (`receive`, `resume`, `time_out`)
-    /// with the API behind it, and account for the responses it wrote.
+impl<A: Application> Responder<A> {
+    /// Run one step of `conn`'s HTTP state (`receive`, `resume`,
+    /// `complete`, `time_out`) with the application behind it; start a
+    /// task for each answer it deferred, and account for the responses it
+    /// wrote.
     fn answer(
         &mut self,
         conn: &mut Connection,
+        (slot, generation): (u32, u32),
         metrics: &mut CoreMetrics,
+        tasks: &mut Tasks<AnswerTo>,
         now: Instant,
-        step: impl FnOnce(&mut HttpConnection, &mut Api<'_>, &mut Vec<u8>, &HttpEnv<'_>) -> usize,
+        step: impl FnOnce(&mut HttpConnection, &mut Bridge<'_, A>, &mut Vec<u8>, &HttpEnv<'_>) -> usize,
     ) -> usize {
         let env = HttpEnv {
             limits: &self.limits,
             date: &self.date,
         };
-        let mut api = Api {
-            shared: &self.shared,
-            executor: self.index,
+        let mut bridge = Bridge {
+            app: &mut self.app,
             metrics,
-            outgoing: &mut self.outgoing,
+            later: &mut self.later,
+            executor: self.index,
         };
         let first = conn.http.next_deferred();
-        let written = step(&mut conn.http, &mut api, &mut conn.out, &env);
-        // Each deferred answer issued one command, in request order.
-        conn.issued
-            .extend(conn.http.deferred_since(first).zip(self.outgoing.drain(..)));
+        let written = step(&mut conn.http, &mut bridge, &mut conn.out, &env);
+        let numbers = conn.http.deferred_since(first);
+        debug_assert_eq!(
+            numbers.len(),
+            self.later.len(),
+            "one task per deferred answer"
+        );
+        for (number, later) in numbers.zip(self.later.drain(..)) {
+            let to = AnswerTo {
+                slot,
+                generation,
+                number,
+                route: later.route,
+            };
+            tasks.spawn(
+                Job::Answer(later.future, to),
+                Some(now + self.request_timeout),
+            );
+        }
         conn.wrote(written, now);
         metrics.in_flight += written as u64;
         written
     }
 }
 
-/// Why a write cannot be confirmed by `ack_replicas` replicas, if the
-/// layout says its partition's master has fewer online: it is refused
-/// before anything is written.
-/// A refusal asks for the layout again when it is older than this, so
-/// that a replica joining the master is seen within about a second.
-const REPLICA_RECHECK: Duration = Duration::from_secs(1);
-
-fn unconfirmable(
-    cluster: &mut Cluster,
-    writes: &WritePath,
-    answer: &Answer,
-    now: Instant,
-) -> Option<String> {
-    if writes.ack_replicas == 0 {
-        return None;
-    }
-    let partition = answer.write_partition()?;
-    let online = cluster.online_replicas(HashSlot::of(writes.queue.stream(partition)))?;
-    if online >= writes.ack_replicas as usize {
-        return None;
-    }
-    cluster.refresh_layout_if_older(REPLICA_RECHECK, now);
-    Some(format!(
-        "the partition's master has {online} online replicas, fewer than ack_replicas ({})",
-        writes.ack_replicas
-    ))
+/// The HTTP layer's [`Service`]: the application, with what it may touch,
+/// counting each answer written now under its route.
+struct Bridge<'a, A> {
+    app: &'a mut A,
+    metrics: &'a mut CoreMetrics,
+    later: &'a mut Vec<Later>,
+    executor: usize,
 }
 
-/// Replace each group `WAIT`'s reply in `arrived` with one for each write it
-/// confirms.
-fn expand_wait_groups(
-    arrived: &mut Vec<(CommandToken, Outcome)>,
-    groups: &mut HashMap<u32, Vec<CommandToken>>,
-) {
-    let mut at = 0;
-    while at < arrived.len() {
-        let token = arrived[at].0;
-        if token as u32 != WAIT_GROUP_SLOT {
-            at += 1;
-            continue;
+impl<A: Application> Service for Bridge<'_, A> {
+    fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent {
+        let mut turn = Turn {
+            metrics: &mut *self.metrics,
+            later: &mut *self.later,
+            executor: self.executor,
+        };
+        let (route, sent) = self.app.handle(request, response, &mut turn);
+        // A deferred answer is counted when it is written.
+        if !sent.is_deferred() {
+            self.metrics.record_response(route, sent.status());
         }
-        let (_, outcome) = arrived.swap_remove(at);
-        let members = groups.remove(&((token >> 32) as u32)).unwrap_or_default();
-        arrived.extend(members.into_iter().map(|member| (member, outcome.clone())));
+        sent
+    }
+
+    fn reject(&mut self, rejection: Rejection, response: ResponseWriter<'_>) -> Sent {
+        let mut turn = Turn {
+            metrics: &mut *self.metrics,
+            later: &mut *self.later,
+            executor: self.executor,
+        };
+        let (route, sent) = self.app.reject(rejection, response, &mut turn);
+        if !sent.is_deferred() {
+            self.metrics.record_response(route, sent.status());
+        }
+        sent
     }
 }
 
@@ -1070,7 +951,7 @@ fn expand_wait_groups(
 fn push(ring: &mut IoUring, metrics: &mut CoreMetrics, entry: &squeue::Entry) {
     // SAFETY: every entry the executor builds points at memory that outlives
     // the operation: a connection's `sending` buffer is not touched, and the
-    // connection not freed, while its send is in flight; the wake-up word
+    // connection not freed, while its send is in flight; the wake-up words
     // and the provided buffers live until the ring is dropped (field order
     // of `Executor`).
     metrics.ring_enters += unsafe { ring::push(ring, entry) };
@@ -1090,10 +971,29 @@ mod tests {
     use super::*;
 
     fn config(max_connections: usize) -> ExecutorConfig {
-        let mut config = crate::config::ServeConfig::default().executor();
-        config.max_connections = max_connections;
-        config.direct_slots = ExecutorConfig::direct_slots_for(max_connections);
-        config
+        ExecutorConfig {
+            ring_entries: 64,
+            recv_buffers: 16,
+            recv_buffer_bytes: 4096,
+            max_connections,
+            direct_slots: ExecutorConfig::direct_slots_for(max_connections),
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            close_linger: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            limits: Limits {
+                head: crate::http::request::HeadLimits {
+                    max_request_line_bytes: 1024,
+                    max_header_bytes: 1024,
+                    max_headers: 16,
+                },
+                max_body_bytes: 1024,
+                max_pipeline_depth: 16,
+            },
+            redis: None,
+            max_redis_in_flight: 16,
+        }
     }
 
     #[test]

@@ -1,7 +1,16 @@
-//! `millrace serve`: probe the kernel, bind one listener per executor, start
-//! the pinned executors, then wait for signals. The first SIGTERM or SIGINT
+//! Starting a server: [`App`] takes a service's routes, write-back tables
+//! and per-core state, and serves them the way `millrace serve` serves its
+//! own: probe the kernel, check Redis and PostgreSQL, bind one listener
+//! per executor, start the pinned executors (and the database core, with
+//! a PostgreSQL URL), then wait for signals. The first SIGTERM or SIGINT
 //! drains (readiness fails, accepting stops, in-flight requests finish); a
 //! second exits at once.
+
+pub mod admin;
+pub mod config;
+pub mod program;
+pub mod signals;
+pub mod writeback;
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,25 +23,93 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::admin::Admin;
-use crate::api::{ApiShared, WritePath};
-use crate::config::ServeConfig;
+use self::admin::Admin;
+use self::config::ServeConfig;
+use self::signals::{ShutdownSignals, signal_name};
+use crate::app::auth::Tokens;
+use crate::app::{CoreApp, Routes, Shared, Store, Table, WritePath};
+use crate::host::probe;
 use crate::lifecycle::{Lifecycle, Stage};
 use crate::metrics::MetricsRegistry;
-use crate::payload::BatchLimits;
-use crate::probe;
-use crate::reactor::{Executor, ring};
-use crate::signals::{ShutdownSignals, signal_name};
-use crate::writeback::core::{Totals, WritebackConfig};
+use crate::ring;
+use crate::runtime::{Executor, Io};
+use crate::writeback::drain::{Totals, WritebackConfig};
 use crate::writeback::lookup::{self, LookupService};
 use crate::writeback::queue::{Caps, Queue};
+use crate::writeback::table::Tables;
 
 /// How often the main thread looks at its executors between signals.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Serve until a signal drains the server. Errors are complete sentences
-/// for an operator.
-pub fn serve(config: &ServeConfig) -> Result<(), String> {
+/// What a core's state is made from, on the core's own thread.
+pub struct Core<'a> {
+    /// The executor's index, from 0.
+    pub index: usize,
+    /// The CPU it is pinned to.
+    pub cpu: usize,
+    /// Its operations.
+    pub io: &'a Io,
+}
+
+type MakeState<S> = Arc<dyn Fn(&Core<'_>) -> S + Send + Sync>;
+
+/// A service: routes, write-back tables and per-core state, served the way
+/// `millrace serve` serves millrace's own routes.
+pub struct App<S> {
+    make_state: MakeState<S>,
+    routes: Routes<S>,
+    tables: Vec<Table>,
+}
+
+impl<S: 'static> App<S> {
+    /// A service whose cores each make their state with `make_state`, on
+    /// their own thread (the state need not be `Send`).
+    pub fn new(make_state: impl Fn(&Core<'_>) -> S + Send + Sync + 'static) -> App<S> {
+        App {
+            make_state: Arc::new(make_state),
+            routes: Routes::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    /// Add `routes`, after those already given.
+    pub fn routes(mut self, routes: Routes<S>) -> App<S> {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
+    /// Write records of `table` back to PostgreSQL.
+    pub fn table(mut self, table: Table) -> App<S> {
+        self.tables.push(table);
+        self
+    }
+
+    /// Run as a program without options of its own (see [`program`]):
+    /// `NAME serve ...` or `NAME writeback ...`.
+    pub fn main(self, name: &'static str, about: &'static str) -> std::process::ExitCode {
+        program::run::<program::NoOptions, S>(name, about, |_| self)
+    }
+
+    /// The write-back tables.
+    pub fn write_back_tables(&self) -> Result<Tables, String> {
+        Tables::new(self.tables.clone())
+    }
+
+    /// Serve until a signal drains the server. Errors are complete
+    /// sentences for an operator.
+    pub fn serve(self, config: &ServeConfig) -> Result<(), String> {
+        let tables = self.write_back_tables()?;
+        let routes = Arc::new(self.routes.compile()?);
+        serve(config, routes, self.make_state, tables)
+    }
+}
+
+fn serve<S: 'static>(
+    config: &ServeConfig,
+    routes: Arc<crate::app::RouteTable<S>>,
+    make_state: MakeState<S>,
+    tables: Tables,
+) -> Result<(), String> {
     let features = probe::probe_ring()?;
     if let Some(missing) = features.missing() {
         return Err(missing);
@@ -46,9 +123,12 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
                 config.redis_seeds
             )
         })?;
-        check_queue_layout(&mut client, &Queue::new(config.writeback_partitions))?;
+        crate::writeback::check_queue_layout(
+            &mut client,
+            &Queue::new(config.writeback_partitions),
+        )?;
         let ca_file = config
-            .database_core()
+            .database_core(&tables)
             .and_then(|core| core.postgres_ca_file);
         let postgres = (!config.postgres_url.is_empty()).then(|| {
             (
@@ -57,7 +137,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
                 Duration::from_millis(config.db_timeout_ms),
             )
         });
-        crate::durability::check_at_start(
+        crate::host::durability::check_at_start(
             &mut client,
             Some(config.ack_replicas),
             postgres,
@@ -85,40 +165,35 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
 
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
     let lifecycle = Arc::new(Lifecycle::new());
-    let writes = config.redis().map(|_| WritePath {
-        queue: Queue::new(config.writeback_partitions),
-        limits: BatchLimits {
-            max_events: config.max_batch_events,
-            max_bytes: config.max_body_bytes,
-        },
-        caps: Caps {
-            entries: config
-                .max_backlog
-                .div_ceil(u64::from(config.writeback_partitions)),
-            bytes: config
-                .max_backlog_bytes
-                .div_ceil(u64::from(config.writeback_partitions)),
-        },
-        cache_ttl_ms: config.cache_ttl_ms,
-        miss_ttl_ms: config.miss_ttl_ms,
-        max_key_bytes: config.max_key_bytes,
-        max_value_bytes: config.max_value_bytes,
-        ack_replicas: config.ack_replicas,
-        ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+    let path = config.redis().map(|_| {
+        Arc::new(WritePath {
+            queue: Queue::new(config.writeback_partitions),
+            caps: Caps {
+                entries: config
+                    .max_backlog
+                    .div_ceil(u64::from(config.writeback_partitions)),
+                bytes: config
+                    .max_backlog_bytes
+                    .div_ceil(u64::from(config.writeback_partitions)),
+            },
+            cache_ttl_ms: config.cache_ttl_ms,
+            miss_ttl_ms: config.miss_ttl_ms,
+            ack_replicas: config.ack_replicas,
+            ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+        })
     });
-    let auth = config.auth_tokens()?;
+    let auth = Tokens::load(config.auth_tokens_path())?;
     if auth.is_some() {
-        tracing::info!("the /v1 routes require a bearer token");
+        tracing::info!("protected routes require a bearer token");
     }
-    let database_core_config = config.database_core();
-    let mut registry = MetricsRegistry::new(&cpus);
+    let database_core_config = config.database_core(&tables);
+    let mut registry = MetricsRegistry::new(&cpus, routes.names().to_vec());
     if let Some(core) = &database_core_config {
         registry = registry.with_writeback(Arc::clone(&core.metrics));
     }
     let registry = Arc::new(registry);
-    let shared = Arc::new(ApiShared {
+    let shared = Arc::new(Shared {
         auth,
-        writes,
         lifecycle: Arc::clone(&lifecycle),
         registry: Arc::clone(&registry),
         public_metrics: config.public_metrics,
@@ -128,7 +203,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     let admin = match config.admin_address()? {
         None => None,
         Some(addr) => {
-            let admin = Admin::start(addr, registry, Arc::clone(&lifecycle))?;
+            let admin = Admin::start(addr, Arc::clone(&registry), Arc::clone(&lifecycle))?;
             tracing::info!(admin = %admin.addr(), "admin listening (/metrics, /livez, /readyz)");
             Some(admin)
         }
@@ -142,7 +217,10 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
             let (service, clients) = lookup::channels(cpus.len(), config.max_pending_lookups)
                 .map_err(|e| format!("cannot create the read-through channels: {e}"))?;
             let pin = usize::try_from(config.db_core).ok();
-            (Some(DatabaseCore::start(writeback, service, pin)?), clients)
+            (
+                Some(DatabaseCore::start(writeback, Some(service), pin)?),
+                clients,
+            )
         }
     };
     lookup_clients.reverse();
@@ -156,8 +234,14 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
             .try_clone()
             .map_err(|e| format!("cannot duplicate an eventfd: {e}"))?;
         let executor_config = executor_config.clone();
-        let shared = Arc::clone(&shared);
         let started = started_tx.clone();
+        let (routes, make_state, shared) = (
+            Arc::clone(&routes),
+            Arc::clone(&make_state),
+            Arc::clone(&shared),
+        );
+        let (path, tables, registry) = (path.clone(), tables.clone(), Arc::clone(&registry));
+        let route_count = routes.names().len();
         let thread = thread::Builder::new()
             .name(format!("millrace-core-{cpu}"))
             .spawn(move || -> Result<(), String> {
@@ -166,12 +250,18 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
                     let _ = started.send(Err(error.clone()));
                     return Err(error);
                 }
+                let make_app = |io: &Io| {
+                    let state = make_state(&Core { index, cpu, io });
+                    let store = Store::new(io.clone(), path, tables);
+                    CoreApp::new(routes, state, store, shared)
+                };
                 match Executor::new(
                     executor_config,
                     listener,
                     executor_wake,
                     lookups,
-                    shared,
+                    make_app,
+                    route_count,
                     index,
                     cpu,
                 ) {
@@ -186,7 +276,7 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
                         let _ = started.send(Ok(()));
                         drop(started);
                         let result = executor
-                            .run()
+                            .run(&|metrics| registry.publish(index, metrics))
                             .map_err(|e| format!("executor on CPU {cpu} failed: {e}"));
                         tracing::info!(cpu, "executor stopped");
                         result
@@ -244,31 +334,18 @@ pub fn serve(config: &ServeConfig) -> Result<(), String> {
     }
 }
 
-/// Record the queue's partition count in the cluster, or check it against
-/// the one recorded: a server or database core with another count refuses
-/// to start.
-pub fn check_queue_layout(
-    client: &mut crate::redis::driver::Client,
-    queue: &Queue,
-) -> Result<(), String> {
-    match client.call(queue.record_layout()) {
-        Ok(crate::redis::resp::OwnedReply::Bulk(recorded)) => queue.check_layout(&recorded),
-        other => Err(format!(
-            "cannot read the write-back queue's layout from Redis: {other:?}"
-        )),
-    }
-}
-
-/// The database core's thread, when this process runs one.
-struct DatabaseCore {
+/// The database core's thread: beside the executors in `serve` (with
+/// read-through), or alone in `writeback`.
+pub(crate) struct DatabaseCore {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<Totals, String>>,
 }
 
 impl DatabaseCore {
-    fn start(
+    /// Start it, pinned to CPU `pin` if given.
+    pub(crate) fn start(
         config: WritebackConfig,
-        lookups: LookupService,
+        lookups: Option<LookupService>,
         pin: Option<usize>,
     ) -> Result<DatabaseCore, String> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -281,18 +358,20 @@ impl DatabaseCore {
                 {
                     return Err(format!("cannot pin the database core to CPU {cpu}"));
                 }
-                crate::writeback::core::run(&config, &core_stop, Some(lookups))
+                crate::writeback::drain::run(&config, &core_stop, lookups)
             })
             .map_err(|e| format!("cannot start the database core: {e}"))?;
         tracing::info!(cpu = ?pin, "database core started");
         Ok(DatabaseCore { stop, thread })
     }
 
-    fn is_finished(&self) -> bool {
+    /// It stopped (on its own: an error, or asked to).
+    pub(crate) fn is_finished(&self) -> bool {
         self.thread.is_finished()
     }
 
-    fn stop(self) -> Result<(), String> {
+    /// Stop after the batch in hand; report what it did.
+    pub(crate) fn stop(self) -> Result<(), String> {
         self.stop.store(true, Ordering::Relaxed);
         let totals = self
             .thread
@@ -302,6 +381,7 @@ impl DatabaseCore {
             rows = totals.rows,
             batches = totals.batches,
             retries = totals.retries,
+            malformed = totals.malformed,
             "database core stopped"
         );
         Ok(())

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::Limits;
 use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
-use crate::reactor::ExecutorConfig;
-use crate::redis::cluster::Config as RedisConfig;
-use crate::writeback::core::WritebackConfig;
+use crate::redis::cluster::ClusterConfig;
+use crate::runtime::ExecutorConfig;
+use crate::writeback::drain::WritebackConfig;
+use crate::writeback::table::Tables;
 
 /// Declares every option once: the optional layer that flags, environment
 /// and file fill ([`ServeOptions`]), and the resolved values ([`ServeConfig`]).
@@ -87,6 +88,8 @@ serve_options! {
     idle_timeout_ms: u64 = 60_000, env "MILLRACE_IDLE_TIMEOUT_MS";
     /// Time a closing connection keeps reading so its last response is not lost to a reset, in milliseconds [default: 2000]
     close_linger_ms: u64 = 2_000, env "MILLRACE_CLOSE_LINGER_MS";
+    /// Time a request answered later (one that waits for Redis or the database) may take before it is answered 503, in milliseconds; what it waited for is abandoned (a write Redis already took may still land) [default: 15000]
+    request_timeout_ms: u64 = 15_000, env "MILLRACE_REQUEST_TIMEOUT_MS";
     /// On SIGTERM, time /readyz answers 503 before accepting stops, in milliseconds [default: 0]
     drain_delay_ms: u64 = 0, env "MILLRACE_DRAIN_DELAY_MS";
     /// On SIGTERM, time in-flight requests get to finish before connections are cut, in milliseconds [default: 30000]
@@ -155,10 +158,15 @@ impl ServeOptions {
     pub fn resolve(mut self) -> Result<ServeConfig, String> {
         let file = match self.config.take() {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str::<ServeOptions>(&text)
-                    .map_err(|e| format!("config file {}: {e}", path.display()))?
+                let (options, app) = read_file(&path)?;
+                if app.is_some() {
+                    return Err(format!(
+                        "config file {}: an [app] table holds a service's own options, and \
+                         `millrace serve` has none",
+                        path.display()
+                    ));
+                }
+                options
             }
             None => ServeOptions::default(),
         };
@@ -166,6 +174,41 @@ impl ServeOptions {
         config.validate()?;
         Ok(config)
     }
+
+    /// [`ServeOptions::resolve`] for a service with options of its own,
+    /// which its `[app]` table holds and which are read apart.
+    pub fn resolve_for_app(mut self) -> Result<ServeConfig, String> {
+        let file = match self.config.take() {
+            Some(path) => read_file(&path)?.0,
+            None => ServeOptions::default(),
+        };
+        let config = self.over(file);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The options a config file gives, and its `[app]` table (a service's
+/// own options), if it has one.
+pub fn read_file(path: &std::path::Path) -> Result<(ServeOptions, Option<toml::Table>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let app = match table.remove("app") {
+        None => None,
+        Some(toml::Value::Table(app)) => Some(app),
+        Some(_) => {
+            return Err(format!(
+                "config file {}: app must be a table ([app])",
+                path.display()
+            ));
+        }
+    };
+    let options = table
+        .try_into::<ServeOptions>()
+        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    Ok((options, app))
 }
 
 impl ServeConfig {
@@ -180,6 +223,7 @@ impl ServeConfig {
             ("header_timeout_ms", self.header_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
             ("listen_backlog", u64::from(self.listen_backlog)),
             ("redis_command_timeout_ms", self.redis_command_timeout_ms),
             ("writeback_partitions", u64::from(self.writeback_partitions)),
@@ -217,6 +261,13 @@ impl ServeConfig {
         if self.ack_replicas > 0 && self.ack_timeout_ms >= self.redis_command_timeout_ms {
             return Err("ack_timeout_ms must be below redis_command_timeout_ms".into());
         }
+        if self.request_timeout_ms <= self.redis_command_timeout_ms {
+            return Err(
+                "request_timeout_ms must be above redis_command_timeout_ms: a request waits for \
+                 at least one Redis command"
+                    .into(),
+            );
+        }
         if self.db_core < -1 {
             return Err("db_core must be a CPU id, or -1 to leave it unpinned".into());
         }
@@ -241,12 +292,14 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The database core's configuration, when this process runs one.
-    pub fn database_core(&self) -> Option<WritebackConfig> {
+    /// The database core's configuration for writing `tables`, when this
+    /// process runs one.
+    pub fn database_core(&self, tables: &Tables) -> Option<WritebackConfig> {
         if self.postgres_url.is_empty() {
             return None;
         }
-        let mut config = WritebackConfig::new(self.redis()?, self.postgres_url.clone());
+        let mut config =
+            WritebackConfig::new(self.redis()?, self.postgres_url.clone(), tables.clone());
         config.partitions = self.writeback_partitions;
         config.batch_rows = self.batch_rows;
         config.batch_ms = Duration::from_millis(self.batch_ms);
@@ -290,9 +343,9 @@ impl ServeConfig {
     }
 
     /// The Redis client's configuration, when Redis is configured.
-    pub fn redis(&self) -> Option<RedisConfig> {
+    pub fn redis(&self) -> Option<ClusterConfig> {
         let seeds = self.redis_seed_list().ok().filter(|s| !s.is_empty())?;
-        let mut config = RedisConfig::new(seeds).credentials_from_env();
+        let mut config = ClusterConfig::new(seeds).credentials_from_env();
         config.command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
         Some(config)
     }
@@ -305,11 +358,21 @@ impl ServeConfig {
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    /// The bearer tokens the `/v1` routes require, if any are configured.
-    pub fn auth_tokens(&self) -> Result<Option<crate::api::auth::Tokens>, String> {
-        let file = (!self.auth_tokens_file.is_empty())
-            .then(|| std::path::Path::new(&self.auth_tokens_file));
-        crate::api::auth::Tokens::load(file)
+    /// The file of bearer tokens the `/v1` routes require, if one is named.
+    pub fn auth_tokens_path(&self) -> Option<&std::path::Path> {
+        (!self.auth_tokens_file.is_empty()).then(|| std::path::Path::new(&self.auth_tokens_file))
+    }
+
+    /// What the built-in routes are held to.
+    pub fn route_limits(&self) -> crate::routes::Limits {
+        crate::routes::Limits {
+            batch: crate::payload::BatchLimits {
+                max_events: self.max_batch_events,
+                max_bytes: self.max_body_bytes,
+            },
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+        }
     }
 
     /// What each executor gets.
@@ -324,6 +387,7 @@ impl ServeConfig {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             close_linger: Duration::from_millis(self.close_linger_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
             limits: Limits {
                 head: HeadLimits {
                     max_request_line_bytes: self.max_request_line_bytes,

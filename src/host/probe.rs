@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
-use crate::reactor::buffers::ProvidedBuffers;
-use crate::reactor::ring::{self, SetupFlags};
+use crate::ring::buffers::ProvidedBuffers;
+use crate::ring::{self, SetupFlags};
 
 /// The io_uring features millrace uses, as probed.
 #[derive(Debug)]

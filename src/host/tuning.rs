@@ -8,10 +8,13 @@ use std::path::Path;
 
 /// The profiles shipped with millrace, by name.
 pub const PROFILES: [(&str, &str); 2] = [
-    ("latency", include_str!("../tuning/profiles/latency.conf")),
+    (
+        "latency",
+        include_str!("../../tuning/profiles/latency.conf"),
+    ),
     (
         "throughput",
-        include_str!("../tuning/profiles/throughput.conf"),
+        include_str!("../../tuning/profiles/throughput.conf"),
     ),
 ];
 

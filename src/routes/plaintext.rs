@@ -1,7 +1,7 @@
 //! `GET /plaintext`: TechEmpower's plaintext test. A fixed body, every
 //! required header, rendered at compile time: nothing computed per request.
 
-use crate::http::{FixedResponse, ResponseWriter, Sent, Status};
+use crate::app::{Cx, FixedResponse, Request, Responder, Sent, Status};
 
 const HELLO: FixedResponse = FixedResponse::new(
     Status::Ok,
@@ -10,6 +10,6 @@ const HELLO: FixedResponse = FixedResponse::new(
 );
 
 /// Answer with `Hello, World!`.
-pub fn handle(response: ResponseWriter<'_>) -> Sent {
+pub fn handle(_: &Cx<'_, ()>, _: &Request<'_>, response: Responder<'_>) -> Sent {
     response.send_fixed(&HELLO)
 }

@@ -1,8 +1,8 @@
 //! `GET /livez`: the process is up and its executor is turning.
 
-use crate::http::{ResponseWriter, Sent, Status};
+use crate::app::{Cx, Request, Responder, Sent, Status};
 
 /// Always 200: an executor that can answer is alive.
-pub fn handle(response: ResponseWriter<'_>) -> Sent {
+pub fn handle(_: &Cx<'_, ()>, _: &Request<'_>, response: Responder<'_>) -> Sent {
     response.send(Status::Ok, "text/plain; charset=utf-8", b"live\n")
 }

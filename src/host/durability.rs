@@ -367,7 +367,8 @@ fn redis_settings(config: &OwnedReply, info: &OwnedReply) -> Option<RedisSetting
 /// PostgreSQL's settings as the database core's connection sees them,
 /// assessed.
 pub async fn postgres_findings(url: &str, ca_file: Option<&Path>) -> Result<Vec<Finding>, String> {
-    let database = crate::writeback::db::Database::connect(url, ca_file).await?;
+    let tables = crate::writeback::table::Tables::default();
+    let database = crate::writeback::db::Database::connect_only(url, ca_file, &tables).await?;
     let client = database.client();
     let settings = PostgresSettings {
         fsync: show(client, "fsync").await?,

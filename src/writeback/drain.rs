@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 
 use super::db::Database;
 use super::lookup::LookupService;
-use super::queue::{Entry, GROUP, Queue, Record, Version, entries};
-use crate::load::workload::Rng;
+use super::queue::{Entry, GROUP, Queue, Version, entries};
+use super::table::{Merge, Tables};
 use crate::metrics::WritebackMetrics;
-use crate::redis::cluster::Config as RedisConfig;
+use crate::redis::cluster::ClusterConfig;
 use crate::redis::command::Command;
 use crate::redis::driver::Client;
 use crate::redis::resp::{OwnedReply, Reply};
+use crate::rng::Rng;
 
 /// The hash every core's O(1) figures live in.
 pub const STATS_KEY: &[u8] = b"{millrace:stats}";
@@ -74,7 +75,9 @@ fn crash(why: &str) {
 #[derive(Clone, Debug)]
 pub struct WritebackConfig {
     /// The Redis Cluster holding the queue.
-    pub redis: RedisConfig,
+    pub redis: ClusterConfig,
+    /// The tables records are written to.
+    pub tables: Tables,
     /// PostgreSQL, as a `postgres://` URL (`sslmode=require` for TLS).
     pub postgres_url: String,
     /// Extra CAs (PEM) to trust for PostgreSQL's certificate.
@@ -114,9 +117,10 @@ pub struct WritebackConfig {
 impl WritebackConfig {
     /// Defaults for the rest: 16 partitions, batches of 5,000 rows or 5 ms,
     /// consumer `db-0`, take over after 30 s idle.
-    pub fn new(redis: RedisConfig, postgres_url: String) -> WritebackConfig {
+    pub fn new(redis: ClusterConfig, postgres_url: String, tables: Tables) -> WritebackConfig {
         WritebackConfig {
             redis,
+            tables,
             postgres_url,
             postgres_ca_file: None,
             partitions: 16,
@@ -183,6 +187,7 @@ pub fn run(
         let local = tokio::task::LocalSet::new();
         if let Some(lookups) = lookups {
             local.spawn_local(lookups.run(
+                config.tables.clone(),
                 config.postgres_url.clone(),
                 config.postgres_ca_file.clone(),
                 config.db_timeout,
@@ -199,7 +204,7 @@ pub fn run(
             .join()
             .map_err(|_| "the database core's reader panicked".to_string())??;
         Ok(Totals {
-            malformed,
+            malformed: malformed + totals.malformed,
             queue_losses,
             ..totals
         })
@@ -252,7 +257,7 @@ impl<'a> Reader<'a> {
     fn start(config: &'a WritebackConfig) -> Result<Reader<'a>, String> {
         let mut redis = Client::connect(config.redis.clone()).map_err(|e| e.to_string())?;
         let queue = Queue::new(config.partitions);
-        crate::server::check_queue_layout(&mut redis, &queue)?;
+        super::check_queue_layout(&mut redis, &queue)?;
         Ok(Reader {
             config,
             queue,
@@ -574,7 +579,12 @@ impl<'a> Reader<'a> {
             let newest = &mut self.newest_read[usize::from(partition)];
             let behind = newest.is_some_and(|n| entry.version <= n);
             *newest = (*newest).max(Some(entry.version));
-            if behind && matches!(entry.record, Record::Put { .. } | Record::Delete { .. }) {
+            let versioned = self
+                .config
+                .tables
+                .find(entry.record.table.as_bytes())
+                .is_some_and(|(_, t)| matches!(t.merge(), Merge::LastWriterWins { .. }));
+            if behind && versioned {
                 self.config
                     .metrics
                     .version_regressions
@@ -738,15 +748,22 @@ impl<'a> Reader<'a> {
         let partitions = usize::from(self.queue.partitions());
         let mut acked: Vec<Vec<(&[u8], u64)>> = vec![Vec::new(); partitions];
         let mut newest: Vec<Option<Version>> = vec![None; partitions];
-        // The newest write of each key in the batch: only it can still be
-        // what the cache holds.
-        let mut written: HashMap<&[u8], &Entry> = HashMap::new();
+        // The newest write of each key of a cached table in the batch:
+        // only it can still be what the cache holds.
+        let mut written: HashMap<(&str, &[u8]), &Entry> = HashMap::new();
         for entry in batch {
             let partition = usize::from(self.queue.partition_of(entry.record.key()));
-            acked[partition].push((&entry.id, entry.record.queued_bytes()));
+            acked[partition].push((&entry.id, entry.queued_bytes));
             newest[partition] = newest[partition].max(Some(entry.version));
-            if let Record::Put { key, .. } | Record::Delete { key } = &entry.record {
-                let slot = written.entry(key).or_insert(entry);
+            let cached = self
+                .config
+                .tables
+                .find(entry.record.table.as_bytes())
+                .is_some_and(|(_, t)| t.is_cached());
+            if cached {
+                let slot = written
+                    .entry((&entry.record.table, &entry.record.key))
+                    .or_insert(entry);
                 if entry.version > slot.version {
                     *slot = entry;
                 }
@@ -762,12 +779,18 @@ impl<'a> Reader<'a> {
         // kept a read-through from bringing the old row back) after
         // miss_ttl_ms.
         for entry in written.values() {
-            let (key, deleted, ttl_ms) = match &entry.record {
-                Record::Put { key, .. } => (key, false, self.config.cache_ttl_ms),
-                Record::Delete { key } => (key, true, self.config.miss_ttl_ms),
-                Record::Events { .. } => continue,
+            let record = &entry.record;
+            let (deleted, ttl_ms) = match record.payload {
+                Some(_) => (false, self.config.cache_ttl_ms),
+                None => (true, self.config.miss_ttl_ms),
             };
-            commands.push(self.queue.release(key, &entry.id, deleted, ttl_ms));
+            commands.push(self.queue.release(
+                &record.table,
+                &record.key,
+                &entry.id,
+                deleted,
+                ttl_ms,
+            ));
         }
         let written_rows = rows.to_string();
         commands.push(Command::new(
@@ -937,6 +960,7 @@ impl Writer<'_> {
         let connect = Database::connect(
             &self.config.postgres_url,
             self.config.postgres_ca_file.as_deref(),
+            &self.config.tables,
         );
         self.database = match tokio::time::timeout(limit, connect).await {
             Ok(Ok(database)) => Some(database),
@@ -980,8 +1004,9 @@ impl Writer<'_> {
                 if self.config.fault == Some(Fault::KillBeforeInsert) {
                     crash("before a batch is written");
                 }
-                match tokio::time::timeout(limit, database.write(batch, &newest)).await {
-                    Ok(Ok(rows)) => break rows,
+                let write = database.write(batch, |key| queue.partition_of(key), &newest);
+                match tokio::time::timeout(limit, write).await {
+                    Ok(Ok(written)) => break written,
                     Ok(Err(e)) => {
                         tracing::warn!(rows = batch.len(), error = %e, "writing a batch failed; retrying")
                     }
@@ -1005,12 +1030,21 @@ impl Writer<'_> {
             self.back_off(attempt).await;
             attempt += 1;
         };
-        self.totals.rows += written;
+        for (index, why) in &written.rejected {
+            let entry = &batch[*index];
+            tracing::error!(
+                id = %String::from_utf8_lossy(&entry.id),
+                table = %entry.record.table,
+                "a write-back entry makes no row, and is set aside (acknowledged, not written): {why}"
+            );
+        }
+        self.totals.malformed += written.rejected.len() as u64;
+        self.totals.rows += written.rows;
         self.totals.batches += 1;
         if self.config.fault == Some(Fault::KillAfterCommit) {
             crash("after a commit, before its XACK");
         }
-        Some(written)
+        Some(written.rows)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::probe::{self, RingFeatures};
+use crate::host::probe::{self, RingFeatures};
 use crate::server::available_cpus;
 
 /// A check's outcome.
@@ -248,8 +248,8 @@ fn somaxconn_check() -> Check {
 /// The drift report for tuning profile `profile`, and whether the host
 /// matches it; an unknown or malformed profile is an error.
 pub fn tuning_report(profile: &str) -> Result<(String, bool), String> {
-    let settings = crate::tuning::load(profile)?;
-    let findings = crate::tuning::check(&settings, std::path::Path::new("/"));
+    let settings = crate::host::tuning::load(profile)?;
+    let findings = crate::host::tuning::check(&settings, std::path::Path::new("/"));
     let mut out = format!("tuning profile {profile}\n");
     let mut drift = 0;
     for finding in &findings {
@@ -279,7 +279,7 @@ pub fn tuning_report(profile: &str) -> Result<(String, bool), String> {
 }
 
 /// What a 202 would survive on the Redis Cluster behind `seeds` and, given
-/// its URL, on PostgreSQL: the findings of [`crate::durability`] as report
+/// its URL, on PostgreSQL: the findings of [`crate::host::durability`] as report
 /// lines, and whether none is unsafe. A cluster that cannot be reached is
 /// itself a failure.
 pub fn durability_report(
@@ -287,11 +287,12 @@ pub fn durability_report(
     postgres: Option<(&str, Option<&std::path::Path>)>,
     ack_replicas: u32,
 ) -> (String, bool) {
-    use crate::durability::{self, Severity};
+    use crate::host::durability::{self, Severity};
     let mut out = String::from("durability: what an acknowledged write survives\n");
     let mut findings = Vec::new();
     if !seeds.is_empty() {
-        let config = crate::redis::cluster::Config::new(seeds.to_vec()).credentials_from_env();
+        let config =
+            crate::redis::cluster::ClusterConfig::new(seeds.to_vec()).credentials_from_env();
         match crate::redis::driver::Client::connect(config) {
             Ok(mut client) => {
                 findings.extend(durability::redis_findings(&mut client, Some(ack_replicas)))

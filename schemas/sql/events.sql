@@ -1,13 +1,12 @@
--- What the database core needs to keep its promises through a Redis
--- master's loss. Applied at every start after 001; idempotent.
-
--- The newest version written back from each write-back partition. A
--- partition's stream created again after its Redis master lost it starts
--- its ids above this, so that a key's versions keep their order.
-create table if not exists writeback_partitions (
-    partition integer primary key check (partition >= 0),
-    version_ms bigint not null,
-    version_seq bigint not null
+-- The events table (POST /v1/events): each event once, the client's
+-- 16-byte id its key. Applied at every start; idempotent.
+create table if not exists events (
+    client_id bytea primary key check (length(client_id) = 16),
+    key bytea not null,
+    kind integer not null,
+    timestamp_us bigint not null,
+    payload bytea not null,
+    written_at timestamptz not null default now()
 );
 
 -- How many times each event reached the database: 1, unless a redelivery

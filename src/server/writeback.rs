@@ -1,0 +1,147 @@
+//! `millrace writeback`: the database core as a process of its own,
+//! draining the write-back queue into PostgreSQL until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::DatabaseCore;
+use super::signals::{ShutdownSignals, signal_name};
+use crate::redis::cluster::ClusterConfig;
+use crate::writeback::drain::{Fault, WritebackConfig};
+use crate::writeback::queue::Queue;
+use crate::writeback::table::Tables;
+use crate::writeback::{check_queue_layout, db};
+
+/// `millrace writeback` flags; each also reads its environment variable.
+#[derive(clap::Args, Debug)]
+pub struct WritebackOptions {
+    /// Redis Cluster seed nodes, host:port[,host:port...]
+    #[arg(
+        long,
+        env = "MILLRACE_REDIS_SEEDS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub redis: Vec<SocketAddr>,
+    /// PostgreSQL connection URL, such as postgres://user:password@127.0.0.1:5440/millrace; add ?sslmode=require for TLS (the certificate and host name verified)
+    #[arg(long, env = "MILLRACE_POSTGRES_URL")]
+    pub postgres: String,
+    /// PEM file of CAs to trust for PostgreSQL's certificate, besides the system's (needs sslmode=require)
+    #[arg(long, env = "MILLRACE_POSTGRES_CA_FILE", value_name = "FILE")]
+    pub postgres_ca_file: Option<std::path::PathBuf>,
+    /// Write-back stream partitions; must match the servers' [default: 16]
+    #[arg(long, env = "MILLRACE_WRITEBACK_PARTITIONS", default_value_t = 16)]
+    pub partitions: u16,
+    /// Rows per transaction at most [default: 5000]
+    #[arg(long, env = "MILLRACE_BATCH_ROWS", default_value_t = 5000)]
+    pub batch_rows: usize,
+    /// Time a batch gathers before it is written, in milliseconds [default: 5]
+    #[arg(long, env = "MILLRACE_BATCH_MS", default_value_t = 5)]
+    pub batch_ms: u64,
+    /// Consumer name in the group; keep it across restarts [default: db-0]
+    #[arg(long, env = "MILLRACE_WRITEBACK_CONSUMER", default_value = "db-0")]
+    pub consumer: String,
+    /// Entries pending this long on another consumer are taken over, in milliseconds [default: 30000]
+    #[arg(long, env = "MILLRACE_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// Longest a PostgreSQL connect or batch write may take before the connection is dropped and the batch written again, in milliseconds [default: 10000]
+    #[arg(long, env = "MILLRACE_DB_TIMEOUT_MS", default_value_t = 10_000)]
+    pub db_timeout_ms: u64,
+    /// Time a key's cache entry stays in Redis once its write is in PostgreSQL, in milliseconds; from then on the eviction policy may also remove it [default: 3600000]
+    #[arg(long, env = "MILLRACE_CACHE_TTL_MS", default_value_t = 3_600_000)]
+    pub cache_ttl_ms: u64,
+    /// Time a deleted key's tombstone stays in Redis once the delete is in PostgreSQL, in milliseconds [default: 1000]
+    #[arg(long, env = "MILLRACE_MISS_TTL_MS", default_value_t = 1000)]
+    pub miss_ttl_ms: u64,
+    /// Start even when Redis or PostgreSQL is set up so that an acknowledged write would not survive a restart; each finding is still logged as an error [default: false]
+    #[arg(long, env = "MILLRACE_ACCEPT_UNSAFE_DURABILITY")]
+    pub accept_unsafe_durability: bool,
+    /// CPU to pin the database core to [default: not pinned]
+    #[arg(long, env = "MILLRACE_DB_CORE")]
+    pub core: Option<usize>,
+}
+
+/// The test-only fault switch: `MILLRACE_FAULT=kill-before-insert` or
+/// `kill-after-commit`.
+const FAULT_ENV: &str = "MILLRACE_FAULT";
+
+impl WritebackOptions {
+    /// Check the values and build the configuration for writing `tables`.
+    /// The Redis user and password come from `MILLRACE_REDIS_USER` and
+    /// `MILLRACE_REDIS_PASSWORD`.
+    pub fn resolve(self, tables: Tables) -> Result<WritebackConfig, String> {
+        if self.partitions == 0 {
+            return Err("--partitions must be at least 1".into());
+        }
+        if !(1..=1_000_000).contains(&self.batch_rows) {
+            return Err("--batch-rows must be from 1 to 1000000".into());
+        }
+        let mut config = WritebackConfig::new(
+            ClusterConfig::new(self.redis).credentials_from_env(),
+            self.postgres,
+            tables,
+        );
+        db::check_url(&config.postgres_url, self.postgres_ca_file.as_deref())?;
+        config.postgres_ca_file = self.postgres_ca_file;
+        config.partitions = self.partitions;
+        config.batch_rows = self.batch_rows;
+        config.batch_ms = Duration::from_millis(self.batch_ms);
+        config.consumer = self.consumer;
+        config.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        if self.db_timeout_ms == 0 {
+            return Err("--db-timeout-ms must be at least 1".into());
+        }
+        config.db_timeout = Duration::from_millis(self.db_timeout_ms);
+        if self.cache_ttl_ms == 0 || self.miss_ttl_ms == 0 {
+            return Err("--cache-ttl-ms and --miss-ttl-ms must be at least 1".into());
+        }
+        config.cache_ttl_ms = self.cache_ttl_ms;
+        config.miss_ttl_ms = self.miss_ttl_ms;
+        config.accept_unsafe_durability = self.accept_unsafe_durability;
+        config.fault = match std::env::var(FAULT_ENV).ok().as_deref() {
+            None | Some("") => None,
+            Some("kill-before-insert") => Some(Fault::KillBeforeInsert),
+            Some("kill-after-commit") => Some(Fault::KillAfterCommit),
+            Some(other) => {
+                return Err(format!(
+                    "{FAULT_ENV}={other}: the faults are kill-before-insert and kill-after-commit"
+                ));
+            }
+        };
+        Ok(config)
+    }
+}
+
+/// `millrace writeback`: drain `tables`' records until SIGTERM or SIGINT,
+/// then report.
+pub fn run_command(options: WritebackOptions, tables: Tables) -> Result<(), String> {
+    let pin = options.core;
+    let config = options.resolve(tables)?;
+    // The same checks as `serve`'s, before anything is read.
+    let mut client = crate::redis::driver::Client::connect(config.redis.clone())
+        .map_err(|e| format!("cannot use the Redis Cluster: {e}"))?;
+    check_queue_layout(&mut client, &Queue::new(config.partitions))?;
+    crate::host::durability::check_at_start(
+        &mut client,
+        None,
+        Some((
+            &config.postgres_url,
+            config.postgres_ca_file.as_deref(),
+            config.db_timeout,
+        )),
+        config.accept_unsafe_durability,
+    )?;
+    drop(client);
+    let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let core = DatabaseCore::start(config, None, pin)?;
+    while !core.is_finished() {
+        if let Some(signal) = signals.wait(Duration::from_millis(100)) {
+            tracing::info!(
+                signal = signal_name(signal),
+                "stopping after the batch in hand"
+            );
+            break;
+        }
+    }
+    core.stop()
+}
