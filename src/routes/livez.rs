@@ -3,6 +3,6 @@
 use crate::app::{Cx, Request, Responder, Sent, Status};
 
 /// Always 200: an executor that can answer is alive.
-pub fn handle(_: &Cx<'_, ()>, _: &Request<'_>, response: Responder<'_>) -> Sent {
+pub fn handle<S>(_: &Cx<'_, S>, _: &Request<'_>, response: Responder<'_>) -> Sent {
     response.send(Status::Ok, "text/plain; charset=utf-8", b"live\n")
 }

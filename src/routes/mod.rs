@@ -34,15 +34,22 @@ pub struct Limits {
     pub max_value_bytes: usize,
 }
 
+/// `GET /livez` and `GET /readyz`, for any service: what load balancers
+/// probe on the public port (the admin listener serves them too).
+pub fn health<S: 'static>() -> Routes<S> {
+    Routes::new()
+        .get("/livez", livez::handle::<S>)
+        .named("livez")
+        .get("/readyz", readyz::handle::<S>)
+        .named("readyz")
+}
+
 /// Every built-in route, in the order they are tried.
 pub fn routes(limits: Limits) -> Routes<()> {
     Routes::new()
         .get("/plaintext", plaintext::handle)
         .named("plaintext")
-        .get("/livez", livez::handle)
-        .named("livez")
-        .get("/readyz", readyz::handle)
-        .named("readyz")
+        .merge(health())
         .get("/metrics", metrics::handle)
         .named("metrics")
         .merge(events::routes(limits.batch))

@@ -63,21 +63,20 @@ where
         Some(path) => read_file(&path)?.1,
         None => None,
     };
-    let serve =
-        ServeOptions::augment_args(Command::new("serve").about(
-            "Serve: one pinned executor per CPU, each with its own io_uring ring and listener",
-        ));
-    let writeback = WritebackOptions::augment_args(Command::new("writeback").about(
-        "Drain the write-back queue from Redis into PostgreSQL (the database core, on its own)",
-    ));
+    // Each `augment_args` sets the command's about from its struct's
+    // doc comment: say what the command does last.
+    let serve = O::augment_args(ServeOptions::augment_args(Command::new("serve")));
+    let serve = with_file_defaults(serve, app_table.as_ref())?
+        .about("Serve: one pinned executor per CPU, each with its own io_uring ring and listener");
+    let writeback = O::augment_args(WritebackOptions::augment_args(Command::new("writeback")))
+        .about(
+            "Drain the write-back queue from Redis into PostgreSQL (the database core, on its own)",
+        );
     let cli = Command::new(name)
         .about(about)
         .subcommand_required(true)
-        .subcommand(with_file_defaults(
-            O::augment_args(serve),
-            app_table.as_ref(),
-        )?)
-        .subcommand(O::augment_args(writeback));
+        .subcommand(serve)
+        .subcommand(writeback);
     let matches = cli.get_matches();
     match matches.subcommand() {
         Some(("serve", matches)) => {

@@ -47,6 +47,14 @@ impl Server {
         Server::launch(Command::new(env!("CARGO_BIN_EXE_millrace")), args, env)
     }
 
+    /// `program serve` (a service built on millrace, such as an example)
+    /// on 127.0.0.1 with one executor, `args` and `env`.
+    pub fn start_program(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut full = vec!["--listen", "127.0.0.1:0", "--cores", "1"];
+        full.extend_from_slice(args);
+        Server::launch(Command::new(program), &full, env)
+    }
+
     /// [`Server::start`] with the open-files limit (soft and hard) set to
     /// `limit`, through util-linux's prlimit.
     pub fn start_with_open_files_limit(limit: u64, args: &[&str]) -> Server {
@@ -297,6 +305,24 @@ fn try_read_response_to(stream: &mut impl Read, head: bool) -> Result<Response, 
         headers,
         body,
     })
+}
+
+/// Example `name`'s binary, built now if it is not (or is stale), in the
+/// profile this test was built in.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let test = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>: the examples are in target/<profile>/examples.
+    let profile_dir = test.parent().unwrap().parent().unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build --example {name}: {status}");
+    profile_dir.join("examples").join(name)
 }
 
 /// SIGTERM a `millrace writeback` child and check that it exits cleanly
