@@ -165,7 +165,7 @@ PY
 fill() {
   empty_queue
   taskset -c "$load_cpu" "$current" load "$url" --workload kv --read-ratio 0 --keys 1000 \
-    --value-bytes 100 -c 16 -n 5000 --max-error-ratio 0 > /dev/null
+    --value-bytes 100 -c 16 -n 20000 --max-error-ratio 0 > /dev/null
 }
 
 workloads=(plaintext kv-get kv-put)

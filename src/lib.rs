@@ -8,8 +8,9 @@
 //!    and cluster state machine, [`payload`] (FlatBuffers), the write-back
 //!    [`writeback::queue`] scripts and [`writeback::table`] rows,
 //!    [`metrics`], [`lifecycle`], [`rng`].
-//! 2. [`ring`]: the io_uring layer: the ring, tokens, the submission path,
-//!    provided buffers.
+//! 2. [`ring`]: the io_uring layer: the ring and its one submission path,
+//!    tokens as (owner, operation), a socket on a ring
+//!    ([`ring::socket::RingSocket`]), provided buffers.
 //! 3. I/O on it: the Redis Cluster's sockets ([`redis::links`]), the blocking
 //!    [`redis::driver`], and the database core ([`writeback`]: PostgreSQL,
 //!    read-through).

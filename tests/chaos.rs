@@ -19,13 +19,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::RedisCluster;
+use common::cluster::{ListenPort, RedisCluster};
 use common::history::{History, KV_TABLE_HEAD, KvTally, Recorded};
 use common::postgres::Postgres;
 use common::proxy::{Mode, Proxy};
@@ -54,6 +54,8 @@ struct Stack {
     postgres: Postgres,
     addr: SocketAddr,
     args: Vec<String>,
+    /// Keeps `addr` this test's while the server is down.
+    _port: ListenPort,
 }
 
 impl Stack {
@@ -66,10 +68,8 @@ impl Stack {
     fn start_configured(replicas: usize, cluster_options: &[&str], extra: &[&str]) -> Stack {
         let cluster = RedisCluster::start_configured(3, replicas, None, 1000, cluster_options);
         let postgres = Postgres::start();
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let port = ListenPort::claim();
+        let addr = port.addr;
         let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
         let mut args: Vec<String> = [
             "--listen",
@@ -92,6 +92,7 @@ impl Stack {
             postgres,
             addr,
             args,
+            _port: port,
         }
     }
 

@@ -53,13 +53,13 @@ use std::sync::Arc;
 use crate::http;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{CoreMetrics, MetricsRegistry};
-use crate::runtime::{Application, BoxFuture, Turn};
+use crate::runtime::{Application, TaskFuture, Turn};
 
 pub use crate::http::{FixedResponse, Method, Rejection, Response, Sent, Status};
 pub use crate::metrics::RouteId;
 pub use crate::redis::command::Command;
 pub use crate::redis::resp::OwnedReply;
-pub use crate::runtime::{Failure, Io};
+pub use crate::runtime::{Failure, Io, buffer, recycle};
 pub use crate::writeback::queue::{Cached, Preconditions, TagList, Version};
 pub use crate::writeback::table::{ColumnType, Fields, Merge, Row, Table};
 pub use router::{Methods, Pattern};
@@ -205,7 +205,7 @@ impl<S> Cx<'_, S> {
 /// Answers one request, once: now, or later from a future.
 pub struct Responder<'a> {
     writer: http::ResponseWriter<'a>,
-    later: &'a mut Option<BoxFuture<Response>>,
+    later: &'a mut Option<TaskFuture<Response>>,
 }
 
 impl Responder<'_> {
@@ -256,7 +256,7 @@ impl Responder<'_> {
     /// runs on this core (it need not be `Send`) and is dropped, the
     /// request answered 503, if it takes longer than `request_timeout_ms`.
     pub fn later(self, future: impl Future<Output = Response> + 'static) -> Sent {
-        *self.later = Some(Box::pin(future));
+        *self.later = Some(TaskFuture::new(future));
         self.writer.defer()
     }
 }

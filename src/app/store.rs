@@ -206,6 +206,13 @@ impl Store {
             .ok_or_else(|| format!("no write-back table is called {name:?}"))
     }
 
+    fn table_at(&self, index: usize) -> Result<&Table, String> {
+        self.inner
+            .tables
+            .get(index)
+            .ok_or_else(|| format!("no write-back table {index}"))
+    }
+
     fn path_or_unavailable(&self) -> Result<&WritePath, String> {
         self.inner
             .path
@@ -272,11 +279,11 @@ impl Store {
     ) -> impl Future<Output = Result<Version, WriteError>> + 'static {
         let sent = self.send_write(table, key, value, preconditions);
         let store = self.clone();
-        let table = table.to_string();
         async move {
             match sent? {
-                Sent::Plain(call, partition) => store.settle(call.await, partition).await,
-                Sent::Conditional(call, write) => store.write_if(&table, call, *write).await,
+                Issued::Plain(call, partition) => store.settle(call.await, partition).await,
+                // Boxed: the rare path's state would grow every write's future.
+                Issued::Conditional(call, write) => Box::pin(store.write_if(call, *write)).await,
             }
         }
     }
@@ -287,8 +294,8 @@ impl Store {
         key: &[u8],
         value: Option<&[u8]>,
         preconditions: &Preconditions,
-    ) -> Result<Sent, WriteError> {
-        let (_, table) = self.table(name).map_err(WriteError::Invalid)?;
+    ) -> Result<Issued, WriteError> {
+        let (index, table) = self.table(name).map_err(WriteError::Invalid)?;
         if !table.is_cached() {
             return Err(WriteError::Invalid(format!(
                 "{name} is not cached: queue its records with Store::append"
@@ -310,16 +317,17 @@ impl Store {
                 Some(value) => path.queue.put(name, key, value, &cache, path.caps),
                 None => path.queue.delete(name, key, &cache, path.caps),
             };
-            return Ok(Sent::Plain(self.io.redis(script.command()), partition));
+            return Ok(Issued::Plain(self.io.redis(script.command()), partition));
         }
         let write = ConditionalWrite {
+            table: index,
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec),
             preconditions: preconditions.clone(),
             partition,
         };
         let script = write.script(path, name, None);
-        Ok(Sent::Conditional(self.io.redis(script), Box::new(write)))
+        Ok(Issued::Conditional(self.io.redis(script), Box::new(write)))
     }
 
     /// A conditional write's script answered `MISS` (the key is not
@@ -327,7 +335,6 @@ impl Store {
     /// holds; a few times at most.
     async fn write_if(
         &self,
-        table: &str,
         mut call: RedisCall,
         write: ConditionalWrite,
     ) -> Result<Version, WriteError> {
@@ -350,8 +357,12 @@ impl Store {
                         .into(),
                 ));
             }
+            let table = self
+                .table_at(write.table)
+                .map_err(WriteError::Invalid)?
+                .name();
             let (known, counter) = self
-                .look_up(table, &write.key)
+                .look_up(write.table, &write.key)
                 .await
                 .map_err(|e| WriteError::Unavailable(e.to_string()))?;
             let path = self
@@ -370,6 +381,16 @@ impl Store {
         reply: Result<OwnedReply, Failure>,
         partition: u16,
     ) -> Result<Version, WriteError> {
+        let version = self.written(reply)?;
+        if self.inner.path.as_ref().is_none_or(|p| p.ack_replicas == 0) {
+            return Ok(version);
+        }
+        // Boxed: only writes that replicas confirm carry this state.
+        Box::pin(self.confirmed(version, partition)).await
+    }
+
+    /// The version a write's script answered, or why it was not written.
+    fn written(&self, reply: Result<OwnedReply, Failure>) -> Result<Version, WriteError> {
         let id = match reply {
             Ok(OwnedReply::Bulk(id)) => id,
             Ok(OwnedReply::Error(e)) => {
@@ -391,16 +412,20 @@ impl Store {
             }
             Err(failure) => return Err(WriteError::Unavailable(failure.to_string())),
         };
-        let Some(version) = Version::parse(&id) else {
-            return Err(WriteError::Unavailable(format!(
+        let version = Version::parse(&id).ok_or_else(|| {
+            WriteError::Unavailable(format!(
                 "Redis answered the write with a version that is not one: {}",
                 String::from_utf8_lossy(&id)
-            )));
-        };
+            ))
+        });
+        crate::runtime::recycle(id);
+        version
+    }
+
+    /// Wait until `ack_replicas` replicas have write `version` of
+    /// `partition`, or say why they did not.
+    async fn confirmed(&self, version: Version, partition: u16) -> Result<Version, WriteError> {
         let replicas = self.inner.path.as_ref().map_or(0, |p| p.ack_replicas);
-        if replicas == 0 {
-            return Ok(version);
-        }
         let unconfirmed = |why: String| WriteError::Unconfirmed {
             version: version.to_string(),
             why,
@@ -490,10 +515,9 @@ impl Store {
     ) -> impl Future<Output = Result<Found, ReadError>> + 'static {
         let sent = self.send_read(table, key);
         let store = self.clone();
-        let table = table.to_string();
-        let key = key.to_vec();
+        let key_len = key.len();
         async move {
-            let call = sent?;
+            let (call, table, cache_key) = sent?;
             match call.await {
                 Ok(OwnedReply::Bulk(entry)) => return Ok(Found { entry: Some(entry) }),
                 Ok(OwnedReply::Nil) if !store.io.has_read_through() => {
@@ -512,13 +536,17 @@ impl Store {
                 }
                 Err(failure) => return Err(ReadError::Unavailable(failure.to_string())),
             }
-            let (entry, _) = store.look_up(&table, &key).await?;
+            // The cache key ends with the key.
+            let key = &cache_key[cache_key.len() - key_len..];
+            // Boxed: the miss path's state would grow every read's future.
+            let (entry, _) = Box::pin(store.look_up(table, key)).await?;
             Ok(Found { entry: Some(entry) })
         }
     }
 
-    fn send_read(&self, name: &str, key: &[u8]) -> Result<RedisCall, ReadError> {
-        let (_, table) = self.table(name).map_err(ReadError::Invalid)?;
+    /// The cache read, the table's index and the cache key.
+    fn send_read(&self, name: &str, key: &[u8]) -> Result<(RedisCall, usize, Vec<u8>), ReadError> {
+        let (index, table) = self.table(name).map_err(ReadError::Invalid)?;
         if !table.is_cached() {
             return Err(ReadError::Invalid(format!(
                 "{name} is not cached: only a cached table's keys can be read"
@@ -526,14 +554,16 @@ impl Store {
         }
         table.check_key(key).map_err(ReadError::BadInput)?;
         let path = self.path_or_unavailable().map_err(ReadError::Unavailable)?;
-        Ok(self.io.redis(path.queue.cached(name, key)))
+        let cache_key = path.queue.cache_key(name, key);
+        let call = self.io.redis(Command::get(&cache_key));
+        Ok((call, index, cache_key))
     }
 
     /// The database's row for `key` as a cache entry, and the release
     /// counter read before it; the row goes into the cache if this caller
     /// is the one of its lookup to fill it and the counter has not moved.
-    async fn look_up(&self, name: &str, key: &[u8]) -> Result<(Vec<u8>, Option<u64>), ReadError> {
-        let (index, table) = self.table(name).map_err(ReadError::Invalid)?;
+    async fn look_up(&self, index: usize, key: &[u8]) -> Result<(Vec<u8>, Option<u64>), ReadError> {
+        let table = self.table_at(index).map_err(ReadError::Invalid)?;
         let path = self.path_or_unavailable().map_err(ReadError::Unavailable)?;
         let counter = match self.io.redis(path.queue.release_counter(key)).await {
             Ok(OwnedReply::Bulk(n)) => std::str::from_utf8(&n).ok().and_then(|n| n.parse().ok()),
@@ -570,13 +600,15 @@ impl Store {
 }
 
 /// What [`Store::send_write`] sent.
-enum Sent {
+enum Issued {
     Plain(RedisCall, u16),
     Conditional(RedisCall, Box<ConditionalWrite>),
 }
 
 /// A conditional PUT or DELETE, kept to send its script again.
 struct ConditionalWrite {
+    /// The table's index among the server's.
+    table: usize,
     key: Vec<u8>,
     value: Option<Vec<u8>>,
     preconditions: Preconditions,
@@ -650,7 +682,7 @@ impl Future for GroupWait {
 mod tests {
     use super::*;
     use crate::runtime::script::Script;
-    use crate::runtime::tasks::{Job, Tasks};
+    use crate::runtime::tasks::{Job, TaskFuture, Tasks};
     use crate::writeback::table::{ColumnType, Merge};
     use std::cell::Cell;
 
@@ -706,7 +738,7 @@ mod tests {
         ) {
             let results = Rc::clone(&self.results);
             self.tasks.spawn(
-                Job::Detached(Box::pin(async move {
+                Job::Detached(TaskFuture::new(async move {
                     let result = future.await;
                     results.borrow_mut().push((n, result));
                 })),

@@ -7,12 +7,16 @@
 use std::io::{self, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, types};
+use io_uring::{cqueue, opcode, types};
 
 use crate::ring::buffers::ProvidedBuffers;
-use crate::ring::{self, SetupFlags};
+use crate::ring::token::{Owner, Token};
+use crate::ring::{Completion, Ring, SetupFlags};
+
+/// The probe's operations on its ring.
+const OWNER: Owner = Owner(4);
 
 /// The io_uring features millrace uses, as probed.
 #[derive(Debug)]
@@ -54,8 +58,9 @@ impl RingFeatures {
 
 /// Probe io_uring: its features, or why it cannot be used at all.
 pub fn probe_ring() -> Result<RingFeatures, String> {
-    let (mut ring, setup) = ring::build(64).map_err(|e| explain_setup_error(&e))?;
-    let ext_arg = ring.params().is_feature_ext_arg();
+    let mut ring = Ring::new(64).map_err(|e| explain_setup_error(&e))?;
+    let setup = ring.flags();
+    let ext_arg = ring.io().params().is_feature_ext_arg();
     let mut opcodes = io_uring::Probe::new();
     let send_zc = ring.submitter().register_probe(&mut opcodes).is_ok()
         && opcodes.is_supported(opcode::SendZc::CODE);
@@ -86,7 +91,7 @@ pub fn probe_ring() -> Result<RingFeatures, String> {
 /// Accept one loopback connection with a multishot accept, then receive one
 /// byte on it with a multishot receive into `buffers`.
 fn try_multishot(
-    ring: &mut IoUring,
+    ring: &mut Ring,
     buffers: &ProvidedBuffers,
 ) -> (Result<(), String>, Result<(), String>) {
     let setup = || -> io::Result<(TcpListener, TcpStream)> {
@@ -103,7 +108,7 @@ fn try_multishot(
     };
     let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
         .build()
-        .user_data(1);
+        .user_data(Token::global(OWNER, 1).encode());
     let accepted = match run_one(ring, accept) {
         Ok((fd, flags)) if fd >= 0 && cqueue::more(flags) => fd,
         Ok((fd, _)) if fd >= 0 => {
@@ -124,7 +129,7 @@ fn try_multishot(
     };
     let recv = opcode::RecvMulti::new(types::Fd(accepted), buffers.group())
         .build()
-        .user_data(2);
+        .user_data(Token::global(OWNER, 2).encode());
     let recv_result = client
         .write_all(b"x")
         .and_then(|()| run_one(ring, recv))
@@ -140,22 +145,18 @@ fn try_multishot(
 }
 
 /// Submit one entry and wait (at most a second) for its first completion.
-fn run_one(ring: &mut IoUring, entry: io_uring::squeue::Entry) -> io::Result<(i32, u32)> {
-    let user_data = entry.get_user_data();
+fn run_one(ring: &mut Ring, entry: io_uring::squeue::Entry) -> io::Result<(i32, u32)> {
+    let token = Token::decode(entry.get_user_data());
     // SAFETY: the entries submitted here reference only file descriptors and
     // the registered buffer ring, all of which outlive the ring's use here.
-    unsafe { ring.submission().push(&entry) }
-        .map_err(|_| io::Error::other("submission queue full"))?;
-    let timeout = types::Timespec::from(Duration::from_secs(1));
-    let args = types::SubmitArgs::new().timespec(&timeout);
-    match ring.submitter().submit_with_args(1, &args) {
-        Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-        Err(e) => return Err(e),
-    }
-    ring.completion()
-        .find(|cqe| cqe.user_data() == user_data)
-        .map(|cqe| (cqe.result(), cqe.flags()))
+    unsafe { ring.push(&entry) };
+    ring.submit_and_wait(Instant::now() + Duration::from_secs(1))?;
+    let mut completions = Vec::new();
+    ring.completions(&mut completions);
+    completions
+        .into_iter()
+        .find(|c: &Completion| c.token == token)
+        .map(|c| (c.result, c.flags))
         .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no completion within 1 s"))
 }
 

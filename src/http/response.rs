@@ -284,17 +284,68 @@ impl Rejection {
 
 /// A response built as a value, for an answer written later than its
 /// request was read (an asynchronous handler returns one): the status,
-/// extra header fields, the content type and the body.
+/// extra header fields, the content type and the body. Building one
+/// allocates nothing unless a body is made at run time or the fields
+/// outgrow [`INLINE_FIELD_BYTES`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     status: Status,
     /// Extra fields, rendered: `Name: value\r\n` each.
-    fields: Vec<u8>,
+    fields: FieldBuf,
     content_type: Cow<'static, str>,
-    body: Vec<u8>,
+    body: Cow<'static, [u8]>,
+    /// Write a newline after the body (a rejection's reason).
+    newline: bool,
     close: bool,
     /// A field given was not a valid field: written as a 500 instead.
     invalid: bool,
+}
+
+/// Bytes of header fields a [`Response`] holds without allocating.
+pub const INLINE_FIELD_BYTES: usize = 96;
+
+/// Rendered header fields: inline while they fit, on the heap after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FieldBuf {
+    inline: [u8; INLINE_FIELD_BYTES],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl FieldBuf {
+    const fn new() -> FieldBuf {
+        FieldBuf {
+            inline: [0; INLINE_FIELD_BYTES],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn extend(&mut self, parts: &[&[u8]]) {
+        let more: usize = parts.iter().map(|p| p.len()).sum();
+        if self.heap.is_empty() && self.len + more <= INLINE_FIELD_BYTES {
+            for part in parts {
+                self.inline[self.len..self.len + part.len()].copy_from_slice(part);
+                self.len += part.len();
+            }
+            return;
+        }
+        if self.heap.is_empty() {
+            self.heap.reserve(self.len + more);
+            self.heap.extend_from_slice(&self.inline[..self.len]);
+        }
+        for part in parts {
+            self.heap.extend_from_slice(part);
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
 }
 
 impl Response {
@@ -302,30 +353,31 @@ impl Response {
     pub fn new(status: Status) -> Response {
         Response {
             status,
-            fields: Vec::new(),
+            fields: FieldBuf::new(),
             content_type: Cow::Borrowed("text/plain; charset=utf-8"),
-            body: Vec::new(),
+            body: Cow::Borrowed(b""),
+            newline: false,
             close: false,
             invalid: false,
         }
     }
 
-    /// `status` with `text` as a plain-text body.
-    pub fn text(status: Status, text: impl Into<Vec<u8>>) -> Response {
-        Response::new(status).body("text/plain; charset=utf-8", text)
+    /// `status` with `text` as a plain-text body (a `&'static str` is not
+    /// copied).
+    pub fn text(status: Status, text: impl Into<Cow<'static, str>>) -> Response {
+        Response::new(status).body("text/plain; charset=utf-8", bytes_of(text.into()))
     }
 
     /// `status` with `json` as an `application/json` body.
-    pub fn json(status: Status, json: impl Into<Vec<u8>>) -> Response {
-        Response::new(status).body("application/json", json)
+    pub fn json(status: Status, json: impl Into<Cow<'static, str>>) -> Response {
+        Response::new(status).body("application/json", bytes_of(json.into()))
     }
 
     /// A rejection: its status, its reason and a newline as the body.
     pub fn rejection(rejection: Rejection) -> Response {
-        let mut body = Vec::with_capacity(rejection.reason.len() + 1);
-        body.extend_from_slice(rejection.reason.as_bytes());
-        body.push(b'\n');
-        Response::text(rejection.status, body)
+        let mut response = Response::text(rejection.status, rejection.reason);
+        response.newline = true;
+        response
     }
 
     /// Add a header field. A name that is not a token, or a value with a
@@ -341,18 +393,17 @@ impl Response {
             self.invalid = true;
             return self;
         }
-        self.fields.extend_from_slice(name.as_bytes());
-        self.fields.extend_from_slice(b": ");
-        self.fields.extend_from_slice(value.as_bytes());
-        self.fields.extend_from_slice(b"\r\n");
+        self.fields
+            .extend(&[name.as_bytes(), b": ", value.as_bytes(), b"\r\n"]);
         self
     }
 
-    /// Set the body and its content type.
+    /// Set the body and its content type (a `Vec<u8>` is moved, a
+    /// `&'static [u8]` borrowed).
     pub fn body(
         mut self,
         content_type: impl Into<Cow<'static, str>>,
-        body: impl Into<Vec<u8>>,
+        body: impl Into<Cow<'static, [u8]>>,
     ) -> Response {
         let content_type = content_type.into();
         if !content_type
@@ -363,6 +414,7 @@ impl Response {
         }
         self.content_type = content_type;
         self.body = body.into();
+        self.newline = false;
         self
     }
 
@@ -381,9 +433,30 @@ impl Response {
         }
     }
 
-    /// The body.
-    pub fn body_bytes(&self) -> &[u8] {
-        &self.body
+    /// The body's buffer, if it owns one (to keep its capacity once the
+    /// response is written).
+    pub fn into_owned_body(self) -> Option<Vec<u8>> {
+        match self.body {
+            Cow::Owned(body) => Some(body),
+            Cow::Borrowed(_) => None,
+        }
+    }
+
+    /// The body, as it will be written.
+    pub fn body_bytes(&self) -> Cow<'_, [u8]> {
+        if self.newline {
+            Cow::Owned([&self.body[..], b"\n"].concat())
+        } else {
+            Cow::Borrowed(&self.body)
+        }
+    }
+}
+
+/// Text as bytes, borrowed or owned as it was.
+fn bytes_of(text: Cow<'static, str>) -> Cow<'static, [u8]> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
+        Cow::Owned(text) => Cow::Owned(text.into_bytes()),
     }
 }
 
@@ -575,26 +648,27 @@ impl<'a> ResponseWriter<'a> {
             self = self.close();
         }
         let status = response.status;
+        let fields = response.fields.as_bytes();
         let out = &mut *self.out;
         if matches!(status, Status::NoContent | Status::NotModified) {
             out.extend_from_slice(status.head_prefix());
             out.extend_from_slice(self.date.as_bytes());
             out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(&response.fields);
+            out.extend_from_slice(fields);
             return self.finish(status, b"");
         }
-        out.reserve(
-            160 + response.content_type.len() + response.fields.len() + response.body.len(),
-        );
+        let length = response.body.len() + usize::from(response.newline);
+        out.reserve(160 + response.content_type.len() + fields.len() + length);
         out.extend_from_slice(status.head_prefix());
         out.extend_from_slice(self.date.as_bytes());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(response.content_type.as_bytes());
         out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(response.body.len()).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&response.fields);
-        self.finish(status, &response.body)
+        out.extend_from_slice(fields);
+        let newline: &[u8] = if response.newline { b"\n" } else { b"" };
+        self.finish_parts(status, &[&response.body, newline])
     }
 
     /// Write a response rendered at compile time.
@@ -610,6 +684,11 @@ impl<'a> ResponseWriter<'a> {
 
     /// The `Connection` field, the end of the head, and the body.
     fn finish(self, status: Status, body: &[u8]) -> Sent {
+        self.finish_parts(status, &[body])
+    }
+
+    /// [`ResponseWriter::finish`] with a body in parts.
+    fn finish_parts(self, status: Status, body: &[&[u8]]) -> Sent {
         let out = self.out;
         out.extend_from_slice(match self.connection {
             ConnectionHeader::None => b"\r\n".as_slice(),
@@ -617,7 +696,9 @@ impl<'a> ResponseWriter<'a> {
             ConnectionHeader::Close => b"Connection: close\r\n\r\n",
         });
         if !self.head_only {
-            out.extend_from_slice(body);
+            for part in body {
+                out.extend_from_slice(part);
+            }
         }
         Sent {
             status,
@@ -670,6 +751,73 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// `response` as written on a keep-alive exchange, `Date` blanked.
+    fn written(response: &Response) -> (Sent, String) {
+        let date = DateHeader::new();
+        let mut out = Vec::new();
+        let sent = ResponseWriter::keep_alive(&mut out, &date).send_response(response);
+        let text = String::from_utf8(out).unwrap();
+        let date = std::str::from_utf8(date.as_bytes()).unwrap();
+        (sent, text.replace(date, "DATE"))
+    }
+
+    #[test]
+    fn responses_built_as_values_are_written_whole() {
+        let (sent, text) = written(
+            &Response::new(Status::Found)
+                .header("Location", "https://example.com/")
+                .body("text/html", b"<a>moved</a>".as_slice()),
+        );
+        assert_eq!(sent.status(), Status::Found);
+        assert_eq!(
+            text,
+            "HTTP/1.1 302 Found\r\nServer: millrace\r\nDate: DATE\r\nContent-Type: text/html\r\n\
+             Content-Length: 12\r\nLocation: https://example.com/\r\n\r\n<a>moved</a>"
+        );
+        // A rejection's reason ends with a newline, counted in the length.
+        let (_, text) = written(&Response::rejection(Rejection::new(
+            Status::NotFound,
+            "no such key",
+        )));
+        assert!(
+            text.ends_with("Content-Length: 12\r\n\r\nno such key\n"),
+            "{text}"
+        );
+        // 304 and 204: no content fields, no body.
+        let (_, text) = written(&Response::new(Status::NotModified).header("ETag", "\"1-0\""));
+        assert_eq!(
+            text,
+            "HTTP/1.1 304 Not Modified\r\nServer: millrace\r\nDate: DATE\r\nETag: \"1-0\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn header_fields_outgrow_their_inline_room_and_bad_ones_become_a_500() {
+        let long = "x".repeat(INLINE_FIELD_BYTES);
+        let response = Response::new(Status::Ok)
+            .header("A", "1")
+            .header("Long", &long)
+            .header("B", "2");
+        let (_, text) = written(&response);
+        assert!(
+            text.contains(&format!("A: 1\r\nLong: {long}\r\nB: 2\r\n")),
+            "{text}"
+        );
+        for bad in [
+            Response::new(Status::Ok).header("Location", "a\r\nSet-Cookie: x"),
+            Response::new(Status::Ok).header("Bad Name", "v"),
+            Response::new(Status::Ok).body("text/plain\r\nX: y", b"".as_slice()),
+        ] {
+            assert_eq!(bad.status(), Status::InternalServerError);
+            let (sent, text) = written(&bad);
+            assert_eq!(sent.status(), Status::InternalServerError);
+            assert!(
+                !text.contains("Set-Cookie") && !text.contains("X: y"),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn status_index_matches_all() {

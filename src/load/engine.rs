@@ -12,21 +12,21 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use socket2::{Domain, SockAddr, Socket, Type};
-
 use super::stats::{Failure, Stats, second_of};
 use super::workload::{Encoded, Workload};
 use crate::http::client::{ResponseReader, Step};
-use crate::ring;
 use crate::ring::buffers::ProvidedBuffers;
-use crate::ring::token::{GENERATION_MASK, OpKind, Token};
+use crate::ring::socket::{Received, RingSocket, SendOutcome};
+use crate::ring::token::{Owner, SocketOp, Token};
+use crate::ring::{Completion, Ring};
 use crate::rng::Rng;
+
+/// The load generator's operations on its ring.
+const OWNER: Owner = Owner(3);
 
 /// Bytes per provided receive buffer.
 const RECV_BUFFER_BYTES: u32 = 16 * 1024;
@@ -120,24 +120,17 @@ struct Waiting {
 }
 
 struct Conn {
-    fd: Option<OwnedFd>,
+    /// Present from the connect until the socket is closed.
+    socket: Option<RingSocket>,
     state: State,
-    generation: u32,
+    generation: u16,
     connect_started: Instant,
     /// Failed connects in a row, for the back-off.
     connect_failures: u32,
     /// A connect in flight was already counted as failed (it timed out).
     connect_counted: bool,
-    connect_armed: bool,
-    recv_armed: bool,
-    recv_cancelled: bool,
-    send_in_flight: bool,
-    send_cancelled: bool,
     /// Requests written this turn, not yet sent.
     out: Vec<u8>,
-    /// What the send in flight is sending.
-    sending: Vec<u8>,
-    sending_done: usize,
     /// Sent requests in order; answers come back in this order.
     waiting: VecDeque<Waiting>,
     /// Open loop: scheduled times of requests not yet sent.
@@ -151,20 +144,13 @@ struct Conn {
 impl Conn {
     fn new(max_response_head_bytes: usize, now: Instant) -> Self {
         Conn {
-            fd: None,
+            socket: None,
             state: State::Idle,
             generation: 0,
             connect_started: now,
             connect_failures: 0,
             connect_counted: false,
-            connect_armed: false,
-            recv_armed: false,
-            recv_cancelled: false,
-            send_in_flight: false,
-            send_cancelled: false,
             out: Vec::new(),
-            sending: Vec::new(),
-            sending_done: 0,
             waiting: VecDeque::new(),
             queued: VecDeque::new(),
             reader: ResponseReader::new(max_response_head_bytes),
@@ -174,16 +160,16 @@ impl Conn {
     }
 
     fn operations_in_flight(&self) -> bool {
-        self.connect_armed || self.recv_armed || self.send_in_flight
+        self.socket.as_ref().is_some_and(|s| !s.is_idle())
     }
 
-    fn token(&self, kind: OpKind, slot: usize) -> u64 {
+    fn token(&self, slot: usize) -> Token {
         Token {
-            kind,
+            owner: OWNER,
+            op: 0,
             slot: slot as u32,
             generation: self.generation,
         }
-        .encode()
     }
 }
 
@@ -236,10 +222,9 @@ enum ReadOutcome {
 /// One generator thread.
 pub struct Engine {
     // Field order is drop order: the ring first, so the kernel is done with
-    // the buffers, the address and the connections' output before they go.
-    ring: IoUring,
+    // the provided buffers before they go.
+    ring: Ring,
     buffers: ProvidedBuffers,
-    address: Box<SockAddr>,
     conns: Vec<Conn>,
     plan: ThreadPlan,
     timing: Timing,
@@ -253,7 +238,7 @@ pub struct Engine {
     next_scheduled: u64,
     /// Requests started, warm-up included; measured ones are in `stats.issued`.
     started: u64,
-    completions: Vec<(u64, i32, u32)>,
+    completions: Vec<Completion>,
     now: Instant,
     next_sweep: Instant,
     sweep_interval: Duration,
@@ -265,7 +250,7 @@ impl Engine {
     /// Set up the ring and buffers; call on the thread that runs it.
     pub fn new(plan: ThreadPlan, progress: Arc<Progress>, operations: usize) -> io::Result<Self> {
         let entries = (plan.connections * 3 + 16).next_power_of_two().min(4096) as u32;
-        let (ring, _) = ring::build(entries)?;
+        let ring = Ring::new(entries)?;
         let recv_buffers = (plan.connections * 2).next_power_of_two().clamp(64, 8192) as u16;
         let buffers = ProvidedBuffers::new(recv_buffers, RECV_BUFFER_BYTES, 0)?;
         buffers.register(&ring.submitter())?;
@@ -276,7 +261,6 @@ impl Engine {
         Ok(Engine {
             ring,
             buffers,
-            address: Box::new(SockAddr::from(plan.target)),
             conns,
             rng: Rng::new(plan.seed),
             stats: Stats::new(operations).with_ledger(plan.ledger),
@@ -404,23 +388,16 @@ impl Engine {
     }
 
     fn connect(&mut self, slot: usize) -> io::Result<()> {
-        let domain = Domain::for_address(self.plan.target);
-        let socket = Socket::new(domain, Type::STREAM, None)?;
-        socket.set_tcp_nodelay(true)?;
         let conn = &mut self.conns[slot];
-        let entry = opcode::Connect::new(
-            types::Fd(socket.as_raw_fd()),
-            self.address.as_ptr().cast(),
-            self.address.len(),
-        )
-        .build()
-        .user_data(conn.token(OpKind::Connect, slot));
-        conn.fd = Some(socket.into());
+        let token = conn.token(slot);
+        conn.socket = Some(RingSocket::connect(
+            &mut self.ring,
+            self.plan.target,
+            token,
+        )?);
         conn.state = State::Connecting;
         conn.connect_started = self.now;
         conn.connect_counted = false;
-        conn.connect_armed = true;
-        push(&mut self.ring, &entry);
         Ok(())
     }
 
@@ -499,22 +476,10 @@ impl Engine {
             State::Open => {
                 self.top_up(slot);
                 let conn = &mut self.conns[slot];
-                let fd = types::Fd(conn.fd.as_ref().expect("open has a socket").as_raw_fd());
-                if !conn.send_in_flight && !conn.out.is_empty() {
-                    std::mem::swap(&mut conn.out, &mut conn.sending);
-                    conn.sending_done = 0;
-                    let entry = send_entry(fd, &conn.sending, 0, conn.token(OpKind::Send, slot));
-                    conn.send_in_flight = true;
-                    push(&mut self.ring, &entry);
-                }
-                if !conn.recv_armed {
-                    let entry = opcode::RecvMulti::new(fd, self.buffers.group())
-                        .build()
-                        .user_data(conn.token(OpKind::Recv, slot));
-                    conn.recv_armed = true;
-                    conn.recv_cancelled = false;
-                    push(&mut self.ring, &entry);
-                }
+                let token = conn.token(slot);
+                let socket = conn.socket.as_mut().expect("open has a socket");
+                socket.send(&mut self.ring, &mut conn.out, token);
+                socket.receive(&mut self.ring, token, self.buffers.group());
             }
             State::Closing => self.close_step(slot),
         }
@@ -559,38 +524,26 @@ impl Engine {
     /// queue the reconnect.
     fn close_step(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        let mut cancels = Vec::new();
-        if conn.connect_armed {
-            cancels.push(conn.token(OpKind::Connect, slot));
+        let token = conn.token(slot);
+        if let Some(socket) = conn.socket.as_mut() {
+            if socket.is_armed(SocketOp::Connect) {
+                // A connect cancelled here has been counted (its timeout
+                // fired, or it failed); its completion is not a new failure.
+                conn.connect_counted = true;
+            }
+            socket.cancel_all(&mut self.ring, token);
+            if !socket.is_idle() {
+                return;
+            }
         }
-        if conn.recv_armed && !conn.recv_cancelled {
-            conn.recv_cancelled = true;
-            cancels.push(conn.token(OpKind::Recv, slot));
+        if let Some(socket) = conn.socket.take() {
+            socket.close(&mut self.ring);
         }
-        if conn.send_in_flight && !conn.send_cancelled {
-            conn.send_cancelled = true;
-            cancels.push(conn.token(OpKind::Send, slot));
-        }
-        if conn.connect_armed {
-            // Cancelling a connect twice is harmless; it happens only when
-            // its timeout fired.
-            conn.connect_counted = true;
-        }
-        for user_data in cancels {
-            cancel(&mut self.ring, user_data);
-        }
-        let conn = &mut self.conns[slot];
-        if conn.operations_in_flight() {
-            return;
-        }
-        conn.fd = None;
         conn.state = State::Idle;
-        conn.generation = (conn.generation + 1) & GENERATION_MASK;
+        conn.generation = conn.generation.wrapping_add(1);
         conn.reader = ResponseReader::new(self.plan.max_response_head_bytes);
         conn.partial.clear();
         conn.out.clear();
-        conn.sending.clear();
-        conn.sending_done = 0;
         let at = if conn.connect_failures == 0 {
             self.now
         } else {
@@ -622,30 +575,30 @@ impl Engine {
         if let Some(at) = self.reconnects.iter().map(|&(_, at)| at).min() {
             wake_at = wake_at.min(at);
         }
-        ring::submit_and_wait(&self.ring, wake_at)
+        self.ring.submit_and_wait(wake_at)
     }
 
     fn reap(&mut self) {
         self.completions.clear();
-        self.completions.extend(
-            self.ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
-        );
+        self.ring.completions(&mut self.completions);
         for i in 0..self.completions.len() {
-            let (user_data, result, flags) = self.completions[i];
-            let Some(token) = Token::decode(user_data) else {
+            let Completion {
+                token,
+                result,
+                flags,
+            } = self.completions[i];
+            if token.owner != OWNER {
                 continue;
-            };
+            }
             let slot = token.slot as usize;
             let current = self
                 .conns
                 .get(slot)
-                .is_some_and(|c| c.generation == token.generation);
-            match token.kind {
-                OpKind::Recv => self.on_recv(slot, current, result, flags),
-                OpKind::Connect if current => self.on_connect(slot, result),
-                OpKind::Send if current => self.on_send(slot, result),
+                .is_some_and(|c| c.generation == token.generation && c.socket.is_some());
+            match SocketOp::of(token.op) {
+                Some(SocketOp::Recv) => self.on_recv(slot, current, result, flags),
+                Some(SocketOp::Connect) if current => self.on_connect(slot, result),
+                Some(SocketOp::Send) if current => self.on_send(slot, result),
                 _ => {}
             }
         }
@@ -653,8 +606,12 @@ impl Engine {
 
     fn on_connect(&mut self, slot: usize, result: i32) {
         let conn = &mut self.conns[slot];
-        conn.connect_armed = false;
-        if result == 0 && conn.state == State::Connecting {
+        let socket = conn
+            .socket
+            .as_mut()
+            .expect("a current connection has a socket");
+        let connected = socket.on_connect(result).is_ok();
+        if connected && conn.state == State::Connecting {
             conn.state = State::Open;
             conn.connect_failures = 0;
             self.stats.connections_opened += 1;
@@ -674,57 +631,43 @@ impl Engine {
 
     fn on_send(&mut self, slot: usize, result: i32) {
         let conn = &mut self.conns[slot];
-        conn.send_in_flight = false;
-        conn.send_cancelled = false;
-        if conn.state != State::Open {
-            self.touch(slot);
-            return;
-        }
-        if result <= 0 {
+        let socket = conn
+            .socket
+            .as_mut()
+            .expect("a current connection has a socket");
+        let sent = socket.on_send(result);
+        if conn.state == State::Open
+            && matches!(sent, SendOutcome::Cancelled | SendOutcome::Failed(_))
+        {
             self.close(slot, Failure::Write);
             return;
         }
-        conn.sending_done += result as usize;
-        if conn.sending_done < conn.sending.len() {
-            let fd = types::Fd(conn.fd.as_ref().expect("open has a socket").as_raw_fd());
-            let entry = send_entry(
-                fd,
-                &conn.sending,
-                conn.sending_done,
-                conn.token(OpKind::Send, slot),
-            );
-            conn.send_in_flight = true;
-            push(&mut self.ring, &entry);
-        } else {
-            conn.sending.clear();
-            conn.sending_done = 0;
-        }
+        // The rest of a partial send goes out when the connection settles.
         self.touch(slot);
     }
 
     fn on_recv(&mut self, slot: usize, current: bool, result: i32, flags: u32) {
-        let buffer = cqueue::buffer_select(flags);
         if !current {
-            if let Some(bid) = buffer {
-                self.buffers.recycle(bid);
+            // A stale completion: only its buffer matters.
+            if let Some(id) = io_uring::cqueue::buffer_select(flags) {
+                self.buffers.recycle(id);
             }
             return;
         }
         let conn = &mut self.conns[slot];
-        if !cqueue::more(flags) {
-            conn.recv_armed = false;
-            conn.recv_cancelled = false;
-        }
-        match result {
-            n if n > 0 => {
-                let bid = buffer.expect("a receive that returned data names its buffer");
+        let socket = conn
+            .socket
+            .as_mut()
+            .expect("a current connection has a socket");
+        match socket.on_receive(result, flags) {
+            Received::Provided { id, len } => {
                 if conn.state == State::Open {
                     let mut recorder = Recorder {
                         stats: &mut self.stats,
                         now: self.now,
                         measure_start: self.timing.measure_start,
                     };
-                    let bytes = self.buffers.get(bid, n as usize);
+                    let bytes = self.buffers.get(id, len);
                     match read_responses(conn, bytes, &mut recorder) {
                         ReadOutcome::Open => {}
                         ReadOutcome::ServerClosing => self.close(slot, Failure::Read),
@@ -742,11 +685,11 @@ impl Engine {
                         }
                     }
                 }
-                self.buffers.recycle(bid);
+                self.buffers.recycle(id);
             }
-            n if n == -libc::ENOBUFS => self.recv_buffers_exhausted += 1,
-            n if n == -libc::ECANCELED => {}
-            0 => {
+            Received::NoBuffers => self.recv_buffers_exhausted += 1,
+            Received::Cancelled => {}
+            Received::Closed => {
                 // The server closed: a body that runs to the close ends here.
                 if conn.state == State::Open
                     && let Some(response) = conn.reader.at_close()
@@ -763,7 +706,8 @@ impl Engine {
                     self.close(slot, Failure::Read);
                 }
             }
-            _ => {
+            // The engine's sockets receive into provided buffers only.
+            Received::Bytes(_) | Received::Failed(_) => {
                 if conn.state == State::Open {
                     self.close(slot, Failure::Read);
                 }
@@ -906,30 +850,6 @@ fn record_answer(recorder: &mut Recorder<'_>, request: &Waiting, status: u16) {
         recorder.now.saturating_duration_since(request.sent),
         second,
     );
-}
-
-fn send_entry(fd: types::Fd, bytes: &[u8], from: usize, user_data: u64) -> squeue::Entry {
-    let rest = &bytes[from..];
-    opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(user_data)
-}
-
-fn push(ring: &mut IoUring, entry: &squeue::Entry) {
-    // SAFETY: every entry the engine builds points at memory that outlives
-    // the operation: a connection's `sending` buffer is not touched while
-    // its send is in flight, connections are never freed before teardown
-    // has seen all their operations complete, and the address and buffers
-    // live until the ring is dropped (field order of `Engine`).
-    unsafe { ring::push(ring, entry) };
-}
-
-fn cancel(ring: &mut IoUring, user_data: u64) {
-    let entry = opcode::AsyncCancel::new(user_data)
-        .build()
-        .user_data(Token::global(OpKind::Cancel).encode());
-    push(ring, &entry);
 }
 
 /// Wake-ups for scheduled sends land within a microsecond of their time

@@ -9,14 +9,11 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use io_uring::IoUring;
-
 use super::cluster::{Cluster, ClusterConfig, CommandToken};
 use super::command::{Command, Error};
-use super::links::Links;
+use super::links::{self, Links};
 use super::resp::{OwnedReply, Reply};
-use crate::ring;
-use crate::ring::token::Token;
+use crate::ring::{Completion, Ring};
 
 /// How long [`Client::connect`] tries before giving up.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
@@ -25,10 +22,10 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 pub struct Client {
     // Field order is drop order: the ring first, so the kernel is done with
     // the connections' buffers before they are freed.
-    ring: IoUring,
+    ring: Ring,
     links: Links,
     cluster: Cluster,
-    completions: Vec<(u64, i32)>,
+    completions: Vec<Completion>,
     /// Outcomes of the current call, by token.
     outcomes: Vec<Option<Result<OwnedReply, Error>>>,
 }
@@ -38,8 +35,7 @@ impl Client {
     /// connect to every master and check that the cluster is
     /// `cluster_state:ok`.
     pub fn connect(config: ClusterConfig) -> Result<Client, Error> {
-        let (ring, _) =
-            ring::build(256).map_err(|e| Error::Unavailable(format!("io_uring: {e}")))?;
+        let ring = Ring::new(256).map_err(|e| Error::Unavailable(format!("io_uring: {e}")))?;
         let now = Instant::now();
         let mut client = Client {
             ring,
@@ -204,15 +200,20 @@ impl Client {
         let now = Instant::now();
         self.links
             .prepare(&mut self.ring, &mut self.cluster, now, &mut sink);
-        ring::submit_and_wait(&self.ring, self.cluster.next_deadline(now))?;
+        self.ring.submit_and_wait(self.cluster.next_deadline(now))?;
         self.completions.clear();
-        self.completions
-            .extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        self.ring.completions(&mut self.completions);
         let now = Instant::now();
-        for &(user_data, result) in &self.completions {
-            if let Some(token) = Token::decode(user_data) {
-                self.links
-                    .complete(&mut self.cluster, token, result, now, &mut sink);
+        for completion in &self.completions {
+            if completion.token.owner == links::OWNER {
+                self.links.complete(
+                    &mut self.cluster,
+                    completion.token,
+                    completion.result,
+                    completion.flags,
+                    now,
+                    &mut sink,
+                );
             }
         }
         self.links

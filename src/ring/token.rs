@@ -1,86 +1,104 @@
-//! The 64-bit `user_data` every submission carries: what the operation was
-//! and which connection it belongs to. The generation tells a completion for a
-//! reused connection slot from one for its previous occupant.
+//! The 64-bit `user_data` every submission carries: who the operation
+//! belongs to (a subsystem on the ring, and that subsystem's own code for
+//! the operation) and which of its slots (a connection), with the slot's
+//! generation, which tells a completion for a reused slot from one for its
+//! previous occupant.
+//!
+//! The ring knows no subsystem's operations: each picks an [`Owner`] and
+//! its own codes, except the codes a [`RingSocket`](super::socket::RingSocket)
+//! uses for its operations ([`SocketOp`]), which every owner shares.
 
-/// What a completion is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    /// The listener's multishot accept.
-    Accept = 1,
-    /// A connection's multishot receive.
-    Recv = 2,
-    /// A connection's send.
-    Send = 3,
-    /// A cancellation request; its own completion carries nothing.
-    Cancel = 4,
-    /// The read on the executor's wake-up eventfd.
-    Wake = 5,
-    /// A load generator connection's connect.
-    Connect = 6,
-    /// A Redis connection's connect.
-    RedisConnect = 7,
-    /// A Redis connection's receive.
-    RedisRecv = 8,
-    /// A Redis connection's send.
-    RedisSend = 9,
-    /// The read on the eventfd that says read-through answers are waiting.
-    Lookup = 10,
-    /// A shutdown or close of a connection's socket; nothing waits for it.
-    Teardown = 11,
+/// A subsystem whose operations share a ring; each picks its own, and
+/// [`Owner::NONE`] is for operations whose completion nothing waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner(pub u8);
+
+impl Owner {
+    /// Completions nobody waits for (a cancellation's own, a close's).
+    pub const NONE: Owner = Owner(0);
 }
 
-/// `kind` (8 bits) | `generation` (24 bits) | `slot` (32 bits).
+/// The operation codes of a socket on a ring, the same under every owner.
+/// An owner's own codes start at [`SocketOp::FIRST_FREE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SocketOp {
+    /// Connecting.
+    Connect = 1,
+    /// Receiving.
+    Recv = 2,
+    /// Sending.
+    Send = 3,
+}
+
+impl SocketOp {
+    /// The first code an owner may use for operations of its own.
+    pub const FIRST_FREE: u8 = 8;
+
+    /// The socket operation `code` names, if it names one.
+    pub fn of(code: u8) -> Option<SocketOp> {
+        match code {
+            1 => Some(SocketOp::Connect),
+            2 => Some(SocketOp::Recv),
+            3 => Some(SocketOp::Send),
+            _ => None,
+        }
+    }
+}
+
+/// `owner` (8 bits) | `op` (8 bits) | `generation` (16 bits) | `slot` (32 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token {
-    /// The operation.
-    pub kind: OpKind,
-    /// The connection slot, 0 when there is none.
+    /// Whose operation it is.
+    pub owner: Owner,
+    /// Which of the owner's operations (or a [`SocketOp`]).
+    pub op: u8,
+    /// The owner's slot (a connection), 0 when there is none.
     pub slot: u32,
     /// The slot's generation when the operation was submitted.
-    pub generation: u32,
+    pub generation: u16,
 }
 
-/// Generations wrap at 24 bits.
-pub const GENERATION_MASK: u32 = (1 << 24) - 1;
-
 impl Token {
-    /// A token for an operation that belongs to no connection.
-    pub fn global(kind: OpKind) -> Self {
+    /// The token of the operations nothing waits for.
+    pub const IGNORED: Token = Token {
+        owner: Owner::NONE,
+        op: 0,
+        slot: 0,
+        generation: 0,
+    };
+
+    /// Operation `op` of `owner`, for no slot.
+    pub fn global(owner: Owner, op: u8) -> Token {
         Token {
-            kind,
+            owner,
+            op,
             slot: 0,
             generation: 0,
         }
     }
 
+    /// The same owner, slot and generation, for operation `op`.
+    pub fn with_op(self, op: u8) -> Token {
+        Token { op, ..self }
+    }
+
     /// Pack into `user_data`.
     pub fn encode(self) -> u64 {
-        (self.kind as u64) << 56
-            | u64::from(self.generation & GENERATION_MASK) << 32
+        u64::from(self.owner.0) << 56
+            | u64::from(self.op) << 48
+            | u64::from(self.generation) << 32
             | u64::from(self.slot)
     }
 
-    /// Unpack from `user_data`; `None` for a value no token encodes.
-    pub fn decode(user_data: u64) -> Option<Self> {
-        let kind = match user_data >> 56 {
-            1 => OpKind::Accept,
-            2 => OpKind::Recv,
-            3 => OpKind::Send,
-            4 => OpKind::Cancel,
-            5 => OpKind::Wake,
-            6 => OpKind::Connect,
-            7 => OpKind::RedisConnect,
-            8 => OpKind::RedisRecv,
-            9 => OpKind::RedisSend,
-            10 => OpKind::Lookup,
-            11 => OpKind::Teardown,
-            _ => return None,
-        };
-        Some(Token {
-            kind,
-            generation: (user_data >> 32) as u32 & GENERATION_MASK,
+    /// Unpack from `user_data`.
+    pub fn decode(user_data: u64) -> Token {
+        Token {
+            owner: Owner((user_data >> 56) as u8),
+            op: (user_data >> 48) as u8,
+            generation: (user_data >> 32) as u16,
             slot: user_data as u32,
-        })
+        }
     }
 }
 
@@ -90,28 +108,24 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for kind in [
-            OpKind::Accept,
-            OpKind::Recv,
-            OpKind::Send,
-            OpKind::Cancel,
-            OpKind::Wake,
-            OpKind::Connect,
-            OpKind::RedisConnect,
-            OpKind::RedisRecv,
-            OpKind::RedisSend,
-            OpKind::Lookup,
-            OpKind::Teardown,
-        ] {
-            for (slot, generation) in [(0, 0), (1, 7), (u32::MAX, GENERATION_MASK)] {
-                let token = Token {
-                    kind,
-                    slot,
-                    generation,
-                };
-                assert_eq!(Token::decode(token.encode()), Some(token));
+        for owner in [Owner::NONE, Owner(1), Owner(255)] {
+            for op in [0, SocketOp::Recv as u8, SocketOp::FIRST_FREE, 255] {
+                for (slot, generation) in [(0, 0), (1, 7), (u32::MAX, u16::MAX)] {
+                    let token = Token {
+                        owner,
+                        op,
+                        slot,
+                        generation,
+                    };
+                    assert_eq!(Token::decode(token.encode()), token);
+                }
             }
         }
-        assert_eq!(Token::decode(0), None);
+        assert_eq!(Token::decode(0), Token::IGNORED);
+        for op in [SocketOp::Connect, SocketOp::Recv, SocketOp::Send] {
+            assert_eq!(SocketOp::of(op as u8), Some(op));
+            assert!((op as u8) < SocketOp::FIRST_FREE);
+        }
+        assert_eq!(SocketOp::of(SocketOp::FIRST_FREE), None);
     }
 }

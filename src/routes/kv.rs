@@ -17,7 +17,7 @@
 
 use crate::app::{
     ColumnType, Cx, Found, Merge, Method, Preconditions, Rejection, Request, Responder, Response,
-    Routes, Sent, Status, Table, TagList, Version, WriteError, percent_decode,
+    Routes, Sent, Status, Table, TagList, Version, WriteError, buffer, percent_decode,
 };
 use crate::writeback::table::RecordRef;
 
@@ -115,17 +115,27 @@ fn get(
 /// 200 with the value and its version as the `ETag` (304 when
 /// `If-None-Match` names it), or 404.
 fn answer_found(found: Found, if_none_match: Option<&[u8]>) -> Response {
-    let version = match found.cached() {
+    // The version, kept on the stack while the value leaves the entry.
+    let mut version = [0; Version::MAX_TEXT_BYTES];
+    let len = match found.cached() {
         Err(why) => return Response::rejection(Rejection::new(Status::InternalServerError, why)),
         Ok(cached) => match cached.version() {
-            Some(version) => version.to_vec(),
+            Some(v) if v.len() <= version.len() => {
+                version[..v.len()].copy_from_slice(v);
+                v.len()
+            }
+            Some(_) => {
+                let why = "a cache entry with a version too long to be one";
+                return Response::rejection(Rejection::new(Status::InternalServerError, why));
+            }
             None => return Response::rejection(Rejection::new(Status::NotFound, "no such key")),
         },
     };
+    let version = &version[..len];
     let mut tag = EntityTag::default();
-    let etag = tag.of(&version);
+    let etag = tag.of(version);
     if let (Some(condition), Some(etag)) = (if_none_match, etag)
-        && none_match_holds(condition, &version)
+        && none_match_holds(condition, version)
     {
         return Response::new(Status::NotModified).header("ETag", etag);
     }
@@ -174,9 +184,18 @@ fn write(
 
 /// 202 for a queued write, with its version in the body and as the `ETag`.
 fn accepted(version: Version) -> Response {
-    let version = version.to_string();
-    let body = format!("{{\"version\":\"{version}\"}}");
-    Response::json(Status::Accepted, body).header("ETag", &format!("\"{version}\""))
+    let mut text = [0; Version::MAX_TEXT_BYTES];
+    let version = version.text(&mut text);
+    let mut body = buffer();
+    body.extend_from_slice(b"{\"version\":\"");
+    body.extend_from_slice(version.as_bytes());
+    body.extend_from_slice(b"\"}");
+    let mut tag = EntityTag::default();
+    let response = Response::new(Status::Accepted).body("application/json", body);
+    match tag.of(version.as_bytes()) {
+        Some(etag) => response.header("ETag", etag),
+        None => response,
+    }
 }
 
 /// What a refused write is answered with.

@@ -1,11 +1,11 @@
-//! A client connection as the reactor holds it: its socket, its HTTP state,
-//! its output buffers and which operations it has in flight. Connections live
+//! A client connection as the executor holds it: its socket on the ring,
+//! its HTTP state, the responses written and not yet sent. Connections live
 //! in a slab indexed by the slot number their tokens carry.
 
 use std::time::Instant;
 
 use crate::http::HttpConnection;
-use crate::ring::token::GENERATION_MASK;
+use crate::ring::socket::RingSocket;
 
 /// Output buffers that grew past this are freed once sent, so one large
 /// response does not pin memory for the life of a connection.
@@ -26,10 +26,9 @@ pub enum Life {
 
 /// One client connection.
 pub struct Connection {
-    /// Its socket's index in the ring's table of direct descriptors: the
-    /// socket has no file descriptor, and the executor closes it with an
-    /// io_uring close when the connection is released.
-    pub socket: u32,
+    /// Its socket: a direct descriptor (no file descriptor), with the send
+    /// in flight and what its operations need.
+    pub socket: RingSocket,
     pub http: HttpConnection,
     /// Responses written since the last send started.
     pub out: Vec<u8>,
@@ -37,21 +36,10 @@ pub struct Connection {
     pub out_responses: usize,
     /// When the first request answered in `out` arrived.
     pub out_since: Option<Instant>,
-    /// The bytes the current send works through; untouched while a send is in flight.
-    pub sending: Vec<u8>,
-    /// Bytes of `sending` the kernel has taken.
-    pub sent: usize,
-    /// Responses in `sending`.
+    /// Responses in the batch the socket is sending.
     pub sending_responses: usize,
-    /// When the first request answered in `sending` arrived.
+    /// When the first request answered in that batch arrived.
     pub sending_since: Option<Instant>,
-    pub send_in_flight: bool,
-    /// A multishot receive is outstanding.
-    pub recv_armed: bool,
-    /// A cancellation of the outstanding receive has been submitted.
-    pub recv_cancelled: bool,
-    /// A cancellation of the send in flight has been submitted.
-    pub send_cancelled: bool,
     /// The peer closed its side.
     pub read_closed: bool,
     /// No request answered yet: the header timeout runs from the connect.
@@ -63,21 +51,15 @@ pub struct Connection {
 
 impl Connection {
     /// A connection just accepted.
-    pub fn new(socket: u32, http: HttpConnection) -> Self {
+    pub fn new(socket: RingSocket, http: HttpConnection) -> Self {
         Connection {
             socket,
             http,
             out: Vec::new(),
             out_responses: 0,
             out_since: None,
-            sending: Vec::new(),
-            sent: 0,
             sending_responses: 0,
             sending_since: None,
-            send_in_flight: false,
-            recv_armed: false,
-            recv_cancelled: false,
-            send_cancelled: false,
             read_closed: false,
             fresh: true,
             life: Life::Open,
@@ -87,7 +69,7 @@ impl Connection {
 
     /// Nothing written is waiting to be sent.
     pub fn output_drained(&self) -> bool {
-        !self.send_in_flight && self.sent == self.sending.len() && self.out.is_empty()
+        !self.socket.is_sending() && self.out.is_empty()
     }
 
     /// Responses written and not yet sent.
@@ -104,33 +86,16 @@ impl Connection {
         }
     }
 
-    /// Move `out` into `sending` if the previous send is done. Returns the
-    /// bytes a send should take now, if any.
-    pub fn next_send(&mut self) -> Option<&[u8]> {
-        if self.send_in_flight {
-            return None;
-        }
-        if self.sent == self.sending.len() {
-            if self.out.is_empty() {
-                return None;
-            }
-            self.sending.clear();
-            std::mem::swap(&mut self.out, &mut self.sending);
-            self.sent = 0;
-            self.sending_responses = std::mem::take(&mut self.out_responses);
-            self.sending_since = self.out_since.take();
-        }
-        Some(&self.sending[self.sent..])
+    /// The socket took `out` as its new batch.
+    pub fn batch_started(&mut self) {
+        self.sending_responses = std::mem::take(&mut self.out_responses);
+        self.sending_since = self.out_since.take();
     }
 
-    /// The current send batch went out whole: returns its response count
-    /// and when its first request arrived, and frees an oversized buffer.
+    /// The batch went out whole: returns its response count and when its
+    /// first request arrived, and frees an oversized send buffer.
     pub fn finish_batch(&mut self) -> (usize, Option<Instant>) {
-        self.sending.clear();
-        self.sent = 0;
-        if self.sending.capacity() > RETAINED_BUFFER_BYTES {
-            self.sending = Vec::new();
-        }
+        self.socket.trim_send_buffer(RETAINED_BUFFER_BYTES);
         (
             std::mem::take(&mut self.sending_responses),
             self.sending_since.take(),
@@ -139,7 +104,7 @@ impl Connection {
 }
 
 struct Slot {
-    generation: u32,
+    generation: u16,
     conn: Option<Connection>,
 }
 
@@ -158,7 +123,7 @@ impl Slab {
     }
 
     /// Store `conn`; returns its slot and generation.
-    pub fn insert(&mut self, conn: Connection) -> (u32, u32) {
+    pub fn insert(&mut self, conn: Connection) -> (u32, u16) {
         self.len += 1;
         if let Some(slot) = self.free.pop() {
             let entry = &mut self.slots[slot as usize];
@@ -174,7 +139,7 @@ impl Slab {
     }
 
     /// The connection in `slot`, if it is still the one `generation` names.
-    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Connection> {
+    pub fn get_mut(&mut self, slot: u32, generation: u16) -> Option<&mut Connection> {
         let entry = self.slots.get_mut(slot as usize)?;
         if entry.generation != generation {
             return None;
@@ -188,7 +153,7 @@ impl Slab {
     }
 
     /// The generation of `slot`'s current occupant, for the tokens of its operations.
-    pub fn generation(&self, slot: u32) -> u32 {
+    pub fn generation(&self, slot: u32) -> u16 {
         self.slots.get(slot as usize).map_or(0, |s| s.generation)
     }
 
@@ -196,7 +161,7 @@ impl Slab {
     pub fn remove(&mut self, slot: u32) -> Option<Connection> {
         let entry = self.slots.get_mut(slot as usize)?;
         let conn = entry.conn.take()?;
-        entry.generation = (entry.generation + 1) & GENERATION_MASK;
+        entry.generation = entry.generation.wrapping_add(1);
         self.free.push(slot);
         self.len -= 1;
         Some(conn)

@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, types};
 use socket2::Socket;
 
 use crate::http::{
@@ -25,20 +25,28 @@ use crate::http::{
 };
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, RouteId, TimeoutKind};
 use crate::redis::cluster::{Cluster, ClusterConfig};
-use crate::redis::links::Links;
+use crate::redis::links::{self, Links};
 use crate::ring::buffers::ProvidedBuffers;
-use crate::ring::token::{OpKind, Token};
-use crate::ring::{self, SetupFlags};
+use crate::ring::socket::{Received, RingSocket, SendOutcome, Sending};
+use crate::ring::token::{Owner, SocketOp, Token};
+use crate::ring::{Completion, Ring, SetupFlags};
 use crate::writeback::lookup::LookupClient;
 
 use super::connection::{Connection, Life, Slab};
 use super::io::{Io, IoConfig};
-use super::tasks::{BoxFuture, Finished, Job, Tasks};
+use super::tasks::{Finished, Job, TaskFuture, Tasks};
 use super::timers::{TimerKind, Timers};
 use super::{Application, Later, Turn};
 
 /// The buffer group id of every executor's provided buffers (one per ring).
 const BUFFER_GROUP: u16 = 0;
+
+/// The owner of the executor's operations on its ring; its connections'
+/// are [`SocketOp`]s, and these its own.
+pub const OWNER: Owner = Owner(1);
+const ACCEPT: u8 = SocketOp::FIRST_FREE;
+const WAKE: u8 = SocketOp::FIRST_FREE + 1;
+const LOOKUP: u8 = SocketOp::FIRST_FREE + 2;
 
 /// How long to wait before re-arming an accept that failed for lack of
 /// file descriptors or memory.
@@ -46,6 +54,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// At most one accept-failure warning per this interval.
 const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long the Redis links may take to close when the executor ends.
+const LINK_CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// What an executor is configured with.
 #[derive(Clone, Debug)]
@@ -111,21 +122,13 @@ impl ExecutorConfig {
     }
 }
 
-/// The completion fields the loop uses.
-#[derive(Clone, Copy)]
-struct Completion {
-    user_data: u64,
-    result: i32,
-    flags: u32,
-}
-
 /// Where a task's answer goes: deferred answer `number` of the connection
 /// in `slot` (if it is still the one `generation` names), counted under
 /// `route`.
 #[derive(Clone, Copy, Debug)]
 struct AnswerTo {
     slot: u32,
-    generation: u32,
+    generation: u16,
     number: u16,
     route: RouteId,
 }
@@ -134,7 +137,7 @@ struct AnswerTo {
 pub struct Executor<A: Application> {
     // Field order is drop order: the ring goes first, so the kernel has
     // stopped using the buffers and the wake-up words before they are freed.
-    ring: IoUring,
+    ring: Ring,
     buffers: ProvidedBuffers,
     wake_word: Box<u64>,
     wake: OwnedFd,
@@ -157,7 +160,7 @@ pub struct Executor<A: Application> {
     links: Links,
     tasks: Tasks<AnswerTo>,
     /// Scratch: detached tasks taken from `io`, tasks that finished.
-    spawned: Vec<BoxFuture<()>>,
+    spawned: Vec<TaskFuture<()>>,
     finished: Vec<Finished<AnswerTo>>,
     /// See [`ExecutorConfig::max_connections`].
     max_connections: usize,
@@ -188,7 +191,8 @@ impl<A: Application> Executor<A> {
         index: usize,
         cpu: usize,
     ) -> io::Result<(Self, SetupFlags)> {
-        let (ring, flags) = ring::build(config.ring_entries)?;
+        let ring = Ring::new(config.ring_entries)?;
+        let flags = ring.flags();
         let buffers =
             ProvidedBuffers::new(config.recv_buffers, config.recv_buffer_bytes, BUFFER_GROUP)?;
         buffers.register(&ring.submitter())?;
@@ -269,14 +273,42 @@ impl<A: Application> Executor<A> {
             self.redis_prepare();
             self.retry_accept();
             if self.now >= self.next_publish {
-                self.metrics.redis_shed = self.io.shed();
+                self.count_ring_and_io();
                 publish(&self.metrics);
                 self.next_publish = self.now + PUBLISH_INTERVAL;
             }
         }
-        self.metrics.redis_shed = self.io.shed();
+        self.close_redis_links()?;
+        self.count_ring_and_io();
         publish(&self.metrics);
         Ok(())
+    }
+
+    /// Close the Redis links and wait, a bounded time, for the kernel to
+    /// end their operations, so that no socket goes with one in flight.
+    fn close_redis_links(&mut self) -> io::Result<()> {
+        self.links.close_all();
+        let limit = Instant::now() + LINK_CLOSE_LIMIT;
+        loop {
+            self.redis_settle();
+            if !self.links.any_open() {
+                return Ok(());
+            }
+            if self.now >= limit {
+                tracing::warn!("Redis connections did not close in time");
+                return Ok(());
+            }
+            self.ring.submit_and_wait(limit)?;
+            self.now = Instant::now();
+            self.reap();
+        }
+    }
+
+    /// Copy what the ring and `Io` count into the metrics.
+    fn count_ring_and_io(&mut self) {
+        self.metrics.redis_shed = self.io.shed();
+        self.metrics.ring_submissions = self.ring.submissions;
+        self.metrics.ring_enters = self.ring.enters;
     }
 
     /// Reformat `Date`; read the wall clock again when its second ends,
@@ -309,38 +341,40 @@ impl<A: Application> Executor<A> {
         {
             wake_at = wake_at.min(deadline);
         }
-        self.metrics.ring_enters += 1;
-        ring::submit_and_wait(&self.ring, wake_at)
+        self.ring.submit_and_wait(wake_at)
     }
 
     fn reap(&mut self) {
         self.completions.clear();
-        self.completions
-            .extend(self.ring.completion().map(|cqe| Completion {
-                user_data: cqe.user_data(),
-                result: cqe.result(),
-                flags: cqe.flags(),
-            }));
+        self.ring.completions(&mut self.completions);
         self.metrics.ring_completions += self.completions.len() as u64;
         for i in 0..self.completions.len() {
             let completion = self.completions[i];
-            let Some(token) = Token::decode(completion.user_data) else {
-                continue;
-            };
-            match token.kind {
-                OpKind::Accept => self.on_accept(completion),
-                OpKind::Recv => self.on_recv(token, completion),
-                OpKind::Send => self.on_send(token, completion),
-                OpKind::Wake => self.begin_drain(),
-                OpKind::Lookup => self.on_lookups(),
-                OpKind::Connect => {}
-                OpKind::RedisConnect | OpKind::RedisRecv | OpKind::RedisSend => {
+            match completion.token.owner {
+                OWNER => match completion.token.op {
+                    ACCEPT => self.on_accept(completion),
+                    WAKE => self.begin_drain(),
+                    LOOKUP => self.on_lookups(),
+                    op => match SocketOp::of(op) {
+                        Some(SocketOp::Recv) => self.on_recv(completion),
+                        Some(SocketOp::Send) => self.on_send(completion),
+                        _ => {}
+                    },
+                },
+                links::OWNER => {
                     let (links, now) = (&mut self.links, self.now);
                     self.io.with_cluster(|cluster, mut sink| {
-                        links.complete(cluster, token, completion.result, now, &mut sink)
+                        links.complete(
+                            cluster,
+                            completion.token,
+                            completion.result,
+                            completion.flags,
+                            now,
+                            &mut sink,
+                        )
                     });
                 }
-                OpKind::Cancel | OpKind::Teardown => {}
+                _ => {}
             }
         }
     }
@@ -367,7 +401,9 @@ impl<A: Application> Executor<A> {
         if self.drain_deadline.is_some() {
             http.start_drain();
         }
-        let (slot, _) = self.conns.insert(Connection::new(socket, http));
+        let (slot, _) = self
+            .conns
+            .insert(Connection::new(RingSocket::accepted(socket), http));
         self.metrics.connections_accepted += 1;
         self.metrics.connections_open += 1;
         self.timers.arm(slot, TimerKind::Header, self.now);
@@ -401,82 +437,84 @@ impl<A: Application> Executor<A> {
         }
     }
 
-    fn on_recv(&mut self, token: Token, completion: Completion) {
-        let buffer = cqueue::buffer_select(completion.flags);
+    fn on_recv(&mut self, completion: Completion) {
+        let token = completion.token;
         let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
-            if let Some(bid) = buffer {
+            if let Some(bid) = cqueue::buffer_select(completion.flags) {
                 self.buffers.recycle(bid);
             }
             return;
         };
-        if !cqueue::more(completion.flags) {
-            conn.recv_armed = false;
-            conn.recv_cancelled = false;
-        }
-        match completion.result {
-            n if n > 0 => {
-                let bid = buffer.expect("a receive that returned data names its buffer");
-                let bytes = self.buffers.get(bid, n as usize);
-                self.metrics.bytes_received += n as u64;
-                if conn.life == Life::Open && !conn.read_closed {
-                    let at = (token.slot, token.generation);
-                    let written = self.responder.answer(
-                        conn,
-                        at,
-                        &mut self.metrics,
-                        &mut self.tasks,
-                        self.now,
-                        |http, service, out, env| http.receive(bytes, service, out, env),
-                    );
-                    if written > 0 {
-                        // A request was answered: the next one gets a fresh header deadline.
-                        self.timers.disarm(token.slot);
-                    }
-                }
-                self.buffers.recycle(bid);
+        let data = match conn.socket.on_receive(completion.result, completion.flags) {
+            Received::Provided { id, len } => Some((id, len)),
+            Received::Closed => {
+                conn.read_closed = true;
+                None
             }
-            0 => conn.read_closed = true,
-            n if n == -libc::ENOBUFS => self.metrics.recv_buffers_exhausted += 1,
-            n if n == -libc::ECANCELED => {}
-            _ => conn.life = Life::Closing,
-        }
-        self.touch(token.slot);
-    }
-
-    fn on_send(&mut self, token: Token, completion: Completion) {
-        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
-            return;
+            Received::NoBuffers => {
+                self.metrics.recv_buffers_exhausted += 1;
+                None
+            }
+            Received::Cancelled => None,
+            Received::Bytes(_) | Received::Failed(_) => {
+                conn.life = Life::Closing;
+                None
+            }
         };
-        conn.send_in_flight = false;
-        conn.send_cancelled = false;
-        if completion.result <= 0 {
-            conn.life = Life::Closing;
-            self.touch(token.slot);
-            return;
-        }
-        self.metrics.bytes_sent += completion.result as u64;
-        conn.sent += completion.result as usize;
-        if conn.sent == conn.sending.len() {
-            let (responses, since) = conn.finish_batch();
-            conn.http.responses_sent(responses);
-            self.metrics.in_flight -= responses as u64;
-            if let (Some(since), true) = (since, responses > 0) {
-                self.metrics
-                    .duration
-                    .observe(self.now.saturating_duration_since(since), responses as u64);
-            }
-            if conn.life == Life::Open {
-                // The pipeline has room again: answer requests that waited for it.
+        if let Some((bid, n)) = data {
+            let bytes = self.buffers.get(bid, n);
+            self.metrics.bytes_received += n as u64;
+            if conn.life == Life::Open && !conn.read_closed {
                 let at = (token.slot, token.generation);
-                self.responder.answer(
+                let written = self.responder.answer(
                     conn,
                     at,
                     &mut self.metrics,
                     &mut self.tasks,
                     self.now,
-                    |http, service, out, env| http.resume(service, out, env),
+                    |http, service, out, env| http.receive(bytes, service, out, env),
                 );
+                if written > 0 {
+                    // A request was answered: the next one gets a fresh header deadline.
+                    self.timers.disarm(token.slot);
+                }
             }
+            self.buffers.recycle(bid);
+        }
+        self.touch(token.slot);
+    }
+
+    fn on_send(&mut self, completion: Completion) {
+        let token = completion.token;
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
+            return;
+        };
+        match conn.socket.on_send(completion.result) {
+            SendOutcome::Partial(n) => self.metrics.bytes_sent += n as u64,
+            SendOutcome::Done(n) => {
+                self.metrics.bytes_sent += n as u64;
+                let (responses, since) = conn.finish_batch();
+                conn.http.responses_sent(responses);
+                self.metrics.in_flight -= responses as u64;
+                if let (Some(since), true) = (since, responses > 0) {
+                    self.metrics
+                        .duration
+                        .observe(self.now.saturating_duration_since(since), responses as u64);
+                }
+                if conn.life == Life::Open {
+                    // The pipeline has room again: answer requests that waited for it.
+                    let at = (token.slot, token.generation);
+                    self.responder.answer(
+                        conn,
+                        at,
+                        &mut self.metrics,
+                        &mut self.tasks,
+                        self.now,
+                        |http, service, out, env| http.resume(service, out, env),
+                    );
+                }
+            }
+            SendOutcome::Cancelled | SendOutcome::Failed(_) => conn.life = Life::Closing,
         }
         self.touch(token.slot);
     }
@@ -527,6 +565,9 @@ impl<A: Application> Executor<A> {
             for done in finished.drain(..) {
                 if let Some((to, response)) = done.answer {
                     self.deliver(to, &response);
+                    if let Some(body) = response.into_owned_body() {
+                        super::io::recycle(body);
+                    }
                 }
             }
             self.finished = finished;
@@ -595,14 +636,17 @@ impl<A: Application> Executor<A> {
         conn.touched = false;
         let draining = self.drain_deadline.is_some();
 
+        let token = Token {
+            owner: OWNER,
+            op: 0,
+            slot,
+            generation,
+        };
         if conn.life == Life::Open && conn.output_drained() {
             if conn.http.is_closing() {
                 // The final response is out: no more writes; read until the
                 // peer closes so that it sees the response, not a reset.
-                let entry = opcode::Shutdown::new(types::Fixed(conn.socket), libc::SHUT_WR)
-                    .build()
-                    .user_data(Token::global(OpKind::Teardown).encode());
-                push(&mut self.ring, &mut self.metrics, &entry);
+                conn.socket.shutdown_write(&mut self.ring);
                 conn.life = Life::Lingering;
                 self.timers.arm(slot, TimerKind::Linger, self.now);
             } else if conn.read_closed || (draining && conn.http.is_idle()) {
@@ -613,23 +657,10 @@ impl<A: Application> Executor<A> {
             conn.life = Life::Closing;
         }
 
-        let fd = types::Fixed(conn.socket);
         if conn.life != Life::Closing
-            && let Some(bytes) = conn.next_send()
+            && conn.socket.send(&mut self.ring, &mut conn.out, token) == Sending::Batch
         {
-            let entry = opcode::Send::new(fd, bytes.as_ptr(), bytes.len() as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(
-                    Token {
-                        kind: OpKind::Send,
-                        slot,
-                        generation,
-                    }
-                    .encode(),
-                );
-            push(&mut self.ring, &mut self.metrics, &entry);
-            conn.send_in_flight = true;
+            conn.batch_started();
         }
 
         let want_recv = match conn.life {
@@ -637,31 +668,14 @@ impl<A: Application> Executor<A> {
             Life::Lingering => !conn.read_closed,
             Life::Closing => false,
         };
-        let recv_token = Token {
-            kind: OpKind::Recv,
-            slot,
-            generation,
+        if want_recv {
+            conn.socket
+                .receive(&mut self.ring, token, self.buffers.group());
+        } else {
+            conn.socket.cancel(&mut self.ring, SocketOp::Recv, token);
         }
-        .encode();
-        if want_recv && !conn.recv_armed {
-            let entry = opcode::RecvMulti::new(fd, self.buffers.group())
-                .build()
-                .user_data(recv_token);
-            push(&mut self.ring, &mut self.metrics, &entry);
-            conn.recv_armed = true;
-        } else if !want_recv && conn.recv_armed && !conn.recv_cancelled {
-            cancel(&mut self.ring, &mut self.metrics, recv_token);
-            conn.recv_cancelled = true;
-        }
-        if conn.life == Life::Closing && conn.send_in_flight && !conn.send_cancelled {
-            let send_token = Token {
-                kind: OpKind::Send,
-                slot,
-                generation,
-            }
-            .encode();
-            cancel(&mut self.ring, &mut self.metrics, send_token);
-            conn.send_cancelled = true;
+        if conn.life == Life::Closing {
+            conn.socket.cancel(&mut self.ring, SocketOp::Send, token);
         }
 
         match conn.life {
@@ -681,7 +695,7 @@ impl<A: Application> Executor<A> {
             Life::Closing => self.timers.disarm(slot),
         }
 
-        if conn.life == Life::Closing && !conn.recv_armed && !conn.send_in_flight {
+        if conn.life == Life::Closing && conn.socket.is_idle() {
             self.release(slot);
         }
     }
@@ -693,17 +707,14 @@ impl<A: Application> Executor<A> {
         if let Some(conn) = self.conns.remove(slot) {
             self.metrics.connections_open -= 1;
             self.metrics.in_flight -= conn.unsent_responses() as u64;
-            self.close_socket(conn.socket);
+            conn.socket.close(&mut self.ring);
         }
     }
 
-    /// Close a connection's socket and free its direct descriptor. Nothing
-    /// refers to the descriptor afterwards, so its completion is not awaited.
+    /// Close an accepted socket no connection took, freeing its direct
+    /// descriptor.
     fn close_socket(&mut self, socket: u32) {
-        let entry = opcode::Close::new(types::Fixed(socket))
-            .build()
-            .user_data(Token::global(OpKind::Teardown).encode());
-        push(&mut self.ring, &mut self.metrics, &entry);
+        self.ring.close_fixed(socket);
     }
 
     fn expire_timers(&mut self) {
@@ -776,11 +787,7 @@ impl<A: Application> Executor<A> {
         }
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
         if self.accept_armed {
-            cancel(
-                &mut self.ring,
-                &mut self.metrics,
-                Token::global(OpKind::Accept).encode(),
-            );
+            self.ring.cancel(Token::global(OWNER, ACCEPT));
         } else {
             self.listener = None;
         }
@@ -803,8 +810,11 @@ impl<A: Application> Executor<A> {
         let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
             .allocate_file_index(true)
             .build()
-            .user_data(Token::global(OpKind::Accept).encode());
-        push(&mut self.ring, &mut self.metrics, &entry);
+            .user_data(Token::global(OWNER, ACCEPT).encode());
+        // SAFETY: the listener is dropped only once its accept has ended
+        // (`on_accept` without more to come, or `begin_drain` when none is
+        // armed), and the ring goes first when the executor is dropped.
+        unsafe { self.ring.push(&entry) };
         self.accept_armed = true;
         self.accept_retry_at = None;
     }
@@ -822,8 +832,10 @@ impl<A: Application> Executor<A> {
         let word: *mut u64 = &mut *self.wake_word;
         let entry = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), word.cast(), 8)
             .build()
-            .user_data(Token::global(OpKind::Wake).encode());
-        push(&mut self.ring, &mut self.metrics, &entry);
+            .user_data(Token::global(OWNER, WAKE).encode());
+        // SAFETY: the word is boxed and the eventfd owned by the executor,
+        // which drops its ring before them (field order).
+        unsafe { self.ring.push(&entry) };
     }
 
     fn arm_lookups(&mut self) {
@@ -833,8 +845,10 @@ impl<A: Application> Executor<A> {
         let word: *mut u64 = &mut *self.lookup_word;
         let entry = opcode::Read::new(types::Fd(fd), word.cast(), 8)
             .build()
-            .user_data(Token::global(OpKind::Lookup).encode());
-        push(&mut self.ring, &mut self.metrics, &entry);
+            .user_data(Token::global(OWNER, LOOKUP).encode());
+        // SAFETY: the word is boxed, and the eventfd belongs to the `Io`'s
+        // lookup client; both outlive the ring (field order).
+        unsafe { self.ring.push(&entry) };
     }
 
     /// Read-through answers are waiting: they complete their lookups.
@@ -867,7 +881,7 @@ impl<A: Application> Responder<A> {
     fn answer(
         &mut self,
         conn: &mut Connection,
-        (slot, generation): (u32, u32),
+        (slot, generation): (u32, u16),
         metrics: &mut CoreMetrics,
         tasks: &mut Tasks<AnswerTo>,
         now: Instant,
@@ -945,25 +959,6 @@ impl<A: Application> Service for Bridge<'_, A> {
         }
         sent
     }
-}
-
-/// Queue a submission, submitting what is queued first if the queue is full.
-fn push(ring: &mut IoUring, metrics: &mut CoreMetrics, entry: &squeue::Entry) {
-    // SAFETY: every entry the executor builds points at memory that outlives
-    // the operation: a connection's `sending` buffer is not touched, and the
-    // connection not freed, while its send is in flight; the wake-up words
-    // and the provided buffers live until the ring is dropped (field order
-    // of `Executor`).
-    metrics.ring_enters += unsafe { ring::push(ring, entry) };
-    metrics.ring_submissions += 1;
-}
-
-/// Ask the kernel to cancel the operation carrying `user_data`.
-fn cancel(ring: &mut IoUring, metrics: &mut CoreMetrics, user_data: u64) {
-    let entry = opcode::AsyncCancel::new(user_data)
-        .build()
-        .user_data(Token::global(OpKind::Cancel).encode());
-    push(ring, metrics, &entry);
 }
 
 #[cfg(test)]

@@ -22,7 +22,59 @@ use crate::redis::resp::{OwnedReply, Reply};
 use crate::redis::slot::Slot;
 use crate::writeback::lookup::{Found, LookupClient, Miss};
 
-use super::tasks::BoxFuture;
+use super::future::TaskFuture;
+
+/// Recycled buffers kept per thread, at most.
+const MAX_RECYCLED: usize = 1024;
+
+/// A recycled buffer larger than this is let go.
+const MAX_RECYCLED_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Empty buffers with their capacity kept: a reply's bytes go into
+    /// one, and a response's body comes back as one, so that a core with
+    /// a thousand requests in flight does not allocate and free a buffer
+    /// for each (past the C allocator's small per-thread cache, each free
+    /// takes its slow path).
+    static RECYCLED: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer, recycled if one is kept.
+pub fn buffer() -> Vec<u8> {
+    RECYCLED
+        .try_with(|r| r.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keep `buffer`'s capacity for a later [`buffer`], unless it is large or
+/// enough are kept.
+pub fn recycle(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > MAX_RECYCLED_BYTES {
+        return;
+    }
+    buffer.clear();
+    let _ = RECYCLED.try_with(|r| {
+        let mut kept = r.borrow_mut();
+        if kept.len() < MAX_RECYCLED {
+            kept.push(buffer);
+        }
+    });
+}
+
+/// A reply as the task that waits for it keeps it; a bulk string's bytes
+/// in a recycled buffer.
+fn owned(reply: Reply<'_>) -> OwnedReply {
+    match reply {
+        Reply::Bulk(bytes) => {
+            let mut kept = buffer();
+            kept.extend_from_slice(bytes);
+            OwnedReply::Bulk(kept)
+        }
+        other => other.to_owned(),
+    }
+}
 
 /// Why an operation has no outcome from its server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -217,7 +269,7 @@ pub(crate) struct IoState {
     lookups: Option<LookupClient>,
     executor: usize,
     /// Detached tasks spawned since the executor last took them.
-    spawned: Vec<BoxFuture<()>>,
+    spawned: Vec<TaskFuture<()>>,
     /// Turns ended so far, and who waits for the current one to end.
     turn: u64,
     turn_waiters: Vec<Waker>,
@@ -337,7 +389,10 @@ impl Io {
 
     /// Run `future` on this core, with no request waiting for it.
     pub fn spawn(&self, future: impl Future<Output = ()> + 'static) {
-        self.state.borrow_mut().spawned.push(Box::pin(future));
+        self.state
+            .borrow_mut()
+            .spawned
+            .push(TaskFuture::new(future));
     }
 
     /// Ready once every task woken in this turn of the executor's loop has
@@ -399,7 +454,7 @@ impl Io {
             return None;
         };
         let mut sink = |token: CommandToken, reply: Result<Reply<'_>, RedisError>| {
-            let outcome = reply.map(|r| r.to_owned()).map_err(Failure::Redis);
+            let outcome = reply.map(owned).map_err(Failure::Redis);
             ops.complete(token, Outcome::Redis(outcome));
         };
         Some(f(&mut side.cluster, &mut sink))
@@ -452,7 +507,7 @@ impl Io {
     }
 
     /// Detached tasks spawned since the last call.
-    pub(crate) fn take_spawned(&self, into: &mut Vec<BoxFuture<()>>) {
+    pub(crate) fn take_spawned(&self, into: &mut Vec<TaskFuture<()>>) {
         into.append(&mut self.state.borrow_mut().spawned);
     }
 
@@ -623,7 +678,7 @@ pub mod script {
         }
 
         /// Detached tasks spawned and not yet taken.
-        pub fn take_spawned(&self) -> Vec<BoxFuture<()>> {
+        pub fn take_spawned(&self) -> Vec<TaskFuture<()>> {
             let mut spawned = Vec::new();
             self.io.take_spawned(&mut spawned);
             spawned

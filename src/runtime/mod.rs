@@ -5,20 +5,22 @@
 //! now or when the task the application started finishes.
 //!
 //! - [`executor`]: the loop: accept, receive, HTTP, tasks, send, timers.
-//! - [`tasks`]: the futures deferred answers run as, and their deadlines.
+//! - [`tasks`]: the futures deferred answers run as, and their deadlines;
+//!   [`future`]: where those futures are kept.
 //! - [`io`]: what a task can wait for ([`Io`]): Redis commands, read-through
 //!   lookups, the end of a turn.
 //! - `connection`, `timers`: a client connection's state and deadlines.
 
 mod connection;
 pub mod executor;
+pub mod future;
 pub mod io;
 pub mod tasks;
 mod timers;
 
 pub use executor::{Executor, ExecutorConfig, REJECT_SLOTS};
-pub use io::{Failure, Io, IoConfig, LookupCall, RedisCall, Row, script};
-pub use tasks::BoxFuture;
+pub use future::TaskFuture;
+pub use io::{Failure, Io, IoConfig, LookupCall, RedisCall, Row, buffer, recycle, script};
 
 use crate::http::{Rejection, Request, Response, ResponseWriter, Sent};
 use crate::metrics::{CoreMetrics, RouteId};
@@ -50,7 +52,7 @@ pub struct Later {
     /// The route, for metrics.
     pub route: RouteId,
     /// The answer, when ready.
-    pub future: BoxFuture<Response>,
+    pub future: TaskFuture<Response>,
 }
 
 /// What an application may touch of its executor while it answers.
@@ -63,7 +65,7 @@ pub struct Turn<'a> {
 impl Turn<'_> {
     /// The answer just deferred ([`ResponseWriter::defer`]) comes from
     /// `future`: call exactly once for each deferred answer, in order.
-    pub fn later(&mut self, route: RouteId, future: BoxFuture<Response>) {
+    pub fn later(&mut self, route: RouteId, future: TaskFuture<Response>) {
         self.later.push(Later { route, future });
     }
 

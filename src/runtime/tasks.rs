@@ -20,13 +20,10 @@
 //! into `request_timeout_ms`).
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
 
-/// A future a task runs.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+pub use super::future::TaskFuture;
 
 // A task key travels in a waker's data pointer.
 const _: () = assert!(usize::BITS == 64, "task keys need 64-bit pointers");
@@ -81,9 +78,9 @@ fn drop_raw(_: *const ()) {}
 /// What a task produces.
 pub enum Job<A> {
     /// The answer to a request: `A` says where it goes.
-    Answer(BoxFuture<crate::http::Response>, A),
+    Answer(TaskFuture<crate::http::Response>, A),
     /// Work no request waits for.
-    Detached(BoxFuture<()>),
+    Detached(TaskFuture<()>),
 }
 
 const NIL: u32 = u32::MAX;
@@ -240,11 +237,11 @@ impl<A> Tasks<A> {
             let mut cx = Context::from_waker(&waker);
             let done = match &mut entry.job {
                 None => continue,
-                Some(Job::Answer(future, _)) => match future.as_mut().poll(&mut cx) {
+                Some(Job::Answer(future, _)) => match future.poll(&mut cx) {
                     Poll::Pending => continue,
                     Poll::Ready(response) => Some(response),
                 },
-                Some(Job::Detached(future)) => match future.as_mut().poll(&mut cx) {
+                Some(Job::Detached(future)) => match future.poll(&mut cx) {
                     Poll::Pending => continue,
                     Poll::Ready(()) => None,
                 },
@@ -287,6 +284,8 @@ mod tests {
     use super::*;
     use crate::http::{Response, Status};
     use std::cell::Cell;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::rc::Rc;
 
     /// A future that is pending until its flag is set, remembering its waker.
@@ -338,7 +337,7 @@ mod tests {
         let counted = Rc::clone(&polls);
         tasks.spawn(
             Job::Answer(
-                Box::pin(async move {
+                TaskFuture::new(async move {
                     counted.set(counted.get() + 1);
                     gate.await;
                     Response::text(Status::Ok, "done")
@@ -355,7 +354,7 @@ mod tests {
         let done = drain(&mut tasks);
         assert_eq!(done.len(), 1);
         let (to, response) = done.into_iter().next().unwrap().answer.unwrap();
-        assert_eq!((to, response.body_bytes()), (7, b"done".as_slice()));
+        assert_eq!((to, &*response.body_bytes()), (7, b"done".as_slice()));
         assert!(tasks.is_empty());
     }
 
@@ -363,7 +362,7 @@ mod tests {
     fn a_wake_for_a_finished_task_does_not_reach_the_slots_next_occupant() {
         let mut tasks: Tasks<u32> = Tasks::default();
         let (first, _, stale) = gate();
-        let key = tasks.spawn(Job::Detached(Box::pin(first)), None);
+        let key = tasks.spawn(Job::Detached(TaskFuture::new(first)), None);
         drain(&mut tasks);
         assert!(tasks.cancel(key).is_some());
         assert!(tasks.cancel(key).is_none(), "cancelled once");
@@ -372,7 +371,7 @@ mod tests {
         let polls = Rc::new(Cell::new(0));
         let counted = Rc::clone(&polls);
         let reused = tasks.spawn(
-            Job::Detached(Box::pin(async move {
+            Job::Detached(TaskFuture::new(async move {
                 counted.set(counted.get() + 1);
                 second.await;
             })),
@@ -391,13 +390,13 @@ mod tests {
     fn a_task_woken_while_tasks_run_waits_for_the_next_run() {
         let mut tasks: Tasks<u32> = Tasks::default();
         let (gate, open, waker) = gate();
-        tasks.spawn(Job::Detached(Box::pin(gate)), None);
+        tasks.spawn(Job::Detached(TaskFuture::new(gate)), None);
         drain(&mut tasks);
         let waker = waker.borrow().clone().unwrap();
         let flag = Rc::clone(&open);
         // A detached task that wakes the first while it runs.
         tasks.spawn(
-            Job::Detached(Box::pin(async move {
+            Job::Detached(TaskFuture::new(async move {
                 flag.set(true);
                 waker.wake();
             })),
@@ -421,7 +420,7 @@ mod tests {
             keys.push((
                 tasks.spawn(
                     Job::Answer(
-                        Box::pin(async move {
+                        TaskFuture::new(async move {
                             gate.await;
                             Response::text(Status::Ok, "")
                         }),

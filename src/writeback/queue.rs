@@ -197,6 +197,26 @@ impl Version {
     }
 }
 
+impl Version {
+    /// The longest `ms-seq` text: two `i64`s, signs and all, and the dash.
+    pub const MAX_TEXT_BYTES: usize = 41;
+
+    /// `ms-seq` written into `buf`, without allocating.
+    pub fn text<'b>(&self, buf: &'b mut [u8; Version::MAX_TEXT_BYTES]) -> &'b str {
+        let mut ms = itoa::Buffer::new();
+        let mut seq = itoa::Buffer::new();
+        let (ms, seq) = (
+            ms.format(self.ms).as_bytes(),
+            seq.format(self.seq).as_bytes(),
+        );
+        let len = ms.len() + 1 + seq.len();
+        buf[..ms.len()].copy_from_slice(ms);
+        buf[ms.len()] = b'-';
+        buf[ms.len() + 1..len].copy_from_slice(seq);
+        std::str::from_utf8(&buf[..len]).expect("digits and a dash")
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -956,6 +976,13 @@ mod tests {
             }
         );
         assert_eq!(v.to_string(), "1700000000000-5");
+        let mut buf = [0; Version::MAX_TEXT_BYTES];
+        assert_eq!(v.text(&mut buf), "1700000000000-5");
+        let largest = Version {
+            ms: i64::MAX,
+            seq: i64::MAX,
+        };
+        assert_eq!(largest.text(&mut buf), largest.to_string());
         // Numerically, not as text: 9-0 < 10-0, 1-9 < 1-10.
         assert!(Version::parse(b"9-0") < Version::parse(b"10-0"));
         assert!(Version::parse(b"1-9") < Version::parse(b"1-10"));

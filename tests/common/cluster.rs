@@ -189,10 +189,7 @@ impl Drop for RedisCluster {
 fn free_port_range(count: usize) -> (u16, PathBuf) {
     let claims = std::env::temp_dir().join("millrace-redis-ports");
     std::fs::create_dir_all(&claims).unwrap();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as usize)
-        ^ (std::process::id() as usize).wrapping_mul(7919);
+    let seed = claim_seed();
     for attempt in 0..200 {
         // Bases from 20000 and buses (base + 10000) from 30000, never each
         // other, and all below the ephemeral range (32768 and up), where an
@@ -212,6 +209,53 @@ fn free_port_range(count: usize) -> (u16, PathBuf) {
         let _ = std::fs::remove_file(&claim);
     }
     panic!("no free port range for a Redis Cluster");
+}
+
+/// A loopback address for a server that must keep it across restarts,
+/// claimed like the clusters' ranges. It lies below the ephemeral range, so
+/// no socket bound to port 0 (a proxy's, a client's) can take it while the
+/// server is down; the claim keeps other test processes off it.
+pub struct ListenPort {
+    /// The address.
+    pub addr: SocketAddr,
+    claim: PathBuf,
+}
+
+impl ListenPort {
+    /// A free one.
+    pub fn claim() -> ListenPort {
+        let claims = std::env::temp_dir().join("millrace-listen-ports");
+        std::fs::create_dir_all(&claims).unwrap();
+        let seed = claim_seed();
+        for attempt in 0..200 {
+            // 10000 to 19999: below the clusters' ranges and the ephemeral one.
+            let port = 10_000 + (seed + attempt * 104_729) % 10_000;
+            let Some(claim) = claim_range(&claims, port) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+                return ListenPort { addr, claim };
+            }
+            let _ = std::fs::remove_file(&claim);
+        }
+        panic!("no free listen port");
+    }
+}
+
+impl Drop for ListenPort {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.claim);
+    }
+}
+
+/// Where a search for a free port starts: different per process and run,
+/// so that parallel tests seldom try the same ports.
+fn claim_seed() -> usize {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize)
+        ^ (std::process::id() as usize).wrapping_mul(7919)
 }
 
 /// Claim the range at `base` for this process, unless a live process holds
