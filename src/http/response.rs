@@ -350,6 +350,7 @@ impl FieldBuf {
 
 impl Response {
     /// `status`, no body.
+    #[inline]
     pub fn new(status: Status) -> Response {
         Response {
             status,
@@ -364,6 +365,7 @@ impl Response {
 
     /// `status` with `text` as a plain-text body (a `&'static str` is not
     /// copied).
+    #[inline]
     pub fn text(status: Status, text: impl Into<Cow<'static, str>>) -> Response {
         Response::new(status).body("text/plain; charset=utf-8", bytes_of(text.into()))
     }
@@ -384,6 +386,7 @@ impl Response {
     /// control character (CR and LF would split the response), makes the
     /// whole response a 500 when it is written: a handler's mistake must
     /// not reach the wire.
+    #[inline]
     pub fn header(mut self, name: &str, value: &str) -> Response {
         let name_ok = !name.is_empty() && name.bytes().all(is_token_byte);
         let value_ok = value
@@ -400,6 +403,7 @@ impl Response {
 
     /// Set the body and its content type (a `Vec<u8>` is moved, a
     /// `&'static [u8]` borrowed).
+    #[inline]
     pub fn body(
         mut self,
         content_type: impl Into<Cow<'static, str>>,
@@ -419,6 +423,7 @@ impl Response {
     }
 
     /// Close the connection after this response.
+    #[inline]
     pub fn close(mut self) -> Response {
         self.close = true;
         self

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# scripts/bench-instructions.sh: user-space instructions per request of this
+# tree's millrace against a build of another commit (BASE), counted by
+# callgrind: a figure this shared, noisy machine cannot blur, beside the
+# CPU-time ratios of scripts/bench-regression.sh (which also count the
+# kernel's share, where most of a request's time goes).
+#
+# Each server runs under valgrind --tool=callgrind, one executor, with the
+# counters zeroed after a warm-up of each workload and dumped after exactly
+# REQUESTS more answered requests (64 connections): GET /plaintext at depth
+# 16; GET /v1/kv cache hits over 1,000 keys at depth 1 and 16; PUT /v1/kv
+# (100-byte values) at depth 1 and 16. A 3-master Redis Cluster serves
+# both; no database core runs. Instructions in the kernel (system calls,
+# the network stack) are not counted.
+#
+# BASE is built as scripts/bench-regression.sh builds it (var/bench-base).
+# Results: benches/results/<date>-<host>-instructions.json and .md; the
+# callgrind profiles stay in var/bench-instructions/ for callgrind_annotate.
+#
+# Usage: scripts/bench-instructions.sh --base REV [--requests N] [--no-build]
+# Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
+# (default benches/results)
+set -euo pipefail
+
+base_rev=""
+requests=20000
+build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --base) base_rev="$2"; shift 2 ;;
+    --requests) requests="$2"; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$base_rev" ] || { echo "--base REV is required (see --help)" >&2; exit 2; }
+server_cpu="${SERVER_CPU:-0}"
+load_cpu="${LOAD_CPU:-1}"
+results_dir="${RESULTS_DIR:-benches/results}"
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+need_packages redis-server redis-tools valgrind python3 pkg-config libssl-dev
+base_sha=$(git rev-parse --verify "$base_rev^{commit}")
+base_dir="$root/var/bench-base"
+if [ "$build" = 1 ]; then
+  step "building this tree (release)"
+  cargo build --release --quiet --bin millrace
+  step "building $base_rev ($base_sha) in $base_dir (release)"
+  if [ ! -e "$base_dir/.git" ]; then
+    rm -rf "$base_dir"
+    git worktree add --detach "$base_dir" "$base_sha" > /dev/null
+  fi
+  git -C "$base_dir" checkout --quiet --detach "$base_sha"
+  (cd "$base_dir" && cargo build --release --quiet --bin millrace)
+fi
+current="$root/target/release/millrace"
+baseline="$base_dir/target/release/millrace"
+
+profiles="$root/var/bench-instructions"
+rm -rf "$profiles"
+mkdir -p "$profiles"
+dir="$root/var/bench-instructions-redis"
+redis_port=$((22000 + RANDOM % 600))
+make_work
+cleanup() {
+  stop_work
+  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
+}
+trap cleanup EXIT
+scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
+step "a 3-master Redis Cluster on CPU $load_cpu"
+seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+
+empty_queue() {
+  local p
+  for p in $(seq "$redis_port" $((redis_port + 2))); do
+    redis-cli -p "$p" flushall > /dev/null
+  done
+}
+
+# load ARGS...: millrace load on the load CPU, every request answered.
+load() {
+  taskset -c "$load_cpu" "$current" load "$@" -c 64 --max-error-ratio 0 > /dev/null
+}
+
+results="$work/results.tsv"
+: > "$results"
+for name in base current; do
+  case "$name" in
+    base) binary="$baseline" ;;
+    current) binary="$current" ;;
+  esac
+  step "$name under callgrind"
+  port=$(free_port)
+  taskset -c "$server_cpu" valgrind --tool=callgrind --callgrind-out-file="$profiles/$name.%p" \
+    "$binary" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
+    --redis-seeds "$seeds" --admin-listen "" > "$work/$name.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  # valgrind starts slowly: up to a minute.
+  for _ in $(seq 1 6); do
+    wait_for_http "http://127.0.0.1:$port/plaintext" 2> /dev/null && break
+  done
+  wait_for_http "http://127.0.0.1:$port/plaintext"
+  url="http://127.0.0.1:$port"
+  empty_queue
+  load "$url" --workload kv --read-ratio 0 --keys 1000 --value-bytes 100 -n 5000
+  for case in plaintext:16 kv-get:1 kv-get:16 kv-put:1 kv-put:16; do
+    workload=${case%%:*}
+    depth=${case##*:}
+    case "$workload" in
+      plaintext) set -- "$url/plaintext" ;;
+      kv-get) set -- "$url" --workload kv --read-ratio 1 --keys 1000 --key-dist zipf:0.99 ;;
+      kv-put) set -- "$url" --workload kv --read-ratio 0 --keys 1000 --value-bytes 100 ;;
+    esac
+    [ "$workload" = kv-put ] && empty_queue
+    load "$@" -p "$depth" -n 2000
+    [ "$workload" = kv-put ] && empty_queue
+    callgrind_control --zero "$pid" > /dev/null 2>&1
+    load "$@" -p "$depth" -n "$requests" --json "$work/load.json"
+    callgrind_control --dump="$workload-$depth" "$pid" > /dev/null 2>&1
+    # The dump is written by the server's next turn.
+    profile=""
+    for _ in $(seq 1 100); do
+      profile=$(grep -l "^desc: Trigger: dump $workload-$depth\$" "$profiles/$name.$pid".* 2> /dev/null | head -1 || true)
+      [ -n "$profile" ] && break
+      sleep 0.1
+    done
+    [ -n "$profile" ] || { echo "callgrind wrote no profile for $name $workload-$depth" >&2; exit 1; }
+    instructions=$(awk '/^summary:/ {print $2}' "$profile")
+    answered=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"]["answered"])' "$work/load.json")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$workload" "$depth" "$instructions" "$answered" "$(basename "$profile")" >> "$results"
+    printf '  %-7s %-9s depth %-2s %12s instructions / %s requests\n' "$name" "$workload" "$depth" "$instructions" "$answered"
+  done
+  kill "$pid"
+  wait "$pid" 2> /dev/null || true
+done
+
+mkdir -p "$results_dir"
+stamp="$(date -u +%Y-%m-%d)"
+host="$(hostname -s 2>/dev/null || hostname)"
+out="$results_dir/${stamp}-${host}-instructions"
+python3 - "$results" "$out" "$requests" "$base_rev" "$base_sha" "$(git rev-parse HEAD)" \
+  "$(git status --porcelain | grep -qv '^??' && echo dirty || echo clean)" <<'PY'
+import datetime, json, sys
+sys.path.insert(0, "scripts")
+from bench_report import machine
+results, out, requests, base_rev, base_sha, head, tree = sys.argv[1:8]
+rows = {}
+for line in open(results):
+    name, workload, depth, instructions, answered, profile = line.rstrip("\n").split("\t")
+    rows.setdefault((workload, int(depth)), {})[name] = {
+        "instructions": int(instructions), "requests": int(answered),
+        "per_request": round(int(instructions) / int(answered)), "profile": f"var/bench-instructions/{profile}"}
+routes = {"plaintext": "GET /plaintext", "kv-get": "GET /v1/kv/{key} (cache hits)", "kv-put": "PUT /v1/kv/{key} (100 bytes)"}
+summary = []
+for (workload, depth), by in rows.items():
+    summary.append({"workload": workload, "depth": depth, **by,
+                    "ratio": round(by["current"]["per_request"] / by["base"]["per_request"], 3)})
+command = f"scripts/bench-instructions.sh --base {base_rev} --requests {requests}"
+report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
+          "machine": machine(), "current": f"{head} ({tree} tree)", "base": f"{base_rev} ({base_sha})",
+          "counted": "user-space instructions of the server process (callgrind Ir), one executor", "summary": summary}
+json.dump(report, open(out + ".json", "w"), indent=2)
+lines = [f"This tree ({head[:12]}, {tree}) against {base_rev} ({base_sha[:12]}): user-space instructions per answered "
+         f"request, counted by callgrind over {int(requests):,} requests after a warm-up, one executor, 64 connections.",
+         f"Command: `{command}`", "",
+         "| route | depth | instructions per request, this tree | base | this tree / base |", "|---|---:|---:|---:|---:|"]
+for row in summary:
+    lines.append(f"| {routes[row['workload']]} | {row['depth']} | {row['current']['per_request']:,} | "
+                 f"{row['base']['per_request']:,} | **{row['ratio']}x** |")
+open(out + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+echo "written: $out.json $out.md"
