@@ -46,6 +46,7 @@ pub mod auth;
 pub mod router;
 pub mod store;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -110,8 +111,15 @@ impl<'r> Request<'r> {
 }
 
 /// `encoded` with each `%XX` decoded; at most `max_bytes` long once
-/// decoded, any bytes (`%00` included).
-pub fn percent_decode(encoded: &[u8], max_bytes: usize) -> Result<Vec<u8>, Rejection> {
+/// decoded, any bytes (`%00` included). Borrowed when there is nothing to
+/// decode.
+pub fn percent_decode(encoded: &[u8], max_bytes: usize) -> Result<Cow<'_, [u8]>, Rejection> {
+    if !encoded.contains(&b'%') {
+        return match encoded.len() <= max_bytes {
+            true => Ok(Cow::Borrowed(encoded)),
+            false => Err(Rejection::new(Status::UriTooLong, "longer than allowed")),
+        };
+    }
     const BAD_ESCAPE: Rejection = Rejection::new(Status::BadRequest, "malformed percent-escape");
     let hex = |digit: u8| match digit {
         b'0'..=b'9' => Some(digit - b'0'),
@@ -144,7 +152,7 @@ pub fn percent_decode(encoded: &[u8], max_bytes: usize) -> Result<Vec<u8>, Rejec
         }
         decoded.push(byte);
     }
-    Ok(decoded)
+    Ok(Cow::Owned(decoded))
 }
 
 /// What every core shares, read-only.
@@ -505,9 +513,15 @@ mod tests {
 
     #[test]
     fn percent_decoding_is_bounded_and_strict() {
-        assert_eq!(percent_decode(b"a%2Fb%00%ff", 16).unwrap(), b"a/b\0\xff");
-        assert_eq!(percent_decode(b"%41%4a", 16).unwrap(), b"AJ");
+        assert_eq!(&*percent_decode(b"a%2Fb%00%ff", 16).unwrap(), b"a/b\0\xff");
+        assert_eq!(&*percent_decode(b"%41%4a", 16).unwrap(), b"AJ");
         assert_eq!(percent_decode(&b"%6b".repeat(16), 16).unwrap().len(), 16);
+        // Nothing to decode: the bytes as given, not a copy.
+        assert!(matches!(
+            percent_decode(b"user:1", 16),
+            Ok(Cow::Borrowed(b"user:1"))
+        ));
+        assert!(percent_decode(&[b'k'; 16], 16).is_ok());
         assert_eq!(
             percent_decode(&[b'k'; 17], 16).unwrap_err().status,
             Status::UriTooLong

@@ -54,12 +54,20 @@ impl<'a> Request<'a> {
     /// The value of the first header field called `name` (any case),
     /// surrounding whitespace trimmed.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        let head = self.head;
-        head.split(|&b| b == b'\n').skip(1).find_map(|line| {
-            let colon = line.iter().position(|&b| b == b':')?;
-            line[..colon]
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| line[colon + 1..].trim_ascii())
+        let (head, name) = (self.head, name.as_bytes());
+        // A field starts after each line feed. The parser let through only
+        // names of token characters ended by their colon, so a line holds
+        // field `name` exactly when `name` and a colon start it.
+        memchr::memchr_iter(b'\n', head).find_map(|at| {
+            let line = &head[at + 1..];
+            let field = line.get(..name.len() + 1)?;
+            (field[name.len()] == b':' && field[..name.len()].eq_ignore_ascii_case(name)).then(
+                || {
+                    let value = &line[name.len() + 1..];
+                    let end = memchr::memchr(b'\n', value).unwrap_or(value.len());
+                    value[..end].trim_ascii()
+                },
+            )
         })
     }
 }
@@ -971,6 +979,41 @@ mod tests {
             &env,
         );
         assert!(String::from_utf8_lossy(&out).ends_with("\r\n\r\napplication/json"));
+    }
+
+    #[test]
+    fn header_lookup_matches_whole_names_only() {
+        struct Look;
+        impl Service for Look {
+            fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent {
+                let mut body = Vec::new();
+                for name in ["if-match", "x", "accept", "host", "get / http/1.1", ""] {
+                    body.extend_from_slice(request.header(name).unwrap_or(b"-"));
+                    body.push(b'|');
+                }
+                response.send(Status::Ok, "text/plain", &body)
+            }
+        }
+        let date = DateHeader::new();
+        let env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+        };
+        let mut out = Vec::new();
+        HttpConnection::new().receive(
+            b"GET / HTTP/1.1\r\nIf-Match-Not: a\r\nX-Note: if-match: b\r\nIf-Match:\t\"1-2\" \r\nX:\r\nHost: t\r\n\r\n",
+            &mut Look,
+            &mut out,
+            &env,
+        );
+        // A longer name, a value that holds the name, the request line and
+        // an empty name never match; the first field of the name does,
+        // trimmed, even with an empty value.
+        assert!(
+            String::from_utf8_lossy(&out).ends_with("\r\n\r\n\"1-2\"||-|t|-|-|"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     /// Defers every request whose path starts with `/later`; echoes the rest.

@@ -20,6 +20,7 @@ use crate::app::{
     Routes, Sent, Status, Table, TagList, Version, WriteError, buffer, percent_decode,
 };
 use crate::writeback::table::RecordRef;
+use std::borrow::Cow;
 
 /// The table's name.
 pub const TABLE: &str = "kv";
@@ -218,7 +219,7 @@ fn refused(error: &WriteError) -> Response {
 }
 
 /// The key from the path: one segment, percent-decoded, not empty.
-fn key_of(request: &Request<'_>, max_key_bytes: usize) -> Result<Vec<u8>, Rejection> {
+fn key_of<'a>(request: &Request<'a>, max_key_bytes: usize) -> Result<Cow<'a, [u8]>, Rejection> {
     decode_key(request.param("key").unwrap_or_default(), max_key_bytes)
 }
 
@@ -303,7 +304,7 @@ fn none_match_holds(field: &[u8], version: &[u8]) -> bool {
 /// The key from its percent-encoded path segment: not empty, at most
 /// `max_bytes` once decoded, any bytes (`%00` included); a `/` must be
 /// sent as `%2F`.
-pub fn decode_key(encoded: &[u8], max_bytes: usize) -> Result<Vec<u8>, Rejection> {
+pub fn decode_key(encoded: &[u8], max_bytes: usize) -> Result<Cow<'_, [u8]>, Rejection> {
     if encoded.is_empty() {
         return Err(Rejection::new(Status::BadRequest, "empty key"));
     }
@@ -325,9 +326,9 @@ mod tests {
 
     #[test]
     fn keys_are_percent_decoded_and_bounded() {
-        assert_eq!(decode_key(b"user:1", 16).unwrap(), b"user:1");
-        assert_eq!(decode_key(b"a%2Fb%00%ff", 16).unwrap(), b"a/b\0\xff");
-        assert_eq!(decode_key(b"%41%4a", 16).unwrap(), b"AJ");
+        assert_eq!(&*decode_key(b"user:1", 16).unwrap(), b"user:1");
+        assert_eq!(&*decode_key(b"a%2Fb%00%ff", 16).unwrap(), b"a/b\0\xff");
+        assert_eq!(&*decode_key(b"%41%4a", 16).unwrap(), b"AJ");
         assert_eq!(decode_key(&[b'k'; 16], 16).unwrap().len(), 16);
         assert_eq!(
             decode_key(&[b'k'; 17], 16).unwrap_err().status,

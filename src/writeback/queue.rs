@@ -184,11 +184,16 @@ impl Version {
     /// `ms-seq` as Redis prints an id; `None` for anything else.
     pub fn parse(text: &[u8]) -> Option<Version> {
         let dash = text.iter().position(|&b| b == b'-')?;
+        // Digits only (no sign), in one pass; past i64::MAX is no version.
         let number = |digits: &[u8]| -> Option<i64> {
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            if digits.is_empty() || digits.len() > 19 {
                 return None;
             }
-            std::str::from_utf8(digits).ok()?.parse().ok()
+            digits.iter().try_fold(0i64, |n, &b| {
+                let digit = b.wrapping_sub(b'0');
+                (digit < 10).then_some(())?;
+                n.checked_mul(10)?.checked_add(i64::from(digit))
+            })
         };
         Some(Version {
             ms: number(&text[..dash])?,
@@ -995,6 +1000,10 @@ mod tests {
             b"1-2-3",
             b" 1-2",
             b"99999999999999999999-0",
+            b"9223372036854775808-0",
+            b"1-9223372036854775808",
+            b"+1-2",
+            b"1-\xff",
         ] {
             assert_eq!(
                 Version::parse(bad),
