@@ -184,16 +184,21 @@ impl Version {
     /// `ms-seq` as Redis prints an id; `None` for anything else.
     pub fn parse(text: &[u8]) -> Option<Version> {
         let dash = text.iter().position(|&b| b == b'-')?;
-        // Digits only (no sign), in one pass; past i64::MAX is no version.
+        // Digits only (no sign), in one pass: 19 digits cannot overflow a
+        // u64, and past i64::MAX is no version.
         let number = |digits: &[u8]| -> Option<i64> {
             if digits.is_empty() || digits.len() > 19 {
                 return None;
             }
-            digits.iter().try_fold(0i64, |n, &b| {
+            let mut n = 0u64;
+            for &b in digits {
                 let digit = b.wrapping_sub(b'0');
-                (digit < 10).then_some(())?;
-                n.checked_mul(10)?.checked_add(i64::from(digit))
-            })
+                if digit > 9 {
+                    return None;
+                }
+                n = n * 10 + u64::from(digit);
+            }
+            i64::try_from(n).ok()
         };
         Some(Version {
             ms: number(&text[..dash])?,
