@@ -8,7 +8,9 @@
 use super::chunked::{ChunkedDecoder, ChunkedLimits};
 use std::collections::VecDeque;
 
-use super::request::{BodyFraming, HeadLimits, Method, RequestHead, Version, parse_head};
+use super::request::{
+    BodyFraming, FieldNames, HeadLimits, Method, RequestHead, Version, parse_head,
+};
 use super::response::{
     CONTINUE, ConnectionHeader, DateHeader, Deferred, Rejection, ResponseWriter, Sent, Status,
 };
@@ -48,6 +50,8 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// Request line and header section, already validated.
     head: &'a [u8],
+    /// The names in `head`'s fields, as a filter.
+    names: FieldNames,
 }
 
 impl<'a> Request<'a> {
@@ -55,6 +59,9 @@ impl<'a> Request<'a> {
     /// surrounding whitespace trimmed.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         let (head, name) = (self.head, name.as_bytes());
+        if !self.names.may_hold(name) {
+            return None;
+        }
         // A field starts after each line feed. The parser let through only
         // names of token characters ended by their colon, so a line holds
         // field `name` exactly when `name` and a colon start it.
@@ -542,6 +549,7 @@ impl HttpConnection {
             query: head.query.clone().map(|q| &head_bytes[q]),
             body,
             head: head_bytes,
+            names: head.names,
         };
         let head_only = head.method == Method::Head;
         if self.queue.is_empty() {

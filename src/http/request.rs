@@ -84,6 +84,35 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request.
     pub expect_continue: bool,
+    /// Which field names the head may hold.
+    pub names: FieldNames,
+}
+
+/// A filter over a head's field names (one bit per name's length and first
+/// and last letters, any case), so that looking up a field the head does
+/// not have, the common case for optional ones, reads none of its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldNames(u64);
+
+impl FieldNames {
+    fn bit(name: &[u8]) -> u64 {
+        let (Some(first), Some(last)) = (name.first(), name.last()) else {
+            return 0;
+        };
+        let mix = name.len() * 5
+            + usize::from(first.to_ascii_lowercase()) * 3
+            + usize::from(last.to_ascii_lowercase());
+        1 << (mix % 64)
+    }
+
+    fn add(&mut self, name: &[u8]) {
+        self.0 |= FieldNames::bit(name);
+    }
+
+    /// False only if no field called `name` (any case) is in the head.
+    pub fn may_hold(self, name: &[u8]) -> bool {
+        self.0 & FieldNames::bit(name) != 0
+    }
 }
 
 /// The size limits a head is held to.
@@ -148,6 +177,7 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>
         framing: fields.framing,
         keep_alive: fields.keep_alive,
         expect_continue: fields.expect_continue,
+        names: fields.names,
     }))
 }
 
@@ -532,6 +562,7 @@ struct FieldSummary {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    names: FieldNames,
     /// The first field that breaks the framing rules, reported once the
     /// head is complete.
     error: Option<Rejection>,
@@ -542,6 +573,7 @@ struct Fields {
     framing: BodyFraming,
     keep_alive: bool,
     expect_continue: bool,
+    names: FieldNames,
 }
 
 impl FieldSummary {
@@ -555,12 +587,14 @@ impl FieldSummary {
             close: false,
             keep_alive: false,
             expect_continue: false,
+            names: FieldNames::default(),
             error: None,
         }
     }
 
     /// Take one field; `value` is already trimmed.
     fn add(&mut self, name: &[u8], value: &[u8]) {
+        self.names.add(name);
         if self.error.is_none()
             && let Some(field) = Field::named(name)
             && let Err(rejection) = self.add_field(field, value)
@@ -651,6 +685,7 @@ impl FieldSummary {
             framing,
             keep_alive,
             expect_continue: self.expect_continue,
+            names: self.names,
         })
     }
 }
@@ -690,6 +725,20 @@ mod tests {
 
     fn status(bytes: &[u8]) -> Status {
         parse(bytes).expect_err("should be rejected").status
+    }
+
+    #[test]
+    fn the_field_name_filter_holds_every_name_the_head_has() {
+        let head = parse(b"GET / HTTP/1.1\r\nHost: h\r\ncontent-TYPE: t\r\nX-A: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        for name in ["host", "HOST", "Content-Type", "content-type", "x-a", "X-A"] {
+            assert!(head.names.may_hold(name.as_bytes()), "{name}");
+        }
+        // Absent names the request path looks up, told apart without a scan.
+        for name in ["if-none-match", "if-match", "authorization", ""] {
+            assert!(!head.names.may_hold(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]
