@@ -164,11 +164,11 @@ for round in $(seq 1 "$rounds"); do
       # The warm-up is its own run, so that the CPU read covers the measured
       # window only.
       taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 \
-        -R "$rate" -d 1s --max-error-ratio 1 > /dev/null
+        -R "$rate" -d 1s --max-error-ratio 1 > /dev/null || [ $? -eq 1 ]
       open_before=$(cpu_ticks "$server_pid")
       open_redis_before=$(redis_ticks)
       taskset -c "$load_cpu" "$millrace" load "$url" "$@" -c 64 \
-        -R "$rate" -d "${duration}s" --max-error-ratio 1 --json "$work/open.json" > /dev/null
+        -R "$rate" -d "${duration}s" --max-error-ratio 1 --json "$work/open.json" > /dev/null || [ $? -eq 1 ]
       open_after=$(cpu_ticks "$server_pid")
       open_redis_after=$(redis_ticks)
       line=$(python3 - "$work/closed.json" "$work/open.json" "$((after - before))" "$((redis_after - redis_before))" \

@@ -20,6 +20,18 @@ need_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 }
 
+# hdrh_python: a Python with the `hdrhistogram` package (an HdrHistogram
+# implementation other than millrace's) in var/pyvenv, made if missing;
+# prints its path. Call from the repository root.
+hdrh_python() {
+  local venv="$PWD/var/pyvenv"
+  if ! "$venv/bin/python" -c 'import hdrh' 2> /dev/null; then
+    python3 -m venv "$venv" > /dev/null
+    "$venv/bin/pip" install --quiet --disable-pip-version-check hdrhistogram==0.10.8 > /dev/null
+  fi
+  echo "$venv/bin/python"
+}
+
 # free_port: a TCP port on 127.0.0.1 nothing listens on right now.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -69,8 +69,9 @@ url="http://127.0.0.1:$port/plaintext"
 # load NAME ARGS...: one millrace load run on the load CPU, its JSON kept as NAME.
 load() {
   local name="$1"; shift
+  # Status 1: errors, or the generator fell behind; the table says which.
   "$millrace" load "$url" --cores "$load_cpu," -c 64 -d "${duration}s" --warmup 1s \
-    --json "$work/$name.json" "$@"
+    --json "$work/$name.json" "$@" || [ $? -eq 1 ]
 }
 step "millrace load: closed loop, 64 connections, depth 1, ${duration} s, on CPU $load_cpu"
 load depth-1 -p 1
@@ -81,10 +82,10 @@ step "millrace load: open loop at $rate requests/s (half the depth-1 rate), 64 c
 load open-loop -R "$rate"
 step "millrace load: GET/PUT /v1/kv, 90% reads over 10,000 keys, 5,000 requests/s, open loop, 16 connections"
 "$millrace" load "http://127.0.0.1:$port" --workload kv --read-ratio 0.9 --keys 10000 \
-  --cores "$load_cpu," -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/kv.json"
+  --cores "$load_cpu," -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/kv.json" || [ $? -eq 1 ]
 step "millrace load: POST /v1/events, 5,000 posts/s of 10 events, open loop, 16 connections"
 "$millrace" load "http://127.0.0.1:$port" --workload events --batch 10 --cores "$load_cpu," \
-  -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/events.json"
+  -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/events.json" || [ $? -eq 1 ]
 
 step "the write-back queue drains into PostgreSQL (GET /v1/stats)"
 stats() { curl -fsS "http://127.0.0.1:$port/v1/stats"; }
@@ -102,14 +103,16 @@ wait "$server" && echo "millrace exited 0"
 step "one millrace executor (latency per request; open loop corrected for coordinated omission; kv: 90% GET; events: posts of 10)"
 python3 - "$work" <<'PY'
 import json, os, sys
-print("| run | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| run | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | generator |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
 for name in ("depth-1", "depth-16", "open-loop", "kv", "events"):
     r = json.load(open(os.path.join(sys.argv[1], name + ".json")))
     l = r["latency_ms"]
     errors = sum(v for v in r["errors"].values())
+    g = r["generator"]
+    kept_up = "behind: latencies invalid" if g["behind"] else f"kept up ({g['cpu_busy'] * 100:.0f}% CPU)"
     print(f"| {name} | {r['requests_per_s']:,.0f} | {l['p50']:.3f} | {l['p90']:.3f} | {l['p99']:.3f} "
-          f"| {l['p99.9']:.3f} | {l['max']:.3f} | {errors} |")
+          f"| {l['p99.9']:.3f} | {l['max']:.3f} | {errors} | {kept_up} |")
 PY
 echo
 echo "The full report, side by side with peers: scripts/bench.sh (latest: benches/results/latest.json and benches/results/*.md)."

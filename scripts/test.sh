@@ -5,7 +5,8 @@
 # drive; redis-server and redis-cli, from which each Redis test starts its
 # own cluster on free loopback ports with scripts/redis-cluster.sh;
 # PostgreSQL, of which each write-back test starts its own instance with
-# scripts/postgres.sh; pkg-config and libssl-dev, to build the TLS client for
+# scripts/postgres.sh; Python's hdrhistogram package, in var/pyvenv, which
+# reads millrace load's interval logs independently; pkg-config and libssl-dev, to build the TLS client for
 # PostgreSQL against the system's OpenSSL), then
 # checks formatting and lints (clippy, and shellcheck on every script) and runs
 # every test: unit tests of the sans-IO protocol code, and integration tests
@@ -19,7 +20,10 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd pkg-config libssl-dev
+need_packages curl python3 python3-venv ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd pkg-config libssl-dev
+
+step "Python's HdrHistogram, to read interval logs independently (var/pyvenv)"
+hdrh_python > /dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,5 +1,5 @@
-//! The `millrace` command: `serve`, `load`, `writeback`, `doctor`, `plan`
-//! and `plot`.
+//! The `millrace` command: `serve`, `load`, `report`, `writeback`,
+//! `doctor`, `plan` and `plot`.
 
 use std::process::ExitCode;
 
@@ -26,6 +26,8 @@ enum Command {
     Serve(Box<ServeOptions>),
     /// Load an HTTP/1.1 server and report throughput and latency percentiles (coordinated-omission corrected in open loop)
     Load(Box<LoadOptions>),
+    /// Add the interval logs of several load runs (other machines' included) into one report
+    Report(load::merge::ReportOptions),
     /// Drain the write-back queue from Redis into PostgreSQL (the database core, on its own)
     Writeback(Box<WritebackOptions>),
     /// Check this host: kernel, io_uring features, limits; exits 1 if millrace cannot run
@@ -63,9 +65,32 @@ fn main() -> ExitCode {
                 );
                 ExitCode::FAILURE
             }
+            Ok(outcome) if outcome.slo_missed => {
+                eprintln!("millrace load: no rate in --rate-range met --slo");
+                ExitCode::FAILURE
+            }
+            Ok(outcome) if outcome.generator_behind => {
+                eprintln!(
+                    "millrace load: the generator fell behind its schedule: these latencies are not the server's"
+                );
+                ExitCode::FAILURE
+            }
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("millrace load: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Report(options) => match load::merge::run(&options) {
+            Ok(merged) if merged.report.generator.behind => {
+                eprintln!(
+                    "millrace report: a generator fell behind its schedule: these latencies are not the server's"
+                );
+                ExitCode::FAILURE
+            }
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("millrace report: {error}");
                 ExitCode::from(2)
             }
         },

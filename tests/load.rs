@@ -25,6 +25,12 @@ enum Behaviour {
     CloseAfter(u64),
     /// Answers with bytes that are not HTTP.
     Garbage,
+    /// GET answered at once, anything else after the delay.
+    SlowWrites(Duration),
+    /// Answers this many requests per second at most, over every
+    /// connection, in arrival order: below that rate at once, above it
+    /// each waits behind those before it (a latency knee at that rate).
+    Capacity(u32),
     /// Answers at once, except that every answer due in the window from
     /// `at` to `at + length` after start waits for the window's end.
     StallOnce { at: Duration, length: Duration },
@@ -116,6 +122,19 @@ fn serve(
                 Behaviour::ByMethod => out.extend_from_slice(
                     b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
                 ),
+                Behaviour::Capacity(per_second) => {
+                    thread::sleep(capacity_slot(per_second).saturating_duration_since(Instant::now()));
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+                Behaviour::SlowWrites(delay) => {
+                    if !get {
+                        thread::sleep(delay);
+                    }
+                    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
                 Behaviour::CloseAfter(_) | Behaviour::StallOnce { .. } => {
                     out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                 }
@@ -138,6 +157,18 @@ fn serve(
             return;
         }
     }
+}
+
+/// When the next request may be answered under `Behaviour::Capacity`: one
+/// slot every `1 / per_second` seconds, shared by every connection.
+fn capacity_slot(per_second: u32) -> Instant {
+    static NEXT_FREE: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut next = NEXT_FREE.lock().unwrap();
+    let now = Instant::now();
+    // Idle time is not saved up: a slot is never earlier than now.
+    let slot = next.map_or(now, |n| n.max(now)) + Duration::from_secs(1) / per_second;
+    *next = Some(slot);
+    slot
 }
 
 /// The method and length of the first whole request in `input`.
@@ -205,6 +236,13 @@ fn assert_counts_add_up(report: &Value) {
         .map(|k| count(report, &format!("/errors/{k}")))
         .sum();
     assert_eq!(failed, kinds, "{report}");
+    let by_operation: u64 = report["operations"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|op| op["answered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_operation, answered, "{report}");
     let statuses: u64 = ["1xx", "2xx", "3xx", "4xx", "5xx"]
         .iter()
         .map(|c| count(report, &format!("/statuses/{c}")))
@@ -325,15 +363,445 @@ fn pipelined_answers_are_matched_in_order() {
     assert_eq!(gets + puts, 4000);
     // Every GET's answer was the 404, every PUT's the 202: one answer
     // attributed to the wrong request would show up here.
-    assert_eq!(count(&report, "/operations/GET/4xx"), gets, "{report}");
-    assert_eq!(count(&report, "/operations/GET/2xx"), 0, "{report}");
-    assert_eq!(count(&report, "/operations/PUT/2xx"), puts, "{report}");
-    assert_eq!(count(&report, "/operations/PUT/4xx"), 0, "{report}");
+    assert_eq!(
+        count(&report, "/operations/GET/statuses/4xx"),
+        gets,
+        "{report}"
+    );
+    assert_eq!(
+        count(&report, "/operations/GET/statuses/2xx"),
+        0,
+        "{report}"
+    );
+    assert_eq!(
+        count(&report, "/operations/PUT/statuses/2xx"),
+        puts,
+        "{report}"
+    );
+    assert_eq!(
+        count(&report, "/operations/PUT/statuses/4xx"),
+        0,
+        "{report}"
+    );
     // A read of an absent key is an answer, not an error.
     assert_eq!(count(&report, "/errors/status"), 0);
 }
 
 /// The run must end on time whatever the server does.
+#[test]
+fn each_operation_has_its_own_latency() {
+    let delay = Duration::from_millis(40);
+    let fake = FakeServer::start(Behaviour::SlowWrites(delay));
+    let (report, output) = load(&[
+        &fake.url(),
+        "--workload",
+        "kv",
+        "--read-ratio",
+        "0.5",
+        "-c",
+        "4",
+        "-n",
+        "200",
+        "-d",
+        "20s",
+        "--seed",
+        "3",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_counts_add_up(&report);
+    let gets = count(&report, "/operations/GET/answered");
+    let puts = count(&report, "/operations/PUT/answered");
+    assert_eq!(gets, fake.gets.load(Ordering::Relaxed));
+    assert_eq!(gets + puts, 200);
+    let ms = |path: &str| report.pointer(path).and_then(Value::as_f64).unwrap();
+    // One histogram for both would put the median of one near the other's.
+    let slow = delay.as_secs_f64() * 1000.0;
+    assert!(ms("/operations/PUT/latency_ms/p50") >= slow, "{report}");
+    assert!(
+        ms("/operations/GET/latency_ms/p50") < slow / 2.0,
+        "{report}"
+    );
+    assert!(ms("/latency_ms/max") >= ms("/operations/PUT/latency_ms/max"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("Operation") && text.contains("    PUT"),
+        "{text}"
+    );
+}
+
+/// The Python with the `hdrhistogram` package scripts/test.sh sets up.
+fn hdrh_python() -> std::path::PathBuf {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("var/pyvenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test.sh makes it (hdrh_python in scripts/lib.sh)",
+        python.display()
+    );
+    python
+}
+
+/// scripts/hlog_summary.py over `logs`: per tag, counts and percentiles.
+fn python_summary(logs: &[&std::path::Path]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/hlog_summary.py");
+    let output = Command::new(hdrh_python())
+        .arg(script)
+        .args(logs)
+        .output()
+        .expect("run scripts/hlog_summary.py");
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `a` and `b` (milliseconds, each from a count of nanoseconds) are the
+/// same value.
+fn same_value(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9
+}
+
+#[test]
+fn interval_logs_read_elsewhere_give_the_reports_figures() {
+    let fake = FakeServer::start(Behaviour::SlowWrites(Duration::from_millis(3)));
+    let hlog = tempfile("hlog");
+    let timeline = tempfile("svg");
+    let (report, output) = load(&[
+        &fake.url(),
+        "--workload",
+        "kv",
+        "--read-ratio",
+        "0.7",
+        "-c",
+        "8",
+        "-d",
+        "2500ms",
+        "--hlog",
+        hlog.to_str().unwrap(),
+        "--timeline",
+        timeline.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let svg = std::fs::read_to_string(&timeline).unwrap();
+    assert!(
+        svg.contains("p99 corrected") && svg.contains("polyline"),
+        "{svg}"
+    );
+    let summary = python_summary(&[&hlog]);
+    for op in ["GET", "PUT"] {
+        for (tag, latency) in [
+            (op.to_string(), "latency_ms"),
+            (format!("{op}.uncorrected"), "uncorrected_latency_ms"),
+        ] {
+            let theirs = &summary[&tag];
+            // A 2.5 s run: seconds 0, 1 and the half second 2.
+            assert_eq!(theirs["intervals"], 3, "{tag}: {summary}");
+            assert_eq!(
+                theirs["count"].as_u64().unwrap(),
+                count(&report, &format!("/operations/{op}/answered")),
+                "{tag}"
+            );
+            for (p, ours) in [
+                ("p50_ms", "p50"),
+                ("p99_ms", "p99"),
+                ("p99.9_ms", "p99.9"),
+                ("max_ms", "max"),
+            ] {
+                let ours = report["operations"][op][latency][ours].as_f64().unwrap();
+                let theirs = theirs[p].as_f64().unwrap();
+                assert!(
+                    same_value(ours, theirs),
+                    "{tag} {p}: ours {ours}, theirs {theirs}"
+                );
+            }
+        }
+    }
+    let seconds = report["interval_latency_ms"].as_array().unwrap();
+    assert_eq!(seconds.len(), 3, "{report}");
+    let answered: u64 = seconds
+        .iter()
+        .map(|s| s["answered"].as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, count(&report, "/requests/answered"));
+    let _ = std::fs::remove_file(hlog);
+    let _ = std::fs::remove_file(timeline);
+}
+
+#[test]
+fn report_adds_runs_as_one() {
+    let fake = FakeServer::start(Behaviour::SlowWrites(Duration::from_millis(2)));
+    let logs = [tempfile("hlog"), tempfile("hlog")];
+    let mut reports = Vec::new();
+    for (log, read_ratio) in logs.iter().zip(["0.9", "0.2"]) {
+        let (report, output) = load(&[
+            &fake.url(),
+            "--workload",
+            "kv",
+            "--read-ratio",
+            read_ratio,
+            "-c",
+            "4",
+            "-n",
+            "600",
+            "--hlog",
+            log.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        reports.push(report);
+    }
+    let json = tempfile("json");
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("report")
+        .args(&logs)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run millrace report");
+    assert!(output.status.success(), "{output:?}");
+    let merged: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let sum = |path: &str| reports.iter().map(|r| count(r, path)).sum::<u64>();
+    for path in [
+        "/requests/answered",
+        "/requests/issued",
+        "/operations/GET/answered",
+        "/operations/PUT/answered",
+        "/shape/connections",
+    ] {
+        assert_eq!(count(&merged, path), sum(path), "{path}");
+    }
+    // The merged percentiles are those of every sample at once, as an
+    // independent reader adds them: not an average of the two runs'.
+    let summary = python_summary(&[&logs[0], &logs[1]]);
+    for op in ["GET", "PUT"] {
+        for (p, ours) in [("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")] {
+            let ours = merged["operations"][op]["latency_ms"][ours]
+                .as_f64()
+                .unwrap();
+            let theirs = summary[op][p].as_f64().unwrap();
+            assert!(
+                same_value(ours, theirs),
+                "{op} {p}: ours {ours}, theirs {theirs}"
+            );
+        }
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("2 logs added"), "{text}");
+    // Not logs: a clear error, exit status 2.
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["report", "Cargo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Cargo.toml"),
+        "{output:?}"
+    );
+    for path in logs.iter().chain([&json]) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn generators_started_at_one_time_start_together() {
+    let fake = FakeServer::start(Behaviour::CloseAfter(u64::MAX));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let at = format!("{:.3}", now + 1.5);
+    let invoked = Instant::now();
+    let (report, output) = load(&[&fake.url(), "-n", "20", "--start-at", &at]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        invoked.elapsed() >= Duration::from_millis(1400),
+        "it waited for --start-at"
+    );
+    assert_eq!(count(&report, "/requests/answered"), 20);
+    assert_eq!(
+        report["shape"]["start_at"].as_f64().unwrap(),
+        at.parse::<f64>().unwrap()
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("clocks must agree"), "{text}");
+}
+
+#[test]
+fn a_starved_generator_is_reported_behind_not_as_server_latency() {
+    let fake = FakeServer::start(Behaviour::CloseAfter(u64::MAX));
+    // The generator's CPU, kept busy by three spinning processes: it gets
+    // about a quarter of it, in slices of milliseconds.
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = (cpus - 1).to_string();
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new("taskset")
+                .args(["-c", &cpu, "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .expect("run taskset")
+        })
+        .collect();
+    let (report, output) = load(&[
+        &fake.url(),
+        "--cores",
+        &format!("{cpu},"),
+        "-c",
+        "8",
+        "-R",
+        "20000",
+        "-d",
+        "2s",
+        "--max-send-lag",
+        "1ms",
+    ]);
+    for mut spinner in spinners {
+        let _ = spinner.kill();
+        let _ = spinner.wait();
+    }
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(report["generator"]["behind"], true, "{report}");
+    let lag_p99 = report["generator"]["send_lag_ms"]["p99"].as_f64().unwrap();
+    assert!(lag_p99 > 1.0, "{report}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("INVALID"), "{text}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not the server's"));
+}
+
+#[test]
+fn a_generator_with_time_to_spare_is_not_behind() {
+    let fake = FakeServer::start(Behaviour::CloseAfter(u64::MAX));
+    let (report, output) = load(&[
+        &fake.url(),
+        "-c",
+        "4",
+        "-R",
+        "200",
+        "-d",
+        "1s",
+        "--max-send-lag",
+        "50ms",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(report["generator"]["behind"], false, "{report}");
+    let lag = &report["generator"]["send_lag_ms"];
+    assert!(lag["p99"].as_f64().unwrap() < 50.0, "{report}");
+    assert!(
+        report["generator"]["cpu_busy"].as_f64().unwrap() < 0.97,
+        "{report}"
+    );
+    // A closed loop has no schedule to fall behind.
+    let (report, output) = load(&[&fake.url(), "-c", "2", "-n", "100"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(report["generator"]["send_lag_ms"].is_null(), "{report}");
+}
+
+#[test]
+fn the_slo_search_finds_a_known_knee() {
+    let capacity = 2000.0;
+    let fake = FakeServer::start(Behaviour::Capacity(capacity as u32));
+    let json = tempfile("json");
+    let plot = tempfile("svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args([
+            "load",
+            &fake.url(),
+            "-c",
+            "16",
+            "--warmup",
+            "200ms",
+            "-d",
+            "1s",
+        ])
+        .args(["--slo", "p99<20ms", "--rate-range", "500..16000"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("run millrace load");
+    assert!(output.status.success(), "{output:?}");
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let best = result["best_rate_per_s"].as_f64().unwrap();
+    let missed = result["first_missed_per_s"].as_f64().unwrap();
+    assert!(
+        (capacity * 0.9..=capacity * 1.02).contains(&best),
+        "the knee is at {capacity}/s; the search says {best}: {result}"
+    );
+    assert!(missed > best && missed <= best * 1.05 + 1.0, "{result}");
+    let steps = result["steps"].as_array().unwrap();
+    assert!(steps.len() >= 5, "{result}");
+    // A step may be not measured (its generator fell behind on a busy
+    // machine); the search goes no higher than it and still converges.
+    for verdict in ["met", "missed"] {
+        assert!(steps.iter().any(|s| s["verdict"] == verdict), "{result}");
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.contains("p99.9") && svg.contains("requests/s answered"),
+        "{svg}"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("met at"), "{text}");
+    // No rate meets an objective below the server's own time: exit 1.
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["load", &fake.url(), "-c", "4", "-d", "300ms"])
+        .args(["--slo", "p50<1us", "--rate-range", "1000..2000"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("missed at every rate"));
+    let _ = std::fs::remove_file(json);
+    let _ = std::fs::remove_file(plot);
+}
+
+#[test]
+fn each_scenario_template_is_an_operation() {
+    let fake = FakeServer::start(Behaviour::ByMethod);
+    let scenario = tempfile("toml");
+    std::fs::write(
+        &scenario,
+        r#"
+[variables]
+id = { zipf = [1, 50] }
+
+[[request]]
+name = "look"
+weight = 4
+path = "/things/{id}"
+absent_ok = true
+
+[[request]]
+name = "store"
+method = "POST"
+path = "/things"
+body = '{"id": {id}}'
+"#,
+    )
+    .unwrap();
+    let (report, output) = load(&[
+        &fake.url(),
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "-c",
+        "4",
+        "-n",
+        "1000",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    assert_counts_add_up(&report);
+    // The fake answers GET with 404 (an answer here) and anything else 202.
+    let looks = count(&report, "/operations/look/answered");
+    let stores = count(&report, "/operations/store/answered");
+    assert_eq!(looks, fake.gets.load(Ordering::Relaxed));
+    assert_eq!(stores, fake.others.load(Ordering::Relaxed));
+    assert_eq!(count(&report, "/operations/look/statuses/4xx"), looks);
+    assert_eq!(count(&report, "/operations/store/statuses/2xx"), stores);
+    assert_eq!(count(&report, "/errors/status"), 0);
+    assert!(
+        (700..=900).contains(&looks),
+        "weights 4:1 over 1,000: {looks}"
+    );
+    assert_eq!(report["shape"]["workload"], "scenario");
+    let _ = std::fs::remove_file(scenario);
+}
+
 fn assert_ends_on_time(started: Instant, duration: Duration) {
     let took = started.elapsed();
     assert!(took < duration + Duration::from_secs(3), "took {took:?}");
@@ -473,6 +941,46 @@ fn invalid_flags_get_clear_errors() {
             "cannot read",
         ),
         (&["http://127.0.0.1:1/", "-H", "no colon"], "Name: value"),
+        (&["http://127.0.0.1:1/", "--start-at", "1000"], "ago"),
+        (&["http://127.0.0.1:1/", "--slo", "p99<1ms"], "--rate-range"),
+        (
+            &[
+                "http://127.0.0.1:1/",
+                "--slo",
+                "p99",
+                "--rate-range",
+                "1..2",
+            ],
+            "PERCENTILE<TIME",
+        ),
+        (
+            &[
+                "http://127.0.0.1:1/",
+                "--slo",
+                "p99<1ms",
+                "--rate-range",
+                "1..2",
+                "-R",
+                "5",
+            ],
+            "not for --slo",
+        ),
+        (
+            &["http://127.0.0.1:1/", "--rate-range", "1..2"],
+            "is for --slo",
+        ),
+        (
+            &["http://127.0.0.1:1/", "--scenario", "/nonexistent.toml"],
+            "cannot read",
+        ),
+        (
+            &["http://127.0.0.1:1/", "--workload", "scenario"],
+            "needs --scenario",
+        ),
+        (
+            &["http://127.0.0.1:1/", "--hlog", "/nonexistent/dir/x.hlog"],
+            "cannot write",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
             .arg("load")

@@ -12,10 +12,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::intervals::Interval;
 use super::stats::{Failure, Stats, second_of};
 use super::workload::{Encoded, Workload};
 use crate::http::client::{ResponseReader, Step};
@@ -74,6 +75,8 @@ pub struct ThreadPlan {
     pub max_response_head_bytes: usize,
     /// Keep a ledger of every sent request's event ids and answer.
     pub ledger: bool,
+    /// Where each second's latencies go once the second is over.
+    pub intervals: Option<mpsc::Sender<Interval>>,
 }
 
 /// When a run starts, is measured from, and ends; the same for every thread.
@@ -189,10 +192,12 @@ impl Recorder<'_> {
         second_of(self.now, self.measure_start)
     }
 
-    fn fail(&mut self, kind: Failure, request_start: Instant) {
+    /// A request started at `request_start` failed: one sent as
+    /// `operation`, or (`None`) one that was never sent.
+    fn fail(&mut self, kind: Failure, operation: Option<u8>, request_start: Instant) {
         if self.measured(request_start) {
             let second = self.second();
-            self.stats.fail(kind, second);
+            self.stats.fail(kind, operation, second);
         }
     }
 
@@ -204,7 +209,7 @@ impl Recorder<'_> {
 
     /// A sent request failed: it may or may not have been carried out.
     fn fail_sent(&mut self, kind: Failure, request: &Waiting) {
-        self.fail(kind, request.start);
+        self.fail(kind, Some(request.encoded.operation), request.start);
         self.stats.record_ledger(request.encoded.events, None);
     }
 }
@@ -238,6 +243,8 @@ pub struct Engine {
     next_scheduled: u64,
     /// Requests started, warm-up included; measured ones are in `stats.issued`.
     started: u64,
+    /// This thread's CPU time when measurement started.
+    cpu_at_measure_start: Option<Duration>,
     completions: Vec<Completion>,
     now: Instant,
     next_sweep: Instant,
@@ -263,12 +270,19 @@ impl Engine {
             buffers,
             conns,
             rng: Rng::new(plan.seed),
-            stats: Stats::new(operations).with_ledger(plan.ledger),
+            stats: match &plan.intervals {
+                Some(to) => {
+                    Stats::new(operations).with_intervals_to(usize::from(plan.index), to.clone())
+                }
+                None => Stats::new(operations),
+            }
+            .with_ledger(plan.ledger),
             progress,
             touched: Vec::new(),
             reconnects: Vec::new(),
             next_scheduled: 0,
             started: 0,
+            cpu_at_measure_start: None,
             completions: Vec::new(),
             now,
             next_sweep: now,
@@ -310,8 +324,15 @@ impl Engine {
                 self.next_sweep = self.now + self.sweep_interval;
             }
             self.settle_touched();
+            if self.cpu_at_measure_start.is_none() && self.now >= timing.measure_start {
+                self.cpu_at_measure_start = Some(thread_cpu_time());
+            }
             if self.now >= self.next_progress {
                 self.publish_progress();
+                if self.now >= timing.measure_start {
+                    // A second with no answers still ends.
+                    self.stats.tick(second_of(self.now, timing.measure_start));
+                }
                 self.next_progress = self.now + PROGRESS_INTERVAL;
             }
             self.enter()?;
@@ -361,6 +382,10 @@ impl Engine {
             }
             let slot = (self.next_scheduled % self.conns.len() as u64) as usize;
             self.next_scheduled += 1;
+            if due >= self.timing.measure_start {
+                // How late this thread saw a request come due: its own delay.
+                self.stats.send_lag(self.now.saturating_duration_since(due));
+            }
             self.issue(due);
             self.conns[slot].queued.push_back(due);
             self.touch(slot);
@@ -418,7 +443,7 @@ impl Engine {
                 .is_some_and(|&start| now >= start + timeout)
             {
                 let start = conn.queued.pop_front().expect("checked above");
-                recorder.fail(Failure::Timeout, start);
+                recorder.fail(Failure::Timeout, None, start);
             }
             if conn.state == State::Connecting
                 && !conn.connect_counted
@@ -426,7 +451,7 @@ impl Engine {
             {
                 if now >= recorder.measure_start {
                     let second = recorder.second();
-                    recorder.stats.fail(Failure::Connect, second);
+                    recorder.stats.fail(Failure::Connect, None, second);
                 }
                 conn.connect_counted = true;
                 conn.connect_failures += 1;
@@ -619,6 +644,7 @@ impl Engine {
             if !conn.connect_counted && self.now >= self.timing.measure_start {
                 self.stats.fail(
                     Failure::Connect,
+                    None,
                     second_of(self.now, self.timing.measure_start),
                 );
             }
@@ -741,6 +767,12 @@ impl Engine {
                 .count() as u64;
         }
         self.stats.unfinished = unfinished;
+        if let Some(cpu) = self.cpu_at_measure_start {
+            let wall = self.now.saturating_duration_since(measure_start);
+            self.stats
+                .cpu_busy(thread_cpu_time().saturating_sub(cpu), wall);
+        }
+        self.stats.end_intervals();
         self.publish_progress();
     }
 
@@ -850,6 +882,20 @@ fn record_answer(recorder: &mut Recorder<'_>, request: &Waiting, status: u16) {
         recorder.now.saturating_duration_since(request.sent),
         second,
     );
+}
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `now` is.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Wake-ups for scheduled sends land within a microsecond of their time

@@ -3,34 +3,45 @@
 //! with HdrHistogram and correcting for coordinated omission in open loop.
 //!
 //! - [`options`]: flags, checked into a [`LoadPlan`].
-//! - [`workload`]: what each request is (a URL, a key-value mix, event batches).
+//! - [`workload`]: what each request is (a URL, a key-value mix, event
+//!   batches, a [`scenario`]'s templates).
 //! - [`engine`]: one thread's connections, requests and answers.
 //! - [`stats`]: what a thread measured, merged exactly across threads.
+//! - [`intervals`]: each second's latencies, added across threads, and the
+//!   HdrHistogram interval log.
 //! - [`ledger`]: which events each request carried and how it was answered.
 //! - [`report`] and [`plot`]: the table, JSON, `.hgrm` and SVG.
+//! - [`merge`]: `millrace report`, several runs' interval logs as one report.
+//! - [`slo`]: `--slo`, the highest rate at which a latency objective holds.
 
 pub mod engine;
+pub mod intervals;
 pub mod ledger;
+pub mod merge;
 pub mod options;
 pub mod plot;
 pub mod report;
+pub mod scenario;
+pub mod slo;
 pub mod stats;
 pub mod workload;
 
+use std::collections::VecDeque;
 use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use engine::{Engine, Progress, ThreadPlan, Timing};
+use intervals::{HlogWriter, INTERVAL, Interval, IntervalMerger};
 use options::LoadPlan;
-use report::{Report, Shape};
-use stats::Stats;
+use report::{Generator, IntervalLatency, Report, Shape};
+use stats::{Latencies, Stats};
 use workload::Workload;
 
-pub use options::LoadOptions;
+pub use options::{LoadOptions, Outputs};
 
 /// When the threads start, after they have all set up.
 const START_DELAY: Duration = Duration::from_millis(20);
@@ -42,21 +53,87 @@ pub struct Outcome {
     pub report: Report,
     /// Errors exceeded `--max-error-ratio`.
     pub too_many_errors: bool,
+    /// The generator fell behind its schedule: the latencies are not the
+    /// server's.
+    pub generator_behind: bool,
+    /// `--slo`: no rate in the range met the objective.
+    pub slo_missed: bool,
 }
 
-/// Run the load `options` describe, print the table, write the files asked
-/// for. Errors are sentences for the user.
+/// Run the load `options` describe (or, with `--slo`, the search it asks
+/// for), print the table, write the files asked for. Errors are sentences
+/// for the user.
 pub fn run(options: LoadOptions) -> Result<Outcome, String> {
     let plan = options.resolve(&crate::server::available_cpus())?;
-    let shape = shape(&plan);
+    if let Some(objectives) = &plan.slo {
+        return slo::search(&plan, objectives);
+    }
+    // Made now: a file that cannot be written stops the run before it starts.
+    let hlog_file = match &plan.hlog {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let Measured {
+        report,
+        stats: total,
+        ledger,
+        hlog,
+    } = measure(&plan, hlog_file, std::io::stderr().is_terminal())?;
+    print!("{}", report.table());
+    plan.outputs
+        .write(&report, &total, &plan.target.url, plan.rate.is_some())?;
+    if let (Some(hlog), Some(path)) = (hlog, &plan.hlog) {
+        let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+        hlog.finish(&json)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &plan.ledger {
+        ledger::write(path, &ledger)?;
+        println!("{}", ledger_summary(&ledger, path));
+    }
+    let too_many_errors = report.error_ratio > plan.max_error_ratio;
+    let generator_behind = report.generator.behind;
+    Ok(Outcome {
+        report,
+        too_many_errors,
+        generator_behind,
+        slo_missed: false,
+    })
+}
+
+/// What one run measured.
+pub struct Measured {
+    /// Its report.
+    pub report: Report,
+    /// Every thread's figures, added.
+    pub stats: Stats,
+    /// Every thread's ledger, when one was asked for.
+    pub ledger: Vec<ledger::Entry>,
+    /// Its interval log, open for the closing report line.
+    pub hlog: Option<HlogWriter<std::io::BufWriter<std::fs::File>>>,
+}
+
+/// Run `plan` once: set the threads up, start them together, gather each
+/// second and the totals. `hlog_file`: where the interval log goes;
+/// `show_progress`: a progress line on stderr.
+pub fn measure(
+    plan: &LoadPlan,
+    hlog_file: Option<std::fs::File>,
+    show_progress: bool,
+) -> Result<Measured, String> {
+    let shape = shape(plan);
     let operations = plan.workload.operations().len();
     let threads = plan.cpus.len();
     let progress: Vec<Arc<Progress>> = (0..threads).map(|_| Arc::default()).collect();
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (interval_tx, interval_rx) = mpsc::channel::<Interval>();
     let mut starts = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
-    for (index, thread_plan) in thread_plans(&plan).into_iter().enumerate() {
+    for (index, thread_plan) in thread_plans(plan, &interval_tx).into_iter().enumerate() {
         let cpu = plan.cpus[index];
         let (start_tx, start_rx) = mpsc::channel::<Timing>();
         starts.push(start_tx);
@@ -96,6 +173,9 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
         handles.push(handle);
     }
     drop(ready_tx);
+    // Each thread holds a sender until its last interval: the channel closes
+    // when every thread is done.
+    drop(interval_tx);
     for _ in 0..threads {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -104,7 +184,19 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
         }
     }
 
-    let start = Instant::now() + START_DELAY;
+    // Every thread is ready: start after a moment, or at --start-at.
+    let start = match plan.start_at {
+        None => Instant::now() + START_DELAY,
+        Some(at) => {
+            let ahead = at.duration_since(SystemTime::now()).map_err(|past| {
+                format!(
+                    "--start-at passed {:.3} s ago, while the threads set up",
+                    past.duration().as_secs_f64()
+                )
+            })?;
+            Instant::now() + ahead
+        }
+    };
     let measure_start = start + plan.warmup;
     // A run bounded only by --requests still ends: at the latest a day later.
     let end = measure_start + plan.duration.unwrap_or(Duration::from_secs(86_400));
@@ -116,10 +208,51 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
     for start in starts {
         let _ = start.send(timing);
     }
-    let display = std::io::stderr().is_terminal().then(|| {
+    let measure_start_wall =
+        SystemTime::now() + measure_start.saturating_duration_since(Instant::now());
+    let mut hlog = match (hlog_file, &plan.hlog) {
+        (Some(file), Some(path)) => {
+            let comment = header(&shape);
+            let names = &shape.operations;
+            Some(
+                HlogWriter::new(
+                    std::io::BufWriter::new(file),
+                    names,
+                    measure_start_wall,
+                    &comment,
+                )
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let display = show_progress.then(|| {
         eprintln!("{}", header(&shape));
-        show_progress(&progress, timing, &handles)
+        Display::new()
     });
+    let mut seconds = Seconds {
+        merger: IntervalMerger::new(threads, operations),
+        held: VecDeque::new(),
+        latency: Vec::new(),
+        measure_start,
+    };
+    loop {
+        match interval_rx.recv_timeout(DISPLAY_INTERVAL) {
+            Ok(interval) => {
+                let done = seconds.merger.add(interval);
+                seconds.take(done, Instant::now(), hlog.as_mut())?;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(display) = &display {
+            display.show(&progress, timing);
+        }
+    }
+    let finished = Instant::now().min(end);
+    let left = seconds.merger.finish();
+    seconds.take(left, finished, hlog.as_mut())?;
+    seconds.flush(finished, hlog.as_mut())?;
     let mut total = Stats::new(operations);
     let mut ledger = Vec::new();
     let mut failure = None;
@@ -137,30 +270,26 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
             }
         }
     }
-    if let Some(bar) = display {
-        bar.finish_and_clear();
+    if let Some(display) = display {
+        display.bar.finish_and_clear();
     }
     if let Some(e) = failure {
         return Err(e);
     }
-    let finished = Instant::now().min(end);
     let elapsed = finished.saturating_duration_since(measure_start);
-    let report = Report::new(shape, &total, elapsed.as_secs_f64());
-    print!("{}", report.table());
-    write_outputs(&plan, &report, &total)?;
-    if let Some(path) = &plan.ledger {
-        ledger::write(path, &ledger)?;
-        println!("{}", ledger_summary(&ledger, path));
-    }
-    let too_many_errors = report.error_ratio > plan.max_error_ratio;
-    Ok(Outcome {
+    let mut report = Report::new(shape, &total, elapsed.as_secs_f64());
+    report.interval_latency_ms = seconds.latency;
+    report.generator = Generator::judge(&total, plan.rate.is_some(), plan.max_send_lag);
+    Ok(Measured {
         report,
-        too_many_errors,
+        stats: total,
+        ledger,
+        hlog,
     })
 }
 
 /// Split connections, rate and request budget over the threads.
-fn thread_plans(plan: &LoadPlan) -> Vec<ThreadPlan> {
+fn thread_plans(plan: &LoadPlan, intervals: &mpsc::Sender<Interval>) -> Vec<ThreadPlan> {
     let threads = plan.cpus.len();
     let run_id = plan.seed.rotate_left(17) ^ 0x6d69_6c6c_7261_6365;
     (0..threads)
@@ -181,6 +310,7 @@ fn thread_plans(plan: &LoadPlan) -> Vec<ThreadPlan> {
                 seed: plan.seed.wrapping_add(index as u64 * 0x9e37_79b9_7f4a_7c15),
                 max_response_head_bytes: plan.max_response_head_bytes,
                 ledger: plan.ledger.is_some(),
+                intervals: Some(intervals.clone()),
             }
         })
         .collect()
@@ -220,6 +350,7 @@ fn shape(plan: &LoadPlan) -> Shape {
             Workload::Fixed(_) => "url",
             Workload::Kv(_) => "kv",
             Workload::Events(_) => "events",
+            Workload::Scenario(_) => "scenario",
         }
         .to_string(),
         threads: plan.cpus.len(),
@@ -233,6 +364,10 @@ fn shape(plan: &LoadPlan) -> Shape {
         timeout_ms: plan.timeout.as_secs_f64() * 1e3,
         seed: plan.seed,
         operations: plan.workload.operations(),
+        start_at: plan
+            .start_at
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64()),
     }
 }
 
@@ -259,21 +394,34 @@ fn header(shape: &Shape) -> String {
     )
 }
 
-/// A one-line display on a terminal, updated until every thread is done.
-fn show_progress(
-    progress: &[Arc<Progress>],
-    timing: Timing,
-    handles: &[thread::JoinHandle<Result<Stats, String>>],
-) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    let mut last = (Instant::now(), 0u64);
-    while handles.iter().any(|h| !h.is_finished()) {
-        thread::sleep(Duration::from_millis(200));
+/// How often the main thread looks at the threads' progress.
+const DISPLAY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A one-line display on a terminal, updated as the run goes.
+struct Display {
+    bar: indicatif::ProgressBar,
+    last: std::cell::Cell<(Instant, u64)>,
+}
+
+impl Display {
+    fn new() -> Self {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        Display {
+            bar,
+            last: std::cell::Cell::new((Instant::now(), 0)),
+        }
+    }
+
+    fn show(&self, progress: &[Arc<Progress>], timing: Timing) {
         let now = Instant::now();
+        let last = self.last.get();
+        if now.duration_since(last.0) < DISPLAY_INTERVAL {
+            return;
+        }
         let answered: u64 = progress
             .iter()
             .map(|p| p.answered.load(Ordering::Relaxed))
@@ -284,7 +432,7 @@ fn show_progress(
             .sum();
         let rate = (answered.saturating_sub(last.1)) as f64
             / now.duration_since(last.0).as_secs_f64().max(1e-3);
-        last = (now, answered);
+        self.last.set((now, answered));
         let phase = if now < timing.measure_start {
             "warming up".to_string()
         } else {
@@ -293,36 +441,77 @@ fn show_progress(
                 now.duration_since(timing.measure_start).as_secs_f64()
             )
         };
-        bar.set_message(format!(
+        self.bar.set_message(format!(
             "{phase}: {} answered, {}/s, {} errors",
             report::group(answered),
             report::group(rate as u64),
             report::group(errors)
         ));
-        bar.tick();
+        self.bar.tick();
     }
-    bar
 }
 
-fn write_outputs(plan: &LoadPlan, report: &Report, stats: &Stats) -> Result<(), String> {
-    if let Some(path) = &plan.hgrm {
-        std::fs::write(path, report::hgrm(&stats.corrected))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    if let Some(path) = &plan.json {
-        let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    if let Some(path) = &plan.plot {
-        let mut series = vec![("corrected".to_string(), &stats.corrected)];
-        if plan.rate.is_some() {
-            series.push(("uncorrected".to_string(), &stats.uncorrected));
+/// The run's seconds as the threads close them: added, then written to the
+/// interval log and read for the per-second percentiles once over.
+struct Seconds {
+    merger: IntervalMerger,
+    /// Seconds every thread closed, waiting for their end to pass (a
+    /// thread that finished early closes its last second early).
+    held: VecDeque<(usize, Vec<Latencies>)>,
+    latency: Vec<IntervalLatency>,
+    measure_start: Instant,
+}
+
+impl Seconds {
+    /// Take `done` seconds; write those over by `now`.
+    fn take(
+        &mut self,
+        done: Vec<(usize, Vec<Latencies>)>,
+        now: Instant,
+        hlog: Option<&mut HlogWriter<std::io::BufWriter<std::fs::File>>>,
+    ) -> Result<(), String> {
+        self.held.extend(done);
+        let measure_start = self.measure_start;
+        let over = |index: usize| measure_start + INTERVAL * (index as u32 + 1) <= now;
+        let mut hlog = hlog;
+        while self.held.front().is_some_and(|(index, _)| over(*index)) {
+            let (index, latencies) = self.held.pop_front().expect("checked above");
+            self.write(index, INTERVAL, &latencies, hlog.as_deref_mut())?;
         }
-        let title = format!("{} latency by percentile", plan.target.url);
-        plot::latency_by_percentile(path, &title, &series)?;
+        Ok(())
     }
-    Ok(())
+
+    /// The run ended at `end`: write what is held, the last second cut there.
+    fn flush(
+        &mut self,
+        end: Instant,
+        mut hlog: Option<&mut HlogWriter<std::io::BufWriter<std::fs::File>>>,
+    ) -> Result<(), String> {
+        while let Some((index, latencies)) = self.held.pop_front() {
+            let start = self.measure_start + INTERVAL * index as u32;
+            let length = end.saturating_duration_since(start).min(INTERVAL);
+            self.write(index, length, &latencies, hlog.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        index: usize,
+        length: Duration,
+        latencies: &[Latencies],
+        hlog: Option<&mut HlogWriter<std::io::BufWriter<std::fs::File>>>,
+    ) -> Result<(), String> {
+        if let Some(hlog) = hlog {
+            hlog.write(index, length, latencies)?;
+        }
+        let mut all = Latencies::new();
+        for l in latencies {
+            all.add(l);
+        }
+        self.latency.push(IntervalLatency::of(index, length, &all));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::server::config::CoreSpec;
 
+use super::report::Report;
+use super::scenario::Scenario;
+use super::stats::Stats;
 use super::workload::{EventBatches, EventsFormat, FixedRequest, KeyDistribution, KvMix, Workload};
 
 /// Requests in flight per connection at most.
@@ -26,6 +29,8 @@ pub enum WorkloadKind {
     Kv,
     /// POST {URL}/v1/events with --batch events per request (FlatBuffers, or JSON with --events-format json)
     Events,
+    /// The request templates of --scenario FILE.toml, by their weights, paths after {URL}
+    Scenario,
 }
 
 /// `millrace load` flags.
@@ -61,6 +66,27 @@ pub struct LoadOptions {
     /// A request with no answer this long after its start is a timeout; so is a connect that takes this long
     #[arg(long, value_parser = parse_duration, default_value = "2s", value_name = "TIME")]
     pub timeout: Duration,
+
+    /// Find the highest open-loop rate at which this objective on the corrected latency holds:
+    /// PERCENTILE<TIME, such as p99<1ms or p99.9<500us, several joined by commas. Needs
+    /// --rate-range; each step runs --duration (3s if unset, longer when the percentile needs
+    /// more requests) after --warmup. Exit status 1 when no rate met it
+    #[arg(long, value_name = "OBJECTIVE")]
+    pub slo: Option<String>,
+
+    /// --slo: the rates to search, LOW..HIGH requests per second (steps double from LOW)
+    #[arg(long, value_name = "LOW..HIGH")]
+    pub rate_range: Option<String>,
+
+    /// Open loop: the figures are invalid (exit status 1) when the generator saw 1% of requests
+    /// come due later than this: its own delay is not the server's latency
+    #[arg(long, value_parser = parse_duration, default_value = "2ms", value_name = "TIME")]
+    pub max_send_lag: Duration,
+
+    /// Start at this wall-clock time (seconds since the epoch, fractions allowed), so that
+    /// generators on several machines start together; their clocks must agree (NTP, PTP)
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub start_at: Option<f64>,
 
     /// Open loop: this many requests per second in all, spread evenly over the connections, latency measured from when each was due (coordinated omission corrected). Unset: closed loop, as fast as answers come
     #[arg(short = 'R', long, value_name = "REQ_PER_S")]
@@ -98,6 +124,11 @@ pub struct LoadOptions {
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     pub value_bytes: usize,
 
+    /// A TOML file of weighted request templates with variables (README.md, "Scenarios");
+    /// implies --workload scenario
+    #[arg(long, value_name = "FILE.toml")]
+    pub scenario: Option<PathBuf>,
+
     /// events: events per request
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub batch: usize,
@@ -118,6 +149,25 @@ pub struct LoadOptions {
     #[arg(long, default_value_t = 0.001, value_name = "RATIO")]
     pub max_error_ratio: f64,
 
+    #[command(flatten)]
+    /// Where the report goes besides the terminal.
+    pub outputs: Outputs,
+
+    /// Write each second's latency histograms here as an HdrHistogram interval log (one tag per
+    /// operation, and NAME.uncorrected), for `millrace report` or any HdrHistogram tool
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
+
+    /// events: write every sent request's event ids and answer status here, warm-up
+    /// included, to check against the database (about 32 bytes of memory per request until the end)
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+}
+
+/// Where a report goes besides the terminal: `millrace load`'s and
+/// `millrace report`'s flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Outputs {
     /// Write the corrected latency distribution here in HdrHistogram's percentile format (milliseconds)
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
@@ -130,10 +180,60 @@ pub struct LoadOptions {
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 
-    /// events: write every sent request's event ids and answer status here, warm-up
-    /// included, to check against the database (about 32 bytes of memory per request until the end)
-    #[arg(long, value_name = "FILE")]
-    pub ledger: Option<PathBuf>,
+    /// Draw requests/s and p99 per second (corrected and uncorrected) here as SVG
+    #[arg(long, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Refuse charts that would not be SVG.
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, path) in [("--plot", &self.plot), ("--timeline", &self.timeline)] {
+            if let Some(path) = path
+                && path.extension().is_none_or(|e| e != "svg")
+            {
+                return Err(format!(
+                    "{flag} {}: only SVG is drawn; name the file .svg",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `report` (of `stats`) to each file asked for; `title` says
+    /// what was loaded, `open_loop` whether uncorrected latency is drawn.
+    pub fn write(
+        &self,
+        report: &Report,
+        stats: &Stats,
+        title: &str,
+        open_loop: bool,
+    ) -> Result<(), String> {
+        if let Some(path) = &self.hgrm {
+            std::fs::write(path, super::report::hgrm(&stats.corrected()))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        if let Some(path) = &self.json {
+            let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+            std::fs::write(path, json + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        if let Some(path) = &self.plot {
+            let (corrected, uncorrected) = (stats.corrected(), stats.uncorrected());
+            let mut series = vec![("corrected".to_string(), &corrected)];
+            if open_loop {
+                series.push(("uncorrected".to_string(), &uncorrected));
+            }
+            let title = format!("{title} latency by percentile");
+            super::plot::latency_by_percentile(path, &title, &series)?;
+        }
+        if let Some(path) = &self.timeline {
+            let title = format!("{title} over time");
+            super::plot::timeline(path, &title, &report.interval_latency_ms)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the requests go.
@@ -235,7 +335,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The checked, resolved form of [`LoadOptions`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadPlan {
     /// Where requests go.
     pub target: Target,
@@ -253,6 +353,14 @@ pub struct LoadPlan {
     pub warmup: Duration,
     /// Per-request and connect timeout.
     pub timeout: Duration,
+    /// See [`LoadOptions::max_send_lag`].
+    pub max_send_lag: Duration,
+    /// `--slo`: the objectives to search for.
+    pub slo: Option<Vec<super::slo::Objective>>,
+    /// `--slo`: the rates to search.
+    pub rate_range: Option<(f64, f64)>,
+    /// When to start, on the wall clock; `None`: at once.
+    pub start_at: Option<std::time::SystemTime>,
     /// Open loop rate, requests per second.
     pub rate: Option<f64>,
     /// The requests.
@@ -263,12 +371,10 @@ pub struct LoadPlan {
     pub max_response_head_bytes: usize,
     /// Error ratio above which the exit status is 1.
     pub max_error_ratio: f64,
-    /// Output files.
-    pub hgrm: Option<PathBuf>,
-    /// See [`LoadOptions::json`].
-    pub json: Option<PathBuf>,
-    /// See [`LoadOptions::plot`].
-    pub plot: Option<PathBuf>,
+    /// Where the report is written.
+    pub outputs: Outputs,
+    /// See [`LoadOptions::hlog`].
+    pub hlog: Option<PathBuf>,
     /// See [`LoadOptions::ledger`].
     pub ledger: Option<PathBuf>,
 }
@@ -304,6 +410,28 @@ impl LoadOptions {
         if self.requests == Some(0) {
             return Err("--requests must be at least 1".into());
         }
+        if self.slo.is_some() {
+            if self.rate_range.is_none() {
+                return Err("--slo needs --rate-range LOW..HIGH: the rates to search".into());
+            }
+            for (flag, given) in [
+                ("--rate", self.rate.is_some()),
+                ("--requests", self.requests.is_some()),
+                ("--hlog", self.hlog.is_some()),
+                ("--hgrm", self.outputs.hgrm.is_some()),
+                ("--timeline", self.outputs.timeline.is_some()),
+                ("--ledger", self.ledger.is_some()),
+                ("--start-at", self.start_at.is_some()),
+            ] {
+                if given {
+                    return Err(format!(
+                        "{flag} is not for --slo: the search picks each step's rate and length (its --json and --plot hold every step)"
+                    ));
+                }
+            }
+        } else if self.rate_range.is_some() {
+            return Err("--rate-range is for --slo".into());
+        }
         if self.timeout < Duration::from_millis(1) {
             return Err("--timeout must be at least 1ms".into());
         }
@@ -330,14 +458,7 @@ impl LoadOptions {
         if self.max_response_head_bytes < 64 {
             return Err("--max-response-head-bytes must be at least 64".into());
         }
-        if let Some(plot) = &self.plot
-            && plot.extension().is_none_or(|e| e != "svg")
-        {
-            return Err(format!(
-                "--plot {}: only SVG is drawn; name the file .svg",
-                plot.display()
-            ));
-        }
+        self.outputs.check()?;
         if self.ledger.is_some() && self.workload != WorkloadKind::Events {
             return Err("--ledger records event ids: it needs --workload events".into());
         }
@@ -349,6 +470,8 @@ impl LoadOptions {
         });
         Ok(LoadPlan {
             duration: match (self.duration, self.requests) {
+                // --slo: each step's own default.
+                (None, None) if self.slo.is_some() => None,
                 (None, None) => Some(Duration::from_secs(10)),
                 (duration, _) => duration,
             },
@@ -359,28 +482,64 @@ impl LoadOptions {
             requests: self.requests,
             warmup: self.warmup,
             timeout: self.timeout,
+            max_send_lag: self.max_send_lag,
+            slo: self
+                .slo
+                .as_deref()
+                .map(super::slo::parse_objectives)
+                .transpose()?,
+            rate_range: self
+                .rate_range
+                .as_deref()
+                .map(super::slo::parse_rate_range)
+                .transpose()?,
+            start_at: match self.start_at {
+                None => None,
+                Some(at) => Some(start_time(at, std::time::SystemTime::now())?),
+            },
             rate: self.rate,
             workload,
             seed,
             max_response_head_bytes: self.max_response_head_bytes,
             max_error_ratio: self.max_error_ratio,
-            hgrm: self.hgrm,
-            json: self.json,
-            plot: self.plot,
+            outputs: self.outputs,
+            hlog: self.hlog,
             ledger: self.ledger,
         })
     }
 
     fn workload(&self, target: &Target) -> Result<Workload, String> {
-        if self.workload != WorkloadKind::Url
+        if (self.workload != WorkloadKind::Url || self.scenario.is_some())
             && (self.body.is_some() || !self.headers.is_empty() || self.method != "GET")
         {
             return Err(
-                "-X, -H and --body shape --workload url requests; kv and events build their own"
+                "-X, -H and --body shape --workload url requests; kv, events and scenarios build their own"
                     .into(),
             );
         }
-        Ok(match self.workload {
+        let kind = match (&self.scenario, self.workload) {
+            (Some(_), WorkloadKind::Url | WorkloadKind::Scenario) => WorkloadKind::Scenario,
+            (Some(_), other) => {
+                return Err(format!(
+                    "--scenario is its own workload, not --workload {}",
+                    format!("{other:?}").to_lowercase()
+                ));
+            }
+            (None, WorkloadKind::Scenario) => {
+                return Err("--workload scenario needs --scenario FILE.toml".into());
+            }
+            (None, other) => other,
+        };
+        Ok(match kind {
+            WorkloadKind::Scenario => {
+                let path = self.scenario.as_ref().expect("checked above");
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--scenario {}: cannot read it: {e}", path.display()))?;
+                Workload::Scenario(
+                    Scenario::parse(&text, target.base(), &target.authority)
+                        .map_err(|e| format!("--scenario {}: {e}", path.display()))?,
+                )
+            }
             WorkloadKind::Url => {
                 let method = &self.method;
                 if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -434,9 +593,50 @@ impl LoadOptions {
     }
 }
 
+/// `--start-at`: a time in the next day, not past.
+fn start_time(
+    unix_seconds: f64,
+    now: std::time::SystemTime,
+) -> Result<std::time::SystemTime, String> {
+    const MOST_AHEAD: Duration = Duration::from_secs(86_400);
+    if !unix_seconds.is_finite() || unix_seconds < 0.0 {
+        return Err(format!("--start-at {unix_seconds}: not a time"));
+    }
+    let at = std::time::UNIX_EPOCH + Duration::from_secs_f64(unix_seconds);
+    match at.duration_since(now) {
+        Err(past) => Err(format!(
+            "--start-at {unix_seconds} was {:.3} s ago: the machines' clocks disagree, or the time was given too late",
+            past.duration().as_secs_f64()
+        )),
+        Ok(ahead) if ahead > MOST_AHEAD => Err(format!(
+            "--start-at {unix_seconds} is more than a day ahead: seconds since the epoch, not milliseconds"
+        )),
+        Ok(_) => Ok(at),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_times_are_ahead_and_within_a_day() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = start_time(1_800_000_002.5, now).unwrap();
+        assert_eq!(at.duration_since(now).unwrap(), Duration::from_millis(2500));
+        assert!(
+            start_time(1_799_999_999.0, now)
+                .unwrap_err()
+                .contains("ago")
+        );
+        assert!(
+            start_time(1_800_000_000_000.0, now)
+                .unwrap_err()
+                .contains("milliseconds")
+        );
+        assert!(start_time(f64::NAN, now).is_err());
+        assert!(start_time(-1.0, now).is_err());
+    }
 
     #[test]
     fn durations_parse() {

@@ -1,10 +1,13 @@
-//! Latency by percentile as an SVG chart: the x axis stretches the tail
-//! (90%, 99%, 99.9%, ... equally spaced), as HdrHistogram's plotter does.
+//! SVG charts: latency by percentile, the x axis stretching the tail (90%,
+//! 99%, 99.9%, ... equally spaced) as HdrHistogram's plotter does; and a
+//! run's timeline, requests/s and p99 per second.
 
 use std::path::Path;
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
+
+use super::report::{IntervalLatency, Latency};
 
 /// Points per halving of the distance to 100%.
 const TICKS_PER_HALF_DISTANCE: u32 = 10;
@@ -121,6 +124,172 @@ fn draw_bars(
     Ok(())
 }
 
+/// Requests per second and p99 per second (corrected and uncorrected) over
+/// the run, two charts one above the other, into `path`.
+pub fn timeline(path: &Path, title: &str, seconds: &[IntervalLatency]) -> Result<(), String> {
+    draw_timeline(path, title, seconds).map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
+fn draw_timeline(
+    path: &Path,
+    title: &str,
+    seconds: &[IntervalLatency],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let x_max = seconds
+        .iter()
+        .map(|s| s.start_s + s.length_s)
+        .fold(1.0_f64, f64::max);
+    let rate = |s: &IntervalLatency| {
+        if s.length_s > 0.0 {
+            s.answered as f64 / s.length_s
+        } else {
+            0.0
+        }
+    };
+    let mid = |s: &IntervalLatency| s.start_s + s.length_s / 2.0;
+    let root = SVGBackend::new(path, (960, 720)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 20))?;
+    let (top, bottom) = root.split_vertically(340);
+    let rate_max = seconds.iter().map(rate).fold(1.0_f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&top)
+        .margin(16)
+        .x_label_area_size(36)
+        .y_label_area_size(84)
+        .build_cartesian_2d(0.0..x_max, 0.0..rate_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("requests/s")
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        seconds.iter().map(|s| (mid(s), rate(s))),
+        Palette99::pick(0).stroke_width(2),
+    ))?;
+    let ms_max = seconds
+        .iter()
+        .map(|s| s.p99.max(s.uncorrected_p99))
+        .fold(0.001_f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&bottom)
+        .margin(16)
+        .x_label_area_size(36)
+        .y_label_area_size(84)
+        .build_cartesian_2d(0.0..x_max, 0.0..ms_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("p99 latency (ms)")
+        .draw()?;
+    for (i, (name, of)) in [
+        (
+            "p99 corrected",
+            (|s: &IntervalLatency| s.p99) as fn(&IntervalLatency) -> f64,
+        ),
+        ("p99 uncorrected", |s: &IntervalLatency| s.uncorrected_p99),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let color = Palette99::pick(i + 1).to_rgba();
+        draw_line(
+            &mut chart,
+            name,
+            color,
+            seconds.iter().map(|s| (mid(s), of(s))),
+        )?;
+    }
+    draw_legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+/// `--slo`'s curve: p50, p99 and p99.9 against the rate answered, one
+/// point per `(requests/s answered, corrected latency)`, into `path`.
+pub fn latency_against_throughput(
+    path: &Path,
+    title: &str,
+    points: &[(f64, Latency)],
+) -> Result<(), String> {
+    let mut points = points.to_vec();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    draw_curve(path, title, &points).map_err(|e| format!("cannot draw {}: {e}", path.display()))
+}
+
+fn draw_curve(
+    path: &Path,
+    title: &str,
+    steps: &[(f64, Latency)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let x_max = steps.iter().map(|s| s.0).fold(1.0_f64, f64::max) * 1.05;
+    let y_max = steps.iter().map(|s| s.1.p99_9).fold(0.001_f64, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(84)
+        .build_cartesian_2d(0.0..x_max, (0.001..y_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("requests/s answered")
+        .y_desc("corrected latency (ms)")
+        .draw()?;
+    for (i, (name, of)) in [
+        ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> f64),
+        ("p99", |l: &Latency| l.p99),
+        ("p99.9", |l: &Latency| l.p99_9),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let color = Palette99::pick(i).to_rgba();
+        let line: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|(rate, latency)| (*rate, of(latency).max(0.001)))
+            .collect();
+        draw_line(&mut chart, name, color, line.iter().copied())?;
+        chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    draw_legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+/// A labelled line of `points` in `color`.
+fn draw_line<X, Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<X, Y>>,
+    name: &str,
+    color: RGBAColor,
+    points: impl Iterator<Item = (X::ValueType, Y::ValueType)>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The lines' names, boxed in the upper left.
+fn draw_legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// `(1 / (1 - quantile), latency in ms)` from 0% up to the last point before 100%.
 fn curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
     histogram
@@ -154,22 +323,9 @@ fn draw(
         .draw()?;
     for (i, (name, points)) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        draw_line(&mut chart, name, color, points.iter().copied())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
+    draw_legend(&mut chart)?;
     root.present()?;
     Ok(())
 }
@@ -219,6 +375,32 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("\nb\n"), "{svg}");
+    }
+
+    #[test]
+    fn draws_a_timeline() {
+        let seconds: Vec<IntervalLatency> = (0..5)
+            .map(|i| IntervalLatency {
+                start_s: i as f64,
+                length_s: if i == 4 { 0.5 } else { 1.0 },
+                answered: 1000 + i * 100,
+                p50: 0.1,
+                p99: 1.0 + i as f64,
+                p99_9: 5.0,
+                max: 9.0,
+                uncorrected_p99: 0.5,
+            })
+            .collect();
+        let path =
+            std::env::temp_dir().join(format!("millrace-timeline-{}.svg", std::process::id()));
+        timeline(&path, "test", &seconds).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("requests/s"),
+            "{svg}"
+        );
+        assert!(svg.contains("p99 uncorrected") && svg.matches("polyline").count() >= 3);
     }
 
     #[test]

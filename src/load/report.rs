@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::stats::{Errors, Second, Stats};
+use super::stats::{Errors, Latencies, Second, Stats};
 
 /// Rows per halving of the remaining distance to 100% in `.hgrm` output, as
 /// HdrHistogram and wrk2 print it.
@@ -16,7 +16,7 @@ const HGRM_TICKS_PER_HALF_DISTANCE: u32 = 5;
 const NANOS_PER_MS: f64 = 1e6;
 
 /// How the run was shaped, for the report's header and JSON.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Shape {
     /// The target URL.
     pub url: String,
@@ -44,10 +44,14 @@ pub struct Shape {
     pub seed: u64,
     /// Names of the workload's operations.
     pub operations: Vec<String>,
+    /// `--start-at`: when the run started by this machine's clock, in
+    /// seconds since the epoch.
+    #[serde(default)]
+    pub start_at: Option<f64>,
 }
 
 /// Percentiles of one histogram, in milliseconds.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
     /// The median.
     pub p50: f64,
@@ -110,7 +114,7 @@ fn ms(nanos: u64) -> f64 {
 }
 
 /// Request counts; `issued = answered + failed + unfinished`.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Counts {
     /// Requests started (measured only).
     pub issued: u64,
@@ -127,7 +131,7 @@ pub struct Counts {
 }
 
 /// Answers by status class.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Statuses {
     #[serde(rename = "1xx")]
     informational: u64,
@@ -139,6 +143,18 @@ pub struct Statuses {
     client_error: u64,
     #[serde(rename = "5xx")]
     server_error: u64,
+}
+
+impl From<Statuses> for [u64; 5] {
+    fn from(s: Statuses) -> Self {
+        [
+            s.informational,
+            s.success,
+            s.redirect,
+            s.client_error,
+            s.server_error,
+        ]
+    }
 }
 
 impl From<[u64; 5]> for Statuses {
@@ -153,8 +169,141 @@ impl From<[u64; 5]> for Statuses {
     }
 }
 
+/// One second's latency, every operation's: the timeline's percentiles.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IntervalLatency {
+    /// Seconds from the start of measurement to the interval's start.
+    pub start_s: f64,
+    /// The interval's length in seconds (the last may be short).
+    pub length_s: f64,
+    /// Answers in the interval.
+    pub answered: u64,
+    /// Corrected latency: the median.
+    pub p50: f64,
+    /// Corrected latency: the 99th percentile.
+    pub p99: f64,
+    /// Corrected latency: the 99.9th percentile.
+    #[serde(rename = "p99.9")]
+    pub p99_9: f64,
+    /// Corrected latency: the largest.
+    pub max: f64,
+    /// Uncorrected latency: the 99th percentile.
+    pub uncorrected_p99: f64,
+}
+
+impl IntervalLatency {
+    /// The figures of interval `index`, `length` long, from its latencies.
+    pub fn of(index: usize, length: std::time::Duration, latencies: &Latencies) -> Self {
+        let c = &latencies.corrected;
+        IntervalLatency {
+            start_s: index as f64,
+            length_s: length.as_secs_f64(),
+            answered: c.len(),
+            p50: ms(c.value_at_quantile(0.5)),
+            p99: ms(c.value_at_quantile(0.99)),
+            p99_9: ms(c.value_at_quantile(0.999)),
+            max: ms(c.max()),
+            uncorrected_p99: ms(latencies.uncorrected.value_at_quantile(0.99)),
+        }
+    }
+}
+
+/// Whether the generator kept up with itself: its own delay must never
+/// pass for the server's latency.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Generator {
+    /// Open loop: how late the generator saw requests come due, in
+    /// milliseconds (`None` in a closed loop, which has no schedule).
+    pub send_lag_ms: Option<Lag>,
+    /// The busiest generator thread's share of its CPU while measuring.
+    pub cpu_busy: f64,
+    /// The figures are not the server's: the generator fell behind.
+    pub behind: bool,
+    /// Why it is behind, or what to beware of.
+    pub note: Option<String>,
+}
+
+/// A few percentiles of the generator's send lag, in milliseconds.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Lag {
+    /// The median.
+    pub p50: f64,
+    /// The 99th percentile.
+    pub p99: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+/// A generator thread this busy (share of its CPU) has no time to spare.
+pub const SATURATED_CPU: f64 = 0.97;
+
+impl Generator {
+    /// Judge `stats`: behind in an open loop when the send lag's 99th
+    /// percentile passes `max_lag` or a thread's CPU was saturated; a
+    /// saturated closed loop is only noted (its rate may be the generator's).
+    pub fn judge(stats: &Stats, open_loop: bool, max_lag: std::time::Duration) -> Self {
+        let lag = &stats.send_lag;
+        let send_lag_ms = (open_loop && !lag.is_empty()).then(|| Lag {
+            p50: ms(lag.value_at_quantile(0.5)),
+            p99: ms(lag.value_at_quantile(0.99)),
+            max: ms(lag.max()),
+        });
+        let saturated = stats.cpu_busy >= SATURATED_CPU;
+        let late =
+            lag.value_at_quantile(0.99) > u64::try_from(max_lag.as_nanos()).unwrap_or(u64::MAX);
+        let (behind, note) = match (open_loop, late, saturated) {
+            (true, true, _) => (
+                true,
+                Some(format!(
+                    "the generator fell behind its schedule: 1% of requests came due more than {:.3} ms before it saw them (--max-send-lag {:.3} ms); the latencies include its own delay",
+                    ms(lag.value_at_quantile(0.99)),
+                    max_lag.as_secs_f64() * 1e3
+                )),
+            ),
+            (true, false, true) => (
+                true,
+                Some(format!(
+                    "a generator thread was {:.0}% busy: it had no time to spare, so the latencies may include its own delay; use more --cores or a lower --rate",
+                    stats.cpu_busy * 100.0
+                )),
+            ),
+            (false, _, true) => (
+                false,
+                Some(format!(
+                    "a generator thread was {:.0}% busy: the rate may be the generator's limit rather than the server's",
+                    stats.cpu_busy * 100.0
+                )),
+            ),
+            _ => (false, None),
+        };
+        Generator {
+            send_lag_ms,
+            cpu_busy: stats.cpu_busy,
+            behind,
+            note,
+        }
+    }
+}
+
+/// What one operation's requests measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OperationReport {
+    /// Requests answered, any status.
+    pub answered: u64,
+    /// Answers per measured second.
+    pub requests_per_s: f64,
+    /// Answers by status class.
+    pub statuses: Statuses,
+    /// Errors of requests sent as this operation.
+    pub errors: Errors,
+    /// Latency from each request's intended start.
+    pub latency_ms: Latency,
+    /// Latency from each request's actual send.
+    pub uncorrected_latency_ms: Latency,
+}
+
 /// Everything a run measured: what `--json` writes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     /// How the run was shaped.
     pub shape: Shape,
@@ -170,32 +319,51 @@ pub struct Report {
     pub error_ratio: f64,
     /// Answers by status class.
     pub statuses: Statuses,
-    /// Answers by status class, per operation.
-    pub operations: BTreeMap<String, Statuses>,
+    /// Each operation's answers, errors and latency, by its name.
+    pub operations: BTreeMap<String, OperationReport>,
     /// Latency from each request's intended start (open loop: its scheduled time).
     pub latency_ms: Latency,
     /// Latency from each request's actual send; the same as `latency_ms` in a closed loop.
     pub uncorrected_latency_ms: Latency,
     /// Per-second answers, errors and latency.
     pub timeline: Vec<Second>,
+    /// Per-second latency percentiles, every thread's added.
+    #[serde(default)]
+    pub interval_latency_ms: Vec<IntervalLatency>,
+    /// Whether the generator kept up.
+    #[serde(default)]
+    pub generator: Generator,
 }
 
 impl Report {
     /// The report of `stats`, measured over `elapsed_s` seconds.
     pub fn new(shape: Shape, stats: &Stats, elapsed_s: f64) -> Self {
+        let per_s = |n: u64| {
+            if elapsed_s > 0.0 {
+                n as f64 / elapsed_s
+            } else {
+                0.0
+            }
+        };
         let operations = shape
             .operations
             .iter()
             .cloned()
-            .zip(stats.operations.iter().map(|&c| Statuses::from(c)))
+            .zip(stats.operations.iter().enumerate().map(|(index, op)| {
+                let latencies = stats.latencies(index);
+                OperationReport {
+                    answered: op.answered,
+                    requests_per_s: per_s(op.answered),
+                    statuses: op.statuses.into(),
+                    errors: op.errors,
+                    latency_ms: Latency::of(&latencies.corrected),
+                    uncorrected_latency_ms: Latency::of(&latencies.uncorrected),
+                }
+            }))
             .collect();
         Report {
             elapsed_s,
-            requests_per_s: if elapsed_s > 0.0 {
-                stats.answered as f64 / elapsed_s
-            } else {
-                0.0
-            },
+            requests_per_s: per_s(stats.answered),
             requests: Counts {
                 issued: stats.issued,
                 sent: stats.sent,
@@ -208,9 +376,11 @@ impl Report {
             error_ratio: stats.error_ratio(),
             statuses: stats.statuses.into(),
             operations,
-            latency_ms: Latency::of(&stats.corrected),
-            uncorrected_latency_ms: Latency::of(&stats.uncorrected),
+            latency_ms: Latency::of(&stats.corrected()),
+            uncorrected_latency_ms: Latency::of(&stats.uncorrected()),
             timeline: stats.timeline.clone(),
+            interval_latency_ms: Vec::new(),
+            generator: Generator::default(),
             shape,
         }
     }
@@ -243,6 +413,12 @@ impl Report {
             "  {mode}, {} workload, measured {:.2} s after {:.2} s of warm-up",
             shape.workload, self.elapsed_s, shape.warmup_s
         );
+        if let Some(at) = shape.start_at {
+            let _ = writeln!(
+                out,
+                "  started at {at:.3} s since the epoch by this machine's clock (--start-at: the machines' clocks must agree)"
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -281,7 +457,8 @@ impl Report {
             group(s.server_error)
         );
         if self.operations.len() > 1 {
-            for (name, s) in &self.operations {
+            for (name, op) in &self.operations {
+                let s = &op.statuses;
                 let _ = writeln!(
                     out,
                     "    {name:<10} 2xx {}, 3xx {}, 4xx {}, 5xx {}",
@@ -291,6 +468,7 @@ impl Report {
                     group(s.server_error)
                 );
             }
+            out.push_str(&self.operations_table());
         }
         let e = &self.errors;
         let _ = writeln!(
@@ -315,6 +493,52 @@ impl Report {
             group(r.unfinished),
             group(r.connections_opened)
         );
+        let g = &self.generator;
+        let _ = write!(
+            out,
+            "  Generator    CPU {:.0}% busy (busiest thread)",
+            g.cpu_busy * 100.0
+        );
+        if let Some(lag) = g.send_lag_ms {
+            let _ = write!(
+                out,
+                ", send lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                lag.p50, lag.p99, lag.max
+            );
+        }
+        let _ = writeln!(out);
+        if let Some(note) = &g.note {
+            let mark = if g.behind { "INVALID" } else { "note" };
+            let _ = writeln!(out, "  {mark}: {note}");
+        }
+        out
+    }
+}
+
+impl Report {
+    /// Each operation's answers, rate, corrected latency and errors, one
+    /// row each.
+    fn operations_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "Operation", "answered", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+        );
+        for (name, op) in &self.operations {
+            let l = &op.latency_ms;
+            let _ = writeln!(
+                out,
+                "    {name:<10} {:>11} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9}",
+                group(op.answered),
+                group(op.requests_per_s.round() as u64),
+                l.p50,
+                l.p99,
+                l.p99_9,
+                l.max,
+                group(op.errors.total())
+            );
+        }
         out
     }
 }

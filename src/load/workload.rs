@@ -1,11 +1,12 @@
-//! What the load generator sends: one fixed request, a key-value mix, or
-//! event batches. Each is encoded once up front where it can be; what varies
+//! What the load generator sends: one fixed request, a key-value mix, event
+//! batches, or a scenario's templates. Each is encoded once up front where it can be; what varies
 //! per request (a key, a value, event ids) is written straight into the
 //! connection's output buffer.
 
 use std::io::Write as _;
 
 use super::ledger::EventIds;
+use super::scenario::Scenario;
 use crate::payload::{CONTENT_TYPE as FLATBUFFERS_CONTENT_TYPE, Event, encode_event_batch};
 use crate::rng::Rng;
 
@@ -344,6 +345,8 @@ pub enum Workload {
     Kv(KvMix),
     /// `POST /v1/events`.
     Events(EventBatches),
+    /// A scenario's weighted templates.
+    Scenario(Scenario),
 }
 
 impl Workload {
@@ -356,6 +359,7 @@ impl Workload {
             }
             Workload::Kv(_) => KV_OPERATIONS.iter().map(|s| s.to_string()).collect(),
             Workload::Events(_) => vec!["POST".into()],
+            Workload::Scenario(scenario) => scenario.operations(),
         }
     }
 
@@ -400,6 +404,7 @@ impl Workload {
                     events: None,
                 }
             }
+            Workload::Scenario(scenario) => scenario.encode(rng, out),
             Workload::Events(events) => {
                 let ids = events.encode(rng, out);
                 Encoded {
