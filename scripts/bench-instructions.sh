@@ -17,24 +17,37 @@
 # Results: benches/results/<date>-<host>-instructions.json and .md; the
 # callgrind profiles stay in var/bench-instructions/ for callgrind_annotate.
 #
-# Usage: scripts/bench-instructions.sh --base REV [--requests N] [--no-build]
+# With --side generator, the other end: millrace load's own instructions per
+# request, base against this tree, against this tree's server (no Redis:
+# the kv mix is answered 503 at once, through the same recording path).
+# Each case runs under callgrind with REQUESTS and with 6 x REQUESTS
+# requests; the difference over the difference in requests leaves set-up
+# out. This tree's runs also write an interval log (--hlog). Under
+# valgrind a second holds about 50 times fewer requests than on hardware,
+# so the once-a-second interval work weighs about 50 times more per
+# request here than it does at full speed.
+#
+# Usage: scripts/bench-instructions.sh --base REV [--requests N] [--side server|generator] [--no-build]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
 # (default benches/results)
 set -euo pipefail
 
 base_rev=""
 requests=20000
+side=server
 build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) base_rev="$2"; shift 2 ;;
     --requests) requests="$2"; shift 2 ;;
+    --side) side="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [ -n "$base_rev" ] || { echo "--base REV is required (see --help)" >&2; exit 2; }
+case "$side" in server|generator) ;; *) echo "--side is server or generator" >&2; exit 2 ;; esac
 server_cpu="${SERVER_CPU:-0}"
 load_cpu="${LOAD_CPU:-1}"
 results_dir="${RESULTS_DIR:-benches/results}"
@@ -60,6 +73,84 @@ if [ "$build" = 1 ]; then
 fi
 current="$root/target/release/millrace"
 baseline="$base_dir/target/release/millrace"
+
+if [ "$side" = generator ]; then
+  profiles="$root/var/bench-instructions-generator"
+  rm -rf "$profiles"
+  mkdir -p "$profiles"
+  make_work
+  trap stop_work EXIT
+  port=$(free_port)
+  taskset -c "$server_cpu" "$current" serve --listen "127.0.0.1:$port" --cores "$server_cpu," \
+    --admin-listen "" > "$work/server.log" 2>&1 &
+  pids+=("$!")
+  wait_for_http "http://127.0.0.1:$port/plaintext"
+  url="http://127.0.0.1:$port"
+  results="$work/results.tsv"
+  : > "$results"
+  # instructions BINARY NAME N ARGS...: the generator's whole run, counted.
+  instructions() {
+    local binary=$1 name=$2 n=$3
+    shift 3
+    taskset -c "$load_cpu" valgrind --tool=callgrind --callgrind-out-file="$profiles/$name-$n.out" \
+      "$binary" load "$@" -c 64 -n "$n" --max-error-ratio 1 > /dev/null 2> "$work/valgrind.log"
+    awk '/^summary:/ {print $2}' "$profiles/$name-$n.out"
+  }
+  for case in plaintext:1 plaintext:16 kv:16; do
+    workload=${case%%:*}
+    depth=${case##*:}
+    case "$workload" in
+      plaintext) set -- "$url/plaintext" -p "$depth" ;;
+      kv) set -- "$url" --workload kv --read-ratio 0.5 --keys 1000 -p "$depth" ;;
+    esac
+    for name in base current; do
+      binary=$baseline
+      extra=()
+      if [ "$name" = current ]; then
+        binary=$current
+        extra=(--hlog "$work/run.hlog")
+      fi
+      small=$(instructions "$binary" "$name-$workload-$depth" "$requests" "$@" "${extra[@]}")
+      large=$(instructions "$binary" "$name-$workload-$depth" $((requests * 6)) "$@" "${extra[@]}")
+      per=$(( (large - small) / (requests * 5) ))
+      printf '%s\t%s\t%s\t%s\n' "$name" "$workload" "$depth" "$per" >> "$results"
+      printf '  %-7s %-9s depth %-2s %8s instructions per request\n' "$name" "$workload" "$depth" "$per"
+    done
+  done
+  mkdir -p "$results_dir"
+  out="$results_dir/$(date -u +%Y-%m-%d)-$(hostname -s 2>/dev/null || hostname)-generator-instructions"
+  python3 - "$results" "$out" "$requests" "$base_rev" "$base_sha" "$(git rev-parse HEAD)" \
+    "$(git status --porcelain | grep -qv '^??' && echo dirty || echo clean)" <<'PY'
+import datetime, json, sys
+sys.path.insert(0, "scripts")
+from bench_report import machine
+results, out, requests, base_rev, base_sha, head, tree = sys.argv[1:8]
+rows = {}
+for line in open(results):
+    name, workload, depth, per = line.split()
+    rows.setdefault((workload, int(depth)), {})[name] = int(per)
+command = f"scripts/bench-instructions.sh --base {base_rev} --requests {requests} --side generator"
+summary = [{"workload": w, "depth": d, **by, "ratio": round(by["current"] / by["base"], 3)} for (w, d), by in rows.items()]
+json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
+           "machine": machine(), "current": f"{head} ({tree} tree), with --hlog", "base": f"{base_rev} ({base_sha})",
+           "counted": "user-space instructions of millrace load per request (callgrind Ir), set-up left out",
+           "summary": summary}, open(out + ".json", "w"), indent=2)
+names = {"plaintext": "GET /plaintext", "kv": "kv mix, 50% GET (503s: no Redis)"}
+lines = [f"millrace load's instructions per request: this tree ({head[:12]}, {tree}, writing --hlog) against {base_rev} "
+         f"({base_sha[:12]}), counted by callgrind as the difference between runs of {int(requests):,} and "
+         f"{int(requests) * 6:,} requests, 64 connections.", f"Command: `{command}`", "",
+         "| workload | depth | this tree | base | this tree / base |", "|---|---:|---:|---:|---:|"]
+for row in summary:
+    lines.append(f"| {names[row['workload']]} | {row['depth']} | {row['current']:,} | {row['base']:,} | **{row['ratio']}x** |")
+lines += ["", "Under valgrind a second holds about 50 times fewer requests than at full speed, so the work done once a "
+          "second (closing intervals, writing the interval log) weighs about 50 times more per request here; "
+          "callgrind_annotate on the profiles in var/bench-instructions-generator/ shows its share."]
+open(out + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+  echo "written: $out.json $out.md"
+  exit 0
+fi
 
 profiles="$root/var/bench-instructions"
 rm -rf "$profiles"
