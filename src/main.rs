@@ -277,6 +277,10 @@ struct PlanOptions {
     /// repository's measurements on its development VM
     #[arg(long, value_name = "FILE")]
     from: Option<std::path::PathBuf>,
+    /// A `millrace load --slo` result for GET /v1/kv (scripts/bench-slo.sh writes one): plan the
+    /// read cores for the highest rate that kept its latency objective, not for a core run flat out
+    #[arg(long, value_name = "FILE.json")]
+    slo_from: Option<std::path::PathBuf>,
 }
 
 fn plan_command(options: &PlanOptions) -> Result<String, String> {
@@ -286,6 +290,16 @@ fn plan_command(options: &PlanOptions) -> Result<String, String> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             millrace::host::plan::Costs::from_json(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let costs = match &options.slo_from {
+        None => costs,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            costs
+                .with_slo(&text, &path.display().to_string())
                 .map_err(|e| format!("{}: {e}", path.display()))?
         }
     };

@@ -117,6 +117,55 @@ impl Costs {
         Ok(costs)
     }
 
+    /// Take the reads one executor core serves from a `millrace load --slo`
+    /// result for `GET /v1/kv` (scripts/bench-slo.sh writes one): the
+    /// highest rate at which its latency objective held becomes the reads
+    /// per core, and that step's p99 the latency, so that the plan is sized
+    /// for the objective rather than for a core run flat out.
+    pub fn with_slo(mut self, text: &str, source: &str) -> Result<Costs, String> {
+        let result: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("not a millrace load --slo result: {e}"))?;
+        let rate = result["best_rate_per_s"].as_f64().ok_or(
+            "no best_rate_per_s: no rate met the objective, so there is no capacity to plan with",
+        )?;
+        let objectives: Vec<String> = result["objectives"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|o| {
+                        format!(
+                            "{}<{}ms",
+                            o["percentile"].as_str().unwrap_or("?"),
+                            o["below_ms"]
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shape = &result["best"]["shape"];
+        if shape["workload"] != "kv" {
+            return Err(format!(
+                "a --slo result of the {} workload: the reads per core come from GET /v1/kv (--workload kv --read-ratio 1)",
+                shape["workload"]
+            ));
+        }
+        let p99 = result["best"]["latency_ms"]["p99"].as_f64();
+        let objective = objectives.join(",");
+        self.reads_per_core_second = Measured {
+            value: rate,
+            source: format!(
+                "GET /v1/kv, the highest rate with {objective}: millrace load --slo ({source})"
+            ),
+        };
+        if let Some(p99) = p99.filter(|p| *p > 0.0) {
+            self.p99_ms = Measured {
+                value: p99,
+                source: format!("GET /v1/kv p99 at that rate ({source})"),
+            };
+        }
+        Ok(self)
+    }
+
     fn figures(&self) -> [(&'static str, &Measured); 7] {
         [
             ("reads_per_core_second", &self.reads_per_core_second),
@@ -755,5 +804,45 @@ mod tests {
         assert_eq!(group(1_234_567.8), "1,234,568");
         assert_eq!(group(999.0), "999");
         assert_eq!(group(-1000.0), "-1,000");
+    }
+
+    #[test]
+    fn an_slo_result_sets_the_reads_per_core_and_the_p99() {
+        let result = serde_json::json!({
+            "objectives": [{"percentile": "p99", "quantile": 0.99, "below_ms": 1.0}],
+            "best_rate_per_s": 28750.0,
+            "best": {"shape": {"workload": "kv"}, "latency_ms": {"p99": 0.56}},
+        });
+        let costs = Costs::defaults()
+            .with_slo(&result.to_string(), "r.json")
+            .unwrap();
+        assert_eq!(costs.reads_per_core_second.value, 28750.0);
+        assert!(
+            costs.reads_per_core_second.source.contains("p99<1"),
+            "{}",
+            costs.reads_per_core_second.source
+        );
+        assert_eq!(costs.p99_ms.value, 0.56);
+        // Writes keep their own measurement.
+        assert_eq!(
+            costs.writes_per_core_second.value,
+            Costs::defaults().writes_per_core_second.value
+        );
+        let none_met = serde_json::json!({"best_rate_per_s": null, "best": null});
+        assert!(
+            Costs::defaults()
+                .with_slo(&none_met.to_string(), "r")
+                .unwrap_err()
+                .contains("no rate met")
+        );
+        let plaintext =
+            serde_json::json!({"best_rate_per_s": 1.0, "best": {"shape": {"workload": "url"}}});
+        assert!(
+            Costs::defaults()
+                .with_slo(&plaintext.to_string(), "r")
+                .unwrap_err()
+                .contains("GET /v1/kv")
+        );
+        assert!(Costs::defaults().with_slo("nope", "r").is_err());
     }
 }

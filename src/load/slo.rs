@@ -133,8 +133,12 @@ pub struct SloReport {
     pub rate_range: (f64, f64),
     /// The highest rate that met every objective; `None`: none did.
     pub best_rate_per_s: Option<f64>,
-    /// The lowest rate that missed; `None`: none did.
+    /// The lowest rate that missed, or at which the generator fell behind;
+    /// `None`: none did.
     pub first_missed_per_s: Option<f64>,
+    /// `first_missed_per_s` is where the generator fell behind, not where
+    /// the objective failed: the server's knee is at least `best_rate_per_s`.
+    pub stopped_by_generator: bool,
     /// Every step, in the order run.
     pub steps: Vec<Step>,
     /// The report of the step at the best rate.
@@ -178,14 +182,16 @@ pub fn search(plan: &LoadPlan, objectives: &[Objective]) -> Result<Outcome, Stri
 
     let mut met: Option<f64> = None;
     let mut missed: Option<f64> = None;
+    let mut by_generator = false;
     let mut rate = low;
     let mut count = 0;
     loop {
         count += 1;
         match run_step(rate)? {
             Verdict::Met => met = Some(rate),
-            Verdict::Missed | Verdict::NotMeasured => {
+            verdict => {
                 missed = Some(rate);
+                by_generator = verdict == Verdict::NotMeasured;
                 break;
             }
         }
@@ -202,7 +208,10 @@ pub fn search(plan: &LoadPlan, objectives: &[Objective]) -> Result<Outcome, Stri
         let mid = (m + x) / 2.0;
         match run_step(mid)? {
             Verdict::Met => met = Some(mid),
-            Verdict::Missed | Verdict::NotMeasured => missed = Some(mid),
+            verdict => {
+                missed = Some(mid);
+                by_generator = verdict == Verdict::NotMeasured;
+            }
         }
     }
 
@@ -217,10 +226,17 @@ pub fn search(plan: &LoadPlan, objectives: &[Objective]) -> Result<Outcome, Stri
         rate_range: (low, high),
         best_rate_per_s: met,
         first_missed_per_s: missed,
+        stopped_by_generator: by_generator,
         steps: steps.iter().map(|(s, _)| s.clone()).collect(),
         best: best.clone(),
     };
     match (met, missed) {
+        (Some(m), Some(x)) if by_generator => println!(
+            "  met at {} requests/s; at {} the generator fell behind, so the server's knee is at {} or above (use more --cores)",
+            group(m as u64),
+            group(x as u64),
+            group(m as u64)
+        ),
         (Some(m), Some(x)) => println!(
             "  met at {} requests/s, missed at {} (within {:.1}%)",
             group(m as u64),
