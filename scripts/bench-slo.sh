@@ -98,6 +98,8 @@ for name, route in routes.items():
     r = json.load(open(f"{out}-{name}.json"))
     met = f"{r['best_rate_per_s']:,.0f}" if r["best_rate_per_s"] else "none"
     missed = f"{r['first_missed_per_s']:,.0f}" if r["first_missed_per_s"] else "none"
+    if r.get("stopped_by_generator"):
+        missed += " (the generator fell behind: the knee is higher)"
     behind = sum(1 for s in r["steps"] if s["verdict"] == "not_measured")
     lines.append(f"| {route} | {met} | {missed} | {len(r['steps'])} | {behind} | `{out.split('/')[-1]}-{name}.svg` |")
 lines += ["", "Each step (offered, answered, corrected p50 / p99 / p99.9 ms, verdict):", ""]

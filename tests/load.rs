@@ -422,6 +422,27 @@ fn each_operation_has_its_own_latency() {
         "{report}"
     );
     assert!(ms("/latency_ms/max") >= ms("/operations/PUT/latency_ms/max"));
+    // Deletes are an operation of their own too.
+    let (report, output) = load(&[
+        &fake.url(),
+        "--workload",
+        "kv",
+        "--read-ratio",
+        "0.5",
+        "--delete-ratio",
+        "0.25",
+        "-c",
+        "4",
+        "-n",
+        "400",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let deletes = count(&report, "/operations/DELETE/answered");
+    assert!((60..=140).contains(&deletes), "{report}");
+    assert!(
+        ms("/operations/DELETE/latency_ms/p50") >= slow,
+        "a DELETE waits like a PUT: {report}"
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         text.contains("Operation") && text.contains("    PUT"),

@@ -108,9 +108,13 @@ pub struct LoadOptions {
     #[arg(long, value_enum, default_value_t = WorkloadKind::Url)]
     pub workload: WorkloadKind,
 
-    /// kv: the share of requests that are reads (GET); the rest are writes (PUT)
+    /// kv: the share of requests that are reads (GET); the rest are writes (PUT, or DELETE by --delete-ratio)
     #[arg(long, default_value_t = 0.9, value_name = "RATIO")]
     pub read_ratio: f64,
+
+    /// kv: the share of requests that are deletes (DELETE), taken from the writes
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
+    pub delete_ratio: f64,
 
     /// kv and events: keys to choose from (k0 to kN-1)
     #[arg(long, default_value_t = 100_000, value_name = "N")]
@@ -443,6 +447,12 @@ impl LoadOptions {
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return Err("--read-ratio must be from 0 to 1".into());
         }
+        if !(0.0..=1.0).contains(&self.delete_ratio) || self.read_ratio + self.delete_ratio > 1.0 {
+            return Err(
+                "--delete-ratio must be from 0 to 1, and at most 1 with --read-ratio: deletes are taken from the writes"
+                    .into(),
+            );
+        }
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
         }
@@ -577,6 +587,7 @@ impl LoadOptions {
                 target.base(),
                 &target.authority,
                 self.read_ratio,
+                self.delete_ratio,
                 self.keys,
                 self.key_dist,
                 self.value_bytes,

@@ -168,11 +168,13 @@ fn method_sends_body(method: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct KvMix {
     read_ratio: f64,
+    delete_ratio: f64,
     keys: u64,
     zipf: Option<Zipf>,
     /// `GET {prefix}` and `PUT {prefix}`: the part before the key.
     get_prefix: Vec<u8>,
     put_prefix: Vec<u8>,
+    delete_prefix: Vec<u8>,
     /// ` HTTP/1.1\r\nHost: ...\r\n\r\n` after a GET's key.
     get_suffix: Vec<u8>,
     /// The same with the value's headers, and the value, after a PUT's key.
@@ -180,7 +182,7 @@ pub struct KvMix {
 }
 
 /// Reads, writes and what each is called in the results.
-const KV_OPERATIONS: [&str; 2] = ["GET", "PUT"];
+const KV_OPERATIONS: [&str; 3] = ["GET", "PUT", "DELETE"];
 
 impl KvMix {
     /// A mix against `{base}/v1/kv/{key}` on `host`.
@@ -188,6 +190,7 @@ impl KvMix {
         base: &str,
         host: &str,
         read_ratio: f64,
+        delete_ratio: f64,
         keys: u64,
         distribution: KeyDistribution,
         value_bytes: usize,
@@ -204,10 +207,12 @@ impl KvMix {
         put_suffix.extend_from_slice(&value);
         KvMix {
             read_ratio,
+            delete_ratio,
             keys,
             zipf,
             get_prefix: format!("GET {base}/v1/kv/").into_bytes(),
             put_prefix: format!("PUT {base}/v1/kv/").into_bytes(),
+            delete_prefix: format!("DELETE {base}/v1/kv/").into_bytes(),
             get_suffix: format!(" HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes(),
             put_suffix,
         }
@@ -357,7 +362,13 @@ impl Workload {
                 let method = fixed.bytes.split(|&b| b == b' ').next().unwrap_or_default();
                 vec![String::from_utf8_lossy(method).into_owned()]
             }
-            Workload::Kv(_) => KV_OPERATIONS.iter().map(|s| s.to_string()).collect(),
+            Workload::Kv(kv) => {
+                let kinds = if kv.delete_ratio > 0.0 { 3 } else { 2 };
+                KV_OPERATIONS[..kinds]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }
             Workload::Events(_) => vec!["POST".into()],
             Workload::Scenario(scenario) => scenario.operations(),
         }
@@ -386,21 +397,34 @@ impl Workload {
                 }
             }
             Workload::Kv(kv) => {
-                let read = kv.read_ratio >= 1.0 || rng.unit() < kv.read_ratio;
-                let key = kv.key(rng);
-                let (prefix, suffix) = if read {
-                    (&kv.get_prefix, &kv.get_suffix)
+                // 0: GET, 1: PUT, 2: DELETE, as KV_OPERATIONS names them.
+                let operation = if kv.read_ratio >= 1.0 {
+                    0
                 } else {
-                    (&kv.put_prefix, &kv.put_suffix)
+                    let u = rng.unit();
+                    if u < kv.read_ratio {
+                        0
+                    } else if u < kv.read_ratio + kv.delete_ratio {
+                        2
+                    } else {
+                        1
+                    }
+                };
+                let key = kv.key(rng);
+                let (prefix, suffix) = match operation {
+                    0 => (&kv.get_prefix, &kv.get_suffix),
+                    1 => (&kv.put_prefix, &kv.put_suffix),
+                    _ => (&kv.delete_prefix, &kv.get_suffix),
                 };
                 out.extend_from_slice(prefix);
                 out.push(b'k');
                 out.extend_from_slice(itoa::Buffer::new().format(key).as_bytes());
                 out.extend_from_slice(suffix);
                 Encoded {
-                    operation: u8::from(!read),
+                    operation,
                     bodiless: false,
-                    absent_ok: read,
+                    // A read or delete of a key never written is an answer.
+                    absent_ok: operation != 1,
                     events: None,
                 }
             }
@@ -483,11 +507,19 @@ mod tests {
 
     #[test]
     fn kv_requests_parse_as_http() {
-        let mut workload =
-            Workload::Kv(KvMix::new("", "h:1", 0.5, 100, KeyDistribution::Uniform, 5));
+        let mut workload = Workload::Kv(KvMix::new(
+            "",
+            "h:1",
+            0.5,
+            0.2,
+            100,
+            KeyDistribution::Uniform,
+            5,
+        ));
+        assert_eq!(workload.operations(), ["GET", "PUT", "DELETE"]);
         let mut rng = Rng::new(3);
-        let mut kinds = [0; 2];
-        for _ in 0..100 {
+        let mut kinds = [0; 3];
+        for _ in 0..1000 {
             let mut out = Vec::new();
             let encoded = workload.encode(&mut rng, &mut out);
             kinds[usize::from(encoded.operation)] += 1;
@@ -498,10 +530,18 @@ mod tests {
                 httparse::Status::Partial => panic!("partial"),
             };
             assert!(request.path.unwrap().starts_with("/v1/kv/k"));
+            let method = ["GET", "PUT", "DELETE"][usize::from(encoded.operation)];
+            assert_eq!(request.method, Some(method));
+            assert_eq!(encoded.absent_ok, method != "PUT");
             let body = &out[len..];
             assert_eq!(body.len(), if encoded.operation == 1 { 5 } else { 0 });
         }
-        assert!(kinds[0] > 20 && kinds[1] > 20, "{kinds:?}");
+        // 50% reads, 20% deletes, 30% puts.
+        assert!((450..550).contains(&kinds[0]), "{kinds:?}");
+        assert!((150..250).contains(&kinds[2]), "{kinds:?}");
+        assert!((250..350).contains(&kinds[1]), "{kinds:?}");
+        let no_deletes = KvMix::new("", "h", 0.5, 0.0, 10, KeyDistribution::Uniform, 1);
+        assert_eq!(Workload::Kv(no_deletes).operations(), ["GET", "PUT"]);
     }
 
     #[test]
