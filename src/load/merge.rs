@@ -87,9 +87,11 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Log, String> {
     }
     let mut base_s = None;
     let mut start_s = None;
-    // Operation -> start -> (length, latencies): corrected and uncorrected
-    // lines of one interval meet here.
+    // Each interval once, by operation and start: its corrected and
+    // uncorrected lines meet there.
     let mut intervals: Vec<(String, f64, f64, Latencies)> = Vec::new();
+    let mut index: std::collections::HashMap<(String, u128), usize> =
+        std::collections::HashMap::new();
     let mut deserializer = Deserializer::new();
     for entry in IntervalLogIterator::new(text) {
         match entry.map_err(|e| what(format!("not an interval log ({e:?})")))? {
@@ -112,16 +114,13 @@ pub fn parse(path: &Path, text: &[u8]) -> Result<Log, String> {
                     .map_err(|e| what(format!("a histogram that does not decode ({e:?})")))?;
                 let start = interval.start_timestamp().as_secs_f64();
                 let length = interval.duration().as_secs_f64();
-                let at = intervals
-                    .iter()
-                    .position(|(n, s, _, _)| *n == name && (*s - start).abs() < 1e-6);
-                let slot = match at {
-                    Some(at) => &mut intervals[at].3,
-                    None => {
-                        intervals.push((name, start, length, Latencies::new()));
-                        &mut intervals.last_mut().expect("just pushed").3
-                    }
-                };
+                // Timestamps are written to the millisecond.
+                let key = (name.clone(), interval.start_timestamp().as_millis());
+                let at = *index.entry(key).or_insert_with(|| {
+                    intervals.push((name, start, length, Latencies::new()));
+                    intervals.len() - 1
+                });
+                let slot = &mut intervals[at].3;
                 let into = if uncorrected {
                     &mut slot.uncorrected
                 } else {
