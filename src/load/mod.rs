@@ -104,6 +104,9 @@ pub fn run(options: LoadOptions) -> Result<Outcome, String> {
     })
 }
 
+/// A run's interval log, written as the run goes.
+pub type Hlog = HlogWriter<std::io::BufWriter<std::fs::File>>;
+
 /// What one run measured.
 pub struct Measured {
     /// Its report.
@@ -113,7 +116,7 @@ pub struct Measured {
     /// Every thread's ledger, when one was asked for.
     pub ledger: Vec<ledger::Entry>,
     /// Its interval log, open for the closing report line.
-    pub hlog: Option<HlogWriter<std::io::BufWriter<std::fs::File>>>,
+    pub hlog: Option<Hlog>,
 }
 
 /// Run `plan` once: set the threads up, start them together, gather each
@@ -468,7 +471,7 @@ impl Seconds {
         &mut self,
         done: Vec<(usize, Vec<Latencies>)>,
         now: Instant,
-        hlog: Option<&mut HlogWriter<std::io::BufWriter<std::fs::File>>>,
+        hlog: Option<&mut Hlog>,
     ) -> Result<(), String> {
         self.held.extend(done);
         let measure_start = self.measure_start;
@@ -485,7 +488,7 @@ impl Seconds {
     fn flush(
         &mut self,
         end: Instant,
-        mut hlog: Option<&mut HlogWriter<std::io::BufWriter<std::fs::File>>>,
+        mut hlog: Option<&mut Hlog>,
     ) -> Result<(), String> {
         while let Some((index, latencies)) = self.held.pop_front() {
             let start = self.measure_start + INTERVAL * index as u32;
@@ -500,7 +503,7 @@ impl Seconds {
         index: usize,
         length: Duration,
         latencies: &[Latencies],
-        hlog: Option<&mut HlogWriter<std::io::BufWriter<std::fs::File>>>,
+        hlog: Option<&mut Hlog>,
     ) -> Result<(), String> {
         if let Some(hlog) = hlog {
             hlog.write(index, length, latencies)?;
