@@ -485,11 +485,7 @@ impl Seconds {
     }
 
     /// The run ended at `end`: write what is held, the last second cut there.
-    fn flush(
-        &mut self,
-        end: Instant,
-        mut hlog: Option<&mut Hlog>,
-    ) -> Result<(), String> {
+    fn flush(&mut self, end: Instant, mut hlog: Option<&mut Hlog>) -> Result<(), String> {
         while let Some((index, latencies)) = self.held.pop_front() {
             let start = self.measure_start + INTERVAL * index as u32;
             let length = end.saturating_duration_since(start).min(INTERVAL);
