@@ -26,6 +26,10 @@ pub const RESOLUTION: f64 = 0.05;
 /// Steps at most, doubling and bisecting together.
 pub const MAX_STEPS: usize = 24;
 
+/// The longest a step may measure: a percentile that needs more requests
+/// than the range's lowest rate gives in this time is refused up front.
+pub const MAX_STEP: Duration = Duration::from_secs(600);
+
 /// Requests a step measures beyond the percentile asked: for p99, 1,000
 /// requests in all; for p99.9, 10,000.
 pub const TAIL_SAMPLES: f64 = 10.0;
@@ -156,6 +160,16 @@ pub fn search(plan: &LoadPlan, objectives: &[Objective]) -> Result<Outcome, Stri
         .map(|o| 1.0 - o.quantile)
         .fold(1.0, f64::min);
     let min_requests = TAIL_SAMPLES / tail;
+    let longest = Duration::from_secs_f64(min_requests / low);
+    if longest > MAX_STEP {
+        return Err(format!(
+            "--slo: the percentile asked needs {} requests per step, {:.0} s at {} requests/s; steps last at most {} s: raise LOW in --rate-range or ask a lower percentile",
+            group(min_requests.ceil() as u64),
+            longest.as_secs_f64(),
+            group(low as u64),
+            MAX_STEP.as_secs()
+        ));
+    }
     let described: Vec<String> = objectives
         .iter()
         .map(|o| format!("{} < {} ms", o.percentile, o.below_ms))
