@@ -311,6 +311,62 @@ fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> common::Resp
 }
 
 #[test]
+fn stalled_admin_clients_keep_no_probe_waiting() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::Instant;
+    let server = Server::start(&[]);
+    let admin = server.admin.expect("an admin listener");
+    // Three clients that trickle a request a byte every 400 ms, for ever.
+    let tricklers: Vec<_> = (0..3)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut stream = TcpStream::connect(admin).unwrap();
+                let started = Instant::now();
+                stream.write_all(b"GET /readyz HTTP/1.1\r\n").unwrap();
+                while stream.write_all(b"X").is_ok() && started.elapsed() < Duration::from_secs(10)
+                {
+                    thread::sleep(Duration::from_millis(400));
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    assert_eq!(request(admin, "GET", "/readyz").status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "a probe waited {:?}",
+        asked.elapsed()
+    );
+    // Each trickler is closed once its 2 s for the whole request are up,
+    // however steadily it sends.
+    for trickler in tricklers {
+        let held = trickler.join().unwrap();
+        assert!(
+            held < Duration::from_secs(4),
+            "a trickling client was held {held:?}"
+        );
+    }
+    // Past 16 clients at once, the next is told so at once.
+    let idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(admin).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    drop(idle);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(request(admin, "GET", "/livez").status, 200);
+}
+
+#[test]
 fn the_admin_listener_serves_metrics_and_probes_apart_from_the_public_port() {
     let defaults = String::from_utf8(millrace(&["serve", "--print-config"]).stdout).unwrap();
     assert!(

@@ -3,25 +3,31 @@
 //! figures are not open to every client and a scraper never waits behind
 //! public traffic.
 //!
-//! One plain thread serves it, a connection at a time, each closed after
+//! One plain thread accepts; each client gets a thread of its own, up to
+//! [`MAX_CLIENTS`] at once (past that, a 503 and close), and is closed after
 //! one answer: scrapes and probes are rare, and nothing here touches the
 //! executors' hot path. It reads what the executors publish (the metrics
-//! registry, the lifecycle stage). A client that stalls holds the listener
-//! for at most [`CLIENT_TIMEOUT`].
+//! registry, the lifecycle stage). A client has [`CLIENT_TIMEOUT`] for the
+//! whole exchange, however it trickles its bytes, so one that stalls
+//! never keeps a probe from being answered.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::http::request::{HeadLimits, Method, parse_head};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{CONTENT_TYPE, MetricsRegistry};
 
-/// How long one admin client may take to send its request and read the answer.
+/// How long one admin client may take to send its request and read the
+/// answer, all of it: a deadline from its accept, not a per-read timeout.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Admin clients served at once; one more is answered 503 and closed.
+pub const MAX_CLIENTS: usize = 16;
 
 /// Largest admin request head, in bytes.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -50,14 +56,34 @@ impl Admin {
         let thread = thread::Builder::new()
             .name("millrace-admin".into())
             .spawn(move || {
+                let clients = Arc::new(AtomicUsize::new(0));
                 for stream in listener.incoming() {
                     if stopping.load(Ordering::Relaxed) {
                         return;
                     }
                     match stream {
-                        Ok(stream) => {
-                            if let Err(e) = serve(stream, &registry, &lifecycle) {
-                                tracing::debug!(error = %e, "admin client");
+                        Ok(mut stream) => {
+                            if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                                clients.fetch_sub(1, Ordering::AcqRel);
+                                let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+                                let busy = b"too many admin clients\n";
+                                let _ = answer(&mut stream, 503, "text/plain", busy, true);
+                                continue;
+                            }
+                            let (registry, lifecycle) =
+                                (Arc::clone(&registry), Arc::clone(&lifecycle));
+                            let client_count = Arc::clone(&clients);
+                            let spawned = thread::Builder::new()
+                                .name("millrace-admin-client".into())
+                                .spawn(move || {
+                                    if let Err(e) = serve(stream, &registry, &lifecycle) {
+                                        tracing::debug!(error = %e, "admin client");
+                                    }
+                                    client_count.fetch_sub(1, Ordering::AcqRel);
+                                });
+                            if let Err(e) = spawned {
+                                tracing::warn!(error = %e, "cannot start an admin client's thread");
+                                clients.fetch_sub(1, Ordering::AcqRel);
                             }
                         }
                         Err(e) => {
@@ -91,8 +117,19 @@ fn serve(
     registry: &MetricsRegistry,
     lifecycle: &Lifecycle,
 ) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    // What is left of the client's time, for the next read or write.
+    let left = |stream: &TcpStream| -> io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client's time is up",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        stream.set_write_timeout(Some(left))
+    };
     let limits = HeadLimits {
         max_request_line_bytes: MAX_HEAD_BYTES,
         max_header_bytes: MAX_HEAD_BYTES,
@@ -108,12 +145,14 @@ fn serve(
                 return answer(&mut stream, 400, "text/plain", b"bad request\n", false);
             }
         }
+        left(&stream)?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
     };
+    left(&stream)?;
     let with_body = head.method != Method::Head;
     if !matches!(head.method, Method::Get | Method::Head) {
         return answer(&mut stream, 405, "text/plain", b"GET or HEAD\n", with_body);
