@@ -54,6 +54,7 @@ fn main() {
         },
         max_body_bytes: 1 << 20,
         max_pipeline_depth: 1024,
+        max_connection_requests: None,
     };
     let report = |name: &str, started: Instant| {
         let ns = started.elapsed().as_nanos() as f64 / REQUESTS as f64;

@@ -311,6 +311,46 @@ fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> common::Resp
 }
 
 #[test]
+fn connections_close_after_their_last_request_or_past_their_age() {
+    use std::net::TcpStream;
+    let server = Server::start(&["--max-connection-requests", "3"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 1..=3 {
+        let response = get_on(&mut stream, "/plaintext");
+        assert_eq!(response.status, 200);
+        let close = response.header("Connection") == Some("close");
+        assert_eq!(
+            close,
+            i == 3,
+            "request {i}: {:?}",
+            response.header("Connection")
+        );
+    }
+    assert!(
+        closed_by_server(&mut stream),
+        "closed after its third request"
+    );
+    // A fresh connection starts its count again.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    assert_eq!(get_on(&mut stream, "/plaintext").header("Connection"), None);
+
+    let server = Server::start(&["--max-connection-age-ms", "300"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(get_on(&mut stream, "/plaintext").header("Connection"), None);
+    thread::sleep(Duration::from_millis(400));
+    let response = get_on(&mut stream, "/plaintext");
+    assert_eq!(response.status, 200, "the request in hand is answered");
+    assert_eq!(response.header("Connection"), Some("close"));
+    assert!(closed_by_server(&mut stream));
+}
+
+#[test]
 fn stalled_admin_clients_keep_no_probe_waiting() {
     use std::io::Read;
     use std::net::TcpStream;

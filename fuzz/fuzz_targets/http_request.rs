@@ -33,6 +33,7 @@ const LIMITS: Limits = Limits {
     },
     max_body_bytes: 1024,
     max_pipeline_depth: 3,
+    max_connection_requests: None,
 };
 
 /// Feed `pieces` in order, sending responses as a reactor would; return all output.

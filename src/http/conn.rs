@@ -25,6 +25,9 @@ pub struct Limits {
     /// Most responses written but not yet sent; past it the connection stops
     /// parsing (and the reactor stops reading) until sends drain.
     pub max_pipeline_depth: usize,
+    /// Requests one connection may make; the last is answered with
+    /// `Connection: close`. `None`: no limit.
+    pub max_connection_requests: Option<u64>,
 }
 
 /// What a connection needs from its executor besides bytes.
@@ -144,8 +147,11 @@ pub struct HttpConnection {
     next_deferred: u16,
     /// An answer in the queue closes the connection: read no more requests.
     close_queued: bool,
-    /// The server is shutting down: the next response closes the connection.
+    /// The server is shutting down, or the connection has lived its time:
+    /// the next response closes the connection.
     draining: bool,
+    /// Requests answered, for `max_connection_requests`.
+    answered: u64,
 }
 
 /// An answer waiting its turn.
@@ -536,7 +542,12 @@ impl HttpConnection {
         out: &mut Vec<u8>,
         env: &HttpEnv<'_>,
     ) -> usize {
-        let keep_alive = head.keep_alive && !self.draining;
+        self.answered += 1;
+        let last = env
+            .limits
+            .max_connection_requests
+            .is_some_and(|max| self.answered >= max);
+        let keep_alive = head.keep_alive && !self.draining && !last;
         let connection = match (keep_alive, head.version) {
             (false, _) => ConnectionHeader::Close,
             (true, Version::Http10) => ConnectionHeader::KeepAlive,
@@ -648,6 +659,7 @@ mod tests {
         },
         max_body_bytes: 64,
         max_pipeline_depth: 1000,
+        max_connection_requests: None,
     };
 
     /// Feed `chunks` one after another; return everything written.
@@ -722,6 +734,7 @@ mod tests {
     fn a_full_pipeline_pauses_until_responses_are_sent() {
         let limits = Limits {
             max_pipeline_depth: 4,
+            max_connection_requests: None,
             ..LIMITS
         };
         let date = DateHeader::new();
@@ -1119,6 +1132,7 @@ mod tests {
         let date = DateHeader::new();
         let limits = Limits {
             max_pipeline_depth: 3,
+            max_connection_requests: None,
             ..LIMITS
         };
         let env = HttpEnv {

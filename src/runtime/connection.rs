@@ -47,11 +47,13 @@ pub struct Connection {
     pub life: Life,
     /// Queued to be settled at the end of this turn.
     pub touched: bool,
+    /// When it was accepted, for `max_connection_age_ms`.
+    pub accepted_at: Instant,
 }
 
 impl Connection {
-    /// A connection just accepted.
-    pub fn new(socket: RingSocket, http: HttpConnection) -> Self {
+    /// A connection just accepted at `now`.
+    pub fn new(socket: RingSocket, http: HttpConnection, now: Instant) -> Self {
         Connection {
             socket,
             http,
@@ -64,6 +66,7 @@ impl Connection {
             fresh: true,
             life: Life::Open,
             touched: false,
+            accepted_at: now,
         }
     }
 

@@ -83,6 +83,9 @@ pub struct ExecutorConfig {
     /// How long a deferred answer may take; then it is dropped and the
     /// request answered 503.
     pub request_timeout: Duration,
+    /// Age past which a connection's next response closes it; `None`: no
+    /// limit.
+    pub max_connection_age: Option<Duration>,
     /// HTTP limits.
     pub limits: Limits,
     /// The Redis Cluster handlers' commands go to, if any.
@@ -147,6 +150,8 @@ pub struct Executor<A: Application> {
     accept_armed: bool,
     accept_retry_at: Option<Instant>,
     last_accept_warning: Option<Instant>,
+    /// See [`ExecutorConfig::max_connection_age`].
+    max_connection_age: Option<Duration>,
     conns: Slab,
     timers: Timers,
     /// Connections to settle at the end of this turn.
@@ -219,6 +224,7 @@ impl<A: Application> Executor<A> {
             accept_armed: false,
             accept_retry_at: None,
             last_accept_warning: None,
+            max_connection_age: config.max_connection_age,
             conns: Slab::default(),
             timers: Timers::new(
                 config.header_timeout,
@@ -401,9 +407,11 @@ impl<A: Application> Executor<A> {
         if self.drain_deadline.is_some() {
             http.start_drain();
         }
-        let (slot, _) = self
-            .conns
-            .insert(Connection::new(RingSocket::accepted(socket), http));
+        let (slot, _) = self.conns.insert(Connection::new(
+            RingSocket::accepted(socket),
+            http,
+            self.now,
+        ));
         self.metrics.connections_accepted += 1;
         self.metrics.connections_open += 1;
         self.timers.arm(slot, TimerKind::Header, self.now);
@@ -466,13 +474,21 @@ impl<A: Application> Executor<A> {
             self.metrics.bytes_received += n as u64;
             if conn.life == Life::Open && !conn.read_closed {
                 let at = (token.slot, token.generation);
+                let (max_age, now, accepted_at) =
+                    (self.max_connection_age, self.now, conn.accepted_at);
                 let written = self.responder.answer(
                     conn,
                     at,
                     &mut self.metrics,
                     &mut self.tasks,
                     self.now,
-                    |http, service, out, env| http.receive(bytes, service, out, env),
+                    |http, service, out, env| {
+                        if max_age.is_some_and(|age| now >= accepted_at + age) {
+                            // Keep-alive connections move to new instances in time.
+                            http.start_drain();
+                        }
+                        http.receive(bytes, service, out, env)
+                    },
                 );
                 if written > 0 {
                     // A request was answered: the next one gets a fresh header deadline.
@@ -977,6 +993,7 @@ mod tests {
             close_linger: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            max_connection_age: None,
             limits: Limits {
                 head: crate::http::request::HeadLimits {
                     max_request_line_bytes: 1024,
@@ -985,6 +1002,7 @@ mod tests {
                 },
                 max_body_bytes: 1024,
                 max_pipeline_depth: 16,
+                max_connection_requests: None,
             },
             redis: None,
             max_redis_in_flight: 16,

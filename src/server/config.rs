@@ -82,6 +82,10 @@ serve_options! {
     max_body_bytes: usize = 1024 * 1024, env "MILLRACE_MAX_BODY_BYTES";
     /// Responses a connection may have unsent before it stops being read [default: 256]
     max_pipeline_depth: usize = 256, env "MILLRACE_MAX_PIPELINE_DEPTH";
+    /// Requests one connection may make; the last is answered with Connection: close, so that keep-alive connections spread onto instances added later. 0: no limit [default: 0]
+    max_connection_requests: u64 = 0, env "MILLRACE_MAX_CONNECTION_REQUESTS";
+    /// Age past which a connection's next response carries Connection: close, in milliseconds. 0: no limit [default: 0]
+    max_connection_age_ms: u64 = 0, env "MILLRACE_MAX_CONNECTION_AGE_MS";
     /// Time allowed for a request head to arrive, in milliseconds; then 408 and close [default: 10000]
     header_timeout_ms: u64 = 10_000, env "MILLRACE_HEADER_TIMEOUT_MS";
     /// Time a connection may make no progress (idle keep-alive, a stalled body or send), in milliseconds [default: 60000]
@@ -388,6 +392,8 @@ impl ServeConfig {
             close_linger: Duration::from_millis(self.close_linger_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_connection_age: (self.max_connection_age_ms > 0)
+                .then(|| Duration::from_millis(self.max_connection_age_ms)),
             limits: Limits {
                 head: HeadLimits {
                     max_request_line_bytes: self.max_request_line_bytes,
@@ -396,6 +402,8 @@ impl ServeConfig {
                 },
                 max_body_bytes: self.max_body_bytes,
                 max_pipeline_depth: self.max_pipeline_depth,
+                max_connection_requests: (self.max_connection_requests > 0)
+                    .then_some(self.max_connection_requests),
             },
             redis: self.redis(),
             max_redis_in_flight: self.max_redis_in_flight,
