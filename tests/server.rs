@@ -311,6 +311,49 @@ fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> common::Resp
 }
 
 #[test]
+fn a_connection_is_served_by_the_executor_of_the_cpu_it_came_in_on() {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs, this machine has {cpus}"
+    );
+    let server = Server::start_with(&["--listen", "127.0.0.1:0", "--cores", "0,1"]);
+    let url = format!("http://{}/plaintext", server.addr);
+    let accepted = |metrics: &str, core: u32| {
+        sample(
+            metrics,
+            &format!("millrace_connections_accepted_total{{core=\"{core}\"}}"),
+        )
+    };
+    for cpu in [1u32, 0] {
+        let before = server.metrics();
+        // Each curl a new connection, its SYN processed on `cpu` (loopback
+        // delivers on the sender's CPU).
+        for _ in 0..8 {
+            let status = Command::new("taskset")
+                .args([
+                    "-c",
+                    &cpu.to_string(),
+                    "curl",
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    &url,
+                ])
+                .status()
+                .expect("run taskset curl");
+            assert!(status.success());
+        }
+        // Figures are published every 100 ms.
+        thread::sleep(Duration::from_millis(300));
+        let after = server.metrics();
+        let other = 1 - cpu;
+        assert_eq!(accepted(&after, cpu) - accepted(&before, cpu), 8, "{after}");
+        assert_eq!(accepted(&after, other), accepted(&before, other), "{after}");
+    }
+}
+
+#[test]
 fn connections_close_after_their_last_request_or_past_their_age() {
     use std::net::TcpStream;
     let server = Server::start(&["--max-connection-requests", "3"]);

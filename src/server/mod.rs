@@ -155,7 +155,7 @@ fn serve<S: 'static>(
             "the open files limit caps each core's connections below max_connections; raise LimitNOFILE / ulimit -n"
         );
     }
-    let listeners = bind_listeners(config.listen, cpus.len(), config.listen_backlog)
+    let listeners = bind_listeners(config.listen, &cpus, config.listen_backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local = listeners[0]
         .local_addr()
@@ -484,11 +484,15 @@ pub fn available_cpus() -> Vec<usize> {
 }
 
 /// One listener per executor on the same address, so the kernel spreads
-/// connections over them. Port 0 is resolved by the first bind.
-fn bind_listeners(addr: SocketAddr, count: usize, backlog: u32) -> io::Result<Vec<Socket>> {
+/// connections over them, each marked with its executor's CPU
+/// (`SO_INCOMING_CPU`): the kernel hands a connection to the listener of
+/// the CPU that processed its packets, so with a NIC queue's interrupts on
+/// that CPU the connection stays on one core from the wire to the answer.
+/// Port 0 is resolved by the first bind.
+fn bind_listeners(addr: SocketAddr, cpus: &[usize], backlog: u32) -> io::Result<Vec<Socket>> {
     let mut addr = addr;
-    let mut listeners = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut listeners = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
         let socket = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.cloexec(),
@@ -496,6 +500,7 @@ fn bind_listeners(addr: SocketAddr, count: usize, backlog: u32) -> io::Result<Ve
         )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
+        socket.set_cpu_affinity(cpu)?;
         // Accepted sockets inherit it: responses leave without Nagle's delay.
         socket.set_tcp_nodelay(true)?;
         socket.set_nonblocking(true)?;
