@@ -19,14 +19,16 @@ from hdrh.log import HistogramLogReader
 LOWEST, HIGHEST, DIGITS = 1, 3_600_000_000_000, 3
 
 
-def value_at(histogram, percentile):
-    """The value at `percentile` by the rank rule of millrace's (Rust)
+def value_at(histogram, quantile):
+    """The value at `quantile` by the rank rule of millrace's (Rust)
     HdrHistogram: the ceil(q * N)-th recorded value, as the highest value
     equivalent to it. The Java reference, and this package, round q * N to
     the nearest instead, which can name the next recorded value; reading
     both histograms with one rule compares their contents, not the rules."""
     total = histogram.get_total_count()
-    rank = max(1, math.ceil(percentile / 100.0 * total))
+    # quantile * total as millrace computes it: 99.9 / 100 is not 0.999 in
+    # floating point, and the difference can move the rank by one.
+    rank = max(1, math.ceil(quantile * total))
     seen = 0
     for index in range(histogram.counts_len):
         seen += histogram.get_count_at_index(index)
@@ -56,9 +58,9 @@ def main(paths):
         summary[tag] = {
             "intervals": intervals[tag],
             "count": histogram.get_total_count(),
-            "p50_ms": value_at(histogram, 50) / 1e6,
-            "p99_ms": value_at(histogram, 99) / 1e6,
-            "p99.9_ms": value_at(histogram, 99.9) / 1e6,
+            "p50_ms": value_at(histogram, 0.5) / 1e6,
+            "p99_ms": value_at(histogram, 0.99) / 1e6,
+            "p99.9_ms": value_at(histogram, 0.999) / 1e6,
             "max_ms": histogram.get_max_value() / 1e6,
         }
     json.dump(summary, sys.stdout, indent=2, sort_keys=True)
