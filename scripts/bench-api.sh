@@ -61,26 +61,8 @@ fi
 millrace="$root/target/release/millrace"
 peer="$root/benches/peers/axum-redis/target/release/peer-axum-redis"
 
-dir="$root/var/bench-api-redis"
-# Bus ports are +10000: kept below the ephemeral range (32768 and up), where
-# an outgoing connection could hold one.
-redis_port=$((21400 + RANDOM % 600))
-make_work
-cleanup() {
-  stop_work
-  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-step "a 3-master Redis Cluster on CPU $load_cpu"
-seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+bench_redis bench-api 21400
 
-empty_queue() {
-  local p
-  for p in $(seq "$redis_port" $((redis_port + 2))); do
-    redis-cli -p "$p" flushall > /dev/null
-  done
-}
 
 # start NAME PORT: the server pinned to the server CPU; sets server_pid.
 start() {

@@ -70,34 +70,17 @@ if [ "$build" = 1 ]; then
 fi
 millrace="$root/target/release/millrace"
 
-dir="$root/var/bench-durability-redis"
-redis_port=$((21400 + RANDOM % 600))
-make_work
-cleanup() {
-  stop_work
-  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-step "a 3-master Redis Cluster on CPU $load_cpu (AOF on, everysec)"
-seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+bench_redis bench-durability 21400 "AOF on, everysec"
 masters=("$redis_port" $((redis_port + 1)) $((redis_port + 2)))
 for p in "${masters[@]}"; do
   redis-cli -p "$p" config set auto-aof-rewrite-min-size 64gb > /dev/null
 done
 
-empty_queue() {
-  local p
-  for p in "${masters[@]}"; do
-    redis-cli -p "$p" flushall > /dev/null
-  done
-}
-
 # redis_ticks: CPU ticks the three masters have used so far.
 redis_ticks() {
   local total=0 p
   for p in "${masters[@]}"; do
-    total=$((total + $(cpu_ticks "$(cat "$dir/$p/redis.pid")")))
+    total=$((total + $(cpu_ticks "$(cat "$redis_dir/$p/redis.pid")")))
   done
   echo "$total"
 }

@@ -155,24 +155,8 @@ fi
 profiles="$root/var/bench-instructions"
 rm -rf "$profiles"
 mkdir -p "$profiles"
-dir="$root/var/bench-instructions-redis"
-redis_port=$((22000 + RANDOM % 600))
-make_work
-cleanup() {
-  stop_work
-  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-step "a 3-master Redis Cluster on CPU $load_cpu"
-seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+bench_redis bench-instructions 22000
 
-empty_queue() {
-  local p
-  for p in $(seq "$redis_port" $((redis_port + 2))); do
-    redis-cli -p "$p" flushall > /dev/null
-  done
-}
 
 # load ARGS...: millrace load on the load CPU, every request answered.
 load() {

@@ -69,24 +69,8 @@ current="$root/target/release/millrace"
 shortener="$root/target/release/examples/shortener"
 baseline="$base_dir/target/release/millrace"
 
-dir="$root/var/bench-regression-redis"
-redis_port=$((21400 + RANDOM % 600))
-make_work
-cleanup() {
-  stop_work
-  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-step "a 3-master Redis Cluster on CPU $load_cpu"
-seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+bench_redis bench-regression 21400
 
-empty_queue() {
-  local p
-  for p in $(seq "$redis_port" $((redis_port + 2))); do
-    redis-cli -p "$p" flushall > /dev/null
-  done
-}
 
 # start NAME PORT: the server pinned to the server CPU; sets server_pid.
 start() {

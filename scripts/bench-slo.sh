@@ -44,17 +44,7 @@ if [ "$build" = 1 ]; then
 fi
 millrace="$root/target/release/millrace"
 
-dir="$root/var/bench-slo-redis"
-redis_port=$((20600 + RANDOM % 600))
-make_work
-cleanup() {
-  stop_work
-  scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
-scripts/redis-cluster.sh stop --dir "$dir" > /dev/null 2>&1 || true
-step "a 3-master Redis Cluster on CPU $load_cpu"
-seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$dir" --port "$redis_port")
+bench_redis bench-slo 20600
 
 port=$(free_port)
 step "millrace serve on CPU $server_cpu"

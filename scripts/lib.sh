@@ -32,6 +32,36 @@ hdrh_python() {
   echo "$venv/bin/python"
 }
 
+# bench_redis NAME BASE [NOTE]: a benchmark's 3-master Redis Cluster on
+# $load_cpu, its files in var/NAME-redis (redis_dir), its first port BASE +
+# RANDOM % 600 (redis_port; keep BASE + 10600 below 32768: bus ports are
+# +10000 and the ephemeral range starts there), its seed list in seeds.
+# Also makes $work and $pids (make_work), and an EXIT trap that stops them
+# and the cluster. Call from the repository root.
+bench_redis() {
+  redis_dir="$PWD/var/$1-redis"
+  redis_port=$(($2 + RANDOM % 600))
+  make_work
+  trap bench_redis_cleanup EXIT
+  scripts/redis-cluster.sh stop --dir "$redis_dir" > /dev/null 2>&1 || true
+  step "a 3-master Redis Cluster on CPU $load_cpu${3:+ ($3)}"
+  # shellcheck disable=SC2034 # for the caller
+  seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$redis_dir" --port "$redis_port")
+}
+
+bench_redis_cleanup() {
+  stop_work
+  scripts/redis-cluster.sh stop --dir "$redis_dir" > /dev/null 2>&1 || true
+}
+
+# empty_queue: flush every master of bench_redis's cluster.
+empty_queue() {
+  local p
+  for p in $(seq "$redis_port" $((redis_port + 2))); do
+    redis-cli -p "$p" flushall > /dev/null
+  done
+}
+
 # free_port: a TCP port on 127.0.0.1 nothing listens on right now.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
