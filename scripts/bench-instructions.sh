@@ -58,21 +58,15 @@ cd "$root"
 . scripts/lib.sh
 
 need_packages redis-server redis-tools valgrind python3 pkg-config libssl-dev
-base_sha=$(git rev-parse --verify "$base_rev^{commit}")
-base_dir="$root/var/bench-base"
 if [ "$build" = 1 ]; then
   step "building this tree (release)"
   cargo build --release --quiet --bin millrace
-  step "building $base_rev ($base_sha) in $base_dir (release)"
-  if [ ! -e "$base_dir/.git" ]; then
-    rm -rf "$base_dir"
-    git worktree add --detach "$base_dir" "$base_sha" > /dev/null
-  fi
-  git -C "$base_dir" checkout --quiet --detach "$base_sha"
-  (cd "$base_dir" && cargo build --release --quiet --bin millrace)
+  build_base "$base_rev"
+else
+  base_sha=$(git rev-parse --verify "$base_rev^{commit}")
+  baseline="$root/var/bench-base/target/release/millrace"
 fi
 current="$root/target/release/millrace"
-baseline="$base_dir/target/release/millrace"
 
 if [ "$side" = generator ]; then
   profiles="$root/var/bench-instructions-generator"

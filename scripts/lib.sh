@@ -32,6 +32,23 @@ hdrh_python() {
   echo "$venv/bin/python"
 }
 
+# build_base REV: millrace at commit REV, built in its own worktree
+# (var/bench-base, its own target directory); sets base_sha and baseline
+# (the binary). Call from the repository root.
+build_base() {
+  base_sha=$(git rev-parse --verify "$1^{commit}")
+  local dir="$PWD/var/bench-base"
+  step "building $1 ($base_sha) in $dir (release)"
+  if [ ! -e "$dir/.git" ]; then
+    rm -rf "$dir"
+    git worktree add --detach "$dir" "$base_sha" > /dev/null
+  fi
+  git -C "$dir" checkout --quiet --detach "$base_sha"
+  (cd "$dir" && cargo build --release --quiet --bin millrace)
+  # shellcheck disable=SC2034 # for the caller
+  baseline="$dir/target/release/millrace"
+}
+
 # bench_redis NAME BASE [NOTE]: a benchmark's 3-master Redis Cluster on
 # $load_cpu, its files in var/NAME-redis (redis_dir), its first port BASE +
 # RANDOM % 600 (redis_port; keep BASE + 10600 below 32768: bus ports are
