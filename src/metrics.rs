@@ -3,13 +3,17 @@
 //! Each executor owns a [`CoreMetrics`] of plain integers: no atomics, no
 //! sharing on the hot path. Now and then (and whenever `/metrics` is served)
 //! an executor copies its figures into its own slot of the
-//! [`MetricsRegistry`]; a scrape renders every core's slot, one `core` label
-//! per core. Nothing is summed across cores here: Prometheus does that.
+//! [`MetricsRegistry`]; a scrape renders every core's slot. Counters of the
+//! server itself carry a `core` label; histograms per route and the Redis
+//! client's figures per node are added across cores at the scrape, so
+//! their series do not multiply by the core count.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::Status;
 
@@ -60,10 +64,162 @@ impl DurationHistogram {
         self.count += count;
     }
 
-    /// Requests recorded.
+    /// Record one event that took no measurable time (an answer made in
+    /// the turn that read its request): no clock read, no bucket search.
+    pub fn observe_at_once(&mut self) {
+        self.buckets[0] += 1;
+        self.count += 1;
+    }
+
+    /// Events recorded.
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// Add `other`'s events to these.
+    pub fn merge(&mut self, other: &DurationHistogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.count += other.count;
+    }
+}
+
+/// Why load was turned away at the door: each answered 503 at once (or,
+/// for `connections`, closed at once), leaving nothing behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedCause {
+    /// A connection past `max_connections`.
+    Connections,
+    /// A Redis command past the executor's `max_redis_in_flight`.
+    RedisInFlight,
+    /// A read-through lookup past `max_pending_lookups`.
+    Lookups,
+    /// A write to a partition at `max_backlog` or `max_backlog_bytes`.
+    Backlog,
+    /// A write Redis refused for `maxmemory` (`OOM`).
+    RedisMemory,
+    /// A deferred answer that did not come within `request_timeout_ms`.
+    RequestTimeout,
+}
+
+impl ShedCause {
+    /// Every cause, in label order.
+    pub const ALL: [ShedCause; 6] = [
+        ShedCause::Connections,
+        ShedCause::RedisInFlight,
+        ShedCause::Lookups,
+        ShedCause::Backlog,
+        ShedCause::RedisMemory,
+        ShedCause::RequestTimeout,
+    ];
+
+    /// The `cause` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ShedCause::Connections => "max_connections",
+            ShedCause::RedisInFlight => "max_redis_in_flight",
+            ShedCause::Lookups => "max_pending_lookups",
+            ShedCause::Backlog => "max_backlog",
+            ShedCause::RedisMemory => "redis_maxmemory",
+            ShedCause::RequestTimeout => "request_timeout",
+        }
+    }
+}
+
+/// What one executor's store and I/O handle count: shedding and the
+/// read-through cache, as seen from the requests.
+#[derive(Clone, Debug, Default)]
+pub struct IoFigures {
+    /// Load turned away, by [`ShedCause`] (in [`ShedCause::ALL`] order).
+    pub shed: [u64; ShedCause::ALL.len()],
+    /// Reads of a cached table the cache answered with a value.
+    pub cache_hits: u64,
+    /// Reads the cache answered with "no such key" (a delete or a row the
+    /// database did not have, cached for `miss_ttl_ms`).
+    pub cache_negative_hits: u64,
+    /// Lookups sent to the database core: reads the cache could not answer,
+    /// and conditional writes on keys not cached.
+    pub lookups: u64,
+    /// Lookups sent and not yet answered.
+    pub lookups_waiting: u64,
+}
+
+impl IoFigures {
+    /// Count one thing turned away.
+    pub fn shed(&mut self, cause: ShedCause) {
+        self.shed[cause as usize] += 1;
+    }
+}
+
+/// Why a Redis command got no reply, as a label; the index of each kind in
+/// [`RedisFigures::failures`].
+pub const REDIS_FAILURE_KINDS: [&str; 7] = [
+    "connection_lost",
+    "timeout",
+    "too_many_redirects",
+    "cluster_down",
+    "unavailable",
+    "auth",
+    "protocol",
+];
+
+/// One Redis node's figures, as one executor's client saw them.
+#[derive(Clone, Debug, Default)]
+pub struct RedisNodeFigures {
+    /// Replies to callers' commands received from the node.
+    pub replies: u64,
+    /// Of those, error replies passed to the caller (`WRONGTYPE`, `OOM`,
+    /// a script's refusal ...).
+    pub error_replies: u64,
+    /// `MOVED` redirects the node answered.
+    pub moved: u64,
+    /// `ASK` redirects the node answered.
+    pub ask: u64,
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `LOADING` or `MASTERDOWN` answers, each
+    /// retried after a back-off.
+    pub retried: u64,
+    /// Connections established (the first one included).
+    pub connects: u64,
+    /// Connections lost or closed.
+    pub disconnects: u64,
+    /// Time from a command's write to its reply.
+    pub latency: DurationHistogram,
+}
+
+impl RedisNodeFigures {
+    fn merge(&mut self, other: &RedisNodeFigures) {
+        self.replies += other.replies;
+        self.error_replies += other.error_replies;
+        self.moved += other.moved;
+        self.ask += other.ask;
+        self.retried += other.retried;
+        self.connects += other.connects;
+        self.disconnects += other.disconnects;
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// One executor's Redis Cluster client figures.
+#[derive(Clone, Debug, Default)]
+pub struct RedisFigures {
+    /// Each node the client knows: its address, replies awaited from it
+    /// now, and its figures.
+    pub nodes: Vec<(SocketAddr, u64, RedisNodeFigures)>,
+    /// Commands that got no reply, by kind ([`REDIS_FAILURE_KINDS`]).
+    pub failures: [u64; REDIS_FAILURE_KINDS.len()],
+}
+
+/// One route's figures on one core.
+#[derive(Clone, Debug, Default)]
+struct RouteFigures {
+    /// Responses by status.
+    responses: [u64; Status::ALL.len()],
+    /// Time from the route's handler being called to its response being
+    /// written: 0 for answers made at once, the store's round trips for
+    /// deferred ones.
+    duration: DurationHistogram,
 }
 
 /// Why a connection was closed by a timer.
@@ -80,24 +236,23 @@ pub enum TimeoutKind {
 pub struct CoreMetrics {
     /// The CPU this executor is pinned to; the `core` label.
     pub core: usize,
-    /// Responses by route and status.
-    responses: Vec<[u64; Status::ALL.len()]>,
+    /// Responses and their latency, by route.
+    routes: Vec<RouteFigures>,
     /// Requests parsed whose responses have not yet been handed to the kernel.
     pub in_flight: u64,
     /// Time from a request's arrival to its response being sent.
     pub duration: DurationHistogram,
+    /// Whether the Redis client has a connected master for every slot
+    /// (`None`: no Redis Cluster configured).
+    pub redis_ready: Option<bool>,
     /// Connections open now.
     pub connections_open: u64,
     /// Connections accepted since start.
     pub connections_accepted: u64,
-    /// Connections closed at once because `max_connections` was reached.
-    pub connections_rejected: u64,
-    /// Redis commands refused at once because `max_redis_in_flight` was
-    /// reached (their requests answered 503).
-    pub redis_shed: u64,
-    /// Deferred answers that did not come within `request_timeout_ms`
-    /// (answered 503).
-    pub request_timeouts: u64,
+    /// Shedding and the read-through cache, copied from the executor's `Io`.
+    pub io: IoFigures,
+    /// The Redis client, copied from the executor's cluster client.
+    pub redis: RedisFigures,
     /// Connections closed by the header timeout.
     pub header_timeouts: u64,
     /// Connections closed by the idle timeout.
@@ -122,14 +277,14 @@ impl CoreMetrics {
     pub fn new(core: usize, routes: usize) -> Self {
         CoreMetrics {
             core,
-            responses: vec![[0; Status::ALL.len()]; routes],
+            routes: vec![RouteFigures::default(); routes],
             in_flight: 0,
             duration: DurationHistogram::default(),
+            redis_ready: None,
             connections_open: 0,
             connections_accepted: 0,
-            connections_rejected: 0,
-            redis_shed: 0,
-            request_timeouts: 0,
+            io: IoFigures::default(),
+            redis: RedisFigures::default(),
             header_timeouts: 0,
             idle_timeouts: 0,
             ring_submissions: 0,
@@ -141,18 +296,27 @@ impl CoreMetrics {
         }
     }
 
-    /// Count one response.
+    /// Count one response made in the turn that read its request.
     pub fn record_response(&mut self, route: RouteId, status: Status) {
-        if let Some(counts) = self.responses.get_mut(usize::from(route)) {
-            counts[status.index()] += 1;
+        if let Some(figures) = self.routes.get_mut(usize::from(route)) {
+            figures.responses[status.index()] += 1;
+            figures.duration.observe_at_once();
+        }
+    }
+
+    /// Count one deferred response, `took` after its route was called.
+    pub fn record_deferred_response(&mut self, route: RouteId, status: Status, took: Duration) {
+        if let Some(figures) = self.routes.get_mut(usize::from(route)) {
+            figures.responses[status.index()] += 1;
+            figures.duration.observe(took, 1);
         }
     }
 
     /// Responses counted for `route` with `status`.
     pub fn responses(&self, route: RouteId, status: Status) -> u64 {
-        self.responses
+        self.routes
             .get(usize::from(route))
-            .map_or(0, |counts| counts[status.index()])
+            .map_or(0, |figures| figures.responses[status.index()])
     }
 
     /// Count a connection closed by a timer.
@@ -164,8 +328,12 @@ impl CoreMetrics {
     }
 }
 
-/// What the database core counts, shared with the scrape (atomics: the
-/// core is off the executors' hot path).
+/// Upper bounds of the batch-size histogram's buckets, in rows.
+const BATCH_ROWS_BOUNDS: [u64; 10] = [1, 10, 50, 100, 500, 1_000, 2_000, 5_000, 10_000, 50_000];
+
+/// What the database core counts, shared with the scrape (atomics and
+/// locks: the core is off the executors' hot path, and takes each lock
+/// once a batch).
 #[derive(Debug, Default)]
 pub struct WritebackMetrics {
     /// Partitions whose stream or group was found missing and created again.
@@ -177,6 +345,84 @@ pub struct WritebackMetrics {
     /// partition: the stream went back, and such a write may lose to an
     /// older one.
     pub version_regressions: AtomicU64,
+    /// Rows committed to PostgreSQL.
+    pub rows_written: AtomicU64,
+    /// Batch writes that failed and were tried again.
+    pub batch_retries: AtomicU64,
+    /// Entries taken over from consumers that left them pending.
+    pub entries_claimed: AtomicU64,
+    /// When the last batch committed, in Unix milliseconds (0: none yet).
+    pub last_commit_ms: AtomicI64,
+    /// When the core last committed, started, or saw the queue empty, in
+    /// Unix milliseconds: the drain is stalled if this grows old.
+    pub last_progress_ms: AtomicI64,
+    /// Read-through queries run.
+    pub lookup_queries: AtomicU64,
+    /// Keys asked for by those queries.
+    pub lookup_keys: AtomicU64,
+    /// Read-through queries that failed (their waiting requests answered 503).
+    pub lookup_failures: AtomicU64,
+    /// The queue as last read from Redis.
+    pub backlog: Mutex<Backlog>,
+    /// Committed batches: their sizes and how long each took.
+    pub batches: Mutex<Batches>,
+}
+
+/// The write-back queue as the database core last read it.
+#[derive(Clone, Debug, Default)]
+pub struct Backlog {
+    /// Entries and bytes waiting in each partition.
+    pub partitions: Vec<(u64, u64)>,
+    /// When the oldest waiting entry was queued, in Unix milliseconds (0:
+    /// nothing waits).
+    pub oldest_ms: i64,
+}
+
+/// Committed batches.
+#[derive(Clone, Debug, Default)]
+pub struct Batches {
+    /// Rows per batch: per-bucket counts, the last one `+Inf`.
+    rows: [u64; BATCH_ROWS_BOUNDS.len() + 1],
+    rows_sum: u64,
+    /// From the start of a batch's write to its commit (retries included).
+    pub commit: DurationHistogram,
+}
+
+impl WritebackMetrics {
+    /// Count a committed batch of `rows` rows that took `took` to write.
+    pub fn record_batch(&self, rows: u64, took: Duration) {
+        self.rows_written.fetch_add(rows, Ordering::Relaxed);
+        let now = unix_ms();
+        self.last_commit_ms.store(now, Ordering::Relaxed);
+        self.last_progress_ms.store(now, Ordering::Relaxed);
+        let mut batches = lock(&self.batches);
+        let bucket = BATCH_ROWS_BOUNDS
+            .iter()
+            .position(|&bound| rows <= bound)
+            .unwrap_or(BATCH_ROWS_BOUNDS.len());
+        batches.rows[bucket] += 1;
+        batches.rows_sum += rows;
+        batches.commit.observe(took, 1);
+    }
+
+    /// Take the queue's figures as read now.
+    pub fn record_backlog(&self, backlog: Backlog) {
+        if backlog.partitions.iter().all(|&(entries, _)| entries == 0) {
+            self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+        }
+        *lock(&self.backlog) = backlog;
+    }
+
+    /// The core starts: it has made no progress yet, and is not stalled.
+    pub fn record_start(&self) {
+        self.last_progress_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Every core's last published figures, for scraping.
@@ -214,6 +460,24 @@ impl MetricsRegistry {
         self
     }
 
+    /// The CPU of an executor whose Redis client lacks a connected master
+    /// for some slot, if any does.
+    pub fn redis_unready_core(&self) -> Option<usize> {
+        self.cores.iter().find_map(|slot| {
+            let m = lock(slot);
+            (m.redis_ready == Some(false)).then_some(m.core)
+        })
+    }
+
+    /// How long this process's database core has gone without progress,
+    /// if longer than `stall`.
+    pub fn writeback_stalled(&self, stall: Duration) -> Option<Duration> {
+        let writeback = self.writeback.as_ref()?;
+        let since = unix_ms() - writeback.last_progress_ms.load(Ordering::Relaxed);
+        let since = Duration::from_millis(u64::try_from(since).unwrap_or(0));
+        (since > stall).then_some(since)
+    }
+
     /// Copy executor `index`'s figures into its slot.
     pub fn publish(&self, index: usize, metrics: &CoreMetrics) {
         lock(&self.cores[index]).clone_from(metrics);
@@ -235,7 +499,7 @@ impl MetricsRegistry {
 
 /// A slot holds plain numbers, so a panic elsewhere cannot leave it half
 /// written in a way that matters: use it even if poisoned.
-fn lock(slot: &Mutex<CoreMetrics>) -> std::sync::MutexGuard<'_, CoreMetrics> {
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     slot.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -244,6 +508,9 @@ fn lock(slot: &Mutex<CoreMetrics>) -> std::sync::MutexGuard<'_, CoreMetrics> {
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn render(cores: &[CoreMetrics], routes: &[String], out: &mut String) {
+    if cores.is_empty() {
+        return; // A database core on its own: no executors.
+    }
     family(
         out,
         "millrace_http_requests_total",
@@ -280,30 +547,35 @@ fn render(cores: &[CoreMetrics], routes: &[String], out: &mut String) {
         "Time from a request's arrival to its response being handed to the kernel.",
     );
     for m in cores {
-        let h = &m.duration;
-        let mut cumulative = 0;
-        for (i, count) in h.buckets.iter().enumerate() {
-            cumulative += count;
-            let le = DURATION_BOUNDS_NS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |&ns| seconds(ns));
-            let _ = writeln!(
+        histogram(
+            out,
+            "millrace_http_request_duration_seconds",
+            &format!("core=\"{}\"", m.core),
+            &m.duration,
+        );
+    }
+    family(
+        out,
+        "millrace_http_route_duration_seconds",
+        "histogram",
+        "Time from a request reaching its route to its response being written, by route, all cores together; answers made at once count as 0, deferred ones as the store's round trips.",
+    );
+    for (route, name) in routes.iter().enumerate() {
+        let mut merged = DurationHistogram::default();
+        for m in cores {
+            if let Some(figures) = m.routes.get(route) {
+                merged.merge(&figures.duration);
+            }
+        }
+        if merged.count > 0 {
+            let labels = format!("route=\"{}\"", escape_label(name));
+            histogram(
                 out,
-                "millrace_http_request_duration_seconds_bucket{{core=\"{}\",le=\"{le}\"}} {cumulative}",
-                m.core
+                "millrace_http_route_duration_seconds",
+                &labels,
+                &merged,
             );
         }
-        let _ = writeln!(
-            out,
-            "millrace_http_request_duration_seconds_sum{{core=\"{}\"}} {}",
-            m.core,
-            seconds(h.sum_ns)
-        );
-        let _ = writeln!(
-            out,
-            "millrace_http_request_duration_seconds_count{{core=\"{}\"}} {}",
-            m.core, h.count
-        );
     }
     gauge(
         out,
@@ -319,27 +591,23 @@ fn render(cores: &[CoreMetrics], routes: &[String], out: &mut String) {
         "Client connections accepted.",
         |m| m.connections_accepted,
     );
-    counter(
+    family(
         out,
-        cores,
-        "millrace_connections_rejected_total",
-        "Client connections closed at once because max_connections was reached.",
-        |m| m.connections_rejected,
+        "millrace_shed_total",
+        "counter",
+        "Load turned away at the door, by the limit that did it: requests answered 503 at once (connections closed at once for max_connections), leaving nothing behind.",
     );
-    counter(
-        out,
-        cores,
-        "millrace_redis_shed_total",
-        "Redis commands refused at once because max_redis_in_flight was reached; their requests were answered 503.",
-        |m| m.redis_shed,
-    );
-    counter(
-        out,
-        cores,
-        "millrace_request_timeouts_total",
-        "Deferred answers that did not come within request_timeout_ms; their requests were answered 503.",
-        |m| m.request_timeouts,
-    );
+    for m in cores {
+        for cause in ShedCause::ALL {
+            let _ = writeln!(
+                out,
+                "millrace_shed_total{{core=\"{}\",cause=\"{}\"}} {}",
+                m.core,
+                cause.label(),
+                m.io.shed[cause as usize]
+            );
+        }
+    }
     family(
         out,
         "millrace_connection_timeouts_total",
@@ -400,6 +668,148 @@ fn render(cores: &[CoreMetrics], routes: &[String], out: &mut String) {
         "Bytes sent to clients.",
         |m| m.bytes_sent,
     );
+    family(
+        out,
+        "millrace_cache_reads_total",
+        "counter",
+        "Reads of cached tables the Redis cache answered, by what it said: a value (hit) or no such key (negative_hit); the rest went to read-through.",
+    );
+    for m in cores {
+        for (result, n) in [
+            ("hit", m.io.cache_hits),
+            ("negative_hit", m.io.cache_negative_hits),
+        ] {
+            let _ = writeln!(
+                out,
+                "millrace_cache_reads_total{{core=\"{}\",result=\"{result}\"}} {n}",
+                m.core
+            );
+        }
+    }
+    counter(
+        out,
+        cores,
+        "millrace_readthrough_lookups_total",
+        "Keys sent to the database core to be read from PostgreSQL: cache misses, and conditional writes on keys not cached.",
+        |m| m.io.lookups,
+    );
+    gauge(
+        out,
+        cores,
+        "millrace_readthrough_lookups_waiting",
+        "Keys sent to the database core and not yet answered.",
+        |m| m.io.lookups_waiting,
+    );
+    render_redis(cores, out);
+}
+
+/// The Redis client's figures: per node, every core's added together; failures per core.
+fn render_redis(cores: &[CoreMetrics], out: &mut String) {
+    let mut nodes: BTreeMap<SocketAddr, (u64, RedisNodeFigures)> = BTreeMap::new();
+    for m in cores {
+        for (address, in_flight, figures) in &m.redis.nodes {
+            let node = nodes.entry(*address).or_default();
+            node.0 += in_flight;
+            node.1.merge(figures);
+        }
+    }
+    if nodes.is_empty() {
+        return; // No Redis Cluster configured.
+    }
+    type Value = fn(&(u64, RedisNodeFigures)) -> u64;
+    let families: [(&str, &str, &str, Value); 7] = [
+        (
+            "millrace_redis_replies_total",
+            "counter",
+            "Replies to commands received from each Redis node, all cores together.",
+            |n| n.1.replies,
+        ),
+        (
+            "millrace_redis_error_replies_total",
+            "counter",
+            "Error replies passed on to the caller (WRONGTYPE, OOM, a script's refusal), by node.",
+            |n| n.1.error_replies,
+        ),
+        (
+            "millrace_redis_moved_total",
+            "counter",
+            "MOVED redirects answered by each node (a slot changed owner).",
+            |n| n.1.moved,
+        ),
+        (
+            "millrace_redis_ask_total",
+            "counter",
+            "ASK redirects answered by each node (a slot migrating).",
+            |n| n.1.ask,
+        ),
+        (
+            "millrace_redis_retries_total",
+            "counter",
+            "TRYAGAIN, CLUSTERDOWN, LOADING or MASTERDOWN answers from each node, retried after a back-off.",
+            |n| n.1.retried,
+        ),
+        (
+            "millrace_redis_connects_total",
+            "counter",
+            "Connections established to each node; more than one per core is a reconnect.",
+            |n| n.1.connects,
+        ),
+        (
+            "millrace_redis_in_flight",
+            "gauge",
+            "Commands written to each node and not yet answered.",
+            |n| n.0,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for (address, node) in &nodes {
+            let _ = writeln!(out, "{name}{{node=\"{address}\"}} {}", value(node));
+        }
+    }
+    family(
+        out,
+        "millrace_redis_disconnects_total",
+        "counter",
+        "Connections to each node lost or closed.",
+    );
+    for (address, node) in &nodes {
+        let _ = writeln!(
+            out,
+            "millrace_redis_disconnects_total{{node=\"{address}\"}} {}",
+            node.1.disconnects
+        );
+    }
+    family(
+        out,
+        "millrace_redis_command_duration_seconds",
+        "histogram",
+        "Time from a command being written to a node to its reply, all cores together.",
+    );
+    for (address, node) in &nodes {
+        let labels = format!("node=\"{address}\"");
+        histogram(
+            out,
+            "millrace_redis_command_duration_seconds",
+            &labels,
+            &node.1.latency,
+        );
+    }
+    family(
+        out,
+        "millrace_redis_failures_total",
+        "counter",
+        "Commands that got no reply, by why: the connection was lost after it was sent, no reply in command_timeout_ms, too many redirects, the cluster kept refusing until the deadline, no node reachable, refused credentials, bytes that were not RESP.",
+    );
+    for m in cores {
+        for (kind, n) in REDIS_FAILURE_KINDS.iter().zip(m.redis.failures) {
+            let _ = writeln!(
+                out,
+                "millrace_redis_failures_total{{core=\"{}\",kind=\"{kind}\"}} {n}",
+                m.core
+            );
+        }
+    }
 }
 
 fn render_writeback(m: &WritebackMetrics, out: &mut String) {
@@ -419,10 +829,145 @@ fn render_writeback(m: &WritebackMetrics, out: &mut String) {
             "kv writes read with a version not above one already read from their partition (the stream went back: a failover to a lagging replica or a lost stream, on a master whose clock is behind); such a write loses to the newer version in the merge.",
             &m.version_regressions,
         ),
+        (
+            "millrace_writeback_rows_written_total",
+            "Rows committed to PostgreSQL.",
+            &m.rows_written,
+        ),
+        (
+            "millrace_writeback_batch_retries_total",
+            "Batch writes to PostgreSQL that failed and were tried again.",
+            &m.batch_retries,
+        ),
+        (
+            "millrace_writeback_entries_claimed_total",
+            "Queue entries taken over from a consumer that left them pending past claim_idle_ms.",
+            &m.entries_claimed,
+        ),
+        (
+            "millrace_readthrough_queries_total",
+            "Read-through queries run on PostgreSQL (each for every key that missed since the last one started).",
+            &m.lookup_queries,
+        ),
+        (
+            "millrace_readthrough_query_keys_total",
+            "Keys asked for by read-through queries.",
+            &m.lookup_keys,
+        ),
+        (
+            "millrace_readthrough_query_failures_total",
+            "Read-through queries that failed; their waiting requests were answered 503.",
+            &m.lookup_failures,
+        ),
     ] {
         family(out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
     }
+    let last_commit_ms = m.last_commit_ms.load(Ordering::Relaxed);
+    family(
+        out,
+        "millrace_writeback_last_commit_timestamp_seconds",
+        "gauge",
+        "When the last batch committed, in Unix seconds; 0 before the first.",
+    );
+    let _ = writeln!(
+        out,
+        "millrace_writeback_last_commit_timestamp_seconds {}",
+        seconds(u64::try_from(last_commit_ms).unwrap_or(0) * 1_000_000)
+    );
+    let backlog = lock(&m.backlog).clone();
+    for (name, help, pick) in [
+        (
+            "millrace_writeback_backlog_entries",
+            "Entries waiting in each write-back partition, as last read (every 250 ms).",
+            (|p: &(u64, u64)| p.0) as fn(&(u64, u64)) -> u64,
+        ),
+        (
+            "millrace_writeback_backlog_bytes",
+            "Bytes of entries waiting in each write-back partition, as last read; max_backlog_bytes caps it.",
+            |p: &(u64, u64)| p.1,
+        ),
+    ] {
+        family(out, name, "gauge", help);
+        for (partition, figures) in backlog.partitions.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {}", pick(figures));
+        }
+    }
+    let age_ms = if backlog.oldest_ms > 0 {
+        (unix_ms() - backlog.oldest_ms).max(0)
+    } else {
+        0
+    };
+    family(
+        out,
+        "millrace_writeback_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest entry waiting in the write-back queue; 0 when nothing waits.",
+    );
+    let _ = writeln!(
+        out,
+        "millrace_writeback_oldest_pending_age_seconds {}",
+        seconds(u64::try_from(age_ms).unwrap_or(0) * 1_000_000)
+    );
+    let batches = lock(&m.batches).clone();
+    family(
+        out,
+        "millrace_writeback_batch_rows",
+        "histogram",
+        "Rows in each committed batch.",
+    );
+    let mut cumulative = 0;
+    for (i, count) in batches.rows.iter().enumerate() {
+        cumulative += count;
+        let le = BATCH_ROWS_BOUNDS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), u64::to_string);
+        let _ = writeln!(
+            out,
+            "millrace_writeback_batch_rows_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "millrace_writeback_batch_rows_sum {}",
+        batches.rows_sum
+    );
+    let _ = writeln!(out, "millrace_writeback_batch_rows_count {cumulative}");
+    family(
+        out,
+        "millrace_writeback_commit_duration_seconds",
+        "histogram",
+        "Time from the start of a batch's write to its commit, retries included.",
+    );
+    histogram(
+        out,
+        "millrace_writeback_commit_duration_seconds",
+        "",
+        &batches.commit,
+    );
+}
+
+/// A histogram's sample lines; `labels` (may be empty) go before `le`.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &DurationHistogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (i, count) in h.buckets.iter().enumerate() {
+        cumulative += count;
+        let le = DURATION_BOUNDS_NS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |&ns| seconds(ns));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", seconds(h.sum_ns));
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

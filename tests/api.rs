@@ -918,7 +918,10 @@ fn overload_sheds_at_the_door_and_leaves_nothing() {
     }
     let metrics = server.metrics();
     assert!(
-        common::sample(&metrics, "millrace_redis_shed_total{core=\"0\"}") > 0,
+        common::sample(
+            &metrics,
+            "millrace_shed_total{core=\"0\",cause=\"max_redis_in_flight\"}"
+        ) > 0,
         "{metrics}"
     );
 }

@@ -759,7 +759,10 @@ fn abuse_leaves_legitimate_traffic_served_and_memory_bounded() {
         "2,500 slowloris + 600 over the cap + 300,000-request flood",
     );
     let metrics = server.metrics();
-    let refused = common::sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}");
+    let refused = common::sample(
+        &metrics,
+        "millrace_shed_total{core=\"0\",cause=\"max_connections\"}",
+    );
     tally.assert_exact();
     // Every legitimate request answered 202, but for those still in flight
     // when the run ended (one per connection at most).

@@ -353,7 +353,10 @@ fn connections_over_the_cap_are_closed_at_once() {
     // With one slot free again, the scrape itself gets in.
     let metrics = server.metrics();
     assert_eq!(
-        sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}"),
+        sample(
+            &metrics,
+            "millrace_shed_total{core=\"0\",cause=\"max_connections\"}"
+        ),
         1
     );
 }
@@ -386,7 +389,12 @@ fn a_low_open_files_limit_caps_connections_and_a_burst_over_it_is_refused() {
     held.pop();
     // One connection slot is free: the scrape itself gets in.
     let metrics = server.metrics();
-    assert!(sample(&metrics, "millrace_connections_rejected_total{core=\"0\"}") >= 1);
+    assert!(
+        sample(
+            &metrics,
+            "millrace_shed_total{core=\"0\",cause=\"max_connections\"}"
+        ) >= 1
+    );
     let mut again = server.connect();
     assert_eq!(get_on(&mut again, "/livez").status, 200);
 }

@@ -52,7 +52,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::http;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Readiness};
 use crate::metrics::{CoreMetrics, MetricsRegistry};
 use crate::runtime::{Application, TaskFuture, Turn};
 
@@ -157,8 +157,10 @@ pub fn percent_decode(encoded: &[u8], max_bytes: usize) -> Result<Cow<'_, [u8]>,
 
 /// What every core shares, read-only.
 pub struct Shared {
-    /// Starting, ready or draining, for readiness.
+    /// Starting, ready or draining.
     pub lifecycle: Arc<Lifecycle>,
+    /// What `/readyz` answers: the stage, and the dependencies asked for.
+    pub readiness: Arc<Readiness>,
     /// Every core's published metrics.
     pub registry: Arc<MetricsRegistry>,
     /// Bearer tokens protected routes require; `None`: open.

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::metrics::ShedCause;
 use crate::redis::command::Command;
 use crate::redis::resp::OwnedReply;
 use crate::runtime::{Failure, Io, RedisCall};
@@ -394,6 +395,11 @@ impl Store {
         let id = match reply {
             Ok(OwnedReply::Bulk(id)) => id,
             Ok(OwnedReply::Error(e)) => {
+                if e.starts_with(b"BACKLOG") {
+                    self.io.count_shed(ShedCause::Backlog);
+                } else if e.starts_with(b"OOM") {
+                    self.io.count_shed(ShedCause::RedisMemory);
+                }
                 let e = String::from_utf8_lossy(&e);
                 return Err(match e.strip_prefix("PRECONDITION") {
                     Some(current) => {
@@ -519,7 +525,10 @@ impl Store {
         async move {
             let (call, table, cache_key) = sent?;
             match call.await {
-                Ok(OwnedReply::Bulk(entry)) => return Ok(Found { entry: Some(entry) }),
+                Ok(OwnedReply::Bulk(entry)) => {
+                    store.io.count_cache_hit(entry.first() == Some(&b'v'));
+                    return Ok(Found { entry: Some(entry) });
+                }
                 Ok(OwnedReply::Nil) if !store.io.has_read_through() => {
                     return Ok(Found { entry: None });
                 }

@@ -31,6 +31,7 @@ use super::command::{Command, Error};
 use super::resp::{self, Protocol, Reply, encode_command};
 use super::slot::{SLOT_COUNT, Slot};
 use super::topology::Topology;
+use crate::metrics::{REDIS_FAILURE_KINDS, RedisFigures, RedisNodeFigures};
 
 /// The caller's name for a command, handed back with its reply.
 pub type CommandToken = u64;
@@ -214,6 +215,8 @@ struct Node {
     replica: bool,
     /// Handshake replies still awaited.
     handshake_left: u32,
+    /// What `/metrics` shows of it.
+    figures: RedisNodeFigures,
 }
 
 impl Node {
@@ -233,6 +236,7 @@ impl Node {
             close_reason: None,
             replica: false,
             handshake_left: 0,
+            figures: RedisNodeFigures::default(),
         }
     }
 }
@@ -369,6 +373,8 @@ pub struct Cluster {
     to_close: Vec<usize>,
     /// When [`Cluster::tick`] next looks for timeouts.
     next_sweep: Instant,
+    /// Commands that got no reply, by [`Error::kind`].
+    failures: [u64; REDIS_FAILURE_KINDS.len()],
 }
 
 impl Cluster {
@@ -398,6 +404,7 @@ impl Cluster {
             auth_error: None,
             to_close: Vec::new(),
             next_sweep: now,
+            failures: [0; REDIS_FAILURE_KINDS.len()],
             config,
         }
     }
@@ -410,6 +417,24 @@ impl Cluster {
     /// The layout has been read and every slot has an owner.
     pub fn is_ready(&self) -> bool {
         self.layout_known && self.owners.iter().all(|&o| o != NO_NODE)
+    }
+
+    /// Every slot has an owner, and the client is connected to each owner.
+    pub fn is_serving(&self) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        let mut checked = vec![false; self.nodes.len()];
+        for &owner in &self.owners {
+            let owner = owner as usize;
+            if !checked[owner] {
+                if self.nodes[owner].link != LinkState::Ready {
+                    return false;
+                }
+                checked[owner] = true;
+            }
+        }
+        true
     }
 
     /// A layout has been read (it may not cover every slot).
@@ -437,6 +462,30 @@ impl Cluster {
     /// Commands issued and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.commands.len
+    }
+
+    /// Copy each node's figures, and the failures, into `out` (its
+    /// allocation kept).
+    pub fn copy_figures(&self, out: &mut RedisFigures) {
+        out.nodes.truncate(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let in_flight = node
+                .sent
+                .iter()
+                .filter(|s| matches!(s.expect, Expect::Command(_)))
+                .count() as u64;
+            match out.nodes.get_mut(i) {
+                Some(slot) => {
+                    slot.0 = node.address;
+                    slot.1 = in_flight;
+                    slot.2.clone_from(&node.figures);
+                }
+                None => out
+                    .nodes
+                    .push((node.address, in_flight, node.figures.clone())),
+            }
+        }
+        out.failures = self.failures;
     }
 
     /// One slot of each master's, to reach every master with a keyless command.
@@ -612,6 +661,7 @@ impl Cluster {
         let target = &mut self.nodes[node];
         target.failures = 0;
         target.last_error = None;
+        target.figures.connects += 1;
         target.protocol = protocol;
         let mut handshake: Vec<Vec<&[u8]>> = Vec::new();
         match (protocol, &password) {
@@ -680,6 +730,10 @@ impl Cluster {
     fn lose(&mut self, node: usize, why: &str, now: Instant, sink: &mut impl Sink) {
         let target = &mut self.nodes[node];
         target.failures += 1;
+        // Each connection established ends once (a failed connect never began).
+        if target.figures.disconnects < target.figures.connects {
+            target.figures.disconnects += 1;
+        }
         let doublings = (target.failures - 1).min(16);
         let backoff = (self.config.reconnect_backoff_min * (1 << doublings))
             .min(self.config.reconnect_backoff_max);
@@ -693,7 +747,12 @@ impl Cluster {
             match entry.expect {
                 Expect::Command(key) => {
                     if let Some(pending) = self.commands.remove(key) {
-                        sink.deliver(pending.token, Err(Error::ConnectionLost(why.to_string())));
+                        fail(
+                            &mut self.failures,
+                            sink,
+                            pending.token,
+                            Error::ConnectionLost(why.to_string()),
+                        );
                     }
                 }
                 Expect::Layout(_) => self.refresh.in_flight = false,
@@ -771,7 +830,14 @@ impl Cluster {
                 return Err("a reply to nothing".into());
             };
             match sent.expect {
-                Expect::Command(key) => self.on_reply(key, reply, now, sink),
+                Expect::Command(key) => {
+                    let figures = &mut self.nodes[node].figures;
+                    figures.replies += 1;
+                    figures
+                        .latency
+                        .observe(now.saturating_duration_since(sent.at), 1);
+                    self.on_reply(node, key, reply, now, sink);
+                }
                 Expect::Asking | Expect::ReadOnly => {}
                 Expect::Handshake => {
                     if let Reply::Error(message) = reply {
@@ -781,7 +847,12 @@ impl Cluster {
                         let queued = std::mem::take(&mut self.nodes[node].queued);
                         for key in queued {
                             if let Some(pending) = self.commands.remove(key) {
-                                sink.deliver(pending.token, Err(Error::Auth(message.clone())));
+                                fail(
+                                    &mut self.failures,
+                                    sink,
+                                    pending.token,
+                                    Error::Auth(message.clone()),
+                                );
                             }
                         }
                         return Err(format!("handshake refused: {message}"));
@@ -798,11 +869,19 @@ impl Cluster {
         Ok(used)
     }
 
-    fn on_reply(&mut self, key: CommandKey, reply: Reply<'_>, now: Instant, sink: &mut impl Sink) {
-        if let Reply::Error(message) = reply
-            && self.on_error_reply(key, message, now, sink)
-        {
-            return;
+    fn on_reply(
+        &mut self,
+        node: usize,
+        key: CommandKey,
+        reply: Reply<'_>,
+        now: Instant,
+        sink: &mut impl Sink,
+    ) {
+        if let Reply::Error(message) = reply {
+            if self.on_error_reply(node, key, message, now, sink) {
+                return;
+            }
+            self.nodes[node].figures.error_replies += 1;
         }
         if let Some(pending) = self.commands.remove(key) {
             sink.deliver(pending.token, Ok(reply));
@@ -813,6 +892,7 @@ impl Cluster {
     /// (the command goes on); otherwise it is the caller's.
     fn on_error_reply(
         &mut self,
+        node: usize,
         key: CommandKey,
         message: &[u8],
         now: Instant,
@@ -824,13 +904,24 @@ impl Cluster {
                 let Some((slot, address)) = parse_redirect(message) else {
                     return false;
                 };
+                let figures = &mut self.nodes[node].figures;
+                if word == b"MOVED" {
+                    figures.moved += 1;
+                } else {
+                    figures.ask += 1;
+                }
                 let Some(pending) = self.commands.get_mut(key) else {
                     return true; // Timed out already.
                 };
                 pending.redirects += 1;
                 if pending.redirects > self.config.max_redirects {
                     let pending = self.commands.remove(key).expect("present above");
-                    sink.deliver(pending.token, Err(Error::TooManyRedirects));
+                    fail(
+                        &mut self.failures,
+                        sink,
+                        pending.token,
+                        Error::TooManyRedirects,
+                    );
                     return true;
                 }
                 let target = self.node_for(address, now);
@@ -844,6 +935,7 @@ impl Cluster {
                 true
             }
             b"TRYAGAIN" | b"CLUSTERDOWN" | b"LOADING" | b"MASTERDOWN" => {
+                self.nodes[node].figures.retried += 1;
                 let backoff_min = self.config.retry_backoff_min;
                 let backoff_max = self.config.retry_backoff_max;
                 let Some(pending) = self.commands.get_mut(key) else {
@@ -855,7 +947,12 @@ impl Cluster {
                 if at >= pending.deadline {
                     let pending = self.commands.remove(key).expect("present above");
                     let why = String::from_utf8_lossy(message).into_owned();
-                    sink.deliver(pending.token, Err(Error::ClusterDown(why)));
+                    fail(
+                        &mut self.failures,
+                        sink,
+                        pending.token,
+                        Error::ClusterDown(why),
+                    );
                 } else {
                     self.retries.push((at, key));
                     if word == b"CLUSTERDOWN" {
@@ -1037,7 +1134,7 @@ impl Cluster {
             .collect();
         for key in expired {
             if let Some(pending) = self.commands.remove(key) {
-                sink.deliver(pending.token, Err(Error::Timeout));
+                fail(&mut self.failures, sink, pending.token, Error::Timeout);
             }
         }
         // Unrouted commands whose deadline passed were failed above; the rest wait.
@@ -1078,6 +1175,17 @@ impl Cluster {
         }
         next
     }
+}
+
+/// Deliver a command's failure, counted by kind.
+fn fail(
+    failures: &mut [u64; REDIS_FAILURE_KINDS.len()],
+    sink: &mut impl Sink,
+    token: CommandToken,
+    error: Error,
+) {
+    failures[error.kind_index()] += 1;
+    sink.deliver(token, Err(error));
 }
 
 /// `MOVED 3999 127.0.0.1:6381` or `ASK ...`: the slot and the address.

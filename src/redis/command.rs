@@ -190,6 +190,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The kind's index in [`REDIS_FAILURE_KINDS`](crate::metrics::REDIS_FAILURE_KINDS),
+    /// its `/metrics` label.
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Error::ConnectionLost(_) => 0,
+            Error::Timeout => 1,
+            Error::TooManyRedirects => 2,
+            Error::ClusterDown(_) => 3,
+            Error::Unavailable(_) => 4,
+            Error::Auth(_) => 5,
+            Error::Protocol(_) => 6,
+        }
+    }
+
     /// Trying the same command again may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -221,6 +235,24 @@ impl std::error::Error for Error {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_failure_kind_has_its_own_label() {
+        use crate::metrics::REDIS_FAILURE_KINDS;
+        let labels = [
+            (Error::ConnectionLost(String::new()), "connection_lost"),
+            (Error::Timeout, "timeout"),
+            (Error::TooManyRedirects, "too_many_redirects"),
+            (Error::ClusterDown(String::new()), "cluster_down"),
+            (Error::Unavailable(String::new()), "unavailable"),
+            (Error::Auth(String::new()), "auth"),
+            (Error::Protocol(String::new()), "protocol"),
+        ];
+        assert_eq!(labels.len(), REDIS_FAILURE_KINDS.len());
+        for (error, label) in labels {
+            assert_eq!(REDIS_FAILURE_KINDS[error.kind_index()], label);
+        }
+    }
 
     #[test]
     fn commands_route_by_their_key() {

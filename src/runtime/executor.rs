@@ -23,7 +23,7 @@ use crate::http::{
     DateHeader, HttpConnection, HttpEnv, Limits, Phase, Rejection, Request, Response,
     ResponseWriter, Sent, Service, Status,
 };
-use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, RouteId, TimeoutKind};
+use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, RouteId, ShedCause, TimeoutKind};
 use crate::redis::cluster::{Cluster, ClusterConfig};
 use crate::redis::links::{self, Links};
 use crate::ring::buffers::ProvidedBuffers;
@@ -134,6 +134,8 @@ struct AnswerTo {
     generation: u16,
     number: u16,
     route: RouteId,
+    /// When its route deferred it, for the route's latency.
+    since: Instant,
 }
 
 /// One core's server.
@@ -312,7 +314,7 @@ impl<A: Application> Executor<A> {
 
     /// Copy what the ring and `Io` count into the metrics.
     fn count_ring_and_io(&mut self) {
-        self.metrics.redis_shed = self.io.shed();
+        self.io.copy_figures(&mut self.metrics);
         self.metrics.ring_submissions = self.ring.submissions;
         self.metrics.ring_enters = self.ring.enters;
     }
@@ -399,7 +401,7 @@ impl<A: Application> Executor<A> {
         // A successful accept's result is the new socket's direct descriptor.
         let socket = completion.result as u32;
         if self.conns.len() >= self.max_connections {
-            self.metrics.connections_rejected += 1;
+            self.io.count_shed(ShedCause::Connections);
             self.close_socket(socket);
             return;
         }
@@ -424,7 +426,7 @@ impl<A: Application> Executor<A> {
             // The direct-descriptor table filled with connections over
             // max_connections; their closes go in with the next accept.
             libc::ENFILE if self.conns.len() >= self.max_connections => {
-                self.metrics.connections_rejected += 1;
+                self.io.count_shed(ShedCause::Connections);
                 self.accept_retry_at = Some(self.now);
             }
             libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
@@ -619,7 +621,9 @@ impl<A: Application> Executor<A> {
                 },
             );
             if let Some(status) = status {
-                self.metrics.record_response(to.route, status);
+                let took = self.now.saturating_duration_since(to.since);
+                self.metrics
+                    .record_deferred_response(to.route, status, took);
             }
         }
         self.touch(to.slot);
@@ -758,7 +762,7 @@ impl<A: Application> Executor<A> {
                 continue;
             };
             drop(future);
-            self.metrics.request_timeouts += 1;
+            self.io.count_shed(ShedCause::RequestTimeout);
             let timed_out = Response::rejection(Rejection::new(
                 Status::ServiceUnavailable,
                 "the request did not finish within request_timeout_ms",
@@ -927,6 +931,7 @@ impl<A: Application> Responder<A> {
                 generation,
                 number,
                 route: later.route,
+                since: now,
             };
             tasks.spawn(
                 Job::Answer(later.future, to),

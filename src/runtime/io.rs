@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use crate::metrics::{CoreMetrics, IoFigures, ShedCause};
 use crate::redis::cluster::{Cluster, CommandToken};
 use crate::redis::command::{Command, Error as RedisError};
 use crate::redis::resp::{OwnedReply, Reply};
@@ -274,8 +275,8 @@ pub(crate) struct IoState {
     turn: u64,
     turn_waiters: Vec<Waker>,
     now: Instant,
-    /// Commands refused for `max_redis_in_flight`.
-    shed: u64,
+    /// Shedding and read-through, counted for `/metrics`.
+    figures: IoFigures,
 }
 
 /// A handle on one executor's operations; cheap to clone, and tied to its
@@ -320,7 +321,7 @@ impl Io {
                 turn: 0,
                 turn_waiters: Vec::new(),
                 now,
-                shed: 0,
+                figures: IoFigures::default(),
             })),
         }
     }
@@ -335,7 +336,7 @@ impl Io {
         let refused = match &mut state.backend {
             Backend::None => Some(Failure::NoRedis),
             Backend::Cluster(side) if side.cluster.in_flight() >= side.max_in_flight => {
-                state.shed += 1;
+                state.figures.shed(ShedCause::RedisInFlight);
                 Some(Failure::Overloaded)
             }
             Backend::Cluster(side) => {
@@ -371,11 +372,16 @@ impl Io {
                     table,
                     key,
                 };
-                (!lookups.ask(miss)).then(|| {
-                    Failure::Database(
+                if lookups.ask(miss) {
+                    state.figures.lookups += 1;
+                    state.figures.lookups_waiting += 1;
+                    None
+                } else {
+                    state.figures.shed(ShedCause::Lookups);
+                    Some(Failure::Database(
                         "too many read-through lookups waiting (max_pending_lookups)".into(),
-                    )
-                })
+                    ))
+                }
             }
         };
         if let Some(failure) = refused {
@@ -463,11 +469,17 @@ impl Io {
     /// Read-through answers came.
     pub(crate) fn deliver_lookups(&self) {
         let mut state = self.state.borrow_mut();
-        let IoState { lookups, ops, .. } = &mut *state;
+        let IoState {
+            lookups,
+            ops,
+            figures,
+            ..
+        } = &mut *state;
         let Some(lookups) = lookups else {
             return;
         };
         for found in lookups.take() {
+            figures.lookups_waiting = figures.lookups_waiting.saturating_sub(1);
             let Found { token, entry, fill } = found;
             let outcome = entry
                 .map(|entry| Row { entry, fill })
@@ -511,9 +523,31 @@ impl Io {
         into.append(&mut self.state.borrow_mut().spawned);
     }
 
-    /// Commands refused for `max_redis_in_flight` so far.
-    pub(crate) fn shed(&self) -> u64 {
-        self.state.borrow().shed
+    /// Count one thing turned away for `cause`.
+    pub(crate) fn count_shed(&self, cause: ShedCause) {
+        self.state.borrow_mut().figures.shed(cause);
+    }
+
+    /// Count a read of a cached table the cache answered: with a value
+    /// (`true`), or with "no such key".
+    pub(crate) fn count_cache_hit(&self, value: bool) {
+        let figures = &mut self.state.borrow_mut().figures;
+        if value {
+            figures.cache_hits += 1;
+        } else {
+            figures.cache_negative_hits += 1;
+        }
+    }
+
+    /// Copy the figures counted so far, and the cluster client's, into
+    /// `metrics`.
+    pub(crate) fn copy_figures(&self, metrics: &mut CoreMetrics) {
+        let state = self.state.borrow();
+        metrics.io.clone_from(&state.figures);
+        if let Backend::Cluster(side) = &state.backend {
+            side.cluster.copy_figures(&mut metrics.redis);
+            metrics.redis_ready = Some(side.cluster.is_serving());
+        }
     }
 
     /// Operations issued and not yet collected.

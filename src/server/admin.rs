@@ -4,12 +4,12 @@
 //! public traffic.
 //!
 //! One plain thread accepts; each client gets a thread of its own, up to
-//! [`MAX_CLIENTS`] at once (past that, a 503 and close), and is closed after
-//! one answer: scrapes and probes are rare, and nothing here touches the
-//! executors' hot path. It reads what the executors publish (the metrics
-//! registry, the lifecycle stage). A client has [`CLIENT_TIMEOUT`] for the
-//! whole exchange, however it trickles its bytes, so one that stalls
-//! never keeps a probe from being answered.
+//! `admin_max_clients` at once (past that, a 503 and close), and is closed
+//! after one answer: scrapes and probes are rare, and nothing here touches
+//! the executors' hot path. It reads what the executors publish (the
+//! metrics registry, the lifecycle stage). A client has `admin_timeout_ms`
+//! for the whole exchange, however it trickles its bytes, so one that
+//! stalls never keeps a probe from being answered.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,15 +19,27 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::http::request::{HeadLimits, Method, parse_head};
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::Readiness;
 use crate::metrics::{CONTENT_TYPE, MetricsRegistry};
 
-/// How long one admin client may take to send its request and read the
-/// answer, all of it: a deadline from its accept, not a per-read timeout.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many admin clients are served at once, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    /// Clients served at once; one more is answered 503 and closed.
+    pub max_clients: usize,
+    /// How long one client may take to send its request and read the
+    /// answer, all of it: a deadline from its accept, not a per-read timeout.
+    pub timeout: Duration,
+}
 
-/// Admin clients served at once; one more is answered 503 and closed.
-pub const MAX_CLIENTS: usize = 16;
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_clients: 16,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
 
 /// Largest admin request head, in bytes.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -37,6 +49,7 @@ pub struct Admin {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    timeout: Duration,
 }
 
 impl Admin {
@@ -44,7 +57,8 @@ impl Admin {
     pub fn start(
         addr: SocketAddr,
         registry: Arc<MetricsRegistry>,
-        lifecycle: Arc<Lifecycle>,
+        readiness: Arc<Readiness>,
+        limits: AdminLimits,
     ) -> Result<Admin, String> {
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
@@ -63,20 +77,21 @@ impl Admin {
                     }
                     match stream {
                         Ok(mut stream) => {
-                            if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                            if clients.fetch_add(1, Ordering::AcqRel) >= limits.max_clients {
                                 clients.fetch_sub(1, Ordering::AcqRel);
-                                let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+                                let _ = stream.set_write_timeout(Some(limits.timeout));
                                 let busy = b"too many admin clients\n";
                                 let _ = answer(&mut stream, 503, "text/plain", busy, true);
                                 continue;
                             }
-                            let (registry, lifecycle) =
-                                (Arc::clone(&registry), Arc::clone(&lifecycle));
+                            let (registry, readiness) =
+                                (Arc::clone(&registry), Arc::clone(&readiness));
                             let client_count = Arc::clone(&clients);
                             let spawned = thread::Builder::new()
                                 .name("millrace-admin-client".into())
                                 .spawn(move || {
-                                    if let Err(e) = serve(stream, &registry, &lifecycle) {
+                                    let deadline = Instant::now() + limits.timeout;
+                                    if let Err(e) = serve(stream, &registry, &readiness, deadline) {
                                         tracing::debug!(error = %e, "admin client");
                                     }
                                     client_count.fetch_sub(1, Ordering::AcqRel);
@@ -94,7 +109,12 @@ impl Admin {
                 }
             })
             .map_err(|e| format!("cannot start the admin thread: {e}"))?;
-        Ok(Admin { addr, stop, thread })
+        Ok(Admin {
+            addr,
+            stop,
+            thread,
+            timeout: limits.timeout,
+        })
     }
 
     /// Where it listens.
@@ -106,18 +126,18 @@ impl Admin {
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the blocking accept; it sees the flag and returns.
-        let _ = TcpStream::connect_timeout(&self.addr, CLIENT_TIMEOUT);
+        let _ = TcpStream::connect_timeout(&self.addr, self.timeout);
         let _ = self.thread.join();
     }
 }
 
-/// Answer one request on `stream`, then close it.
+/// Answer one request on `stream` by `deadline`, then close it.
 fn serve(
     mut stream: TcpStream,
     registry: &MetricsRegistry,
-    lifecycle: &Lifecycle,
+    readiness: &Readiness,
+    deadline: Instant,
 ) -> io::Result<()> {
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
     // What is left of the client's time, for the next read or write.
     let left = |stream: &TcpStream| -> io::Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -164,7 +184,7 @@ fn serve(
             answer(&mut stream, 200, CONTENT_TYPE, text.as_bytes(), with_body)
         }
         b"/livez" => answer(&mut stream, 200, "text/plain", b"live\n", with_body),
-        b"/readyz" => match lifecycle.stage().readiness() {
+        b"/readyz" => match readiness.check() {
             Ok(()) => answer(&mut stream, 200, "text/plain", b"ready\n", with_body),
             Err(why) => {
                 let body = format!("{why}\n");

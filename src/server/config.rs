@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::Limits;
 use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
+use crate::lifecycle::ReadinessChecks;
 use crate::redis::cluster::ClusterConfig;
 use crate::runtime::ExecutorConfig;
+use crate::server::admin::AdminLimits;
 use crate::writeback::drain::WritebackConfig;
 use crate::writeback::table::Tables;
 
@@ -106,6 +108,14 @@ serve_options! {
     recv_buffer_bytes: u32 = 4096, env "MILLRACE_RECV_BUFFER_BYTES";
     /// Address of the admin listener, which serves /metrics, /livez and /readyz apart from the public port; keep it on loopback or a private network. Empty: none [default: 127.0.0.1:9180]
     admin_listen: String = "127.0.0.1:9180".to_string(), env "MILLRACE_ADMIN_LISTEN";
+    /// Admin clients served at once; one more is answered 503 and closed [default: 16]
+    admin_max_clients: usize = 16, env "MILLRACE_ADMIN_MAX_CLIENTS";
+    /// Time an admin client has for its whole exchange, from accept to the last byte of the answer, in milliseconds [default: 2000]
+    admin_timeout_ms: u64 = 2000, env "MILLRACE_ADMIN_TIMEOUT_MS";
+    /// Dependencies /readyz also requires, comma-separated: redis (every executor's Redis client has a connected master for every slot), writeback (this process's database core committed or found the queue empty within readyz_drain_stall_ms). Empty: only starting and draining, so that a blip every instance shares does not pull them all [default: empty]
+    readyz_checks: String = String::new(), env "MILLRACE_READYZ_CHECKS";
+    /// Time without write-back progress after which the writeback readiness check fails, in milliseconds [default: 30000]
+    readyz_drain_stall_ms: u64 = 30_000, env "MILLRACE_READYZ_DRAIN_STALL_MS";
     /// Serve /metrics on the public port too (/livez and /readyz always are, for load balancers) [default: false]
     public_metrics: bool = false, env "MILLRACE_PUBLIC_METRICS";
     /// Redis Cluster seed nodes, host:port[,host:port...]; empty: no Redis, and the /v1 routes answer 503. User and password come from MILLRACE_REDIS_USER and MILLRACE_REDIS_PASSWORD [default: empty]
@@ -242,6 +252,9 @@ impl ServeConfig {
             ("db_timeout_ms", self.db_timeout_ms),
             ("max_pending_lookups", self.max_pending_lookups as u64),
             ("max_redis_in_flight", self.max_redis_in_flight as u64),
+            ("admin_max_clients", self.admin_max_clients as u64),
+            ("admin_timeout_ms", self.admin_timeout_ms),
+            ("readyz_drain_stall_ms", self.readyz_drain_stall_ms),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -262,6 +275,7 @@ impl ServeConfig {
         }
         self.redis_seed_list()?;
         self.admin_address()?;
+        self.readiness_checks()?;
         if self.ack_replicas > 0 && self.ack_timeout_ms >= self.redis_command_timeout_ms {
             return Err("ack_timeout_ms must be below redis_command_timeout_ms".into());
         }
@@ -319,6 +333,32 @@ impl ServeConfig {
     /// `postgres_ca_file`, if set.
     fn postgres_ca_path(&self) -> Option<PathBuf> {
         (!self.postgres_ca_file.is_empty()).then(|| PathBuf::from(&self.postgres_ca_file))
+    }
+
+    /// What `/readyz` requires besides the stage.
+    pub fn readiness_checks(&self) -> Result<ReadinessChecks, String> {
+        let checks = ReadinessChecks::parse(
+            &self.readyz_checks,
+            Duration::from_millis(self.readyz_drain_stall_ms),
+        )?;
+        if checks.redis && self.redis_seeds.trim().is_empty() {
+            return Err("readyz_checks: redis needs redis_seeds".into());
+        }
+        if checks.writeback_stall.is_some() && self.postgres_url.is_empty() {
+            return Err(
+                "readyz_checks: writeback needs postgres_url (a database core in this process)"
+                    .into(),
+            );
+        }
+        Ok(checks)
+    }
+
+    /// The admin listener's limits.
+    pub fn admin_limits(&self) -> AdminLimits {
+        AdminLimits {
+            max_clients: self.admin_max_clients,
+            timeout: Duration::from_millis(self.admin_timeout_ms),
+        }
     }
 
     /// The admin listener's address, `None` when there is none.

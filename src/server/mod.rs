@@ -29,7 +29,7 @@ use self::signals::{ShutdownSignals, signal_name};
 use crate::app::auth::Tokens;
 use crate::app::{CoreApp, Routes, Shared, Store, Table, WritePath};
 use crate::host::probe;
-use crate::lifecycle::{Lifecycle, Stage};
+use crate::lifecycle::{Lifecycle, Readiness, Stage};
 use crate::metrics::MetricsRegistry;
 use crate::ring;
 use crate::runtime::{Executor, Io};
@@ -192,9 +192,15 @@ fn serve<S: 'static>(
         registry = registry.with_writeback(Arc::clone(&core.metrics));
     }
     let registry = Arc::new(registry);
+    let readiness = Arc::new(Readiness::new(
+        Arc::clone(&lifecycle),
+        Arc::clone(&registry),
+        config.readiness_checks()?,
+    ));
     let shared = Arc::new(Shared {
         auth,
         lifecycle: Arc::clone(&lifecycle),
+        readiness: Arc::clone(&readiness),
         registry: Arc::clone(&registry),
         public_metrics: config.public_metrics,
     });
@@ -203,7 +209,12 @@ fn serve<S: 'static>(
     let admin = match config.admin_address()? {
         None => None,
         Some(addr) => {
-            let admin = Admin::start(addr, Arc::clone(&registry), Arc::clone(&lifecycle))?;
+            let admin = Admin::start(
+                addr,
+                Arc::clone(&registry),
+                readiness,
+                config.admin_limits(),
+            )?;
             tracing::info!(admin = %admin.addr(), "admin listening (/metrics, /livez, /readyz)");
             Some(admin)
         }

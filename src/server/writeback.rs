@@ -4,8 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::DatabaseCore;
+use super::admin::{Admin, AdminLimits};
 use super::signals::{ShutdownSignals, signal_name};
+use crate::lifecycle::{Lifecycle, Readiness, ReadinessChecks, Stage};
+use crate::metrics::MetricsRegistry;
 use crate::redis::cluster::ClusterConfig;
 use crate::writeback::drain::{Fault, WritebackConfig};
 use crate::writeback::queue::Queue;
@@ -59,6 +64,19 @@ pub struct WritebackOptions {
     /// CPU to pin the database core to [default: not pinned]
     #[arg(long, env = "MILLRACE_DB_CORE")]
     pub core: Option<usize>,
+    /// Address of an admin listener serving /metrics, /livez and /readyz for this database core [default: none]
+    #[arg(long, env = "MILLRACE_WRITEBACK_ADMIN_LISTEN", value_name = "IP:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Dependencies /readyz also requires: writeback (a commit, or the queue seen empty, within --readyz-drain-stall-ms); empty: only starting and draining [default: empty]
+    #[arg(long, env = "MILLRACE_WRITEBACK_READYZ_CHECKS", default_value = "")]
+    pub readyz_checks: String,
+    /// Time without progress after which the writeback readiness check fails, in milliseconds [default: 30000]
+    #[arg(
+        long,
+        env = "MILLRACE_WRITEBACK_READYZ_DRAIN_STALL_MS",
+        default_value_t = 30_000
+    )]
+    pub readyz_drain_stall_ms: u64,
 }
 
 /// The test-only fault switch: `MILLRACE_FAULT=kill-before-insert` or
@@ -116,6 +134,14 @@ impl WritebackOptions {
 /// then report.
 pub fn run_command(options: WritebackOptions, tables: Tables) -> Result<(), String> {
     let pin = options.core;
+    let admin_listen = options.admin_listen;
+    let checks = ReadinessChecks::parse(
+        &options.readyz_checks,
+        Duration::from_millis(options.readyz_drain_stall_ms),
+    )?;
+    if checks.redis {
+        return Err("--readyz-checks: redis is a check of serve's executors".into());
+    }
     let config = options.resolve(tables)?;
     // The same checks as `serve`'s, before anything is read.
     let mut client = crate::redis::driver::Client::connect(config.redis.clone())
@@ -133,7 +159,20 @@ pub fn run_command(options: WritebackOptions, tables: Tables) -> Result<(), Stri
     )?;
     drop(client);
     let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let lifecycle = Arc::new(Lifecycle::new());
+    let registry =
+        Arc::new(MetricsRegistry::new(&[], Vec::new()).with_writeback(Arc::clone(&config.metrics)));
+    let admin = match admin_listen {
+        None => None,
+        Some(addr) => {
+            let readiness = Readiness::new(Arc::clone(&lifecycle), Arc::clone(&registry), checks);
+            let admin = Admin::start(addr, registry, Arc::new(readiness), AdminLimits::default())?;
+            tracing::info!(admin = %admin.addr(), "admin listening (/metrics, /livez, /readyz)");
+            Some(admin)
+        }
+    };
     let core = DatabaseCore::start(config, None, pin)?;
+    lifecycle.set(Stage::Ready);
     while !core.is_finished() {
         if let Some(signal) = signals.wait(Duration::from_millis(100)) {
             tracing::info!(
@@ -143,5 +182,10 @@ pub fn run_command(options: WritebackOptions, tables: Tables) -> Result<(), Stri
             break;
         }
     }
-    core.stop()
+    lifecycle.set(Stage::Draining);
+    let stopped = core.stop();
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    stopped
 }

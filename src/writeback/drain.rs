@@ -30,7 +30,7 @@ use super::db::Database;
 use super::lookup::LookupService;
 use super::queue::{Entry, GROUP, Queue, Version, entries};
 use super::table::{Merge, Tables};
-use crate::metrics::WritebackMetrics;
+use crate::metrics::{Backlog, WritebackMetrics};
 use crate::redis::cluster::ClusterConfig;
 use crate::redis::command::Command;
 use crate::redis::driver::Client;
@@ -168,6 +168,7 @@ pub fn run(
     stop: &AtomicBool,
     lookups: Option<LookupService>,
 ) -> Result<Totals, String> {
+    config.metrics.record_start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -191,6 +192,7 @@ pub fn run(
                 config.postgres_url.clone(),
                 config.postgres_ca_file.clone(),
                 config.db_timeout,
+                Arc::clone(&config.metrics),
             ));
         }
         let mut writer = Writer {
@@ -656,6 +658,10 @@ impl<'a> Reader<'a> {
         }
         self.set_aside(unreadable);
         if !batch.is_empty() {
+            self.config
+                .metrics
+                .entries_claimed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             tracing::info!(
                 entries = batch.len(),
                 "took over write-back entries left pending by another consumer"
@@ -681,12 +687,24 @@ impl<'a> Reader<'a> {
                 &[&b"XRANGE"[..], stream, b"-", b"+", b"COUNT", b"1"],
                 Some(1),
             ));
+            commands.push(Command::new(
+                &[&b"GET"[..], self.queue.bytes_counter(p)],
+                Some(1),
+            ));
         }
         let replies = self.redis.execute(commands);
         let (mut accepted, mut backlog, mut oldest_ms) = (0i64, 0i64, i64::MAX);
-        for partition in replies.chunks(3) {
-            let [counter, length, first] = partition else {
+        let mut partitions = Vec::with_capacity(usize::from(self.queue.partitions()));
+        for partition in replies.chunks(4) {
+            let [counter, length, first, bytes] = partition else {
                 return;
+            };
+            let bytes = match bytes {
+                Ok(OwnedReply::Bulk(n)) => std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .unwrap_or(0),
+                _ => 0,
             };
             match counter {
                 Ok(OwnedReply::Bulk(n)) => {
@@ -699,7 +717,13 @@ impl<'a> Reader<'a> {
                 _ => return,
             }
             match length {
-                Ok(OwnedReply::Integer(n)) => backlog += n,
+                Ok(OwnedReply::Integer(n)) => {
+                    backlog += n;
+                    partitions.push((
+                        u64::try_from(*n).unwrap_or(0),
+                        u64::try_from(bytes).unwrap_or(0),
+                    ));
+                }
                 _ => return,
             }
             if let Ok(OwnedReply::Array(entries)) = first
@@ -711,6 +735,10 @@ impl<'a> Reader<'a> {
             }
         }
         let oldest_ms = if oldest_ms == i64::MAX { 0 } else { oldest_ms };
+        self.config.metrics.record_backlog(Backlog {
+            partitions,
+            oldest_ms: if backlog > 0 { oldest_ms } else { 0 },
+        });
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -997,6 +1025,7 @@ impl Writer<'_> {
             }
         }
         let mut attempt = 0u32;
+        let started = Instant::now();
         let written = loop {
             let limit = self.config.db_timeout;
             self.reconnect().await;
@@ -1023,6 +1052,10 @@ impl Writer<'_> {
                 }
             }
             self.totals.retries += 1;
+            self.config
+                .metrics
+                .batch_retries
+                .fetch_add(1, Ordering::Relaxed);
             if stop.load(Ordering::Relaxed) {
                 // Not acknowledged: the entries stay pending for the next start.
                 return None;
@@ -1041,6 +1074,9 @@ impl Writer<'_> {
         self.totals.malformed += written.rejected.len() as u64;
         self.totals.rows += written.rows;
         self.totals.batches += 1;
+        self.config
+            .metrics
+            .record_batch(written.rows, started.elapsed());
         if self.config.fault == Some(Fault::KillAfterCommit) {
             crash("after a commit, before its XACK");
         }

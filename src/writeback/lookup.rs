@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use tokio_postgres::Statement;
 use super::db::Database;
 use super::queue::{Cached, Version};
 use super::table::{Table, Tables};
+use crate::metrics::WritebackMetrics;
 use crate::ring;
 
 /// A miss, from an executor.
@@ -130,6 +133,7 @@ impl LookupService {
         postgres_url: String,
         ca_file: Option<std::path::PathBuf>,
         db_timeout: Duration,
+        metrics: Arc<WritebackMetrics>,
     ) {
         let mut connection: Option<Connection> = None;
         let mut unavailable_until: Option<Instant> = None;
@@ -160,6 +164,10 @@ impl LookupService {
                 keys.sort_unstable();
                 queries += 1;
                 keys_looked_up += keys.len() as u64;
+                metrics.lookup_queries.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .lookup_keys
+                    .fetch_add(keys.len() as u64, Ordering::Relaxed);
                 query = Some(match &connection {
                     Some((db, statements)) if !db.is_closed() => Box::pin(look_up(
                         Rc::clone(db),
@@ -183,6 +191,7 @@ impl LookupService {
                     query = None;
                     if result.is_err() {
                         connection = None;
+                        metrics.lookup_failures.fetch_add(1, Ordering::Relaxed);
                     }
                     self.answer(std::mem::take(&mut running), result);
                 }

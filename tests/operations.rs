@@ -1,0 +1,424 @@
+//! What an operator sees: `/metrics` against a real Redis Cluster and
+//! PostgreSQL, checked value by value and by `promtool check metrics`, and
+//! `/readyz` following the dependencies it is asked to.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::cluster::{ListenPort, RedisCluster};
+use common::postgres::Postgres;
+use common::{PATIENCE, Server, read_response, sample};
+
+fn seed_list(cluster: &RedisCluster) -> String {
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    seeds.join(",")
+}
+
+fn kv(stream: &mut TcpStream, method: &str, key: &str, value: &[u8]) -> common::Response {
+    write!(
+        stream,
+        "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        value.len()
+    )
+    .unwrap();
+    stream.write_all(value).unwrap();
+    read_response(stream)
+}
+
+/// One admin request; the status and the body.
+fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    try_admin_get(admin, path).expect("connect to the admin listener")
+}
+
+/// One admin request, `None` if nothing listens yet.
+fn try_admin_get(admin: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(admin).ok()?;
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let response = read_response(&mut stream);
+    Some((response.status, response.text()))
+}
+
+/// `promtool check metrics` on `text`: its complaints, if any.
+fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- the scrape:\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The sum of every sample of `name` whose labels contain each of `labels`.
+fn sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            (rest.is_empty() || rest.starts_with('{'))
+                .then_some(())
+                .filter(|()| labels.iter().all(|label| rest.contains(label)))?;
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Scrape until `done` holds (the executors publish every 100 ms, the
+/// database core's queue figures every 250 ms).
+fn scrape_until(server: &Server, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = server.metrics();
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "never came:\n{metrics}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_scrape_shows_routes_redis_writeback_and_read_through_and_passes_promtool() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let seeds = seed_list(&cluster);
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--postgres-url",
+        &postgres.url,
+        "--miss-ttl-ms",
+        "600000",
+    ]);
+    let mut stream = server.connect();
+    for i in 0..20 {
+        let response = kv(&mut stream, "PUT", &format!("key{i}"), b"value");
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+    for i in 0..20 {
+        assert_eq!(kv(&mut stream, "GET", &format!("key{i}"), b"").status, 200);
+    }
+    // Keys nobody wrote: each read goes through to PostgreSQL once, and its
+    // "no such key" is cached; the second read is a negative hit.
+    for round in 0..2 {
+        for i in 0..5 {
+            let response = kv(&mut stream, "GET", &format!("absent{i}"), b"");
+            assert_eq!(response.status, 404, "round {round}: {}", response.text());
+        }
+    }
+    server.get("/plaintext");
+
+    let metrics = scrape_until(&server, |m| {
+        sum(m, "millrace_writeback_rows_written_total", &[]) >= 20.0
+            && sum(m, "millrace_writeback_backlog_entries", &[]) == 0.0
+    });
+    promtool_check_metrics(&metrics);
+
+    // Every route's latency, all cores together: one observation per response.
+    for (route, count) in [("kv_put", 20.0), ("kv_get", 30.0), ("plaintext", 1.0)] {
+        let label = format!("route=\"{route}\"");
+        assert_eq!(
+            sum(
+                &metrics,
+                "millrace_http_route_duration_seconds_count",
+                &[&label]
+            ),
+            count,
+            "{route}\n{metrics}"
+        );
+        let responses = sum(&metrics, "millrace_http_requests_total", &[&label]);
+        assert_eq!(responses, count, "{route}");
+    }
+    // A deferred answer waited for Redis: its time is above 0; /plaintext
+    // was answered at once and sits in the first bucket.
+    assert!(
+        sum(
+            &metrics,
+            "millrace_http_route_duration_seconds_sum",
+            &["route=\"kv_get\""]
+        ) > 0.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "millrace_http_route_duration_seconds_bucket{route=\"plaintext\",le=\"0.00005\"}"
+        ),
+        1
+    );
+
+    // The Redis client, per master: three nodes, each connected, each
+    // answering; each reply timed once.
+    let nodes: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("millrace_redis_connects_total{"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    for line in &nodes {
+        assert!(
+            line.ends_with(" 1"),
+            "one connection per node and core: {line}"
+        );
+    }
+    let replies = sum(&metrics, "millrace_redis_replies_total", &[]);
+    assert!(
+        replies >= 50.0,
+        "20 writes, 30 reads, 5 fills at least: {replies}"
+    );
+    assert_eq!(
+        sum(
+            &metrics,
+            "millrace_redis_command_duration_seconds_count",
+            &[]
+        ),
+        replies
+    );
+    assert_eq!(sum(&metrics, "millrace_redis_failures_total", &[]), 0.0);
+    assert_eq!(sum(&metrics, "millrace_redis_in_flight", &[]), 0.0);
+
+    // The write-back: 20 rows in batches whose sizes add up to them.
+    assert_eq!(
+        sum(&metrics, "millrace_writeback_rows_written_total", &[]),
+        20.0
+    );
+    assert_eq!(
+        sum(&metrics, "millrace_writeback_batch_rows_sum", &[]),
+        20.0
+    );
+    let batches = sum(&metrics, "millrace_writeback_batch_rows_count", &[]);
+    assert!(batches >= 1.0);
+    assert_eq!(
+        sum(
+            &metrics,
+            "millrace_writeback_commit_duration_seconds_count",
+            &[]
+        ),
+        batches
+    );
+    assert!(
+        sum(
+            &metrics,
+            "millrace_writeback_last_commit_timestamp_seconds",
+            &[]
+        ) > 1.7e9
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("millrace_writeback_backlog_entries{"))
+            .count(),
+        16,
+        "one per partition"
+    );
+    assert_eq!(
+        sum(
+            &metrics,
+            "millrace_writeback_oldest_pending_age_seconds",
+            &[]
+        ),
+        0.0
+    );
+
+    // Read-through: 20 hits, 5 misses looked up once each, 5 negative hits.
+    assert_eq!(
+        sum(&metrics, "millrace_cache_reads_total", &["result=\"hit\""]),
+        20.0
+    );
+    assert_eq!(
+        sum(
+            &metrics,
+            "millrace_cache_reads_total",
+            &["result=\"negative_hit\""]
+        ),
+        5.0
+    );
+    assert_eq!(
+        sum(&metrics, "millrace_readthrough_lookups_total", &[]),
+        5.0
+    );
+    assert_eq!(
+        sum(&metrics, "millrace_readthrough_lookups_waiting", &[]),
+        0.0
+    );
+    assert_eq!(
+        sum(&metrics, "millrace_readthrough_query_keys_total", &[]),
+        5.0
+    );
+    assert!(sum(&metrics, "millrace_readthrough_queries_total", &[]) >= 1.0);
+
+    // Nothing was shed, and every cause is there to graph.
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("millrace_shed_total{") && l.ends_with(" 0"))
+            .count(),
+        6,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_backlog_cap_and_the_redis_in_flight_cap_are_counted_by_cause() {
+    let cluster = RedisCluster::start(3, 0);
+    let seeds = seed_list(&cluster);
+    // One entry per partition at most; nothing drains.
+    let server = Server::start(&["--redis-seeds", &seeds, "--max-backlog", "16"]);
+    let mut stream = server.connect();
+    let mut shed = 0;
+    for i in 0..60 {
+        match kv(&mut stream, "PUT", &format!("k{i}"), b"v").status {
+            202 => {}
+            503 => shed += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(shed > 0);
+    let metrics = server.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "millrace_shed_total{core=\"0\",cause=\"max_backlog\"}"
+        ),
+        shed
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "millrace_shed_total{core=\"0\",cause=\"max_redis_in_flight\"}"
+        ),
+        0
+    );
+    // The script's refusal is a reply the caller got, from some master.
+    assert_eq!(
+        sum(&metrics, "millrace_redis_error_replies_total", &[]),
+        shed as f64
+    );
+}
+
+/// Poll `path` on the admin listener until it answers `status`.
+fn wait_for_status(admin: SocketAddr, path: &str, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, body) = try_admin_get(admin, path).unwrap_or((0, "not listening".into()));
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed {got} ({body}), not {status}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readyz_follows_redis_only_where_asked() {
+    let cluster = RedisCluster::start(3, 0);
+    let seeds = seed_list(&cluster);
+    let checked = Server::start(&["--redis-seeds", &seeds, "--readyz-checks", "redis"]);
+    let unchecked = Server::start(&["--redis-seeds", &seeds]);
+    let (checked_admin, unchecked_admin) = (checked.admin.unwrap(), unchecked.admin.unwrap());
+    wait_for_status(checked_admin, "/readyz", 200);
+    // A master goes away: the instance that asked for it says so, on both
+    // listeners; the other keeps taking traffic.
+    let port = cluster.seeds()[0].port();
+    // SAFETY: kill(2) on a Redis node this test started.
+    unsafe { libc::kill(cluster.pid(port), libc::SIGKILL) };
+    let stopped = Instant::now();
+    let why = wait_for_status(checked_admin, "/readyz", 503);
+    assert!(why.contains("Redis"), "{why}");
+    let public = checked.get("/readyz");
+    assert_eq!(public.status, 503, "{}", public.text());
+    assert_eq!(admin_get(unchecked_admin, "/readyz").0, 200);
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    cluster.restart(port);
+    wait_for_status(checked_admin, "/readyz", 200);
+    assert_eq!(checked.get("/readyz").status, 200);
+}
+
+#[test]
+fn readyz_follows_the_drain_and_a_lone_database_core_serves_its_own_metrics() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let seeds = seed_list(&cluster);
+    // The database core alone, with its own admin listener.
+    let admin = ListenPort::claim();
+    let core = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["writeback", "--admin-listen", &admin.addr.to_string()])
+        .args([
+            "--readyz-checks",
+            "writeback",
+            "--readyz-drain-stall-ms",
+            "1500",
+        ])
+        .env("MILLRACE_REDIS_SEEDS", &seeds)
+        .env("MILLRACE_POSTGRES_URL", &postgres.url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server::start(&["--redis-seeds", &seeds]);
+    wait_for_status(admin.addr, "/readyz", 200);
+    let mut stream = server.connect();
+    assert_eq!(kv(&mut stream, "PUT", "a", b"1").status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, metrics) = admin_get(admin.addr, "/metrics");
+        assert_eq!(status, 200);
+        if sum(&metrics, "millrace_writeback_rows_written_total", &[]) == 1.0 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    promtool_check_metrics(&metrics);
+    assert!(!metrics.contains("millrace_http_"), "no executors here");
+
+    // PostgreSQL stops: writes still queue, nothing drains, and past the
+    // stall time the core says it is not ready, and why.
+    postgres.pause();
+    assert_eq!(kv(&mut stream, "PUT", "b", b"2").status, 202);
+    let why = wait_for_status(admin.addr, "/readyz", 503);
+    assert!(why.contains("has not drained"), "{why}");
+    let (_, metrics) = admin_get(admin.addr, "/metrics");
+    assert!(
+        sum(
+            &metrics,
+            "millrace_writeback_oldest_pending_age_seconds",
+            &[]
+        ) > 1.0
+    );
+    assert_eq!(
+        sum(&metrics, "millrace_writeback_backlog_entries", &[]),
+        1.0
+    );
+    // It comes back, the entry lands, and readiness with it.
+    postgres.resume();
+    wait_for_status(admin.addr, "/readyz", 200);
+    assert_eq!(
+        postgres.query("select encode(value, 'escape') from kv where key = 'b'"),
+        "2"
+    );
+    common::stop_writeback(core);
+}
