@@ -117,6 +117,20 @@ impl Readiness {
         }
     }
 
+    /// The readiness as a metric, `millrace_ready`, for dashboards and
+    /// alerts: 1 when `/readyz` answers 200, 0 when it answers 503.
+    pub fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP millrace_ready Whether /readyz answers 200 (1) or 503 (0).\n\
+             # TYPE millrace_ready gauge\n",
+        );
+        out.push_str(if self.check().is_ok() {
+            "millrace_ready 1\n"
+        } else {
+            "millrace_ready 0\n"
+        });
+    }
+
     /// Whether to send this instance traffic, or why not.
     pub fn check(&self) -> Result<(), String> {
         self.lifecycle.stage().readiness()?;

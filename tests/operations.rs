@@ -134,6 +134,7 @@ fn a_scrape_shows_routes_redis_writeback_and_read_through_and_passes_promtool() 
             && sum(m, "millrace_writeback_backlog_entries", &[]) == 0.0
     });
     promtool_check_metrics(&metrics);
+    assert_eq!(sample(&metrics, "millrace_ready"), 1);
 
     // Every route's latency, all cores together: one observation per response.
     for (route, count) in [("kv_put", 20.0), ("kv_get", 30.0), ("plaintext", 1.0)] {
@@ -265,6 +266,9 @@ fn a_scrape_shows_routes_redis_writeback_and_read_through_and_passes_promtool() 
         5.0
     );
     assert!(sum(&metrics, "millrace_readthrough_queries_total", &[]) >= 1.0);
+
+    // The dashboard and the alerts graph what a real scrape has.
+    dashboards_and_alerts_name_only_real_metrics(&metrics);
 
     // Nothing was shed, and every cause is there to graph.
     assert_eq!(
@@ -421,4 +425,88 @@ fn readyz_follows_the_drain_and_a_lone_database_core_serves_its_own_metrics() {
         "2"
     );
     common::stop_writeback(core);
+}
+
+/// Every `millrace_...` name in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("millrace_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn monitoring_file(name: &str) -> String {
+    let path = format!("{}/docs/monitoring/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Each metric the dashboard and the alert rules use is one a scrape has
+/// (a histogram's `_bucket`, `_sum` and `_count` by its family): a renamed
+/// metric cannot leave a panel or an alert silently empty.
+fn dashboards_and_alerts_name_only_real_metrics(metrics: &str) {
+    let families: Vec<(&str, &str)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let known = |name: &str| {
+        families.iter().any(|&(family, kind)| {
+            family == name
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(family)))
+        })
+    };
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&monitoring_file("grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut exprs = String::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(target["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let used = metric_names(&exprs);
+    assert!(used.len() >= 20, "{used:?}");
+    for name in used
+        .iter()
+        .chain(&metric_names(&monitoring_file("alerts.yml")))
+    {
+        assert!(
+            known(name),
+            "{name} is graphed or alerted on, but no scrape has it"
+        );
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_fire_on_the_histories_they_should() {
+    let dir = format!("{}/docs/monitoring", env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts-test.yml"][..],
+    ] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -17,5 +17,6 @@ pub fn handle(cx: &Cx<'_, ()>, _: &Request<'_>, response: Responder<'_>) -> Sent
     cx.publish_metrics();
     let mut text = String::with_capacity(8 * 1024);
     cx.shared().registry.render(&mut text);
+    cx.shared().readiness.render(&mut text);
     response.send(Status::Ok, CONTENT_TYPE, text.as_bytes())
 }

@@ -181,6 +181,7 @@ fn serve(
         b"/metrics" => {
             let mut text = String::with_capacity(8 * 1024);
             registry.render(&mut text);
+            readiness.render(&mut text);
             answer(&mut stream, 200, CONTENT_TYPE, text.as_bytes(), with_body)
         }
         b"/livez" => answer(&mut stream, 200, "text/plain", b"live\n", with_body),
