@@ -510,3 +510,195 @@ fn the_alert_rules_pass_promtool_and_fire_on_the_histories_they_should() {
         );
     }
 }
+
+/// HAProxy in front of `upstream`, sending the PROXY header `send_proxy`
+/// (`send-proxy` or `send-proxy-v2`); listens on the returned address.
+struct Haproxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Haproxy {
+    fn start(upstream: SocketAddr, send_proxy: &str) -> Haproxy {
+        let port = ListenPort::claim();
+        let dir = std::env::temp_dir().join(format!(
+            "millrace-haproxy-{}-{}",
+            std::process::id(),
+            port.addr.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+                 timeout client 30s\n  timeout server 30s\nfrontend front\n  bind {}\n  \
+                 default_backend millrace\nbackend millrace\n  server m {upstream} {send_proxy}\n",
+                port.addr
+            ),
+        )
+        .unwrap();
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run haproxy (Debian's package; scripts/test.sh installs it)");
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(port.addr).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Haproxy {
+            child,
+            addr: port.addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` through `to` from a socket bound to `from` (port chosen by
+/// the kernel); the response and the local address used.
+fn get_from(
+    from: [u8; 4],
+    to: SocketAddr,
+    path: &str,
+    extra: &str,
+) -> (common::Response, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let local = stream.local_addr().unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").unwrap();
+    (read_response(&mut stream), local)
+}
+
+/// The access log's lines so far.
+fn access_lines(server: &Server) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains(" request ") && l.contains("route="))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn behind_haproxy_the_client_address_reaches_the_access_log() {
+    let server = Server::start(&["--proxy-protocol", "true", "--access-log-sample", "1"]);
+    for send_proxy in ["send-proxy-v2", "send-proxy"] {
+        let haproxy = Haproxy::start(server.addr, send_proxy);
+        // The client comes from 127.0.0.2; HAProxy connects from 127.0.0.1.
+        let (response, client) = get_from([127, 0, 0, 2], haproxy.addr, "/plaintext", "");
+        assert_eq!(response.status, 200, "{send_proxy}: {}", response.text());
+        let deadline = Instant::now() + PATIENCE;
+        let line = loop {
+            let lines = access_lines(&server);
+            if let Some(line) = lines
+                .iter()
+                .find(|l| l.contains(&format!("client={client}")))
+            {
+                break line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{send_proxy}: no line for {client}:\n{}",
+                server.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        };
+        for field in [
+            "method=\"GET\"",
+            "route=\"plaintext\"",
+            "status=200",
+            "bytes_out=13",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+    // Straight to the server, without a header: refused, nothing answered.
+    let mut direct = server.connect();
+    write!(direct, "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert!(
+        common::closed_by_server(&mut direct),
+        "answered without a PROXY header"
+    );
+    // A header cut short, or garbage in its place: closed too.
+    for bad in [&b"PROXY TCP4 1.2.3.4\r\n"[..], b"\r\n\r\n\0\r\nQUIX\n"] {
+        let mut stream = server.connect();
+        stream.write_all(bad).unwrap();
+        assert!(common::closed_by_server(&mut stream));
+    }
+    // A v1 header written by hand, in two pieces, with the request behind it.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 4711")
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    stream
+        .write_all(b" 80\r\nGET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut stream).status, 200);
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        access_lines(&server)
+            .iter()
+            .any(|l| l.contains("client=192.0.2.9:4711")),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn the_access_log_samples_one_in_n_and_never_writes_header_values_or_bodies() {
+    let cluster = RedisCluster::start(3, 0);
+    let seeds = seed_list(&cluster);
+    let server = Server::start(&["--redis-seeds", &seeds, "--access-log-sample", "4"]);
+    let mut stream = server.connect();
+    for i in 0..20 {
+        write!(
+            stream,
+            "PUT /v1/kv/secret-key-{i} HTTP/1.1\r\nHost: t\r\nX-Token: hunter2\r\nContent-Length: 11\r\n\r\nbody-secret"
+        )
+        .unwrap();
+        assert_eq!(read_response(&mut stream).status, 202);
+    }
+    thread::sleep(Duration::from_millis(200));
+    let lines = access_lines(&server);
+    assert_eq!(lines.len(), 5, "one in 4 of 20:\n{lines:#?}");
+    for line in &lines {
+        for field in [
+            "method=\"PUT\"",
+            "route=\"kv_put\"",
+            "status=202",
+            "bytes_in=11",
+            "client=-",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+        // A deferred answer's latency is the store's round trip.
+        assert!(!line.contains("latency_us=0 "), "{line}");
+    }
+    let log = server.log();
+    for secret in ["hunter2", "body-secret", "secret-key"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    // Off, nothing is written.
+    let quiet = Server::start(&[]);
+    for _ in 0..10 {
+        quiet.get("/plaintext");
+    }
+    assert!(access_lines(&quiet).is_empty());
+}

@@ -4,6 +4,7 @@
 //! - [`chunked`]: the chunked transfer coding of request bodies.
 //! - [`response`]: status codes, the cached `Date` header and the response encoder.
 //! - [`client`]: responses read back, for the load generator.
+//! - [`proxy`]: the PROXY protocol header a load balancer sends first.
 //! - [`conn`]: one connection's state: framing, pipelining, keep-alive,
 //!   `100-continue`, limits. It hands each complete request to a [`Service`].
 //!
@@ -13,6 +14,7 @@
 pub mod chunked;
 pub mod client;
 pub mod conn;
+pub mod proxy;
 pub mod request;
 pub mod response;
 

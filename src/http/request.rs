@@ -30,6 +30,19 @@ pub enum Method {
 }
 
 impl Method {
+    /// The method's token, as a request line carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+        }
+    }
+
     fn parse(token: &[u8]) -> Option<Method> {
         Some(match token {
             b"GET" => Method::Get,

@@ -537,6 +537,8 @@ impl Default for DateHeader {
 pub struct Sent {
     pub(crate) status: Status,
     pub(crate) close: bool,
+    /// The body's length as written (0 for HEAD and deferred answers).
+    pub(crate) body_bytes: usize,
     /// Nothing was written: the answer comes later.
     pub(crate) deferred: Option<Deferred>,
 }
@@ -558,6 +560,11 @@ impl Sent {
     /// The status that was written.
     pub fn status(&self) -> Status {
         self.status
+    }
+
+    /// The body's length as written.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes
     }
 }
 
@@ -716,14 +723,17 @@ impl<'a> ResponseWriter<'a> {
             ConnectionHeader::KeepAlive => b"Connection: keep-alive\r\n\r\n",
             ConnectionHeader::Close => b"Connection: close\r\n\r\n",
         });
+        let mut body_bytes = 0;
         if !self.head_only {
             for part in body {
                 out.extend_from_slice(part);
+                body_bytes += part.len();
             }
         }
         Sent {
             status,
             close: self.connection == ConnectionHeader::Close,
+            body_bytes,
             deferred: None,
         }
     }
@@ -738,6 +748,7 @@ impl<'a> ResponseWriter<'a> {
         Sent {
             status: Status::Accepted,
             close: false,
+            body_bytes: 0,
             deferred: Some(Deferred {
                 connection: self.connection,
                 head_only: self.head_only,

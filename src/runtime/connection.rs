@@ -2,6 +2,7 @@
 //! its HTTP state, the responses written and not yet sent. Connections live
 //! in a slab indexed by the slot number their tokens carry.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::http::HttpConnection;
@@ -49,6 +50,10 @@ pub struct Connection {
     pub touched: bool,
     /// When it was accepted, for `max_connection_age_ms`.
     pub accepted_at: Instant,
+    /// The PROXY protocol header read so far, while one is awaited.
+    pub proxy_header: Option<Vec<u8>>,
+    /// The client, as a PROXY header named it.
+    pub client: Option<SocketAddr>,
 }
 
 impl Connection {
@@ -67,6 +72,8 @@ impl Connection {
             life: Life::Open,
             touched: false,
             accepted_at: now,
+            proxy_header: None,
+            client: None,
         }
     }
 

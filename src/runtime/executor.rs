@@ -13,6 +13,7 @@
 //! arm or cancel its receive, pick its timer, close it when it is done.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,8 +21,8 @@ use io_uring::{cqueue, opcode, types};
 use socket2::Socket;
 
 use crate::http::{
-    DateHeader, HttpConnection, HttpEnv, Limits, Phase, Rejection, Request, Response,
-    ResponseWriter, Sent, Service, Status,
+    DateHeader, HttpConnection, HttpEnv, Limits, Method, Phase, Rejection, Request, Response,
+    ResponseWriter, Sent, Service, Status, proxy,
 };
 use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, RouteId, ShedCause, TimeoutKind};
 use crate::redis::cluster::{Cluster, ClusterConfig};
@@ -32,6 +33,7 @@ use crate::ring::token::{Owner, SocketOp, Token};
 use crate::ring::{Completion, Ring, SetupFlags};
 use crate::writeback::lookup::LookupClient;
 
+use super::access_log::{AccessLog, Sample};
 use super::connection::{Connection, Life, Slab};
 use super::io::{Io, IoConfig};
 use super::tasks::{Finished, Job, TaskFuture, Tasks};
@@ -86,6 +88,11 @@ pub struct ExecutorConfig {
     /// Age past which a connection's next response closes it; `None`: no
     /// limit.
     pub max_connection_age: Option<Duration>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2);
+    /// one that does not is closed.
+    pub proxy_protocol: bool,
+    /// Log one request in this many ([`AccessLog`]); 0: none.
+    pub access_log_every: u32,
     /// HTTP limits.
     pub limits: Limits,
     /// The Redis Cluster handlers' commands go to, if any.
@@ -154,6 +161,8 @@ pub struct Executor<A: Application> {
     last_accept_warning: Option<Instant>,
     /// See [`ExecutorConfig::max_connection_age`].
     max_connection_age: Option<Duration>,
+    /// See [`ExecutorConfig::proxy_protocol`].
+    proxy_protocol: bool,
     conns: Slab,
     timers: Timers,
     /// Connections to settle at the end of this turn.
@@ -194,7 +203,7 @@ impl<A: Application> Executor<A> {
         wake: OwnedFd,
         lookups: Option<LookupClient>,
         make_app: impl FnOnce(&Io) -> A,
-        routes: usize,
+        routes: Vec<String>,
         index: usize,
         cpu: usize,
     ) -> io::Result<(Self, SetupFlags)> {
@@ -227,6 +236,7 @@ impl<A: Application> Executor<A> {
             accept_retry_at: None,
             last_accept_warning: None,
             max_connection_age: config.max_connection_age,
+            proxy_protocol: config.proxy_protocol,
             conns: Slab::default(),
             timers: Timers::new(
                 config.header_timeout,
@@ -235,7 +245,7 @@ impl<A: Application> Executor<A> {
             ),
             touched: Vec::new(),
             completions: Vec::new(),
-            metrics: CoreMetrics::new(cpu, routes),
+            metrics: CoreMetrics::new(cpu, routes.len()),
             responder: Responder {
                 limits: config.limits,
                 date: DateHeader::new(),
@@ -243,6 +253,9 @@ impl<A: Application> Executor<A> {
                 index,
                 request_timeout: config.request_timeout,
                 later: Vec::new(),
+                access_log: AccessLog::new(config.access_log_every, routes, cpu),
+                picked: Vec::new(),
+                sampled: Vec::new(),
             },
             io,
             links: Links::new(),
@@ -409,11 +422,11 @@ impl<A: Application> Executor<A> {
         if self.drain_deadline.is_some() {
             http.start_drain();
         }
-        let (slot, _) = self.conns.insert(Connection::new(
-            RingSocket::accepted(socket),
-            http,
-            self.now,
-        ));
+        let mut conn = Connection::new(RingSocket::accepted(socket), http, self.now);
+        if self.proxy_protocol {
+            conn.proxy_header = Some(Vec::new());
+        }
+        let (slot, _) = self.conns.insert(conn);
         self.metrics.connections_accepted += 1;
         self.metrics.connections_open += 1;
         self.timers.arm(slot, TimerKind::Header, self.now);
@@ -472,9 +485,29 @@ impl<A: Application> Executor<A> {
             }
         };
         if let Some((bid, n)) = data {
-            let bytes = self.buffers.get(bid, n);
+            let mut bytes = self.buffers.get(bid, n);
             self.metrics.bytes_received += n as u64;
-            if conn.life == Life::Open && !conn.read_closed {
+            // Bytes after a PROXY header that came in pieces.
+            let after_header;
+            if let Some(mut header) = conn.proxy_header.take() {
+                header.extend_from_slice(bytes);
+                bytes = &[];
+                match proxy::parse(&header) {
+                    Ok(proxy::Header::Incomplete) if header.len() < proxy::MAX_HEADER_BYTES => {
+                        conn.proxy_header = Some(header);
+                    }
+                    Ok(proxy::Header::Complete { len, client }) => {
+                        conn.client = client;
+                        after_header = header.split_off(len);
+                        bytes = &after_header;
+                    }
+                    Ok(proxy::Header::Incomplete) | Err(_) => {
+                        // Without a valid header the client is unknown: refuse it.
+                        conn.life = Life::Closing;
+                    }
+                }
+            }
+            if conn.life == Life::Open && !conn.read_closed && !bytes.is_empty() {
                 let at = (token.slot, token.generation);
                 let (max_age, now, accepted_at) =
                     (self.max_connection_age, self.now, conn.accepted_at);
@@ -595,6 +628,7 @@ impl<A: Application> Executor<A> {
     /// Write a task's answer into its connection, and go on with the
     /// requests behind it.
     fn deliver(&mut self, to: AnswerTo, response: &Response) {
+        let sample = self.responder.take_sample(&to);
         let Some(conn) = self.conns.get_mut(to.slot, to.generation) else {
             return;
         };
@@ -611,7 +645,7 @@ impl<A: Application> Executor<A> {
                         to.number,
                         |writer| {
                             let sent = writer.send_response(response);
-                            status = Some(sent.status());
+                            status = Some((sent.status(), sent.body_bytes()));
                             sent
                         },
                         service,
@@ -620,10 +654,14 @@ impl<A: Application> Executor<A> {
                     )
                 },
             );
-            if let Some(status) = status {
+            if let Some((status, bytes_out)) = status {
                 let took = self.now.saturating_duration_since(to.since);
                 self.metrics
                     .record_deferred_response(to.route, status, took);
+                if let Some(sample) = sample {
+                    let log = &self.responder.access_log;
+                    log.write(&sample, to.route, status, bytes_out, took);
+                }
             }
         }
         self.touch(to.slot);
@@ -891,6 +929,28 @@ struct Responder<A> {
     request_timeout: Duration,
     /// Answers deferred in one step, kept for its capacity.
     later: Vec<Later>,
+    /// The sampled access log.
+    access_log: AccessLog,
+    /// Deferred answers the log picked in one step, by their index in `later`.
+    picked: Vec<(usize, Sample)>,
+    /// Deferred answers the log picked, until they are written.
+    sampled: Vec<((u32, u16, u16), Sample)>,
+}
+
+/// Deferred answers the access log waits for at most; past it the oldest
+/// is forgotten (its line is not written).
+const MAX_SAMPLED_IN_FLIGHT: usize = 1024;
+
+impl<A> Responder<A> {
+    /// The access log's sample for `to`, if it picked that request.
+    fn take_sample(&mut self, to: &AnswerTo) -> Option<Sample> {
+        if self.sampled.is_empty() {
+            return None;
+        }
+        let key = (to.slot, to.generation, to.number);
+        let at = self.sampled.iter().position(|&(k, _)| k == key)?;
+        Some(self.sampled.swap_remove(at).1)
+    }
 }
 
 impl<A: Application> Responder<A> {
@@ -916,6 +976,9 @@ impl<A: Application> Responder<A> {
             metrics,
             later: &mut self.later,
             executor: self.index,
+            access_log: &mut self.access_log,
+            picked: &mut self.picked,
+            client: conn.client,
         };
         let first = conn.http.next_deferred();
         let written = step(&mut conn.http, &mut bridge, &mut conn.out, &env);
@@ -925,7 +988,7 @@ impl<A: Application> Responder<A> {
             self.later.len(),
             "one task per deferred answer"
         );
-        for (number, later) in numbers.zip(self.later.drain(..)) {
+        for (index, (number, later)) in numbers.zip(self.later.drain(..)).enumerate() {
             let to = AnswerTo {
                 slot,
                 generation,
@@ -933,6 +996,14 @@ impl<A: Application> Responder<A> {
                 route: later.route,
                 since: now,
             };
+            if let Some(at) = self.picked.iter().position(|&(i, _)| i == index) {
+                let (_, sample) = self.picked.swap_remove(at);
+                if self.sampled.len() >= MAX_SAMPLED_IN_FLIGHT {
+                    // An answer never delivered (its task dropped) must not pin memory.
+                    self.sampled.remove(0);
+                }
+                self.sampled.push(((slot, generation, number), sample));
+            }
             tasks.spawn(
                 Job::Answer(later.future, to),
                 Some(now + self.request_timeout),
@@ -951,6 +1022,32 @@ struct Bridge<'a, A> {
     metrics: &'a mut CoreMetrics,
     later: &'a mut Vec<Later>,
     executor: usize,
+    access_log: &'a mut AccessLog,
+    picked: &'a mut Vec<(usize, Sample)>,
+    /// The connection's client, if a PROXY header named it.
+    client: Option<SocketAddr>,
+}
+
+impl<A> Bridge<'_, A> {
+    /// Log the request just answered on `route`, if the sampler picks it:
+    /// now if it was answered at once, when it is written if deferred.
+    fn log(&mut self, method: Method, bytes_in: usize, route: RouteId, sent: &Sent) {
+        if !self.access_log.pick() {
+            return;
+        }
+        let sample = Sample {
+            method,
+            bytes_in,
+            client: self.client,
+        };
+        if sent.is_deferred() {
+            self.picked.push((self.later.len() - 1, sample));
+        } else {
+            let (status, bytes_out) = (sent.status(), sent.body_bytes());
+            self.access_log
+                .write(&sample, route, status, bytes_out, Duration::ZERO);
+        }
+    }
 }
 
 impl<A: Application> Service for Bridge<'_, A> {
@@ -965,6 +1062,7 @@ impl<A: Application> Service for Bridge<'_, A> {
         if !sent.is_deferred() {
             self.metrics.record_response(route, sent.status());
         }
+        self.log(request.method, request.body.len(), route, &sent);
         sent
     }
 
@@ -999,6 +1097,8 @@ mod tests {
             shutdown_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             max_connection_age: None,
+            proxy_protocol: false,
+            access_log_every: 0,
             limits: Limits {
                 head: crate::http::request::HeadLimits {
                     max_request_line_bytes: 1024,

@@ -11,6 +11,7 @@
 //!   lookups, the end of a turn.
 //! - `connection`, `timers`: a client connection's state and deadlines.
 
+pub mod access_log;
 mod connection;
 pub mod executor;
 pub mod future;

@@ -88,6 +88,10 @@ serve_options! {
     max_connection_requests: u64 = 0, env "MILLRACE_MAX_CONNECTION_REQUESTS";
     /// Age past which a connection's next response carries Connection: close, in milliseconds. 0: no limit [default: 0]
     max_connection_age_ms: u64 = 0, env "MILLRACE_MAX_CONNECTION_AGE_MS";
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and send-proxy-v2 write it) at the start of every public connection, and take the client's address from it; a connection without a valid one is closed. Only for a listener that load balancers alone can reach [default: false]
+    proxy_protocol: bool = false, env "MILLRACE_PROXY_PROTOCOL";
+    /// Log one request in this many as one structured line (method, route, status, latency, body bytes, the client's address from a PROXY header; never header values or bodies) under the log target millrace::access. 0: off [default: 0]
+    access_log_sample: u32 = 0, env "MILLRACE_ACCESS_LOG_SAMPLE";
     /// Time allowed for a request head to arrive, in milliseconds; then 408 and close [default: 10000]
     header_timeout_ms: u64 = 10_000, env "MILLRACE_HEADER_TIMEOUT_MS";
     /// Time a connection may make no progress (idle keep-alive, a stalled body or send), in milliseconds [default: 60000]
@@ -434,6 +438,8 @@ impl ServeConfig {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_connection_age: (self.max_connection_age_ms > 0)
                 .then(|| Duration::from_millis(self.max_connection_age_ms)),
+            proxy_protocol: self.proxy_protocol,
+            access_log_every: self.access_log_sample,
             limits: Limits {
                 head: HeadLimits {
                     max_request_line_bytes: self.max_request_line_bytes,

@@ -252,7 +252,7 @@ fn serve<S: 'static>(
             Arc::clone(&shared),
         );
         let (path, tables, registry) = (path.clone(), tables.clone(), Arc::clone(&registry));
-        let route_count = routes.names().len();
+        let route_names = routes.names().to_vec();
         let thread = thread::Builder::new()
             .name(format!("millrace-core-{cpu}"))
             .spawn(move || -> Result<(), String> {
@@ -272,7 +272,7 @@ fn serve<S: 'static>(
                     executor_wake,
                     lookups,
                     make_app,
-                    route_count,
+                    route_names,
                     index,
                     cpu,
                 ) {
