@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
-[ ${#targets[@]} -gt 0 ] || targets=(http_request chunked http_response event_batch resp)
+[ ${#targets[@]} -gt 0 ] || targets=(http_request chunked http_response event_batch resp proxy_header)
 
 if ! cargo fuzz --version > /dev/null 2>&1; then
   echo "== installing cargo-fuzz"
