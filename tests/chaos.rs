@@ -530,6 +530,88 @@ fn database_core_crash(fault: &str) {
     }
 }
 
+/// Two database cores share the partitions; one is killed (SIGKILL) under
+/// load, and the other takes its pending entries over: every accepted event
+/// lands once.
+#[test]
+fn two_database_cores_one_killed_under_load_lose_and_duplicate_nothing() {
+    let stack = Stack::start(0, &[]);
+    let args: Vec<&str> = stack
+        .args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter(|pair| pair[0] != "--postgres-url")
+        .flatten()
+        .copied()
+        .collect();
+    let server = Server::start_with(&args);
+    let seeds: Vec<String> = stack
+        .cluster
+        .seeds()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let core = |name: &str, fault: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
+        command
+            .args(["writeback", "--consumer", name, "--claim-idle-ms", "1000"])
+            .args(["--batch-rows", "50"])
+            .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+            .env("MILLRACE_POSTGRES_URL", &stack.postgres.url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(fault) = fault {
+            command.env("MILLRACE_FAULT", fault);
+        }
+        command.spawn().expect("start millrace writeback")
+    };
+    let mut survivor = core("db-b", None);
+    let load = Load::start(stack.addr, 500, 4, "two-cores-one-killed");
+    thread::sleep(Duration::from_secs(1));
+    // The second core joins mid-load, takes its share of the partitions'
+    // entries, and is killed (SIGKILL, by its fault switch) after a commit
+    // and before its acknowledgement: its batch is left pending under its
+    // name, for the survivor to take over.
+    let crashed = core("db-a", Some("kill-after-commit")).wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(crashed.signal(), Some(libc::SIGKILL), "{crashed}");
+    let finished = load.finish();
+    let accepted = finished
+        .entries
+        .iter()
+        .filter(|e| e.status == Some(202))
+        .map(|e| u64::from(e.events.count))
+        .sum::<u64>();
+    // The survivor alone drains the rest, the dead core's pending entries
+    // included (taken over once idle for claim_idle_ms).
+    let deadline = Instant::now() + PATIENCE * 6;
+    loop {
+        let stats: serde_json::Value =
+            serde_json::from_slice(&server.get("/v1/stats").body).unwrap();
+        if stats["backlog"] == 0 && stats["written"].as_u64() >= Some(accepted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {stats}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    stack.drain(&server);
+    signal(survivor.id() as i32, libc::SIGTERM);
+    assert!(survivor.wait().unwrap().success());
+    let tally = Tally::check(
+        "two database cores, one SIGKILLed under load",
+        &finished,
+        &stack.postgres,
+    );
+    tally.assert_exact();
+    assert!(
+        tally.redelivered > 0,
+        "the dead core's committed batch came again from the survivor: {tally:?}"
+    );
+}
+
 #[test]
 fn database_core_killed_before_its_insert_redelivers() {
     database_core_crash("kill-before-insert");

@@ -253,3 +253,81 @@ fn a_database_outage_loses_nothing() {
         next.to_string()
     );
 }
+
+/// A `millrace writeback` under consumer name `name` (lease 2 s) whose log
+/// is kept; the child and the log's path.
+fn named_core(
+    cluster: &RedisCluster,
+    postgres: &Postgres,
+    name: &str,
+    log: &str,
+) -> (Child, std::path::PathBuf) {
+    let path =
+        std::env::temp_dir().join(format!("millrace-lease-{}-{log}.log", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let child = Process::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["writeback", "--consumer", name, "--lease-ms", "2000"])
+        .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+        .env("MILLRACE_POSTGRES_URL", &postgres.url)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    (child, path)
+}
+
+fn read_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn a_second_core_under_one_consumer_name_refuses_and_a_dead_ones_name_is_taken_over() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start();
+    let holding = "holding the consumer name's lease";
+    let (mut first, first_log) = named_core(&cluster, &postgres, "shared", "first");
+    wait_for("the first core's lease", Duration::from_secs(30), || {
+        read_log(&first_log).contains(holding)
+    });
+    // A second core under the same name watches the lease being renewed,
+    // and refuses, naming the holder's process.
+    let (mut second, second_log) = named_core(&cluster, &postgres, "shared", "second");
+    let status = second.wait().unwrap();
+    assert!(!status.success());
+    let log = read_log(&second_log);
+    assert!(log.contains("is held by"), "{log}");
+    assert!(
+        log.contains(&format!(":{}:", first.id())),
+        "names the holder: {log}"
+    );
+    assert!(!log.contains(holding), "{log}");
+    // Another name is no conflict.
+    let (other, other_log) = named_core(&cluster, &postgres, "another", "other");
+    wait_for("another name's lease", Duration::from_secs(30), || {
+        read_log(&other_log).contains(holding)
+    });
+    // The holder dies without giving the lease up: a restart under its
+    // name waits for the lease to run out, then takes it.
+    // SAFETY: kill(2) on a child of this test.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    let (restarted, restarted_log) = named_core(&cluster, &postgres, "shared", "restarted");
+    wait_for(
+        "the dead core's name taken over",
+        Duration::from_secs(30),
+        || read_log(&restarted_log).contains(holding),
+    );
+    assert!(read_log(&restarted_log).contains("waiting for it to run out"));
+    // A clean stop gives the lease up: the next start takes it at once.
+    stop_writeback(restarted);
+    let (next, next_log) = named_core(&cluster, &postgres, "shared", "next");
+    wait_for("the released name taken", Duration::from_secs(30), || {
+        read_log(&next_log).contains(holding)
+    });
+    assert!(!read_log(&next_log).contains("waiting for it to run out"));
+    stop_writeback(next);
+    stop_writeback(other);
+}

@@ -158,6 +158,8 @@ serve_options! {
     batch_ms: u64 = 5, env "MILLRACE_BATCH_MS";
     /// The database core's consumer name in the queue's group; keep it across restarts [default: db-0]
     writeback_consumer: String = "db-0".to_string(), env "MILLRACE_WRITEBACK_CONSUMER";
+    /// How long the database core's lease on its consumer name lasts unless renewed (every fifth of it), in milliseconds; a second core under the same name refuses to start, and a restart after a crash waits at most this [default: 5000]
+    writeback_lease_ms: u64 = 5_000, env "MILLRACE_WRITEBACK_LEASE_MS";
     /// Longest a PostgreSQL connect, write-back batch or read-through lookup may take before the connection is dropped and the work tried again, in milliseconds [default: 10000]
     db_timeout_ms: u64 = 10_000, env "MILLRACE_DB_TIMEOUT_MS";
     /// GET misses waiting for the database core, over all executors; beyond it a miss gets 503 [default: 65536]
@@ -308,6 +310,9 @@ impl ServeConfig {
                 self.postgres_ca_path().as_deref(),
             )?;
         }
+        if self.writeback_lease_ms < 100 {
+            return Err("writeback_lease_ms must be at least 100".into());
+        }
         if self.writeback_consumer.is_empty() {
             return Err("writeback_consumer must not be empty".into());
         }
@@ -326,6 +331,7 @@ impl ServeConfig {
         config.batch_rows = self.batch_rows;
         config.batch_ms = Duration::from_millis(self.batch_ms);
         config.consumer = self.writeback_consumer.clone();
+        config.lease_ttl = Duration::from_millis(self.writeback_lease_ms);
         config.db_timeout = Duration::from_millis(self.db_timeout_ms);
         config.postgres_ca_file = self.postgres_ca_path();
         config.cache_ttl_ms = self.cache_ttl_ms;

@@ -46,6 +46,9 @@ pub struct WritebackOptions {
     /// Consumer name in the group; keep it across restarts [default: db-0]
     #[arg(long, env = "MILLRACE_WRITEBACK_CONSUMER", default_value = "db-0")]
     pub consumer: String,
+    /// How long the lease on the consumer name lasts unless renewed (every fifth of it), in milliseconds; a second core under the same name refuses to start, and a restart after a crash waits at most this [default: 5000]
+    #[arg(long, env = "MILLRACE_WRITEBACK_LEASE_MS", default_value_t = 5000)]
+    pub lease_ms: u64,
     /// Entries pending this long on another consumer are taken over, in milliseconds [default: 30000]
     #[arg(long, env = "MILLRACE_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
@@ -104,7 +107,14 @@ impl WritebackOptions {
         config.partitions = self.partitions;
         config.batch_rows = self.batch_rows;
         config.batch_ms = Duration::from_millis(self.batch_ms);
+        if self.consumer.is_empty() {
+            return Err("--consumer must not be empty".into());
+        }
         config.consumer = self.consumer;
+        if self.lease_ms < 100 {
+            return Err("--lease-ms must be at least 100".into());
+        }
+        config.lease_ttl = Duration::from_millis(self.lease_ms);
         config.claim_idle = Duration::from_millis(self.claim_idle_ms);
         if self.db_timeout_ms == 0 {
             return Err("--db-timeout-ms must be at least 1".into());

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::db::Database;
+use super::lease::Lease;
 use super::lookup::LookupService;
 use super::queue::{Entry, GROUP, Queue, Version, entries};
 use super::table::{Merge, Tables};
@@ -91,6 +92,9 @@ pub struct WritebackConfig {
     /// This core's consumer name in the group; keep it across restarts so
     /// that a restarted core finds its own pending entries.
     pub consumer: String,
+    /// How long the lease on `consumer` lasts unless renewed (every fifth
+    /// of it): a restart after a crash waits at most this for it.
+    pub lease_ttl: Duration,
     /// Entries pending this long on another consumer are taken over.
     pub claim_idle: Duration,
     /// How often to look for such entries.
@@ -130,6 +134,7 @@ impl WritebackConfig {
             db_timeout: Duration::from_secs(10),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(5),
             cache_ttl_ms: 3_600_000,
             miss_ttl_ms: 1000,
             accept_unsafe_durability: false,
@@ -181,7 +186,16 @@ pub fn run(
             .name("millrace-db-read".into())
             .spawn_scoped(scope, move || {
                 let mut reader = Reader::start(config)?;
-                reader.run(&marks, batches, &to_acknowledge, stop);
+                let Some(mut lease) =
+                    Lease::acquire(&mut reader.redis, &config.consumer, config.lease_ttl, stop)?
+                else {
+                    // Stopped before the lease was ours: nothing was read.
+                    return Ok((0, 0));
+                };
+                tracing::info!(consumer = %config.consumer, holder = lease.holder(), "holding the consumer name's lease");
+                let result = reader.run(&mut lease, &marks, batches, &to_acknowledge, stop);
+                lease.release(&mut reader.redis);
+                result?;
                 Ok::<(u64, u64), String>((reader.malformed, reader.queue_losses))
             })
             .map_err(|e| format!("cannot start the database core's reader: {e}"))?;
@@ -211,6 +225,26 @@ pub fn run(
             ..totals
         })
     })
+}
+
+/// Give the writer `batch`, keeping the lease while it is busy (a slow
+/// PostgreSQL must not let the consumer name's lease run out). `false`
+/// when the writer has gone.
+fn hand_over(
+    batches: &tokio::sync::mpsc::Sender<Vec<Entry>>,
+    mut batch: Vec<Entry>,
+    lease: &mut Lease,
+    redis: &mut Client,
+) -> Result<bool, String> {
+    loop {
+        match batches.try_send(batch) {
+            Ok(()) => return Ok(true),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Ok(false),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => batch = back,
+        }
+        lease.keep(redis)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Batches gathered ahead of the one being written.
@@ -382,15 +416,17 @@ impl<'a> Reader<'a> {
 
     fn run(
         &mut self,
+        lease: &mut Lease,
         marks: &std::sync::mpsc::Receiver<Vec<Option<Version>>>,
         batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
         committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
-    ) {
+    ) -> Result<(), String> {
         // What the database holds of each partition, before any stream is
         // created; the figures are published meanwhile.
         let mut next_stats = Instant::now();
         loop {
+            lease.keep(&mut self.redis)?;
             if Instant::now() >= next_stats {
                 next_stats = Instant::now() + STATS_INTERVAL;
                 self.publish_stats();
@@ -404,7 +440,7 @@ impl<'a> Reader<'a> {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                     if !stop.load(Ordering::Relaxed) => {}
                 // Stopped, or the writer gave up before PostgreSQL answered.
-                Err(_) => return,
+                Err(_) => return Ok(()),
             }
         }
         // A master failing over or restarting meanwhile is waited out.
@@ -412,14 +448,15 @@ impl<'a> Reader<'a> {
         while let Err(e) = self.ensure_groups() {
             tracing::error!(error = %e, "cannot set up the write-back queue's groups; retrying");
             if stop.load(Ordering::Relaxed) {
-                return;
+                return Ok(());
             }
+            lease.keep(&mut self.redis)?;
             std::thread::sleep(wait);
             wait = (wait * 2).min(RETRY_MAX);
         }
         // What this consumer had read but not acknowledged before it stopped.
-        if !self.read_own_pending(&batches, committed, stop) {
-            return;
+        if !self.read_own_pending(lease, &batches, committed, stop)? {
+            return Ok(());
         }
         let mut next_claim = Instant::now() + self.config.claim_interval;
         // Batches handed to the writer and not yet acknowledged.
@@ -435,9 +472,15 @@ impl<'a> Reader<'a> {
             if self.lost_reads && in_flight == 0 {
                 self.lost_reads = false;
                 tracing::info!("a read failed; reading this consumer's pending entries again");
-                if !self.read_own_pending(&batches, committed, stop) {
-                    return;
+                if !self.read_own_pending(lease, &batches, committed, stop)? {
+                    return Ok(());
                 }
+            }
+            if !lease.keep(&mut self.redis)? {
+                // The lease may have run out: another core may take the
+                // name. Read nothing until it is held again.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
             if Instant::now() >= next_stats {
                 next_stats = Instant::now() + STATS_INTERVAL;
@@ -454,7 +497,7 @@ impl<'a> Reader<'a> {
                 self.gather(Source::New, stop)
             };
             if !batch.is_empty() {
-                if batches.blocking_send(batch).is_err() {
+                if !hand_over(&batches, batch, lease, &mut self.redis)? {
                     break;
                 }
                 in_flight += 1;
@@ -466,6 +509,7 @@ impl<'a> Reader<'a> {
         while let Ok((batch, rows)) = committed.recv() {
             self.acknowledge(&batch, rows);
         }
+        Ok(())
     }
 
     /// Write this consumer's pending entries, a batch at a time, each
@@ -474,24 +518,38 @@ impl<'a> Reader<'a> {
     /// batch in flight. `false` when the writer has gone.
     fn read_own_pending(
         &mut self,
+        lease: &mut Lease,
         batches: &tokio::sync::mpsc::Sender<Vec<Entry>>,
         committed: &std::sync::mpsc::Receiver<(Vec<Entry>, u64)>,
         stop: &AtomicBool,
-    ) -> bool {
+    ) -> Result<bool, String> {
         while !stop.load(Ordering::Relaxed) {
+            if !lease.keep(&mut self.redis)? {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             let batch = self.gather(Source::OwnPending, stop);
             if batch.is_empty() {
                 break;
             }
-            if batches.blocking_send(batch).is_err() {
-                return false;
+            if !hand_over(batches, batch, lease, &mut self.redis)? {
+                return Ok(false);
             }
-            match committed.recv() {
-                Ok((batch, rows)) => self.acknowledge(&batch, rows),
-                Err(_) => return false,
+            // Its commit, the lease kept meanwhile.
+            loop {
+                match committed.recv_timeout(lease.renew_interval()) {
+                    Ok((batch, rows)) => {
+                        self.acknowledge(&batch, rows);
+                        break;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        lease.keep(&mut self.redis)?;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+                }
             }
         }
-        true
+        Ok(true)
     }
 
     /// Read until the batch is full or its time is up. Own pending entries

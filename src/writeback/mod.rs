@@ -9,6 +9,7 @@
 //! - [`drain`]: the database core's loop: gather, write, acknowledge;
 //!   redelivery and take-over.
 //!
+//! - [`lease`]: a database core's lease on its consumer name.
 //! - [`lookup`]: read-through of the executors' cache misses.
 //!
 //! `millrace writeback` ([`crate::server::writeback`]) runs the database
@@ -17,6 +18,7 @@
 
 pub mod db;
 pub mod drain;
+pub mod lease;
 pub mod lookup;
 pub mod queue;
 pub mod table;
