@@ -403,6 +403,11 @@ fn the_systemd_units_verify() {
             script().to_str().unwrap(),
         );
     fs::write(tree.dir.join("millrace.service"), service).unwrap();
+    let writeback = fs::read_to_string(units.join("millrace-writeback@.service"))
+        .unwrap()
+        .replace("/usr/local/bin/millrace", env!("CARGO_BIN_EXE_millrace"));
+    fs::write(tree.dir.join("millrace-writeback@.service"), &writeback).unwrap();
+    fs::write(tree.dir.join("millrace-writeback@db-1.service"), &writeback).unwrap();
     fs::write(tree.dir.join("millrace-tune@.service"), &tune).unwrap();
     fs::write(tree.dir.join("millrace-tune@latency.service"), &tune).unwrap();
     let verify = Command::new("systemd-analyze")
@@ -411,6 +416,7 @@ fn the_systemd_units_verify() {
             "verify",
             "./millrace.service",
             "./millrace-tune@latency.service",
+            "./millrace-writeback@db-1.service",
         ])
         .output()
         .expect("systemd-analyze (scripts/test.sh installs systemd)");

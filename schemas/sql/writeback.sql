@@ -9,3 +9,21 @@ create table if not exists writeback_partitions (
     version_ms bigint not null,
     version_seq bigint not null
 );
+
+-- Each database core's newest version written back from each partition:
+-- several cores share the partitions, and a row per core keeps their
+-- commits from waiting on one another's row locks. A partition's mark is
+-- the greatest over the cores.
+create table if not exists writeback_marks (
+    partition integer not null check (partition >= 0),
+    consumer text not null,
+    version_ms bigint not null,
+    version_seq bigint not null,
+    primary key (partition, consumer)
+);
+
+-- The marks of releases that kept one row per partition (in
+-- writeback_partitions, no longer written), under no consumer.
+insert into writeback_marks (partition, consumer, version_ms, version_seq)
+select partition, '', version_ms, version_seq from writeback_partitions
+on conflict do nothing;

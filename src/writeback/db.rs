@@ -27,13 +27,15 @@ pub const CORE_SCHEMA: &str = include_str!("../../schemas/sql/writeback.sql");
 /// The advisory lock schema changes are made under ("millrace" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6d69_6c6c_7261_6365;
 
-/// Each partition's newest version written back, never moved back.
+/// This core's newest version written back from each partition, never
+/// moved back; a row per core and partition, so that cores sharing the
+/// partitions do not wait on one another's row locks.
 const ADVANCE_PARTITIONS: &str = "
-insert into writeback_partitions (partition, version_ms, version_seq)
-select * from unnest($1::integer[], $2::bigint[], $3::bigint[])
-on conflict (partition) do update
+insert into writeback_marks (partition, consumer, version_ms, version_seq)
+select p, $4, ms, seq from unnest($1::integer[], $2::bigint[], $3::bigint[]) as u(p, ms, seq)
+on conflict (partition, consumer) do update
 set version_ms = excluded.version_ms, version_seq = excluded.version_seq
-where (writeback_partitions.version_ms, writeback_partitions.version_seq)
+where (writeback_marks.version_ms, writeback_marks.version_seq)
     < (excluded.version_ms, excluded.version_seq)";
 
 /// A connection to PostgreSQL with its staging tables.
@@ -149,7 +151,7 @@ impl Database {
 
     /// Write `entries` of the queue's `partitions` partitions in one
     /// transaction, with `newest`, the newest version of each partition
-    /// among them. On error nothing of it is kept. An entry of no known
+    /// among them, as core `consumer`'s marks. On error nothing of it is kept. An entry of no known
     /// table, or whose rows its table cannot make, is left out and named
     /// in [`Written::rejected`]: set aside rather than stop the queue.
     pub async fn write(
@@ -157,6 +159,7 @@ impl Database {
         entries: &[Entry],
         partition_of: impl Fn(&[u8]) -> u16,
         newest: &[(u16, Version)],
+        consumer: &str,
     ) -> Result<Written, tokio_postgres::Error> {
         let mut written = Written::default();
         // Each table's rows, in the order its entries came.
@@ -193,7 +196,7 @@ impl Database {
             let ms: Vec<i64> = newest.iter().map(|(_, v)| v.ms).collect();
             let seq: Vec<i64> = newest.iter().map(|(_, v)| v.seq).collect();
             transaction
-                .execute(ADVANCE_PARTITIONS, &[&partitions, &ms, &seq])
+                .execute(ADVANCE_PARTITIONS, &[&partitions, &ms, &seq, &consumer])
                 .await?;
         }
         transaction.commit().await?;
@@ -208,7 +211,8 @@ impl Database {
         let rows = self
             .client
             .query(
-                "select partition, version_ms, version_seq from writeback_partitions",
+                "select distinct on (partition) partition, version_ms, version_seq \
+                 from writeback_marks order by partition, version_ms desc, version_seq desc",
                 &[],
             )
             .await

@@ -1091,7 +1091,12 @@ impl Writer<'_> {
                 if self.config.fault == Some(Fault::KillBeforeInsert) {
                     crash("before a batch is written");
                 }
-                let write = database.write(batch, |key| queue.partition_of(key), &newest);
+                let write = database.write(
+                    batch,
+                    |key| queue.partition_of(key),
+                    &newest,
+                    &self.config.consumer,
+                );
                 match tokio::time::timeout(limit, write).await {
                     Ok(Ok(written)) => break written,
                     Ok(Err(e)) => {
