@@ -474,3 +474,31 @@ fn the_admin_listener_serves_metrics_and_probes_apart_from_the_public_port() {
     let output = millrace(&["serve", "--admin-listen", "localhost"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("admin_listen"));
 }
+
+#[test]
+fn napi_busy_polling_registers_on_each_ring_and_serves() {
+    // The kernel takes the registration (6.9+) on every executor's ring;
+    // on loopback nothing has a NAPI id, so requests are served as without it.
+    let server = Server::start_with(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "2",
+        "--napi-busy-poll-us",
+        "50",
+    ]);
+    for _ in 0..4 {
+        let response = server.get("/plaintext");
+        assert_eq!(response.status, 200);
+    }
+    let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("NAPI busy polling"))
+        .unwrap_or_else(|| panic!("doctor reports NAPI:\n{text}"));
+    assert!(line.contains(" ok "), "{line}");
+}

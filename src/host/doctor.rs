@@ -130,6 +130,18 @@ fn ring_checks(features: &RingFeatures, checks: &mut Vec<Check>) {
             "no (optional; Linux 6.0+)".into()
         },
     });
+    checks.push(Check {
+        name: "NAPI busy polling",
+        verdict: if features.napi.is_ok() {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        },
+        detail: match &features.napi {
+            Ok(()) => "yes (optional: napi_busy_poll_us; spins only on NIC queues with NAPI, not loopback)".into(),
+            Err(why) => format!("no: {why} (optional)"),
+        },
+    });
 }
 
 fn kernel_release() -> String {

@@ -33,6 +33,9 @@ pub struct RingFeatures {
     pub multishot_recv: Result<(), String>,
     /// Zero-copy send opcode (6.0); optional.
     pub send_zc: bool,
+    /// NAPI busy polling registered on a ring (6.9); optional
+    /// (`napi_busy_poll_us`).
+    pub napi: Result<(), String>,
 }
 
 impl RingFeatures {
@@ -64,6 +67,7 @@ pub fn probe_ring() -> Result<RingFeatures, String> {
     let mut opcodes = io_uring::Probe::new();
     let send_zc = ring.submitter().register_probe(&mut opcodes).is_ok()
         && opcodes.is_supported(opcode::SendZc::CODE);
+    let napi = register_napi(&ring, 50);
     let buffers = ProvidedBuffers::new(2, 64, 0).map_err(|e| e.to_string())?;
     let buffer_rings = buffers
         .register(&ring.submitter())
@@ -85,7 +89,24 @@ pub fn probe_ring() -> Result<RingFeatures, String> {
         multishot_accept,
         multishot_recv,
         send_zc,
+        napi,
     })
+}
+
+/// Register NAPI busy polling on `ring`: each wait spins on the NIC queues
+/// of its sockets for up to `busy_poll_us` before sleeping (Linux 6.9+).
+pub fn register_napi(ring: &Ring, busy_poll_us: u32) -> Result<(), String> {
+    let mut napi = io_uring::types::Napi::new()
+        .set_busy_poll_timeout(busy_poll_us)
+        .set_prefer_busy_poll(true);
+    ring.submitter()
+        .register_napi(&mut napi)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => {
+                "the kernel does not take IORING_REGISTER_NAPI (Linux 6.9+)".to_string()
+            }
+            _ => format!("IORING_REGISTER_NAPI failed: {e}"),
+        })
 }
 
 /// Accept one loopback connection with a multishot accept, then receive one

@@ -93,6 +93,9 @@ pub struct ExecutorConfig {
     pub proxy_protocol: bool,
     /// Log one request in this many ([`AccessLog`]); 0: none.
     pub access_log_every: u32,
+    /// NAPI busy polling on the ring: each wait spins on its sockets' NIC
+    /// queues this long before sleeping; 0: off.
+    pub napi_busy_poll_us: u32,
     /// HTTP limits.
     pub limits: Limits,
     /// The Redis Cluster handlers' commands go to, if any.
@@ -209,6 +212,10 @@ impl<A: Application> Executor<A> {
     ) -> io::Result<(Self, SetupFlags)> {
         let ring = Ring::new(config.ring_entries)?;
         let flags = ring.flags();
+        if config.napi_busy_poll_us > 0 {
+            crate::host::probe::register_napi(&ring, config.napi_busy_poll_us)
+                .map_err(|why| io::Error::other(format!("napi_busy_poll_us: {why}")))?;
+        }
         let buffers =
             ProvidedBuffers::new(config.recv_buffers, config.recv_buffer_bytes, BUFFER_GROUP)?;
         buffers.register(&ring.submitter())?;
@@ -1099,6 +1106,7 @@ mod tests {
             max_connection_age: None,
             proxy_protocol: false,
             access_log_every: 0,
+            napi_busy_poll_us: 0,
             limits: Limits {
                 head: crate::http::request::HeadLimits {
                     max_request_line_bytes: 1024,

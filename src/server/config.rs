@@ -108,6 +108,8 @@ serve_options! {
     ring_entries: u32 = 4096, env "MILLRACE_RING_ENTRIES";
     /// Provided receive buffers per executor, a power of two up to 32768; few enough to stay in cache, enough for the connections that receive in one turn (millrace_recv_buffers_exhausted_total counts when they ran out) [default: 256]
     recv_buffers: u32 = 256, env "MILLRACE_RECV_BUFFERS";
+    /// NAPI busy polling on each executor's ring (Linux 6.9+): a wait spins on the NIC queues of its connections this long before sleeping on an interrupt, in microseconds; costs CPU for latency, and does nothing on loopback. 0: off [default: 0]
+    napi_busy_poll_us: u32 = 0, env "MILLRACE_NAPI_BUSY_POLL_US";
     /// Size of each receive buffer, in bytes [default: 4096]
     recv_buffer_bytes: u32 = 4096, env "MILLRACE_RECV_BUFFER_BYTES";
     /// Address of the admin listener, which serves /metrics, /livez and /readyz apart from the public port; keep it on loopback or a private network. Empty: none [default: 127.0.0.1:9180]
@@ -446,6 +448,7 @@ impl ServeConfig {
                 .then(|| Duration::from_millis(self.max_connection_age_ms)),
             proxy_protocol: self.proxy_protocol,
             access_log_every: self.access_log_sample,
+            napi_busy_poll_us: self.napi_busy_poll_us,
             limits: Limits {
                 head: HeadLimits {
                     max_request_line_bytes: self.max_request_line_bytes,
