@@ -695,6 +695,21 @@ fn the_access_log_samples_one_in_n_and_never_writes_header_values_or_bodies() {
     for secret in ["hunter2", "body-secret", "secret-key"] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
+    // A request the HTTP layer refuses is logged too, without a method.
+    let every = Server::start(&["--access-log-sample", "1"]);
+    let mut stream = every.connect();
+    stream
+        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nBad Field: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut stream).status, 400);
+    thread::sleep(Duration::from_millis(200));
+    let lines = access_lines(&every);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("method=\"-\"") && l.contains("status=400")),
+        "{lines:#?}"
+    );
     // Off, nothing is written.
     let quiet = Server::start(&[]);
     for _ in 0..10 {

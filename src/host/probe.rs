@@ -67,7 +67,7 @@ pub fn probe_ring() -> Result<RingFeatures, String> {
     let mut opcodes = io_uring::Probe::new();
     let send_zc = ring.submitter().register_probe(&mut opcodes).is_ok()
         && opcodes.is_supported(opcode::SendZc::CODE);
-    let napi = register_napi(&ring, 50);
+    let napi = ring.register_napi(50);
     let buffers = ProvidedBuffers::new(2, 64, 0).map_err(|e| e.to_string())?;
     let buffer_rings = buffers
         .register(&ring.submitter())
@@ -91,22 +91,6 @@ pub fn probe_ring() -> Result<RingFeatures, String> {
         send_zc,
         napi,
     })
-}
-
-/// Register NAPI busy polling on `ring`: each wait spins on the NIC queues
-/// of its sockets for up to `busy_poll_us` before sleeping (Linux 6.9+).
-pub fn register_napi(ring: &Ring, busy_poll_us: u32) -> Result<(), String> {
-    let mut napi = io_uring::types::Napi::new()
-        .set_busy_poll_timeout(busy_poll_us)
-        .set_prefer_busy_poll(true);
-    ring.submitter()
-        .register_napi(&mut napi)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EINVAL) => {
-                "the kernel does not take IORING_REGISTER_NAPI (Linux 6.9+)".to_string()
-            }
-            _ => format!("IORING_REGISTER_NAPI failed: {e}"),
-        })
 }
 
 /// Accept one loopback connection with a multishot accept, then receive one

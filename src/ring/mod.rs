@@ -141,6 +141,22 @@ impl Ring {
         self.io.submitter()
     }
 
+    /// Register NAPI busy polling: each wait spins on the NIC queues of the
+    /// ring's sockets for up to `busy_poll_us` before sleeping (Linux 6.9+).
+    pub fn register_napi(&self, busy_poll_us: u32) -> Result<(), String> {
+        let mut napi = io_uring::types::Napi::new()
+            .set_busy_poll_timeout(busy_poll_us)
+            .set_prefer_busy_poll(true);
+        self.submitter()
+            .register_napi(&mut napi)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => {
+                    "the kernel does not take IORING_REGISTER_NAPI (Linux 6.9+)".to_string()
+                }
+                _ => format!("IORING_REGISTER_NAPI failed: {e}"),
+            })
+    }
+
     /// Queue `entry`, submitting what is queued first if the queue is full.
     ///
     /// # Safety

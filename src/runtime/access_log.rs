@@ -18,8 +18,9 @@ pub const TARGET: &str = "millrace::access";
 /// A request picked for the log, until its answer is written.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
-    /// Its method.
-    pub method: Method,
+    /// Its method; `None` for a request the HTTP layer refused before
+    /// reading one.
+    pub method: Option<Method>,
     /// Its body's length.
     pub bytes_in: usize,
     /// Who sent it, if a PROXY header said.
@@ -84,7 +85,7 @@ impl AccessLog {
             target: TARGET,
             core = self.core,
             client = %client,
-            method = sample.method.as_str(),
+            method = sample.method.map_or("-", Method::as_str),
             route,
             status = status.code(),
             latency_us = took.as_micros() as u64,

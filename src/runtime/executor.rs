@@ -213,7 +213,7 @@ impl<A: Application> Executor<A> {
         let ring = Ring::new(config.ring_entries)?;
         let flags = ring.flags();
         if config.napi_busy_poll_us > 0 {
-            crate::host::probe::register_napi(&ring, config.napi_busy_poll_us)
+            ring.register_napi(config.napi_busy_poll_us)
                 .map_err(|why| io::Error::other(format!("napi_busy_poll_us: {why}")))?;
         }
         let buffers =
@@ -1038,7 +1038,7 @@ struct Bridge<'a, A> {
 impl<A> Bridge<'_, A> {
     /// Log the request just answered on `route`, if the sampler picks it:
     /// now if it was answered at once, when it is written if deferred.
-    fn log(&mut self, method: Method, bytes_in: usize, route: RouteId, sent: &Sent) {
+    fn log(&mut self, method: Option<Method>, bytes_in: usize, route: RouteId, sent: &Sent) {
         if !self.access_log.pick() {
             return;
         }
@@ -1069,7 +1069,7 @@ impl<A: Application> Service for Bridge<'_, A> {
         if !sent.is_deferred() {
             self.metrics.record_response(route, sent.status());
         }
-        self.log(request.method, request.body.len(), route, &sent);
+        self.log(Some(request.method), request.body.len(), route, &sent);
         sent
     }
 
@@ -1083,6 +1083,7 @@ impl<A: Application> Service for Bridge<'_, A> {
         if !sent.is_deferred() {
             self.metrics.record_response(route, sent.status());
         }
+        self.log(None, 0, route, &sent);
         sent
     }
 }
