@@ -373,8 +373,10 @@ pub struct Cluster {
     to_close: Vec<usize>,
     /// When [`Cluster::tick`] next looks for timeouts.
     next_sweep: Instant,
-    /// Commands that got no reply, by [`Error::kind`].
+    /// Commands that got no reply, by [`Error::kind_index`].
     failures: [u64; REDIS_FAILURE_KINDS.len()],
+    /// The nodes that own slots in the layout, each once.
+    owner_nodes: Vec<u32>,
 }
 
 impl Cluster {
@@ -405,6 +407,7 @@ impl Cluster {
             to_close: Vec::new(),
             next_sweep: now,
             failures: [0; REDIS_FAILURE_KINDS.len()],
+            owner_nodes: Vec::new(),
             config,
         }
     }
@@ -420,21 +423,13 @@ impl Cluster {
     }
 
     /// Every slot has an owner, and the client is connected to each owner.
+    /// O(masters): the owners are listed when a layout is applied.
     pub fn is_serving(&self) -> bool {
-        if !self.is_ready() {
-            return false;
-        }
-        let mut checked = vec![false; self.nodes.len()];
-        for &owner in &self.owners {
-            let owner = owner as usize;
-            if !checked[owner] {
-                if self.nodes[owner].link != LinkState::Ready {
-                    return false;
-                }
-                checked[owner] = true;
-            }
-        }
-        true
+        self.is_ready()
+            && self
+                .owner_nodes
+                .iter()
+                .all(|&n| self.nodes[n as usize].link == LinkState::Ready)
     }
 
     /// A layout has been read (it may not cover every slot).
@@ -927,6 +922,9 @@ impl Cluster {
                 let target = self.node_for(address, now);
                 if word == b"MOVED" {
                     self.owners[usize::from(slot.get())] = target;
+                    if !self.owner_nodes.contains(&target) {
+                        self.owner_nodes.push(target);
+                    }
                     self.refresh.wanted = true;
                 } else if let Some(pending) = self.commands.get_mut(key) {
                     pending.ask = Some(target);
@@ -1030,6 +1028,12 @@ impl Cluster {
                     readers[usize::from(slot)] = reader;
                     replica_counts[usize::from(slot)] = replicas;
                 }
+            }
+        }
+        self.owner_nodes.clear();
+        for &owner in &owners {
+            if owner != NO_NODE && !self.owner_nodes.contains(&owner) {
+                self.owner_nodes.push(owner);
             }
         }
         self.owners = owners;

@@ -496,7 +496,9 @@ impl<A: Application> Executor<A> {
             self.metrics.bytes_received += n as u64;
             // Bytes after a PROXY header that came in pieces.
             let after_header;
-            if let Some(mut header) = conn.proxy_header.take() {
+            if conn.proxy_header.is_some()
+                && let Some(mut header) = conn.proxy_header.take()
+            {
                 header.extend_from_slice(bytes);
                 bytes = &[];
                 match proxy::parse(&header) {
@@ -985,7 +987,7 @@ impl<A: Application> Responder<A> {
             executor: self.index,
             access_log: &mut self.access_log,
             picked: &mut self.picked,
-            client: conn.client,
+            client: &conn.client,
         };
         let first = conn.http.next_deferred();
         let written = step(&mut conn.http, &mut bridge, &mut conn.out, &env);
@@ -1032,20 +1034,25 @@ struct Bridge<'a, A> {
     access_log: &'a mut AccessLog,
     picked: &'a mut Vec<(usize, Sample)>,
     /// The connection's client, if a PROXY header named it.
-    client: Option<SocketAddr>,
+    client: &'a Option<SocketAddr>,
 }
 
 impl<A> Bridge<'_, A> {
     /// Log the request just answered on `route`, if the sampler picks it:
     /// now if it was answered at once, when it is written if deferred.
+    #[inline]
     fn log(&mut self, method: Option<Method>, bytes_in: usize, route: RouteId, sent: &Sent) {
-        if !self.access_log.pick() {
-            return;
+        if self.access_log.pick() {
+            self.log_picked(method, bytes_in, route, sent);
         }
+    }
+
+    #[cold]
+    fn log_picked(&mut self, method: Option<Method>, bytes_in: usize, route: RouteId, sent: &Sent) {
         let sample = Sample {
             method,
             bytes_in,
-            client: self.client,
+            client: *self.client,
         };
         if sent.is_deferred() {
             self.picked.push((self.later.len() - 1, sample));
