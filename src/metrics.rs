@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::http::Status;
 
@@ -54,7 +54,10 @@ pub struct DurationHistogram {
 impl DurationHistogram {
     /// Record `count` requests that each took `duration`.
     pub fn observe(&mut self, duration: Duration, count: u64) {
-        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let ns = duration
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(duration.subsec_nanos()));
         let bucket = DURATION_BOUNDS_NS
             .iter()
             .position(|&bound| ns <= bound)
@@ -83,6 +86,41 @@ impl DurationHistogram {
         }
         self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
         self.count += other.count;
+    }
+}
+
+/// Durations between turn times, remembered: the events timed in one
+/// turn mostly began in the same earlier turn (the replies to one write,
+/// the answers to one read), and `Instant` subtraction is dear next to a
+/// counter's increment.
+#[derive(Clone, Copy, Debug)]
+pub struct Elapsed {
+    from: Instant,
+    to: Instant,
+    took: Duration,
+}
+
+impl Elapsed {
+    /// Nothing remembered yet.
+    pub fn new(now: Instant) -> Elapsed {
+        Elapsed {
+            from: now,
+            to: now,
+            took: Duration::ZERO,
+        }
+    }
+
+    /// `to - from`, saturating at zero.
+    #[inline]
+    pub fn since(&mut self, from: Instant, to: Instant) -> Duration {
+        if from != self.from || to != self.to {
+            *self = Elapsed {
+                from,
+                to,
+                took: to.saturating_duration_since(from),
+            };
+        }
+        self.took
     }
 }
 

@@ -31,7 +31,7 @@ use super::command::{Command, Error};
 use super::resp::{self, Protocol, Reply, encode_command};
 use super::slot::{SLOT_COUNT, Slot};
 use super::topology::Topology;
-use crate::metrics::{REDIS_FAILURE_KINDS, RedisFigures, RedisNodeFigures};
+use crate::metrics::{Elapsed, REDIS_FAILURE_KINDS, RedisFigures, RedisNodeFigures};
 
 /// The caller's name for a command, handed back with its reply.
 pub type CommandToken = u64;
@@ -377,6 +377,8 @@ pub struct Cluster {
     failures: [u64; REDIS_FAILURE_KINDS.len()],
     /// The nodes that own slots in the layout, each once.
     owner_nodes: Vec<u32>,
+    /// Reply latencies: replies to commands written in one turn share it.
+    elapsed: Elapsed,
 }
 
 impl Cluster {
@@ -408,6 +410,7 @@ impl Cluster {
             next_sweep: now,
             failures: [0; REDIS_FAILURE_KINDS.len()],
             owner_nodes: Vec::new(),
+            elapsed: Elapsed::new(now),
             config,
         }
     }
@@ -464,11 +467,9 @@ impl Cluster {
     pub fn copy_figures(&self, out: &mut RedisFigures) {
         out.nodes.truncate(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
-            let in_flight = node
-                .sent
-                .iter()
-                .filter(|s| matches!(s.expect, Expect::Command(_)))
-                .count() as u64;
+            // Replies awaited, a handshake's or a layout query's among them
+            // (rare; counting only commands would walk the queue).
+            let in_flight = node.sent.len() as u64;
             match out.nodes.get_mut(i) {
                 Some(slot) => {
                     slot.0 = node.address;
@@ -826,11 +827,10 @@ impl Cluster {
             };
             match sent.expect {
                 Expect::Command(key) => {
+                    let took = self.elapsed.since(sent.at, now);
                     let figures = &mut self.nodes[node].figures;
                     figures.replies += 1;
-                    figures
-                        .latency
-                        .observe(now.saturating_duration_since(sent.at), 1);
+                    figures.latency.observe(took, 1);
                     self.on_reply(node, key, reply, now, sink);
                 }
                 Expect::Asking | Expect::ReadOnly => {}

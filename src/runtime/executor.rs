@@ -24,7 +24,7 @@ use crate::http::{
     DateHeader, HttpConnection, HttpEnv, Limits, Method, Phase, Rejection, Request, Response,
     ResponseWriter, Sent, Service, Status, proxy,
 };
-use crate::metrics::{CoreMetrics, PUBLISH_INTERVAL, RouteId, ShedCause, TimeoutKind};
+use crate::metrics::{CoreMetrics, Elapsed, PUBLISH_INTERVAL, RouteId, ShedCause, TimeoutKind};
 use crate::redis::cluster::{Cluster, ClusterConfig};
 use crate::redis::links::{self, Links};
 use crate::ring::buffers::ProvidedBuffers;
@@ -192,6 +192,9 @@ pub struct Executor<A: Application> {
     next_publish: Instant,
     /// Set once a drain has begun: when the remaining connections are cut.
     drain_deadline: Option<Instant>,
+    /// Deferred answers' latencies (those delivered in one turn mostly
+    /// started in one).
+    elapsed: Elapsed,
 }
 
 impl<A: Application> Executor<A> {
@@ -275,6 +278,7 @@ impl<A: Application> Executor<A> {
             date_due: now,
             next_publish: now,
             drain_deadline: None,
+            elapsed: Elapsed::new(now),
         };
         Ok((executor, flags))
     }
@@ -664,7 +668,7 @@ impl<A: Application> Executor<A> {
                 },
             );
             if let Some((status, bytes_out)) = status {
-                let took = self.now.saturating_duration_since(to.since);
+                let took = self.elapsed.since(to.since, self.now);
                 self.metrics
                     .record_deferred_response(to.route, status, took);
                 if let Some(sample) = sample {
@@ -1005,7 +1009,9 @@ impl<A: Application> Responder<A> {
                 route: later.route,
                 since: now,
             };
-            if let Some(at) = self.picked.iter().position(|&(i, _)| i == index) {
+            if !self.picked.is_empty()
+                && let Some(at) = self.picked.iter().position(|&(i, _)| i == index)
+            {
                 let (_, sample) = self.picked.swap_remove(at);
                 if self.sampled.len() >= MAX_SAMPLED_IN_FLIGHT {
                     // An answer never delivered (its task dropped) must not pin memory.
