@@ -377,6 +377,9 @@ pub struct Cluster {
     failures: [u64; REDIS_FAILURE_KINDS.len()],
     /// The nodes that own slots in the layout, each once.
     owner_nodes: Vec<u32>,
+    /// Every slot has an owner (kept with `owners`, so that readiness is
+    /// not a scan of 16,384 slots).
+    every_slot_owned: bool,
     /// Reply latencies: replies to commands written in one turn share it.
     elapsed: Elapsed,
 }
@@ -410,6 +413,7 @@ impl Cluster {
             next_sweep: now,
             failures: [0; REDIS_FAILURE_KINDS.len()],
             owner_nodes: Vec::new(),
+            every_slot_owned: false,
             elapsed: Elapsed::new(now),
             config,
         }
@@ -422,7 +426,7 @@ impl Cluster {
 
     /// The layout has been read and every slot has an owner.
     pub fn is_ready(&self) -> bool {
-        self.layout_known && self.owners.iter().all(|&o| o != NO_NODE)
+        self.layout_known && self.every_slot_owned
     }
 
     /// Every slot has an owner, and the client is connected to each owner.
@@ -925,6 +929,9 @@ impl Cluster {
                     if !self.owner_nodes.contains(&target) {
                         self.owner_nodes.push(target);
                     }
+                    if !self.every_slot_owned {
+                        self.every_slot_owned = !self.owners.contains(&NO_NODE);
+                    }
                     self.refresh.wanted = true;
                 } else if let Some(pending) = self.commands.get_mut(key) {
                     pending.ask = Some(target);
@@ -1030,6 +1037,7 @@ impl Cluster {
                 }
             }
         }
+        self.every_slot_owned = !owners.contains(&NO_NODE);
         self.owner_nodes.clear();
         for &owner in &owners {
             if owner != NO_NODE && !self.owner_nodes.contains(&owner) {
