@@ -22,12 +22,18 @@
 # Results: benches/results/<date>-<host>-regression.json and .md: medians,
 # and the ratio of this tree to BASE within each round, with its median.
 #
-# Usage: scripts/bench-regression.sh --base REV [--duration SECONDS] [--rounds N] [--no-build]
+# --only WORKLOAD (plaintext, kv-get or kv-put) and --depth N measure that
+# case alone, in as many rounds, to look again at one figure; the
+# shortener is then left out.
+#
+# Usage: scripts/bench-regression.sh --base REV [--duration SECONDS] [--rounds N] [--only WORKLOAD] [--depth N] [--no-build]
 # Environment: SERVER_CPU (default 0), LOAD_CPU (default 1), RESULTS_DIR
 # (default benches/results)
 set -euo pipefail
 
 base_rev=""
+only=""
+only_depth=""
 duration=5
 rounds=5
 build=1
@@ -36,6 +42,8 @@ while [ $# -gt 0 ]; do
     --base) base_rev="$2"; shift 2 ;;
     --duration) duration="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --only) only="$2"; shift 2 ;;
+    --depth) only_depth="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -146,8 +154,16 @@ fill() {
     --value-bytes 100 -c 16 -n 20000 --max-error-ratio 0 > /dev/null
 }
 
-workloads=(plaintext kv-get kv-put)
-depths=(1 16)
+case "${only:-all}" in
+  all) workloads=(plaintext kv-get kv-put) ;;
+  plaintext | kv-get | kv-put) workloads=("$only") ;;
+  *) echo "--only: plaintext, kv-get or kv-put, not $only" >&2; exit 2 ;;
+esac
+case "${only_depth:-all}" in
+  all) depths=(1 16) ;;
+  1 | 16) depths=("$only_depth") ;;
+  *) echo "--depth: 1 or 16, not $only_depth" >&2; exit 2 ;;
+esac
 results="$work/results.tsv"
 : > "$results"
 
@@ -191,6 +207,7 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
+if [ -z "$only$only_depth" ]; then
 step "examples/shortener: GET /{code} (a 301 from the cache, a click queued)"
 # A link is created by a shortener with its database core (creating one
 # reads through: the code must be free); the measured one runs without it,
@@ -220,19 +237,21 @@ for depth in "${depths[@]}"; do
     "$depth" "$rps" "$cpu" "$per_cpu" "$errors"
 done
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+fi
 
 mkdir -p "$results_dir"
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s 2>/dev/null || hostname)"
-out="$results_dir/${stamp}-${host}-regression"
+out="$results_dir/${stamp}-${host}-regression${only:+-$only}${only_depth:+-d$only_depth}"
 python3 - "$results" "$out" "$duration" "$rounds" "$server_cpu" "$load_cpu" "$base_rev" "$base_sha" \
-  "$(git rev-parse HEAD)" "$(git status --porcelain | grep -qv '^??' && echo dirty || echo clean)" <<'PY'
+  "$(git rev-parse HEAD)" "$(git status --porcelain | grep -qv '^??' && echo dirty || echo clean)" \
+  "${only:+ --only $only}${only_depth:+ --depth $only_depth}" <<'PY'
 import datetime, json, statistics, sys
 sys.path.insert(0, "scripts")
 from bench_report import machine
 results, out = sys.argv[1], sys.argv[2]
 duration, rounds = int(sys.argv[3]), int(sys.argv[4])
-server_cpu, load_cpu, base_rev, base_sha, head, tree = sys.argv[5:11]
+server_cpu, load_cpu, base_rev, base_sha, head, tree, selection = sys.argv[5:12]
 closed, opened, shortener = [], [], []
 for line in open(results):
     f = line.rstrip("\n").split("\t")
@@ -251,6 +270,8 @@ summary = []
 for workload in routes:
     for depth in (1, 16):
         row = {"workload": workload, "depth": depth}
+        if not any(r["workload"] == workload and r["depth"] == depth for r in closed):
+            continue  # not measured (--only, --depth)
         for build in ("current", "base"):
             mine = [r for r in closed if r["build"] == build and r["workload"] == workload and r["depth"] == depth]
             row[build] = {k: statistics.median(r[k] for r in mine) for k in ("requests_per_second", "requests_per_server_cpu_second")}
@@ -266,12 +287,14 @@ for workload in routes:
         summary.append(row)
 latency = []
 for workload in routes:
+    if not any(r["workload"] == workload for r in opened):
+        continue
     row = {"workload": workload}
     for build in ("current", "base"):
         mine = [r for r in opened if r["build"] == build and r["workload"] == workload]
         row[build] = {k: statistics.median(r[k] for r in mine) for k in ("p50_ms", "p99_ms", "p999_ms")}
     latency.append(row)
-command = f"scripts/bench-regression.sh --base {base_rev} --duration {duration} --rounds {rounds}"
+command = f"scripts/bench-regression.sh --base {base_rev} --duration {duration} --rounds {rounds}{selection}"
 report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
           "machine": machine(), "current": f"{head} ({tree} tree)", "base": f"{base_rev} ({base_sha})",
           "method": {"server_cpu": server_cpu, "redis_and_load_cpu": load_cpu, "closed_loop": "64 connections",

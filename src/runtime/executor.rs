@@ -1001,7 +1001,7 @@ impl<A: Application> Responder<A> {
             self.later.len(),
             "one task per deferred answer"
         );
-        for (index, (number, later)) in numbers.zip(self.later.drain(..)).enumerate() {
+        for (number, later) in numbers.zip(self.later.drain(..)) {
             let to = AnswerTo {
                 slot,
                 generation,
@@ -1009,20 +1009,20 @@ impl<A: Application> Responder<A> {
                 route: later.route,
                 since: now,
             };
-            if !self.picked.is_empty()
-                && let Some(at) = self.picked.iter().position(|&(i, _)| i == index)
-            {
-                let (_, sample) = self.picked.swap_remove(at);
-                if self.sampled.len() >= MAX_SAMPLED_IN_FLIGHT {
-                    // An answer never delivered (its task dropped) must not pin memory.
-                    self.sampled.remove(0);
-                }
-                self.sampled.push(((slot, generation, number), sample));
-            }
             tasks.spawn(
                 Job::Answer(later.future, to),
                 Some(now + self.request_timeout),
             );
+        }
+        // The answers the access log picked: the deferred answers of one
+        // step are numbered in a row from `first`.
+        for (index, sample) in self.picked.drain(..) {
+            if self.sampled.len() >= MAX_SAMPLED_IN_FLIGHT {
+                // An answer never delivered (its task dropped) must not pin memory.
+                self.sampled.remove(0);
+            }
+            let number = first.wrapping_add(index as u16);
+            self.sampled.push(((slot, generation, number), sample));
         }
         conn.wrote(written, now);
         metrics.in_flight += written as u64;
