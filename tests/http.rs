@@ -448,3 +448,55 @@ fn a_deep_pipeline_is_throttled_not_buffered() {
     finish.join().unwrap();
     assert_eq!(get_on(&mut stream, "/livez").status, 200);
 }
+
+/// Framing RFC 9112 and 9110 refuse, each refused with 400 and a close: a
+/// server that read them some other way than the proxy in front of it
+/// could be made to see requests the proxy never saw.
+#[test]
+fn ambiguous_framing_is_refused_and_closed() {
+    let server = Server::start(&["--max-body-bytes", "100"]);
+    let cases: Vec<(&str, &[u8])> = vec![
+        ("empty Transfer-Encoding", b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \r\n\r\n"),
+        ("comma-only Transfer-Encoding", b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: , ,\r\n\r\n"),
+        ("a space in Host", b"GET /plaintext HTTP/1.1\r\nHost: a b\r\n\r\n"),
+        ("a slash in Host", b"GET /plaintext HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+        ("an at in Host", b"GET /plaintext HTTP/1.1\r\nHost: user@a\r\n\r\n"),
+        ("user-info in an absolute target", b"GET http://user:pw@t/plaintext HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("a fragment in the target", b"GET /plaintext#top HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("a fragment after a query", b"GET /v1/kv/a?x=1#y HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("two Authorization fields", b"GET /plaintext HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
+        ("a trailer with a NUL", b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\0b\r\n\r\n"),
+        ("a trailer without a colon", b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nXa\r\n\r\n"),
+        ("a folded trailer", b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n"),
+    ];
+    for (name, request) in cases {
+        let mut stream = server.connect();
+        stream.write_all(request).unwrap();
+        // Whatever might be read as a second request is never answered.
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let response = read_response(&mut stream);
+        assert_eq!(response.status, 400, "{name}: {}", response.text());
+        assert_eq!(response.header("Connection"), Some("close"), "{name}");
+        assert!(closed_by_server(&mut stream), "{name}");
+    }
+    // What is legal stays so: a chunk size with leading zeros (limited by
+    // its value), a valid trailer, a port in Host, an absolute target.
+    let legal: Vec<(&str, &[u8], u16)> = vec![
+        ("leading zeros", b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000000000005\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n", 405),
+        ("a port in Host", b"GET /plaintext HTTP/1.1\r\nHost: t:8080\r\n\r\n", 200),
+        ("an absolute target", b"GET http://t/plaintext HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+    ];
+    for (name, request, status) in legal {
+        let mut stream = server.connect();
+        stream.write_all(request).unwrap();
+        assert_eq!(read_response(&mut stream).status, status, "{name}");
+    }
+    // A size whose value is too large is refused however it is written.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /plaintext HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000000000000000000000010000000000000000\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut stream).status, 413);
+}

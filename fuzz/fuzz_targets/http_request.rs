@@ -3,7 +3,8 @@
 //! Properties: nothing panics; what is answered does not depend on how the
 //! bytes were split across reads (interim `100 Continue` responses aside,
 //! which only a missing body triggers); the connection never holds more than
-//! the input.
+//! the input; no request a handler sees has a fragment (`#`) in its target
+//! or a `Host` with a space, a slash or user-info.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +18,14 @@ struct Echo;
 
 impl Service for Echo {
     fn handle(&mut self, request: &Request<'_>, response: ResponseWriter<'_>) -> Sent {
+        assert!(!request.path.contains(&b'#'), "a fragment reached a handler");
+        assert!(!request.query.is_some_and(|q| q.contains(&b'#')));
+        if let Some(host) = request.header("host") {
+            assert!(
+                !host.iter().any(|b| matches!(b, b' ' | b'\t' | b'/' | b'@')),
+                "a malformed Host reached a handler"
+            );
+        }
         let mut body = Vec::with_capacity(request.path.len() + request.body.len() + 1);
         body.extend_from_slice(request.path);
         body.push(b'|');

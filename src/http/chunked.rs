@@ -1,12 +1,14 @@
 //! The chunked transfer coding (RFC 9112 §7.1), decoded incrementally: feed
 //! it whatever bytes arrived, it appends the data to the body and says how much
 //! it consumed. Strict where leniency lets requests be smuggled: sizes are hex
-//! digits only, every line ends in CRLF.
+//! digits only, limited by their value (leading zeros are legal), every line
+//! ends in CRLF, trailer fields are checked as header fields are.
 
+use super::request::{is_field_value_byte, is_token_byte};
 use super::response::{Rejection, Status};
 
-/// Hex digits in a chunk size: enough for any size below 2^64.
-const MAX_SIZE_DIGITS: u8 = 16;
+/// Longest chunk size, leading zeros included, in digits.
+const MAX_SIZE_DIGITS: u16 = 1024;
 
 /// Longest chunk extension (`;name=value...`) accepted on one size line.
 pub const MAX_CHUNK_EXTENSION_BYTES: usize = 4096;
@@ -25,7 +27,7 @@ enum State {
     /// Reading the hex size of the next chunk.
     Size {
         size: u64,
-        digits: u8,
+        digits: u16,
     },
     /// After the size: whitespace, then `;` and an extension, up to CR.
     Extension {
@@ -48,7 +50,11 @@ enum State {
     TrailerStart {
         total: usize,
     },
-    /// Inside a trailer field line.
+    /// Inside a trailer field's name.
+    TrailerName {
+        total: usize,
+    },
+    /// Inside a trailer field's value.
     TrailerLine {
         total: usize,
     },
@@ -77,6 +83,7 @@ pub struct Progress {
 }
 
 const MALFORMED: Rejection = Rejection::new(Status::BadRequest, "malformed chunked body");
+const MALFORMED_TRAILER: Rejection = Rejection::new(Status::BadRequest, "malformed trailer field");
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
@@ -139,8 +146,12 @@ impl ChunkedDecoder {
         Ok(match self.state {
             State::Size { size, digits } => match hex_value(byte) {
                 Some(value) => {
-                    if digits == MAX_SIZE_DIGITS {
+                    if size >> 60 != 0 {
+                        // One more digit would not fit in 64 bits.
                         return Err(too_large());
+                    }
+                    if digits == MAX_SIZE_DIGITS {
+                        return Err(Rejection::new(Status::BadRequest, "chunk size too long"));
                     }
                     State::Size {
                         size: size << 4 | u64::from(value),
@@ -167,20 +178,31 @@ impl ChunkedDecoder {
             }
             State::DataCr if byte == b'\r' => State::DataLf,
             State::DataLf if byte == b'\n' => State::Size { size: 0, digits: 0 },
+            // Trailer fields as header fields: a token name, a colon, a
+            // value of field bytes; no obs-fold (a line starting with
+            // whitespace), no control bytes.
             State::TrailerStart { total } => {
                 let total = trailer_byte(total, limits)?;
                 match byte {
                     b'\r' => State::EndLf,
-                    b'\n' => return Err(MALFORMED),
-                    _ => State::TrailerLine { total },
+                    _ if is_token_byte(byte) => State::TrailerName { total },
+                    _ => return Err(MALFORMED_TRAILER),
+                }
+            }
+            State::TrailerName { total } => {
+                let total = trailer_byte(total, limits)?;
+                match byte {
+                    b':' => State::TrailerLine { total },
+                    _ if is_token_byte(byte) => State::TrailerName { total },
+                    _ => return Err(MALFORMED_TRAILER),
                 }
             }
             State::TrailerLine { total } => {
                 let total = trailer_byte(total, limits)?;
                 match byte {
                     b'\r' => State::TrailerLineLf { total },
-                    b'\n' => return Err(MALFORMED),
-                    _ => State::TrailerLine { total },
+                    _ if is_field_value_byte(byte) => State::TrailerLine { total },
+                    _ => return Err(MALFORMED_TRAILER),
                 }
             }
             State::TrailerLineLf { total } if byte == b'\n' => State::TrailerStart {
@@ -280,6 +302,9 @@ mod tests {
             (b"5;name=value\r\nhello\r\n0\r\n\r\n", b"hello"),
             (b"5 ;x\r\nhello\r\n0\r\n\r\n", b"hello"),
             (b"0005\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n", b"hello"),
+            // Leading zeros past sixteen digits: the value decides.
+            (b"000000000000000000000005\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (b"0\r\nA:\r\nB: x\ty\r\n\r\n", b""),
         ];
         for (input, expected) in cases {
             let text = String::from_utf8_lossy(input);
@@ -304,6 +329,35 @@ mod tests {
                 assert_eq!(progress.done, i + 1 == input.len(), "{text} at {i}");
             }
             assert_eq!(body, *expected, "{text} byte by byte");
+        }
+    }
+
+    #[test]
+    fn sizes_are_limited_by_value_and_trailers_checked_as_fields() {
+        // 2^64 and above, however written: too large, not wrapped.
+        assert_eq!(
+            decode_all(b"10000000000000000\r\n").unwrap_err().status,
+            Status::PayloadTooLarge
+        );
+        assert_eq!(
+            decode_all(b"000010000000000000000\r\n").unwrap_err().status,
+            Status::PayloadTooLarge
+        );
+        for bad in [
+            &b"0\r\nX: a\0b\r\n\r\n"[..],
+            b"0\r\nXa\r\n\r\n",
+            b"0\r\n: a\r\n\r\n",
+            b"0\r\nX: a\r\n b\r\n\r\n",
+            b"0\r\n\tX: a\r\n\r\n",
+            b"0\r\nX y: a\r\n\r\n",
+            b"0\r\nX: a\x7f\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(bad).unwrap_err(),
+                MALFORMED_TRAILER,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -82,6 +82,11 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The deepest pipeline a connection may be allowed: its deferred answers
+/// are numbered in 16 bits, and half the range keeps every number in
+/// flight distinct from the next one given.
+pub const MAX_PIPELINE_DEPTH: usize = 32_768;
+
 /// The application behind the HTTP layer.
 pub trait Service {
     /// Answer a complete request by writing exactly one response.

@@ -257,10 +257,12 @@ const BYTE_CLASS: [u8; 256] = {
         if visible && !delimiter {
             class |= TCHAR;
         }
-        if visible {
+        // `#` starts a fragment, which a request target never carries
+        // (RFC 9112 §3.2): it ends the target's scan, and the request line.
+        if visible && byte != b'#' {
             class |= TARGET;
         }
-        if visible && byte != b'?' {
+        if visible && byte != b'?' && byte != b'#' {
             class |= PATH;
         }
         if visible || byte == b' ' || byte == b'\t' || byte >= 0x80 {
@@ -271,6 +273,16 @@ const BYTE_CLASS: [u8; 256] = {
     }
     table
 };
+
+/// A token byte (RFC 9110 §5.6.2), as field names are made of.
+pub(super) fn is_token_byte(b: u8) -> bool {
+    BYTE_CLASS[usize::from(b)] & TCHAR != 0
+}
+
+/// A field value byte (RFC 9110 §5.5): tab, space, visible ASCII, obs-text.
+pub(super) fn is_field_value_byte(b: u8) -> bool {
+    BYTE_CLASS[usize::from(b)] & FIELD_VALUE != 0
+}
 
 /// The first position at or after `from` whose byte is not of `class`
 /// (`buf.len()` if there is none).
@@ -328,15 +340,14 @@ fn may_stop(word: u64, class: u8) -> u64 {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |n: u64| word.wrapping_sub(ONES * n) & !word;
     if class == TARGET || class == PATH {
-        // Not in 0x21..=0x7e, and for a path also `?`.
+        // Not in 0x21..=0x7e, nor `#`; for a path also `?`.
         let above_0x7e = word.wrapping_add(ONES) | word;
-        let question = if class == PATH {
-            let q = word ^ (ONES * u64::from(b'?'));
-            q.wrapping_sub(ONES) & !q
-        } else {
-            0
+        let is = |b: u8| {
+            let x = word ^ (ONES * u64::from(b));
+            x.wrapping_sub(ONES) & !x
         };
-        (below(0x21) | above_0x7e | question) & HIGHS
+        let question = if class == PATH { is(b'?') } else { 0 };
+        (below(0x21) | above_0x7e | is(b'#') | question) & HIGHS
     } else {
         // A control byte: below 0x20, or 0x7f.
         let del = word ^ (ONES * 0x7f);
@@ -406,6 +417,12 @@ fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Rejection> {
     match buf.get(target_end) {
         None => return Ok(None),
         Some(b' ') if target_end > target_start => {}
+        Some(b'#') => {
+            return Err(Rejection::new(
+                Status::BadRequest,
+                "a fragment (#) in the request target",
+            ));
+        }
         Some(_) => return Err(MALFORMED_REQUEST_LINE),
     }
     let version_start = target_end + 1;
@@ -512,6 +529,13 @@ fn split_other_target(target: &[u8], start: usize, method: Method) -> Result<Tar
         .iter()
         .position(|&b| b == b'/' || b == b'?')
         .unwrap_or(after_scheme.len());
+    if after_scheme[..authority].contains(&b'@') {
+        // RFC 9110 §4.2.4: user-info in an http(s) URI is not to be sent.
+        return Err(Rejection::new(
+            Status::BadRequest,
+            "user-info in the request target",
+        ));
+    }
     let skip = target.len() - after_scheme.len() + authority;
     Ok(split_query(&target[skip..], start + skip))
 }
@@ -540,6 +564,7 @@ enum Field {
     Connection,
     ContentLength,
     TransferEncoding,
+    Authorization,
 }
 
 impl Field {
@@ -553,6 +578,7 @@ impl Field {
             4 => (Field::Host, b"host"),
             6 => (Field::Expect, b"expect"),
             10 => (Field::Connection, b"connection"),
+            13 => (Field::Authorization, b"authorization"),
             14 => (Field::ContentLength, b"content-length"),
             17 => (Field::TransferEncoding, b"transfer-encoding"),
             _ => return None,
@@ -572,6 +598,7 @@ struct FieldSummary {
     chunked: bool,
     transfer_encoding: bool,
     hosts: u32,
+    authorizations: u32,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
@@ -597,6 +624,7 @@ impl FieldSummary {
             chunked: false,
             transfer_encoding: false,
             hosts: 0,
+            authorizations: 0,
             close: false,
             keep_alive: false,
             expect_continue: false,
@@ -641,7 +669,18 @@ impl FieldSummary {
                     self.chunked = true;
                 }
             }
-            Field::Host => self.hosts += 1,
+            Field::Host => {
+                // RFC 9110 §7.2, 4.2.3: a host and an optional port; a space,
+                // a path or user-info is no authority a server should route by.
+                if value
+                    .iter()
+                    .any(|&b| matches!(b, b' ' | b'\t' | b'/' | b'@'))
+                {
+                    return Err(Rejection::new(Status::BadRequest, "malformed Host"));
+                }
+                self.hosts += 1;
+            }
+            Field::Authorization => self.authorizations += 1,
             Field::Connection => {
                 for option in tokens(value) {
                     self.close |= option.eq_ignore_ascii_case(b"close");
@@ -666,6 +705,20 @@ impl FieldSummary {
     fn finish(self) -> Result<Fields, Rejection> {
         if let Some(rejection) = self.error {
             return Err(rejection);
+        }
+        if self.transfer_encoding && !self.chunked {
+            // Empty or commas only: no coding named. Read as no body, the
+            // body would be read as the next request.
+            return Err(Rejection::new(
+                Status::BadRequest,
+                "Transfer-Encoding names no coding",
+            ));
+        }
+        if self.authorizations > 1 {
+            return Err(Rejection::new(
+                Status::BadRequest,
+                "more than one Authorization field",
+            ));
         }
         if self.transfer_encoding && self.content_length.is_some() {
             return Err(Rejection::new(
@@ -975,7 +1028,12 @@ mod tests {
             let class = BYTE_CLASS[usize::from(b)];
             let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
             assert_eq!(class & TCHAR != 0, tchar, "{b:#04x}");
-            assert_eq!(class & TARGET != 0, b.is_ascii_graphic(), "{b:#04x}");
+            // `#` (a fragment) ends a target.
+            assert_eq!(
+                class & TARGET != 0,
+                b.is_ascii_graphic() && b != b'#',
+                "{b:#04x}"
+            );
             let value = b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80;
             assert_eq!(class & FIELD_VALUE != 0, value, "{b:#04x}");
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::http::Limits;
+use crate::http::conn::MAX_PIPELINE_DEPTH;
 use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
 use crate::lifecycle::ReadinessChecks;
 use crate::redis::cluster::ClusterConfig;
@@ -82,7 +83,7 @@ serve_options! {
     max_headers: usize = 64, env "MILLRACE_MAX_HEADERS";
     /// Largest request body, in bytes, after chunked decoding; larger gets 413 [default: 1048576]
     max_body_bytes: usize = 1024 * 1024, env "MILLRACE_MAX_BODY_BYTES";
-    /// Responses a connection may have unsent before it stops being read [default: 256]
+    /// Responses a connection may have unsent before it stops being read, at most 32768 (deferred answers are numbered in 16 bits) [default: 256]
     max_pipeline_depth: usize = 256, env "MILLRACE_MAX_PIPELINE_DEPTH";
     /// Requests one connection may make; the last is answered with Connection: close, so that keep-alive connections spread onto instances added later. 0: no limit [default: 0]
     max_connection_requests: u64 = 0, env "MILLRACE_MAX_CONNECTION_REQUESTS";
@@ -268,6 +269,12 @@ impl ServeConfig {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        if self.max_pipeline_depth > MAX_PIPELINE_DEPTH {
+            return Err(format!(
+                "max_pipeline_depth must be at most {MAX_PIPELINE_DEPTH}: a connection's deferred \
+                 answers are numbered in 16 bits"
+            ));
         }
         if self.max_headers > MAX_HEADERS_LIMIT {
             return Err(format!("max_headers must be at most {MAX_HEADERS_LIMIT}"));
@@ -756,6 +763,34 @@ mod tests {
                     ..Default::default()
                 },
                 "header_timeout_ms",
+            ),
+            (
+                ServeConfig {
+                    max_pipeline_depth: MAX_PIPELINE_DEPTH + 1,
+                    ..Default::default()
+                },
+                "max_pipeline_depth",
+            ),
+            (
+                ServeConfig {
+                    readyz_checks: "redis".into(),
+                    ..Default::default()
+                },
+                "readyz_checks",
+            ),
+            (
+                ServeConfig {
+                    readyz_checks: "disk".into(),
+                    ..Default::default()
+                },
+                "readyz_checks",
+            ),
+            (
+                ServeConfig {
+                    admin_max_clients: 0,
+                    ..Default::default()
+                },
+                "admin_max_clients",
             ),
         ];
         for (config, name) in cases {
