@@ -21,12 +21,23 @@ use crate::redis::command::Command;
 use crate::redis::driver::Client;
 use crate::redis::resp::OwnedReply;
 
+// The lease's scripts may run while Redis is at maxmemory (`allow-oom`):
+// that is when the database core must go on draining, as its XACKs and
+// trims are what free the memory, and a lease it could not renew would
+// stop it.
+
+/// Take the lease for `ARGV[1]` if nobody holds it; `OK` or nil.
+const TAKE: &str = "#!lua flags=allow-oom\n\
+                    return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])";
+
 /// Renew the lease if `ARGV[1]` still holds it; 1 if renewed, 0 if not.
-const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+const RENEW: &str = "#!lua flags=allow-oom\n\
+                     if redis.call('GET', KEYS[1]) == ARGV[1] then \
                      return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
 /// Delete the lease if `ARGV[1]` still holds it.
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+const RELEASE: &str = "#!lua flags=allow-oom\n\
+                       if redis.call('GET', KEYS[1]) == ARGV[1] then \
                        return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// The lease on one consumer name, held by this process.
@@ -141,17 +152,23 @@ impl Lease {
                 Ok(OwnedReply::Integer(0)) => {
                     // Run out (or lost with a master's data): take it again
                     // if nobody else has.
-                    if self.take(redis)? {
-                        tracing::warn!(holder = %self.holder, "the consumer name's lease had run out; taken again");
-                        self.renewed_at = now;
-                    } else {
-                        let holder = self
-                            .current(redis)?
-                            .map_or_else(|| "another core".to_string(), |(holder, _)| holder);
-                        return Err(format!(
-                            "lost the lease on the write-back consumer name to {holder}: \
-                             another database core runs under this name"
-                        ));
+                    match self.take(redis) {
+                        Ok(true) => {
+                            tracing::warn!(holder = %self.holder, "the consumer name's lease had run out; taken again");
+                            self.renewed_at = now;
+                        }
+                        Ok(false) => {
+                            if let Ok(Some((holder, _))) = self.current(redis) {
+                                return Err(format!(
+                                    "lost the lease on the write-back consumer name to {holder}: \
+                                     another database core runs under this name"
+                                ));
+                            }
+                            // Gone again meanwhile: the next renewal tries once more.
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "taking the consumer name's lease again failed; trying again")
+                        }
                     }
                 }
                 other => {
@@ -194,14 +211,14 @@ impl Lease {
         let ttl_ms = self.ttl.as_millis().to_string();
         let set = Command::new(
             &[
-                &b"SET"[..],
+                b"EVAL",
+                TAKE.as_bytes(),
+                b"1",
                 &self.key,
                 self.holder.as_bytes(),
-                b"NX",
-                b"PX",
                 ttl_ms.as_bytes(),
             ],
-            Some(1),
+            Some(3),
         );
         match redis.execute(vec![set]).remove(0) {
             Ok(OwnedReply::Status(_)) => Ok(true),
