@@ -756,7 +756,7 @@ fn render_redis(cores: &[CoreMetrics], out: &mut String) {
         return; // No Redis Cluster configured.
     }
     type Value = fn(&(u64, RedisNodeFigures)) -> u64;
-    let families: [(&str, &str, &str, Value); 7] = [
+    let families: [(&str, &str, &str, Value); 8] = [
         (
             "millrace_redis_replies_total",
             "counter",
@@ -794,6 +794,12 @@ fn render_redis(cores: &[CoreMetrics], out: &mut String) {
             |n| n.1.connects,
         ),
         (
+            "millrace_redis_disconnects_total",
+            "counter",
+            "Connections to each node lost or closed.",
+            |n| n.1.disconnects,
+        ),
+        (
             "millrace_redis_in_flight",
             "gauge",
             "Commands written to each node and not yet answered.",
@@ -805,19 +811,6 @@ fn render_redis(cores: &[CoreMetrics], out: &mut String) {
         for (address, node) in &nodes {
             let _ = writeln!(out, "{name}{{node=\"{address}\"}} {}", value(node));
         }
-    }
-    family(
-        out,
-        "millrace_redis_disconnects_total",
-        "counter",
-        "Connections to each node lost or closed.",
-    );
-    for (address, node) in &nodes {
-        let _ = writeln!(
-            out,
-            "millrace_redis_disconnects_total{{node=\"{address}\"}} {}",
-            node.1.disconnects
-        );
     }
     family(
         out,

@@ -102,6 +102,62 @@ impl Stack {
         Server::start_with(&args)
     }
 
+    /// A millrace on the stack's address without a database core of its
+    /// own: its writes wait in Redis for `millrace writeback` processes.
+    fn serve_front_door(&self) -> Server {
+        let args: Vec<&str> = self
+            .args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .filter(|pair| pair[0] != "--postgres-url")
+            .flatten()
+            .copied()
+            .collect();
+        Server::start_with(&args)
+    }
+
+    /// `millrace writeback` on the stack with `args`, and its fault switch.
+    fn database_core(&self, args: &[&str], fault: Option<&str>) -> std::process::Child {
+        let seeds: Vec<String> = self.cluster.seeds().iter().map(|s| s.to_string()).collect();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
+        command
+            .arg("writeback")
+            .args(args)
+            .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+            .env("MILLRACE_POSTGRES_URL", &self.postgres.url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(fault) = fault {
+            command.env("MILLRACE_FAULT", fault);
+        }
+        command.spawn().expect("start millrace writeback")
+    }
+
+    /// Wait until the database cores have written every event `finished`
+    /// got 202 for and nothing waits (the figures `server` reads from
+    /// Redis: a writeback process has no /v1/stats of its own).
+    fn wait_written(&self, server: &Server, finished: &Finished) {
+        let accepted = finished
+            .entries
+            .iter()
+            .filter(|e| e.status == Some(202))
+            .map(|e| u64::from(e.events.count))
+            .sum::<u64>();
+        let deadline = Instant::now() + PATIENCE * 6;
+        loop {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&server.get("/v1/stats").body).unwrap();
+            if stats["backlog"] == 0 && stats["written"].as_u64() >= Some(accepted) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never drained: {stats}");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The load's end: its ledger, once the queue has drained, against the
     /// table.
     fn settle(&self, load: Load, server: &Server, scenario: &str) -> Tally {
@@ -458,63 +514,15 @@ fn database_crash_during_commits_loses_and_duplicates_nothing() {
 /// its fault switch, then started again without it.
 fn database_core_crash(fault: &str) {
     let stack = Stack::start(0, &[]);
-    // This front door has no database core of its own.
-    let args: Vec<&str> = stack
-        .args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .chunks(2)
-        .filter(|pair| pair[0] != "--postgres-url")
-        .flatten()
-        .copied()
-        .collect();
-    let server = Server::start_with(&args);
-    let core = |fault: Option<&str>| {
-        let seeds: Vec<String> = stack
-            .cluster
-            .seeds()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
-        command
-            .arg("writeback")
-            .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
-            .env("MILLRACE_POSTGRES_URL", &stack.postgres.url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(fault) = fault {
-            command.env("MILLRACE_FAULT", fault);
-        }
-        command.spawn().expect("start millrace writeback")
-    };
+    let server = stack.serve_front_door();
     let load = Load::start(stack.addr, 500, 4, fault);
     thread::sleep(Duration::from_secs(1));
-    let crashed = core(Some(fault)).wait().unwrap();
+    let crashed = stack.database_core(&[], Some(fault)).wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(crashed.signal(), Some(libc::SIGKILL), "{crashed}");
-    let mut restarted = core(None);
+    let mut restarted = stack.database_core(&[], None);
     let finished = load.finish();
-    // The writeback process has no /v1/stats of its own; the server reads
-    // the figures it publishes.
-    let deadline = Instant::now() + PATIENCE * 6;
-    loop {
-        let stats: serde_json::Value =
-            serde_json::from_slice(&server.get("/v1/stats").body).unwrap();
-        let accepted = finished
-            .entries
-            .iter()
-            .filter(|e| e.status == Some(202))
-            .map(|e| u64::from(e.events.count))
-            .sum::<u64>();
-        if stats["backlog"] == 0 && stats["written"].as_u64() >= Some(accepted) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {stats}");
-        thread::sleep(Duration::from_millis(200));
-    }
+    stack.wait_written(&server, &finished);
     stack.drain(&server);
     signal(restarted.id() as i32, libc::SIGTERM);
     restarted.wait().unwrap();
@@ -536,67 +544,35 @@ fn database_core_crash(fault: &str) {
 #[test]
 fn two_database_cores_one_killed_under_load_lose_and_duplicate_nothing() {
     let stack = Stack::start(0, &[]);
-    let args: Vec<&str> = stack
-        .args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .chunks(2)
-        .filter(|pair| pair[0] != "--postgres-url")
-        .flatten()
-        .copied()
-        .collect();
-    let server = Server::start_with(&args);
-    let seeds: Vec<String> = stack
-        .cluster
-        .seeds()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let core = |name: &str, fault: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
-        command
-            .args(["writeback", "--consumer", name, "--claim-idle-ms", "1000"])
-            .args(["--batch-rows", "50"])
-            .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
-            .env("MILLRACE_POSTGRES_URL", &stack.postgres.url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(fault) = fault {
-            command.env("MILLRACE_FAULT", fault);
-        }
-        command.spawn().expect("start millrace writeback")
+    let server = stack.serve_front_door();
+    // Small batches, taken over after 1 s idle.
+    let options = |name| {
+        [
+            "--consumer",
+            name,
+            "--claim-idle-ms",
+            "1000",
+            "--batch-rows",
+            "50",
+        ]
     };
-    let mut survivor = core("db-b", None);
+    let mut survivor = stack.database_core(&options("db-b"), None);
     let load = Load::start(stack.addr, 500, 4, "two-cores-one-killed");
     thread::sleep(Duration::from_secs(1));
     // The second core joins mid-load, takes its share of the partitions'
     // entries, and is killed (SIGKILL, by its fault switch) after a commit
     // and before its acknowledgement: its batch is left pending under its
     // name, for the survivor to take over.
-    let crashed = core("db-a", Some("kill-after-commit")).wait().unwrap();
+    let crashed = stack
+        .database_core(&options("db-a"), Some("kill-after-commit"))
+        .wait()
+        .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(crashed.signal(), Some(libc::SIGKILL), "{crashed}");
     let finished = load.finish();
-    let accepted = finished
-        .entries
-        .iter()
-        .filter(|e| e.status == Some(202))
-        .map(|e| u64::from(e.events.count))
-        .sum::<u64>();
     // The survivor alone drains the rest, the dead core's pending entries
     // included (taken over once idle for claim_idle_ms).
-    let deadline = Instant::now() + PATIENCE * 6;
-    loop {
-        let stats: serde_json::Value =
-            serde_json::from_slice(&server.get("/v1/stats").body).unwrap();
-        if stats["backlog"] == 0 && stats["written"].as_u64() >= Some(accepted) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never drained: {stats}");
-        thread::sleep(Duration::from_millis(200));
-    }
+    stack.wait_written(&server, &finished);
     stack.drain(&server);
     signal(survivor.id() as i32, libc::SIGTERM);
     assert!(survivor.wait().unwrap().success());
