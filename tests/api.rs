@@ -687,21 +687,30 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     assert_eq!(server.get("/plaintext").status, 200);
     assert!(!server.log().contains(token), "the token is never logged");
 
-    // --print-config shows no password.
-    let printed = Process::new(env!("CARGO_BIN_EXE_millrace"))
-        .args(["serve", "--print-config", "--redis-seeds", "127.0.0.1:7000"])
-        .env(
-            "MILLRACE_POSTGRES_URL",
+    // --print-config shows no password, in any of the URL's forms.
+    for (url, shown) in [
+        (
             "postgres://millrace:s3cret@127.0.0.1:5440/db",
-        )
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&printed.stdout);
-    assert!(
-        text.contains("postgres://millrace:***@127.0.0.1:5440/db"),
-        "{text}"
-    );
-    assert!(!text.contains("s3cret"), "{text}");
+            "postgres://millrace:***@127.0.0.1:5440/db",
+        ),
+        (
+            "postgres://millrace@127.0.0.1:5440/db?password=s3cret",
+            "postgres://millrace@127.0.0.1:5440/db?password=***",
+        ),
+        (
+            "host=127.0.0.1 port=5440 user=millrace password=s3cret dbname=db",
+            "host=127.0.0.1 port=5440 user=millrace password=*** dbname=db",
+        ),
+    ] {
+        let printed = Process::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(["serve", "--print-config", "--redis-seeds", "127.0.0.1:7000"])
+            .env("MILLRACE_POSTGRES_URL", url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&printed.stdout);
+        assert!(text.contains(shown), "{url}: {text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

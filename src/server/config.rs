@@ -475,6 +475,11 @@ impl ServeConfig {
 
 /// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
 pub fn redact_password(url: &str) -> String {
+    redact_password_parameters(&redact_user_info(url))
+}
+
+/// `scheme://user:password@host...` with the password hidden.
+fn redact_user_info(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -486,6 +491,44 @@ pub fn redact_password(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Every `password=` parameter's value hidden: in a URL's query
+/// (`?password=x&...`) and in the key=value form (`host=a password=x`,
+/// a value in single quotes with `\'` escapes).
+fn redact_password_parameters(text: &str) -> String {
+    const KEY: &str = "password=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(KEY) {
+        let starts_key =
+            at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&' | b' ' | b'\t' | b'\n');
+        let value_start = at + KEY.len();
+        out.push_str(&rest[..value_start]);
+        if !starts_key {
+            rest = &rest[value_start..];
+            continue;
+        }
+        let value = &rest[value_start..];
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // Up to the closing quote; a backslash escapes the next byte.
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(value.len(), |(i, _)| i + 2)
+        } else {
+            value.find(['&', ' ', '\t', '\n']).unwrap_or(value.len())
+        };
+        out.push_str("***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Which CPUs get an executor.
@@ -627,7 +670,24 @@ mod tests {
             "postgres://millrace@127.0.0.1/db"
         );
         assert_eq!(redact_password(""), "");
-        assert_eq!(redact_password("host=a password=b"), "host=a password=b");
+        assert_eq!(
+            redact_password("postgres://u@h/db?sslmode=require&password=s3cret&x=1"),
+            "postgres://u@h/db?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redact_password("postgres://u:a@h/db?password=b"),
+            "postgres://u:***@h/db?password=***"
+        );
+        assert_eq!(
+            redact_password("host=a password=s3cret dbname=d"),
+            "host=a password=*** dbname=d"
+        );
+        assert_eq!(
+            redact_password("password='it\\'s secret' host=a"),
+            "password=*** host=a"
+        );
+        // Another key ending in "password=" is not one.
+        assert_eq!(redact_password("host=a xpassword=b"), "host=a xpassword=b");
     }
 
     use super::*;
