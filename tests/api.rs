@@ -876,6 +876,13 @@ fn the_database_core_speaks_tls_and_checks_the_certificate() {
          where s.ssl and a.usename = 'millrace' and a.application_name <> 'psql'",
     );
     assert_ne!(encrypted, "0", "the database core's connections are TLS");
+    assert!(
+        server
+            .log()
+            .contains("transport=\"TLS, the certificate and the host name verified"),
+        "the log says what the connections are: {}",
+        server.log()
+    );
     drop(stream);
     drop(server);
 

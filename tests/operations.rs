@@ -135,6 +135,14 @@ fn a_scrape_shows_routes_redis_writeback_and_read_through_and_passes_promtool() 
     });
     promtool_check_metrics(&metrics);
     assert_eq!(sample(&metrics, "millrace_ready"), 1);
+    // No sslmode: the log says plainly that there is no TLS.
+    assert!(
+        server
+            .log()
+            .contains("transport=\"plain TCP, no TLS: millrace uses TLS only with sslmode=require"),
+        "{}",
+        server.log()
+    );
 
     // Every route's latency, all cores together: one observation per response.
     for (route, count) in [("kv_put", 20.0), ("kv_get", 30.0), ("plaintext", 1.0)] {

@@ -327,6 +327,22 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<MakeTlsConnector, String> {
     Ok(MakeTlsConnector::new(builder.build()))
 }
 
+/// How the connections to `url` are made, in words for the log: millrace
+/// negotiates nothing. Without `sslmode=require` (including `prefer`,
+/// PostgreSQL's own default) they are plain TCP, never a silent fallback.
+pub fn transport(url: &str) -> &'static str {
+    match url
+        .parse::<tokio_postgres::Config>()
+        .map(|c| c.get_ssl_mode())
+    {
+        Ok(SslMode::Require) => "TLS, the certificate and the host name verified (sslmode=require)",
+        Ok(SslMode::Disable) => "plain TCP, no TLS (sslmode=disable)",
+        _ => {
+            "plain TCP, no TLS: millrace uses TLS only with sslmode=require, and takes prefer (the default) as disable"
+        }
+    }
+}
+
 /// Check that `url` parses and that a CA file comes only with TLS.
 pub fn check_url(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
     let config: tokio_postgres::Config = url.parse().map_err(|e| format!("postgres_url: {e}"))?;

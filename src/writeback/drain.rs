@@ -174,6 +174,10 @@ pub fn run(
     lookups: Option<LookupService>,
 ) -> Result<Totals, String> {
     config.metrics.record_start();
+    tracing::info!(
+        transport = super::db::transport(&config.postgres_url),
+        "PostgreSQL connections"
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
