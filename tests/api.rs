@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::RedisCluster;
 use common::postgres::Postgres;
-use common::{Server, read_response, stop_writeback};
+use common::{Server, kv, kv_request, read_response, stop_writeback};
 use millrace::payload::schema;
 use millrace::payload::{Event, encode_event_batch};
 use millrace::redis::cluster::ClusterConfig;
@@ -40,7 +40,7 @@ fn post(content_type: &str, body: &[u8]) -> Vec<u8> {
 }
 
 fn writeback(cluster: &RedisCluster, postgres: &Postgres) -> Child {
-    let seeds = seed_list(cluster);
+    let seeds = cluster.seed_list();
     Process::new(env!("CARGO_BIN_EXE_millrace"))
         .arg("writeback")
         .env("MILLRACE_REDIS_SEEDS", seeds)
@@ -50,12 +50,6 @@ fn writeback(cluster: &RedisCluster, postgres: &Postgres) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// The cluster's seed list, as --redis-seeds takes it.
-fn seed_list(cluster: &RedisCluster) -> String {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    seeds.join(",")
 }
 
 /// Entries in each of the 16 write-back streams.
@@ -79,7 +73,7 @@ fn queue_lengths(client: &mut Client) -> Vec<i64> {
 fn posted_events_are_accepted_queued_and_written() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&["--redis-seeds", &seeds, "--max-batch-events", "3"]);
     let core = writeback(&cluster, &postgres);
 
@@ -206,7 +200,7 @@ fn an_unreachable_cluster_is_a_start_up_error() {
 #[test]
 fn the_backlog_cap_sheds_with_503_and_leaves_nothing() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     // 16 entries over 16 partitions: one waiting post per partition. No
     // database core runs, so nothing drains.
     let server = Server::start(&["--redis-seeds", &seeds, "--max-backlog", "16"]);
@@ -284,26 +278,11 @@ fn pttl(client: &mut Client, key: &[u8]) -> i64 {
     }
 }
 
-fn kv_request(method: &str, key: &str, value: &[u8]) -> Vec<u8> {
-    let mut request = format!(
-        "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        value.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(value);
-    request
-}
-
-fn kv(stream: &mut std::net::TcpStream, method: &str, key: &str, value: &[u8]) -> common::Response {
-    stream.write_all(&kv_request(method, key, value)).unwrap();
-    read_response(stream)
-}
-
 #[test]
 fn kv_writes_are_cached_queued_and_written_last_write_wins() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&[
         "--redis-seeds",
         &seeds,
@@ -421,7 +400,7 @@ fn kv_writes_are_cached_queued_and_written_last_write_wins() {
 fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&["--redis-seeds", &seeds, "--postgres-url", &postgres.url]);
     let mut stream = server.connect();
     // Written through this server's own database core.
@@ -551,7 +530,7 @@ fn a_miss_reads_through_the_database_core_and_fills_the_cache() {
 #[test]
 fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
     let cluster = RedisCluster::start(3, 1);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     // One replica per master: WAIT 1 is met.
     let server = Server::start(&["--redis-seeds", &seeds, "--ack-replicas", "1"]);
     let mut stream = server.connect();
@@ -643,7 +622,7 @@ fn ack_replicas_waits_for_replicas_and_says_when_they_fall_short() {
 #[test]
 fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let token = "t0k3n-0123456789abcdef";
     let dir = std::env::temp_dir().join(format!("millrace-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -717,7 +696,7 @@ fn bearer_tokens_guard_the_v1_routes_and_secrets_stay_out_of_sight() {
 #[test]
 fn hostile_requests_get_their_4xx_and_queue_nothing() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&["--redis-seeds", &seeds]);
     let batch = encode_event_batch(&[event(1)]);
     let events = |extra: &str, body: &[u8]| {
@@ -838,7 +817,7 @@ fn hostile_requests_get_their_4xx_and_queue_nothing() {
 fn the_database_core_speaks_tls_and_checks_the_certificate() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start_tls();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let tls_url = format!("{}?sslmode=require", postgres.url);
     let ca = postgres.ca_file();
     let ca = ca.to_str().unwrap();
@@ -902,7 +881,7 @@ fn the_database_core_speaks_tls_and_checks_the_certificate() {
 #[test]
 fn overload_sheds_at_the_door_and_leaves_nothing() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&["--redis-seeds", &seeds, "--max-redis-in-flight", "1"]);
     let mut stream = server.connect();
     // Twenty writes in one packet: one Redis command may be out at a time.

@@ -70,14 +70,14 @@ impl Stack {
         let postgres = Postgres::start();
         let port = ListenPort::claim();
         let addr = port.addr;
-        let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+        let seeds = cluster.seed_list();
         let mut args: Vec<String> = [
             "--listen",
             &addr.to_string(),
             "--cores",
             "1",
             "--redis-seeds",
-            &seeds.join(","),
+            &seeds,
             "--postgres-url",
             &postgres.url,
             "--drain-delay-ms",
@@ -120,12 +120,12 @@ impl Stack {
 
     /// `millrace writeback` on the stack with `args`, and its fault switch.
     fn database_core(&self, args: &[&str], fault: Option<&str>) -> std::process::Child {
-        let seeds: Vec<String> = self.cluster.seeds().iter().map(|s| s.to_string()).collect();
+        let seeds = self.cluster.seed_list();
         let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
         command
             .arg("writeback")
             .args(args)
-            .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+            .env("MILLRACE_REDIS_SEEDS", seeds)
             .env("MILLRACE_POSTGRES_URL", &self.postgres.url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

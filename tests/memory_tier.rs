@@ -18,11 +18,6 @@ use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
 use millrace::writeback::queue::Queue;
 
-fn seed_list(cluster: &RedisCluster) -> String {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    seeds.join(",")
-}
-
 /// `method /v1/kv/key` with `headers` and `body`.
 fn kv(
     stream: &mut std::net::TcpStream,
@@ -67,7 +62,7 @@ fn versions_are_etags_and_conditional_requests_follow_rfc_9110() {
     let postgres = Postgres::start();
     let server = Server::start(&[
         "--redis-seeds",
-        &seed_list(&cluster),
+        &cluster.seed_list(),
         "--postgres-url",
         &postgres.url,
     ]);
@@ -191,7 +186,7 @@ fn versions_are_etags_and_conditional_requests_follow_rfc_9110() {
 #[test]
 fn without_read_through_a_conditional_write_on_an_uncached_key_is_refused() {
     let cluster = RedisCluster::start(3, 0);
-    let server = Server::start(&["--redis-seeds", &seed_list(&cluster)]);
+    let server = Server::start(&["--redis-seeds", &cluster.seed_list()]);
     let mut s = server.connect();
     let refused = kv(&mut s, "PUT", "k", &[("If-None-Match", "*")], b"v");
     assert_eq!(refused.status, 503, "{}", refused.text());
@@ -215,7 +210,7 @@ fn a_miss_is_cached_briefly_and_a_write_replaces_it_at_once() {
     let postgres = Postgres::start();
     let server = Server::start(&[
         "--redis-seeds",
-        &seed_list(&cluster),
+        &cluster.seed_list(),
         "--postgres-url",
         &postgres.url,
         "--miss-ttl-ms",
@@ -266,7 +261,7 @@ fn the_backlog_cap_in_bytes_sheds_with_503_and_leaves_nothing() {
     // 16 partitions of 64 KiB each; no database core drains them.
     let server = Server::start(&[
         "--redis-seeds",
-        &seed_list(&cluster),
+        &cluster.seed_list(),
         "--max-backlog-bytes",
         &(16 * 65_536).to_string(),
     ]);
@@ -336,7 +331,7 @@ fn serve_output(args: &[&str]) -> std::process::Output {
 #[test]
 fn a_different_partition_count_is_refused_saying_both_numbers() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let _first = Server::start(&["--redis-seeds", &seeds]);
     let output = serve_output(&["--redis-seeds", &seeds, "--writeback-partitions", "8"]);
     assert!(!output.status.success());
@@ -367,7 +362,7 @@ fn redis_that_would_lose_acknowledged_writes_is_refused_unless_accepted() {
         (&["--maxmemory-policy", "allkeys-lru"][..], "allkeys-lru"),
     ] {
         let cluster = RedisCluster::start_configured(3, 0, None, 2000, options);
-        let seeds = seed_list(&cluster);
+        let seeds = cluster.seed_list();
         let refused = serve_output(&["--redis-seeds", &seeds]);
         assert!(!refused.status.success());
         let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -400,7 +395,7 @@ fn redis_that_would_lose_acknowledged_writes_is_refused_unless_accepted() {
         .args([
             "doctor",
             "--redis-seeds",
-            &seed_list(&cluster),
+            &cluster.seed_list(),
             "--postgres-url",
             &postgres.url,
         ])
@@ -419,7 +414,7 @@ fn redis_that_would_lose_acknowledged_writes_is_refused_unless_accepted() {
     postgres.query("alter database millrace set synchronous_commit = off");
     let refused = serve_output(&[
         "--redis-seeds",
-        &seed_list(&cluster),
+        &cluster.seed_list(),
         "--postgres-url",
         &postgres.url,
     ]);
@@ -491,7 +486,7 @@ fn versions_stay_ordered_when_the_masters_clock_is_behind_and_through_a_restart(
     let postgres = Postgres::start();
     let server = Server::start(&[
         "--redis-seeds",
-        &seed_list(&cluster),
+        &cluster.seed_list(),
         "--postgres-url",
         &postgres.url,
     ]);
@@ -535,7 +530,7 @@ fn versions_stay_ordered_through_a_failover() {
     let postgres = Postgres::start();
     let server = Server::start(&[
         "--redis-seeds",
-        &seed_list(&cluster),
+        &cluster.seed_list(),
         "--postgres-url",
         &postgres.url,
         "--ack-replicas",
@@ -591,7 +586,7 @@ fn a_lost_stream_starts_above_the_database_and_a_write_behind_it_is_reported() {
     // The documented unsafe setting: no append-only file.
     let cluster = RedisCluster::start_configured(3, 0, None, 2000, &["--appendonly", "no"]);
     let postgres = Postgres::start();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&[
         "--redis-seeds",
         &seeds,

@@ -12,23 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{ListenPort, RedisCluster};
 use common::postgres::Postgres;
-use common::{PATIENCE, Server, read_response, sample};
-
-fn seed_list(cluster: &RedisCluster) -> String {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    seeds.join(",")
-}
-
-fn kv(stream: &mut TcpStream, method: &str, key: &str, value: &[u8]) -> common::Response {
-    write!(
-        stream,
-        "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        value.len()
-    )
-    .unwrap();
-    stream.write_all(value).unwrap();
-    read_response(stream)
-}
+use common::{PATIENCE, Server, kv, read_response, sample};
 
 /// One admin request; the status and the body.
 fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
@@ -102,7 +86,7 @@ fn scrape_until(server: &Server, done: impl Fn(&str) -> bool) -> String {
 fn a_scrape_shows_routes_redis_writeback_and_read_through_and_passes_promtool() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&[
         "--redis-seeds",
         &seeds,
@@ -292,7 +276,7 @@ fn a_scrape_shows_routes_redis_writeback_and_read_through_and_passes_promtool() 
 #[test]
 fn the_backlog_cap_and_the_redis_in_flight_cap_are_counted_by_cause() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     // One entry per partition at most; nothing drains.
     let server = Server::start(&["--redis-seeds", &seeds, "--max-backlog", "16"]);
     let mut stream = server.connect();
@@ -346,7 +330,7 @@ fn wait_for_status(admin: SocketAddr, path: &str, status: u16) -> String {
 #[test]
 fn readyz_follows_redis_only_where_asked() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let checked = Server::start(&["--redis-seeds", &seeds, "--readyz-checks", "redis"]);
     let unchecked = Server::start(&["--redis-seeds", &seeds]);
     let (checked_admin, unchecked_admin) = (checked.admin.unwrap(), unchecked.admin.unwrap());
@@ -372,7 +356,7 @@ fn readyz_follows_redis_only_where_asked() {
 fn readyz_follows_the_drain_and_a_lone_database_core_serves_its_own_metrics() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     // The database core alone, with its own admin listener.
     let admin = ListenPort::claim();
     let core = Command::new(env!("CARGO_BIN_EXE_millrace"))
@@ -672,7 +656,7 @@ fn behind_haproxy_the_client_address_reaches_the_access_log() {
 #[test]
 fn the_access_log_samples_one_in_n_and_never_writes_header_values_or_bodies() {
     let cluster = RedisCluster::start(3, 0);
-    let seeds = seed_list(&cluster);
+    let seeds = cluster.seed_list();
     let server = Server::start(&["--redis-seeds", &seeds, "--access-log-sample", "4"]);
     let mut stream = server.connect();
     for i in 0..20 {

@@ -21,11 +21,6 @@ use millrace::redis::driver::Client;
 use millrace::redis::resp::OwnedReply;
 use millrace::writeback::queue::Queue;
 
-fn seeds(cluster: &RedisCluster) -> String {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
-    seeds.join(",")
-}
-
 fn request(
     stream: &mut TcpStream,
     method: &str,
@@ -77,7 +72,7 @@ fn links_are_created_followed_counted_and_written_back() {
         &shortener,
         &[
             "--redis-seeds",
-            &seeds(&cluster),
+            &cluster.seed_list(),
             "--postgres-url",
             &postgres.url,
         ],
@@ -232,7 +227,7 @@ fn writeback(
 ) -> Child {
     Command::new(program)
         .arg("writeback")
-        .env("MILLRACE_REDIS_SEEDS", seeds(cluster))
+        .env("MILLRACE_REDIS_SEEDS", cluster.seed_list())
         .env("MILLRACE_POSTGRES_URL", &postgres.url)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -247,7 +242,7 @@ fn clicks_land_once_through_a_crash_between_commit_and_acknowledgement() {
     let cluster = RedisCluster::start(3, 0);
     let postgres = Postgres::start();
     let shortener = common::example("shortener");
-    let redis = seeds(&cluster);
+    let redis = cluster.seed_list();
     // Links are made with the database core in the server (creating one
     // reads through), then the server runs without it, so that the clicks
     // wait in Redis for a database core of their own.

@@ -23,10 +23,10 @@ const PARTITIONS: u16 = 16;
 
 /// The database core as a separate process.
 fn writeback(cluster: &RedisCluster, postgres: &Postgres, env: &[(&str, &str)]) -> Child {
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = cluster.seed_list();
     Process::new(env!("CARGO_BIN_EXE_millrace"))
         .arg("writeback")
-        .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+        .env("MILLRACE_REDIS_SEEDS", seeds)
         .env("MILLRACE_POSTGRES_URL", &postgres.url)
         .env("MILLRACE_WRITEBACK_PARTITIONS", PARTITIONS.to_string())
         .envs(env.iter().copied())
@@ -265,10 +265,10 @@ fn named_core(
     let path =
         std::env::temp_dir().join(format!("millrace-lease-{}-{log}.log", std::process::id()));
     let file = std::fs::File::create(&path).unwrap();
-    let seeds: Vec<String> = cluster.seeds().iter().map(|s| s.to_string()).collect();
+    let seeds = cluster.seed_list();
     let child = Process::new(env!("CARGO_BIN_EXE_millrace"))
         .args(["writeback", "--consumer", name, "--lease-ms", "2000"])
-        .env("MILLRACE_REDIS_SEEDS", seeds.join(","))
+        .env("MILLRACE_REDIS_SEEDS", seeds)
         .env("MILLRACE_POSTGRES_URL", &postgres.url)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -93,6 +93,12 @@ impl RedisCluster {
         self.nodes.clone()
     }
 
+    /// The seeds as `--redis-seeds` and `MILLRACE_REDIS_SEEDS` take them.
+    pub fn seed_list(&self) -> String {
+        let seeds: Vec<String> = self.nodes.iter().map(|s| s.to_string()).collect();
+        seeds.join(",")
+    }
+
     /// `redis-cli -p PORT args...`, its standard output.
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
         let mut command = Command::new("redis-cli");

@@ -349,6 +349,23 @@ pub fn closed_by_server(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// `method /v1/kv/key` with `value` as its body.
+pub fn kv_request(method: &str, key: &str, value: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} /v1/kv/{key} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        value.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(value);
+    request
+}
+
+/// [`kv_request`] on `stream`, and its answer.
+pub fn kv(stream: &mut TcpStream, method: &str, key: &str, value: &[u8]) -> Response {
+    stream.write_all(&kv_request(method, key, value)).unwrap();
+    read_response(stream)
+}
+
 /// The value of the sample `name{labels}` in a metrics text, 0 if absent.
 pub fn sample(metrics: &str, series: &str) -> u64 {
     metrics
