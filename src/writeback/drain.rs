@@ -231,6 +231,14 @@ pub fn run(
     })
 }
 
+/// A counter's value as Redis keeps it (decimal text); 0 if unreadable.
+fn counter_value(text: &[u8]) -> i64 {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Give the writer `batch`, keeping the lease while it is busy (a slow
 /// PostgreSQL must not let the consumer name's lease run out). `false`
 /// when the writer has gone.
@@ -762,19 +770,11 @@ impl<'a> Reader<'a> {
                 return;
             };
             let bytes = match bytes {
-                Ok(OwnedReply::Bulk(n)) => std::str::from_utf8(n)
-                    .ok()
-                    .and_then(|n| n.parse::<i64>().ok())
-                    .unwrap_or(0),
+                Ok(OwnedReply::Bulk(n)) => counter_value(n),
                 _ => 0,
             };
             match counter {
-                Ok(OwnedReply::Bulk(n)) => {
-                    accepted += std::str::from_utf8(n)
-                        .ok()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
-                }
+                Ok(OwnedReply::Bulk(n)) => accepted += counter_value(n),
                 Ok(OwnedReply::Nil) => {}
                 _ => return,
             }
