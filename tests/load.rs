@@ -319,19 +319,17 @@ fn counts_add_up_against_millrace() {
     ] {
         let value = report["latency_ms"][name].as_f64().unwrap();
         let at = rows.iter().position(|r| r.1 >= quantile).unwrap();
-        if (rows[at].1 - quantile).abs() < 1e-9 {
-            assert!(
-                (rows[at].0 - value).abs() < 0.0015,
-                "{name}: {value} vs {:?}",
-                rows[at]
-            );
-        } else {
-            // Between the rows either side of it.
-            assert!(
-                rows[at - 1].0 - 0.0015 <= value && value <= rows[at].0 + 0.0015,
-                "{name}"
-            );
-        }
+        // Between the rows either side of it. Even where a row is at the
+        // quantile exactly, the row may name the next value: the .hgrm walk
+        // compares count / total with the quantile, the percentile takes
+        // ceil(quantile * total) as a count, and the two can disagree by one
+        // rounding at the boundary.
+        let below = rows[at.saturating_sub(1)].0;
+        assert!(
+            below - 0.0015 <= value && value <= rows[at].0 + 0.0015,
+            "{name}: {value} vs {below} and {:?}",
+            rows[at]
+        );
     }
 }
 
