@@ -38,6 +38,7 @@ pub mod rng;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod writeback;
 
 pub use server::{App, Core};

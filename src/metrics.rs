@@ -268,6 +268,21 @@ pub enum TimeoutKind {
     Header,
     /// No progress for `idle_timeout_ms`.
     Idle,
+    /// A TLS handshake took longer than `tls_handshake_timeout_ms`.
+    Handshake,
+}
+
+/// TLS on the public listener, one core's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsFigures {
+    /// Full handshakes finished.
+    pub full_handshakes: u64,
+    /// Handshakes that resumed a session.
+    pub resumed_handshakes: u64,
+    /// Connections ended by a TLS error: a failed handshake (no shared
+    /// version or cipher suite, a bad or missing client certificate), a
+    /// record that did not decrypt, an alert.
+    pub errors: u64,
 }
 
 /// One core's figures. Owned and written by its executor only.
@@ -296,6 +311,10 @@ pub struct CoreMetrics {
     pub header_timeouts: u64,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: u64,
+    /// Connections closed by the TLS handshake timeout.
+    pub handshake_timeouts: u64,
+    /// TLS handshakes and errors.
+    pub tls: TlsFigures,
     /// Submission queue entries handed to the kernel.
     pub ring_submissions: u64,
     /// Completion queue entries reaped.
@@ -326,6 +345,8 @@ impl CoreMetrics {
             redis: RedisFigures::default(),
             header_timeouts: 0,
             idle_timeouts: 0,
+            handshake_timeouts: 0,
+            tls: TlsFigures::default(),
             ring_submissions: 0,
             ring_completions: 0,
             ring_enters: 0,
@@ -363,6 +384,7 @@ impl CoreMetrics {
         match kind {
             TimeoutKind::Header => self.header_timeouts += 1,
             TimeoutKind::Idle => self.idle_timeouts += 1,
+            TimeoutKind::Handshake => self.handshake_timeouts += 1,
         }
     }
 }
@@ -664,7 +686,37 @@ fn render(cores: &[CoreMetrics], routes: &[String], out: &mut String) {
             "millrace_connection_timeouts_total{{core=\"{}\",kind=\"idle\"}} {}",
             m.core, m.idle_timeouts
         );
+        let _ = writeln!(
+            out,
+            "millrace_connection_timeouts_total{{core=\"{}\",kind=\"handshake\"}} {}",
+            m.core, m.handshake_timeouts
+        );
     }
+    family(
+        out,
+        "millrace_tls_handshakes_total",
+        "counter",
+        "TLS handshakes finished on the public listener, full or resumed.",
+    );
+    for m in cores {
+        for (kind, count) in [
+            ("full", m.tls.full_handshakes),
+            ("resumed", m.tls.resumed_handshakes),
+        ] {
+            let _ = writeln!(
+                out,
+                "millrace_tls_handshakes_total{{core=\"{}\",kind=\"{kind}\"}} {count}",
+                m.core
+            );
+        }
+    }
+    counter(
+        out,
+        cores,
+        "millrace_tls_errors_total",
+        "Connections ended by a TLS error: a failed handshake, a record that did not decrypt, an alert.",
+        |m| m.tls.errors,
+    );
     counter(
         out,
         cores,

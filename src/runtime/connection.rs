@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::http::HttpConnection;
-use crate::ring::socket::RingSocket;
+use crate::ring::Ring;
+use crate::ring::socket::{RingSocket, Sending};
+use crate::ring::token::Token;
+use crate::tls::{RecordLayer, Session};
 
 /// Output buffers that grew past this are freed once sent, so one large
 /// response does not pin memory for the life of a connection.
@@ -54,6 +57,50 @@ pub struct Connection {
     pub proxy_header: Option<Vec<u8>>,
     /// The client, as a PROXY header named it.
     pub client: Option<SocketAddr>,
+    /// Its TLS session, on the HTTPS listener.
+    pub tls: Option<Box<TlsConn>>,
+}
+
+/// A TLS connection's record layer and the records waiting to go out.
+/// Responses are written in plaintext to [`Connection::out`] and sealed
+/// into `wire` when the connection is settled, so one turn's responses
+/// go out as few records in one send.
+pub struct TlsConn {
+    /// The session.
+    pub session: Session,
+    /// Sealed records not yet handed to the socket.
+    pub wire: Vec<u8>,
+    /// Records in `wire`.
+    pub wire_records: usize,
+    /// Records in the batch the socket is sending.
+    pub sending_records: usize,
+    /// The handshake finished (and was counted).
+    pub established: bool,
+    /// Our `close_notify` is queued.
+    pub close_sent: bool,
+    /// A TLS error ended the session: its alert goes out, then the
+    /// connection closes.
+    pub failed: bool,
+}
+
+impl TlsConn {
+    /// A session not yet shaken hands.
+    pub fn new(session: Session) -> Self {
+        TlsConn {
+            session,
+            wire: Vec::new(),
+            wire_records: 0,
+            sending_records: 0,
+            established: false,
+            close_sent: false,
+            failed: false,
+        }
+    }
+
+    /// Records sealed and not yet sent.
+    pub fn unsent_records(&self) -> usize {
+        self.wire_records + self.sending_records
+    }
 }
 
 impl Connection {
@@ -74,12 +121,41 @@ impl Connection {
             accepted_at: now,
             proxy_header: None,
             client: None,
+            tls: None,
         }
     }
 
     /// Nothing written is waiting to be sent.
     pub fn output_drained(&self) -> bool {
-        !self.socket.is_sending() && self.out.is_empty()
+        !self.socket.is_sending()
+            && self.out.is_empty()
+            && self
+                .tls
+                .as_ref()
+                .is_none_or(|tls| tls.wire.is_empty() && !tls.session.wants_seal())
+    }
+
+    /// Its final words are written: an HTTP response that closes it, or a
+    /// TLS alert.
+    pub fn is_closing(&self) -> bool {
+        self.http.is_closing() || self.tls.as_ref().is_some_and(|tls| tls.failed)
+    }
+
+    /// Send what was written (sealed into TLS records first, if it speaks
+    /// TLS), unless a send is out.
+    pub fn flush(&mut self, ring: &mut Ring, token: Token) {
+        let out = match &mut self.tls {
+            None => &mut self.out,
+            Some(tls) => {
+                if !self.out.is_empty() || tls.session.wants_seal() {
+                    tls.wire_records += tls.session.seal(&mut self.out, &mut tls.wire);
+                }
+                &mut tls.wire
+            }
+        };
+        if self.socket.send(ring, out, token) == Sending::Batch {
+            self.batch_started();
+        }
     }
 
     /// Responses written and not yet sent.
@@ -97,15 +173,21 @@ impl Connection {
     }
 
     /// The socket took `out` as its new batch.
-    pub fn batch_started(&mut self) {
+    fn batch_started(&mut self) {
         self.sending_responses = std::mem::take(&mut self.out_responses);
         self.sending_since = self.out_since.take();
+        if let Some(tls) = &mut self.tls {
+            tls.sending_records = std::mem::take(&mut tls.wire_records);
+        }
     }
 
     /// The batch went out whole: returns its response count and when its
     /// first request arrived, and frees an oversized send buffer.
     pub fn finish_batch(&mut self) -> (usize, Option<Instant>) {
         self.socket.trim_send_buffer(RETAINED_BUFFER_BYTES);
+        if let Some(tls) = &mut self.tls {
+            tls.sending_records = 0;
+        }
         (
             std::mem::take(&mut self.sending_responses),
             self.sending_since.take(),

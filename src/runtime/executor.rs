@@ -1,5 +1,6 @@
-//! The executor: one thread, one io_uring ring, one listener, its
-//! connections and the tasks their handlers wait on. Nothing here is
+//! The executor: one thread, one io_uring ring, its listeners (HTTP, and
+//! HTTPS when configured), its connections and the tasks their handlers
+//! wait on. Nothing here is
 //! shared with another core.
 //!
 //! One turn of the loop: submit what was queued and wait for a completion
@@ -15,6 +16,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use io_uring::{cqueue, opcode, types};
@@ -28,13 +30,16 @@ use crate::metrics::{CoreMetrics, Elapsed, PUBLISH_INTERVAL, RouteId, ShedCause,
 use crate::redis::cluster::{Cluster, ClusterConfig};
 use crate::redis::links::{self, Links};
 use crate::ring::buffers::ProvidedBuffers;
-use crate::ring::socket::{Received, RingSocket, SendOutcome, Sending};
+use crate::ring::socket::{Received, RingSocket, SendOutcome};
 use crate::ring::token::{Owner, SocketOp, Token};
 use crate::ring::{Completion, Ring, SetupFlags};
+use crate::tls::RecordLayer;
+use crate::tls::server::{Acceptor, Certificates};
 use crate::writeback::lookup::LookupClient;
 
 use super::access_log::{AccessLog, Sample};
-use super::connection::{Connection, Life, Slab};
+use super::connection::{Connection, Life, Slab, TlsConn};
+use super::door::{Door, Scheme};
 use super::io::{Io, IoConfig};
 use super::tasks::{Finished, Job, TaskFuture, Tasks};
 use super::timers::{TimerKind, Timers};
@@ -49,6 +54,7 @@ pub const OWNER: Owner = Owner(1);
 const ACCEPT: u8 = SocketOp::FIRST_FREE;
 const WAKE: u8 = SocketOp::FIRST_FREE + 1;
 const LOOKUP: u8 = SocketOp::FIRST_FREE + 2;
+const ACCEPT_TLS: u8 = SocketOp::FIRST_FREE + 3;
 
 /// How long to wait before re-arming an accept that failed for lack of
 /// file descriptors or memory.
@@ -104,6 +110,30 @@ pub struct ExecutorConfig {
     /// them fails at once, so that overload sheds at the door instead of
     /// queueing in Redis.
     pub max_redis_in_flight: usize,
+    /// The HTTPS listener's TLS, when there is one.
+    pub tls: Option<ExecutorTls>,
+}
+
+/// TLS on the HTTPS listener.
+#[derive(Clone)]
+pub struct ExecutorTls {
+    /// The certificate, shared by every executor and reloaded whole.
+    pub certificates: Arc<Certificates>,
+    /// See [`TimerKind::Handshake`].
+    pub handshake_timeout: Duration,
+    /// Records a connection may have sealed and not yet sent; past them it
+    /// is not read until they drain.
+    pub max_unsent_records: usize,
+}
+
+impl std::fmt::Debug for ExecutorTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorTls")
+            .field("files", self.certificates.files())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_unsent_records", &self.max_unsent_records)
+            .finish()
+    }
 }
 
 /// Direct-descriptor slots beyond `max_connections`: room for connections
@@ -158,10 +188,15 @@ pub struct Executor<A: Application> {
     wake: OwnedFd,
     /// The word the read-through eventfd reads into.
     lookup_word: Box<u64>,
-    listener: Option<Socket>,
-    accept_armed: bool,
-    accept_retry_at: Option<Instant>,
+    /// Its listeners: HTTP first, then HTTPS if configured.
+    doors: Vec<Door>,
     last_accept_warning: Option<Instant>,
+    /// Sessions for the HTTPS listener's connections.
+    acceptor: Option<Acceptor>,
+    /// See [`ExecutorTls::max_unsent_records`].
+    tls_max_unsent_records: usize,
+    /// Scratch: the plaintext one receive's records carried.
+    tls_plain: Vec<u8>,
     /// See [`ExecutorConfig::max_connection_age`].
     max_connection_age: Option<Duration>,
     /// See [`ExecutorConfig::proxy_protocol`].
@@ -206,6 +241,7 @@ impl<A: Application> Executor<A> {
     pub fn new(
         config: ExecutorConfig,
         listener: Socket,
+        tls_listener: Option<Socket>,
         wake: OwnedFd,
         lookups: Option<LookupClient>,
         make_app: impl FnOnce(&Io) -> A,
@@ -235,16 +271,22 @@ impl<A: Application> Executor<A> {
             now,
         );
         let app = make_app(&io);
+        let mut doors = vec![Door::new(listener, Scheme::Http, OWNER, ACCEPT)];
+        if let Some(socket) = tls_listener {
+            doors.push(Door::new(socket, Scheme::Https, OWNER, ACCEPT_TLS));
+        }
+        let tls = config.tls.as_ref();
         let executor = Executor {
             ring,
             buffers,
             wake_word: Box::new(0),
             wake,
             lookup_word: Box::new(0),
-            listener: Some(listener),
-            accept_armed: false,
-            accept_retry_at: None,
+            doors,
             last_accept_warning: None,
+            acceptor: tls.map(|tls| Acceptor::new(Arc::clone(&tls.certificates))),
+            tls_max_unsent_records: tls.map_or(usize::MAX, |tls| tls.max_unsent_records),
+            tls_plain: Vec::new(),
             max_connection_age: config.max_connection_age,
             proxy_protocol: config.proxy_protocol,
             conns: Slab::default(),
@@ -252,6 +294,7 @@ impl<A: Application> Executor<A> {
                 config.header_timeout,
                 config.idle_timeout,
                 config.close_linger,
+                tls.map_or(Duration::MAX, |tls| tls.handshake_timeout),
             ),
             touched: Vec::new(),
             completions: Vec::new(),
@@ -286,7 +329,9 @@ impl<A: Application> Executor<A> {
     /// Serve until a drain, signalled through the wake-up eventfd, finishes;
     /// every turn's figures are copied into `publish` now and then.
     pub fn run(mut self, publish: &dyn Fn(&CoreMetrics)) -> io::Result<()> {
-        self.arm_accept();
+        for door in &mut self.doors {
+            door.arm(&mut self.ring);
+        }
         self.arm_wake();
         self.arm_lookups();
         while !self.finished() {
@@ -303,7 +348,10 @@ impl<A: Application> Executor<A> {
             self.run_tasks();
             self.settle_touched();
             self.redis_prepare();
-            self.retry_accept();
+            let draining = self.drain_deadline.is_some();
+            for door in &mut self.doors {
+                door.retry(&mut self.ring, self.now, draining);
+            }
             if self.now >= self.next_publish {
                 self.count_ring_and_io();
                 publish(&self.metrics);
@@ -355,7 +403,9 @@ impl<A: Application> Executor<A> {
     }
 
     fn finished(&self) -> bool {
-        self.drain_deadline.is_some() && self.conns.len() == 0 && !self.accept_armed
+        self.drain_deadline.is_some()
+            && self.conns.len() == 0
+            && self.doors.iter().all(|door| !door.armed)
     }
 
     /// Submit everything queued; wait for one completion or the next deadline.
@@ -365,10 +415,10 @@ impl<A: Application> Executor<A> {
             self.io.next_deadline(self.now),
             self.timers.next_deadline(),
             self.tasks.next_deadline(),
-            self.accept_retry_at,
             self.drain_deadline,
         ]
         .into_iter()
+        .chain(self.doors.iter().map(|door| door.retry_at))
         .flatten()
         {
             wake_at = wake_at.min(deadline);
@@ -384,7 +434,8 @@ impl<A: Application> Executor<A> {
             let completion = self.completions[i];
             match completion.token.owner {
                 OWNER => match completion.token.op {
-                    ACCEPT => self.on_accept(completion),
+                    ACCEPT => self.on_accept(0, completion),
+                    ACCEPT_TLS => self.on_accept(1, completion),
                     WAKE => self.begin_drain(),
                     LOOKUP => self.on_lookups(),
                     op => match SocketOp::of(op) {
@@ -411,15 +462,12 @@ impl<A: Application> Executor<A> {
         }
     }
 
-    fn on_accept(&mut self, completion: Completion) {
+    fn on_accept(&mut self, door: usize, completion: Completion) {
         if !cqueue::more(completion.flags) {
-            self.accept_armed = false;
-            if self.drain_deadline.is_some() {
-                self.listener = None;
-            }
+            self.doors[door].ended(self.drain_deadline.is_some());
         }
         if completion.result < 0 {
-            self.accept_failed(-completion.result);
+            self.accept_failed(door, -completion.result);
             return;
         }
         // A successful accept's result is the new socket's direct descriptor.
@@ -437,24 +485,39 @@ impl<A: Application> Executor<A> {
         if self.proxy_protocol {
             conn.proxy_header = Some(Vec::new());
         }
+        let mut first_timer = TimerKind::Header;
+        if self.doors[door].scheme == Scheme::Https
+            && let Some(acceptor) = &mut self.acceptor
+        {
+            match acceptor.accept() {
+                Ok(session) => conn.tls = Some(Box::new(TlsConn::new(session))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a TLS session");
+                    self.metrics.tls.errors += 1;
+                    self.close_socket(socket);
+                    return;
+                }
+            }
+            first_timer = TimerKind::Handshake;
+        }
         let (slot, _) = self.conns.insert(conn);
         self.metrics.connections_accepted += 1;
         self.metrics.connections_open += 1;
-        self.timers.arm(slot, TimerKind::Header, self.now);
+        self.timers.arm(slot, first_timer, self.now);
         self.touch(slot);
     }
 
-    fn accept_failed(&mut self, errno: i32) {
+    fn accept_failed(&mut self, door: usize, errno: i32) {
         match errno {
             libc::ECANCELED => {}
             // The direct-descriptor table filled with connections over
             // max_connections; their closes go in with the next accept.
             libc::ENFILE if self.conns.len() >= self.max_connections => {
                 self.io.count_shed(ShedCause::Connections);
-                self.accept_retry_at = Some(self.now);
+                self.doors[door].retry_at = Some(self.now);
             }
             libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
-                self.accept_retry_at = Some(self.now + ACCEPT_RETRY);
+                self.doors[door].retry_at = Some(self.now + ACCEPT_RETRY);
                 let quiet = self
                     .last_accept_warning
                     .is_some_and(|at| self.now < at + ACCEPT_WARNING_INTERVAL);
@@ -520,6 +583,37 @@ impl<A: Application> Executor<A> {
                     }
                 }
             }
+            // On the HTTPS listener the bytes are records: what HTTP reads
+            // is the plaintext they carry.
+            let mut peer_closed = false;
+            if let Some(tls) = &mut conn.tls
+                && conn.life == Life::Open
+                && !tls.failed
+                && !bytes.is_empty()
+            {
+                self.tls_plain.clear();
+                if let Err(e) = tls.session.open(bytes, &mut self.tls_plain) {
+                    tracing::debug!(core = self.metrics.core, error = %e, "TLS error");
+                    self.metrics.tls.errors += 1;
+                    tls.failed = true;
+                }
+                if !tls.established && !tls.session.is_handshaking() && !tls.failed {
+                    tls.established = true;
+                    let resumed = matches!(
+                        tls.session.connection().handshake_kind(),
+                        Some(rustls::HandshakeKind::Resumed)
+                    );
+                    if resumed {
+                        self.metrics.tls.resumed_handshakes += 1;
+                    } else {
+                        self.metrics.tls.full_handshakes += 1;
+                    }
+                    // The request head's deadline starts now.
+                    self.timers.arm(token.slot, TimerKind::Header, self.now);
+                }
+                peer_closed = tls.session.peer_closed();
+                bytes = if tls.failed { &[] } else { &self.tls_plain };
+            }
             if conn.life == Life::Open && !conn.read_closed && !bytes.is_empty() {
                 let at = (token.slot, token.generation);
                 let (max_age, now, accepted_at) =
@@ -542,6 +636,10 @@ impl<A: Application> Executor<A> {
                     // A request was answered: the next one gets a fresh header deadline.
                     self.timers.disarm(token.slot);
                 }
+            }
+            if peer_closed {
+                // close_notify: the peer's end of the stream, after what it carried.
+                conn.read_closed = true;
             }
             self.buffers.recycle(bid);
         }
@@ -714,7 +812,15 @@ impl<A: Application> Executor<A> {
             generation,
         };
         if conn.life == Life::Open && conn.output_drained() {
-            if conn.http.is_closing() {
+            if let Some(tls) = &mut conn.tls
+                && conn.http.is_closing()
+                && !tls.close_sent
+                && !tls.failed
+            {
+                // TLS says the stream ends before TCP does.
+                tls.session.close();
+                tls.close_sent = true;
+            } else if conn.is_closing() {
                 // The final response is out: no more writes; read until the
                 // peer closes so that it sees the response, not a reset.
                 conn.socket.shutdown_write(&mut self.ring);
@@ -728,14 +834,18 @@ impl<A: Application> Executor<A> {
             conn.life = Life::Closing;
         }
 
-        if conn.life != Life::Closing
-            && conn.socket.send(&mut self.ring, &mut conn.out, token) == Sending::Batch
-        {
-            conn.batch_started();
+        if conn.life != Life::Closing {
+            conn.flush(&mut self.ring, token);
         }
 
+        let records_drained = conn
+            .tls
+            .as_ref()
+            .is_none_or(|tls| tls.unsent_records() < self.tls_max_unsent_records);
         let want_recv = match conn.life {
-            Life::Open => !conn.read_closed && !conn.http.is_paused(&self.responder.limits),
+            Life::Open => {
+                !conn.read_closed && !conn.http.is_paused(&self.responder.limits) && records_drained
+            }
             Life::Lingering => !conn.read_closed,
             Life::Closing => false,
         };
@@ -749,7 +859,9 @@ impl<A: Application> Executor<A> {
             conn.socket.cancel(&mut self.ring, SocketOp::Send, token);
         }
 
+        let handshaking = conn.tls.as_ref().is_some_and(|tls| !tls.established);
         match conn.life {
+            Life::Open if handshaking => self.timers.arm(slot, TimerKind::Handshake, self.now),
             Life::Open => {
                 let kind = if !conn.output_drained() {
                     TimerKind::Idle
@@ -846,6 +958,11 @@ impl<A: Application> Executor<A> {
                     conn.life = Life::Closing;
                 }
                 TimerKind::Linger => conn.life = Life::Closing,
+                TimerKind::Handshake => {
+                    // Nothing can be said in HTTP before the handshake ends.
+                    self.metrics.record_timeout(TimeoutKind::Handshake);
+                    conn.life = Life::Closing;
+                }
             }
             self.touch(slot);
         }
@@ -857,10 +974,8 @@ impl<A: Application> Executor<A> {
             return;
         }
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
-        if self.accept_armed {
-            self.ring.cancel(Token::global(OWNER, ACCEPT));
-        } else {
-            self.listener = None;
+        for door in &mut self.doors {
+            door.close(&mut self.ring);
         }
         let slots: Vec<u32> = self.conns.occupied().collect();
         for slot in slots {
@@ -868,34 +983,6 @@ impl<A: Application> Executor<A> {
                 conn.http.start_drain();
             }
             self.touch(slot);
-        }
-    }
-
-    fn arm_accept(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        // Accepted sockets go straight into the ring's table of direct
-        // descriptors: no file descriptor, and no file reference taken and
-        // dropped by every receive and send.
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .allocate_file_index(true)
-            .build()
-            .user_data(Token::global(OWNER, ACCEPT).encode());
-        // SAFETY: the listener is dropped only once its accept has ended
-        // (`on_accept` without more to come, or `begin_drain` when none is
-        // armed), and the ring goes first when the executor is dropped.
-        unsafe { self.ring.push(&entry) };
-        self.accept_armed = true;
-        self.accept_retry_at = None;
-    }
-
-    fn retry_accept(&mut self) {
-        if !self.accept_armed
-            && self.drain_deadline.is_none()
-            && self.accept_retry_at.is_none_or(|at| self.now >= at)
-        {
-            self.arm_accept();
         }
     }
 
@@ -1133,6 +1220,7 @@ mod tests {
             },
             redis: None,
             max_redis_in_flight: 16,
+            tls: None,
         }
     }
 

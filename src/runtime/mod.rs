@@ -13,13 +13,14 @@
 
 pub mod access_log;
 mod connection;
+mod door;
 pub mod executor;
 pub mod future;
 pub mod io;
 pub mod tasks;
 mod timers;
 
-pub use executor::{Executor, ExecutorConfig, REJECT_SLOTS};
+pub use executor::{Executor, ExecutorConfig, ExecutorTls, REJECT_SLOTS};
 pub use future::TaskFuture;
 pub use io::{Failure, Io, IoConfig, LookupCall, RedisCall, Row, buffer, recycle, script};
 

@@ -17,7 +17,13 @@ pub enum TimerKind {
     /// A closing connection reads (and discards) for `close_linger_ms` so
     /// that its final response is not lost to a reset.
     Linger = 2,
+    /// A TLS handshake must finish within `tls_handshake_timeout_ms` of the
+    /// connection's start.
+    Handshake = 3,
 }
+
+/// Timeout kinds.
+const KINDS: usize = 4;
 
 impl TimerKind {
     /// Whether progress moves the deadline. Header and linger deadlines count
@@ -45,20 +51,20 @@ struct List {
 
 /// Deadlines for every connection slot of one executor.
 pub struct Timers {
-    durations: [Duration; 3],
-    lists: [List; 3],
+    durations: [Duration; KINDS],
+    lists: [List; KINDS],
     entries: Vec<Entry>,
 }
 
 impl Timers {
-    /// Lists for the three timeouts, each with its fixed duration.
-    pub fn new(header: Duration, idle: Duration, linger: Duration) -> Self {
+    /// Lists for the timeouts, each with its fixed duration.
+    pub fn new(header: Duration, idle: Duration, linger: Duration, handshake: Duration) -> Self {
         Timers {
-            durations: [header, idle, linger],
+            durations: [header, idle, linger, handshake],
             lists: [List {
                 head: NIL,
                 tail: NIL,
-            }; 3],
+            }; KINDS],
             entries: Vec::new(),
         }
     }
@@ -158,7 +164,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn timers() -> Timers {
-        Timers::new(10 * MS, 100 * MS, 5 * MS)
+        Timers::new(10 * MS, 100 * MS, 5 * MS, 20 * MS)
     }
 
     fn drain(timers: &mut Timers, now: Instant) -> Vec<(u32, TimerKind)> {
@@ -173,6 +179,7 @@ mod tests {
         timers.arm(2, TimerKind::Header, t0);
         timers.arm(3, TimerKind::Linger, t0 + MS);
         timers.arm(4, TimerKind::Header, t0 + 2 * MS);
+        timers.arm(5, TimerKind::Handshake, t0);
         assert_eq!(timers.next_deadline(), Some(t0 + 6 * MS));
         assert_eq!(drain(&mut timers, t0 + 5 * MS), []);
         assert_eq!(
@@ -182,6 +189,10 @@ mod tests {
                 (2, TimerKind::Header),
                 (4, TimerKind::Header)
             ]
+        );
+        assert_eq!(
+            drain(&mut timers, t0 + 20 * MS),
+            [(5, TimerKind::Handshake)]
         );
         assert_eq!(drain(&mut timers, t0 + 100 * MS), [(1, TimerKind::Idle)]);
         assert_eq!(timers.next_deadline(), None);

@@ -18,6 +18,7 @@ use crate::lifecycle::ReadinessChecks;
 use crate::redis::cluster::ClusterConfig;
 use crate::runtime::ExecutorConfig;
 use crate::server::admin::AdminLimits;
+use crate::tls::server::TlsFiles;
 use crate::writeback::drain::WritebackConfig;
 use crate::writeback::table::Tables;
 
@@ -91,6 +92,18 @@ serve_options! {
     max_connection_age_ms: u64 = 0, env "MILLRACE_MAX_CONNECTION_AGE_MS";
     /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and send-proxy-v2 write it) at the start of every public connection, and take the client's address from it; a connection without a valid one is closed. Only for a listener that load balancers alone can reach [default: false]
     proxy_protocol: bool = false, env "MILLRACE_PROXY_PROTOCOL";
+    /// Address of the HTTPS listener, beside listen (every executor on the same port, SO_REUSEPORT); needs tls_cert_file and tls_key_file. Empty: none [default: empty]
+    tls_listen: String = String::new(), env "MILLRACE_TLS_LISTEN";
+    /// PEM file of the HTTPS listener's certificate chain, leaf first. Read again on SIGHUP and when it changes; a file that does not load is logged and the certificate in use stays [default: empty]
+    tls_cert_file: String = String::new(), env "MILLRACE_TLS_CERT_FILE";
+    /// PEM file of that certificate's private key (PKCS#8, PKCS#1 or SEC1), reloaded with it [default: empty]
+    tls_key_file: String = String::new(), env "MILLRACE_TLS_KEY_FILE";
+    /// PEM file of the CAs whose client certificates the HTTPS listener requires (mutual TLS); a client without one is refused in the handshake. Empty: no client certificate asked for [default: empty]
+    tls_client_ca_file: String = String::new(), env "MILLRACE_TLS_CLIENT_CA_FILE";
+    /// Time a TLS handshake may take from the connect, in milliseconds; then the connection is closed [default: 10000]
+    tls_handshake_timeout_ms: u64 = 10_000, env "MILLRACE_TLS_HANDSHAKE_TIMEOUT_MS";
+    /// TLS records a connection may have sealed and not yet sent (16 KiB of plaintext each at most); past them it is not read until they drain [default: 256]
+    tls_max_unsent_records: usize = 256, env "MILLRACE_TLS_MAX_UNSENT_RECORDS";
     /// Log one request in this many as one structured line (method, route, status, latency, body bytes, the client's address from a PROXY header; never header values or bodies) under the log target millrace::access. 0: off [default: 0]
     access_log_sample: u32 = 0, env "MILLRACE_ACCESS_LOG_SAMPLE";
     /// Time allowed for a request head to arrive, in milliseconds; then 408 and close [default: 10000]
@@ -264,6 +277,8 @@ impl ServeConfig {
             ("admin_max_clients", self.admin_max_clients as u64),
             ("admin_timeout_ms", self.admin_timeout_ms),
             ("readyz_drain_stall_ms", self.readyz_drain_stall_ms),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout_ms),
+            ("tls_max_unsent_records", self.tls_max_unsent_records as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -290,6 +305,7 @@ impl ServeConfig {
         }
         self.redis_seed_list()?;
         self.admin_address()?;
+        self.tls()?;
         self.readiness_checks()?;
         if self.ack_replicas > 0 && self.ack_timeout_ms >= self.redis_command_timeout_ms {
             return Err("ack_timeout_ms must be below redis_command_timeout_ms".into());
@@ -391,6 +407,41 @@ impl ServeConfig {
         })
     }
 
+    /// The HTTPS listener's address and files, if it is configured.
+    pub fn tls(&self) -> Result<Option<(SocketAddr, TlsFiles)>, String> {
+        let listen = self.tls_listen.trim();
+        let path = |p: &str| (!p.trim().is_empty()).then(|| PathBuf::from(p.trim()));
+        let (cert, key) = (path(&self.tls_cert_file), path(&self.tls_key_file));
+        let client_ca = path(&self.tls_client_ca_file);
+        if listen.is_empty() {
+            if cert.is_some() || key.is_some() || client_ca.is_some() {
+                return Err(
+                    "tls_cert_file, tls_key_file and tls_client_ca_file need tls_listen".into(),
+                );
+            }
+            return Ok(None);
+        }
+        let addr = listen
+            .parse()
+            .map_err(|_| format!("tls_listen: {listen:?} is not ip:port"))?;
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Err("tls_listen needs tls_cert_file and tls_key_file".into());
+        };
+        if addr == self.listen {
+            return Err(format!(
+                "tls_listen and listen are both {addr}: HTTP and HTTPS need a port each"
+            ));
+        }
+        Ok(Some((
+            addr,
+            TlsFiles {
+                cert,
+                key,
+                client_ca,
+            },
+        )))
+    }
+
     /// The Redis seeds, parsed; empty when Redis is not configured.
     pub fn redis_seed_list(&self) -> Result<Vec<SocketAddr>, String> {
         self.redis_seeds
@@ -469,6 +520,8 @@ impl ServeConfig {
             },
             redis: self.redis(),
             max_redis_in_flight: self.max_redis_in_flight,
+            // Set by the server once the certificates are loaded.
+            tls: None,
         }
     }
 }

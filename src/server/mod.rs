@@ -32,7 +32,8 @@ use crate::host::probe;
 use crate::lifecycle::{Lifecycle, Readiness, Stage};
 use crate::metrics::MetricsRegistry;
 use crate::ring;
-use crate::runtime::{Executor, Io};
+use crate::runtime::{Executor, ExecutorTls, Io};
+use crate::tls::server::Certificates;
 use crate::writeback::drain::{Totals, WritebackConfig};
 use crate::writeback::lookup::{self, LookupService};
 use crate::writeback::queue::{Caps, Queue};
@@ -40,6 +41,9 @@ use crate::writeback::table::Tables;
 
 /// How often the main thread looks at its executors between signals.
 const SUPERVISE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the TLS files are looked at for changes.
+const CERTIFICATE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a core's state is made from, on the core's own thread.
 pub struct Core<'a> {
@@ -162,8 +166,24 @@ fn serve<S: 'static>(
         .ok()
         .and_then(|a| a.as_socket())
         .unwrap_or(config.listen);
+    let (mut tls_listeners, tls_local, certificates) = match config.tls()? {
+        None => (Vec::new(), None, None),
+        Some((addr, files)) => {
+            let certificates = Certificates::load(files)?;
+            executor_config.tls = Some(ExecutorTls {
+                certificates: Arc::clone(&certificates),
+                handshake_timeout: Duration::from_millis(config.tls_handshake_timeout_ms),
+                max_unsent_records: config.tls_max_unsent_records,
+            });
+            let listeners = bind_listeners(addr, &cpus, config.listen_backlog)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listeners[0].local_addr().ok().and_then(|a| a.as_socket());
+            (listeners, local, Some(certificates))
+        }
+    };
+    tls_listeners.reverse();
 
-    let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let signals = ShutdownSignals::block(true).map_err(|e| format!("cannot block signals: {e}"))?;
     let lifecycle = Arc::new(Lifecycle::new());
     let path = config.redis().map(|_| {
         Arc::new(WritePath {
@@ -240,6 +260,7 @@ fn serve<S: 'static>(
     let mut executors = Vec::with_capacity(cpus.len());
     for (index, (cpu, listener)) in cpus.iter().copied().zip(listeners).enumerate() {
         let lookups = lookup_clients.pop();
+        let tls_listener = tls_listeners.pop();
         let wake = ring::event_fd().map_err(|e| format!("cannot create an eventfd: {e}"))?;
         let executor_wake = wake
             .try_clone()
@@ -269,6 +290,7 @@ fn serve<S: 'static>(
                 match Executor::new(
                     executor_config,
                     listener,
+                    tls_listener,
                     executor_wake,
                     lookups,
                     make_app,
@@ -323,12 +345,18 @@ fn serve<S: 'static>(
         return Err(error);
     }
     lifecycle.set(Stage::Ready);
-    tracing::info!(listen = %local, cpus = ?cpus, "listening");
+    match tls_local {
+        Some(tls_local) => {
+            tracing::info!(listen = %local, tls_listen = %tls_local, cpus = ?cpus, "listening");
+        }
+        None => tracing::info!(listen = %local, cpus = ?cpus, "listening"),
+    }
 
     let served = supervise(
         &signals,
         executors,
         database_core.as_ref(),
+        certificates.as_deref(),
         &lifecycle,
         Duration::from_millis(config.drain_delay_ms),
     );
@@ -411,14 +439,28 @@ fn supervise(
     signals: &ShutdownSignals,
     executors: Vec<Running>,
     database_core: Option<&DatabaseCore>,
+    certificates: Option<&Certificates>,
     lifecycle: &Lifecycle,
     drain_delay: Duration,
 ) -> Result<(), String> {
     let mut failure = None;
+    let mut next_look = Instant::now() + CERTIFICATE_POLL_INTERVAL;
     loop {
-        if let Some(signal) = signals.wait(SUPERVISE_INTERVAL) {
-            tracing::info!(signal = signal_name(signal), "draining");
-            break;
+        match signals.wait(SUPERVISE_INTERVAL) {
+            Some(libc::SIGHUP) => reload(certificates, None),
+            Some(signal) => {
+                tracing::info!(signal = signal_name(signal), "draining");
+                break;
+            }
+            None => {}
+        }
+        if let Some(certificates) = certificates
+            && Instant::now() >= next_look
+        {
+            next_look = Instant::now() + CERTIFICATE_POLL_INTERVAL;
+            if let Some(result) = certificates.reload_if_changed() {
+                reload(Some(certificates), Some(result));
+            }
         }
         if let Some(stopped) = executors.iter().find(|e| e.thread.is_finished()) {
             failure = Some(format!(
@@ -438,14 +480,18 @@ fn supervise(
     // accepting stops.
     let delay_end = Instant::now() + drain_delay;
     while Instant::now() < delay_end {
-        if let Some(signal) = signals.wait(delay_end.saturating_duration_since(Instant::now())) {
-            exit_now(signal);
+        match signals.wait(delay_end.saturating_duration_since(Instant::now())) {
+            Some(libc::SIGHUP) => reload(certificates, None),
+            Some(signal) => exit_now(signal),
+            None => {}
         }
     }
     drain(&executors, lifecycle);
     while !executors.iter().all(|e| e.thread.is_finished()) {
-        if let Some(signal) = signals.wait(SUPERVISE_INTERVAL) {
-            exit_now(signal);
+        match signals.wait(SUPERVISE_INTERVAL) {
+            Some(libc::SIGHUP) => reload(certificates, None),
+            Some(signal) => exit_now(signal),
+            None => {}
         }
     }
     let errors = join_all(executors);
@@ -455,6 +501,26 @@ fn supervise(
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// Load the HTTPS listener's files again (or report the reload `done`);
+/// a failure leaves the certificate in use.
+fn reload(certificates: Option<&Certificates>, done: Option<Result<(), String>>) {
+    let Some(certificates) = certificates else {
+        tracing::info!("SIGHUP: nothing to reload (no tls_listen)");
+        return;
+    };
+    let files = certificates.files();
+    match done.unwrap_or_else(|| certificates.reload()) {
+        Ok(()) => tracing::info!(
+            cert = %files.cert.display(),
+            "TLS certificate reloaded; new connections use it"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "TLS certificate not reloaded; the one in use stays"
+        ),
     }
 }
 

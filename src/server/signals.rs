@@ -4,15 +4,16 @@
 use std::io;
 use std::time::Duration;
 
-/// SIGINT and SIGTERM, blocked in every thread and taken synchronously by
-/// one thread.
+/// SIGINT and SIGTERM (and SIGHUP, where something can be reloaded),
+/// blocked in every thread and taken synchronously by one thread.
 pub struct ShutdownSignals {
     set: libc::sigset_t,
 }
 
 impl ShutdownSignals {
-    /// Block the signals in this thread and every thread it starts afterwards.
-    pub fn block() -> io::Result<Self> {
+    /// Block the signals in this thread and every thread it starts
+    /// afterwards; SIGHUP too if `reload`.
+    pub fn block(reload: bool) -> io::Result<Self> {
         // SAFETY: sigset_t is plain data; the sig* calls only write to `set`
         // and this thread's signal mask.
         unsafe {
@@ -20,6 +21,9 @@ impl ShutdownSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            if reload {
+                libc::sigaddset(&mut set, libc::SIGHUP);
+            }
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
@@ -45,6 +49,7 @@ pub fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
         _ => "signal",
     }
 }

@@ -168,7 +168,8 @@ pub fn run_command(options: WritebackOptions, tables: Tables) -> Result<(), Stri
         config.accept_unsafe_durability,
     )?;
     drop(client);
-    let signals = ShutdownSignals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let signals =
+        ShutdownSignals::block(false).map_err(|e| format!("cannot block signals: {e}"))?;
     let lifecycle = Arc::new(Lifecycle::new());
     let registry =
         Arc::new(MetricsRegistry::new(&[], Vec::new()).with_writeback(Arc::clone(&config.metrics)));
