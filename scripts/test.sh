@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-need_packages curl python3 python3-venv ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd pkg-config libssl-dev prometheus haproxy
+need_packages curl openssl util-linux python3 python3-venv ca-certificates redis-server redis-tools postgresql postgresql-client shellcheck systemd pkg-config libssl-dev prometheus haproxy
 
 step "Python's HdrHistogram, to read interval logs independently (var/pyvenv)"
 hdrh_python > /dev/null

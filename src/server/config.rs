@@ -421,13 +421,13 @@ impl ServeConfig {
             }
             return Ok(None);
         }
-        let addr = listen
+        let addr: SocketAddr = listen
             .parse()
             .map_err(|_| format!("tls_listen: {listen:?} is not ip:port"))?;
         let (Some(cert), Some(key)) = (cert, key) else {
             return Err("tls_listen needs tls_cert_file and tls_key_file".into());
         };
-        if addr == self.listen {
+        if addr == self.listen && addr.port() != 0 {
             return Err(format!(
                 "tls_listen and listen are both {addr}: HTTP and HTTPS need a port each"
             ));

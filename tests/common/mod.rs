@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod history;
 pub mod postgres;
 pub mod proxy;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,6 +23,8 @@ pub struct Server {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it listens for HTTPS, if it does.
+    pub tls_addr: Option<SocketAddr>,
     /// Its admin listener (`/metrics`), if it has one.
     pub admin: Option<SocketAddr>,
     /// Everything it logged so far.
@@ -93,7 +96,12 @@ impl Server {
                     .find_map(|w| w.strip_prefix("listen="))
                     .and_then(|a| a.parse::<SocketAddr>().ok())
                 {
-                    let _ = addr_tx.send(addr);
+                    // The HTTPS address, if any, is on the same line.
+                    let tls = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("tls_listen="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = addr_tx.send((addr, tls));
                 }
                 if let Some(admin) = line
                     .split_whitespace()
@@ -102,10 +110,11 @@ impl Server {
                 {
                     let _ = admin_tx.send(admin);
                 }
+
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(PATIENCE) {
+        let (addr, tls_addr) = match addr_rx.recv_timeout(PATIENCE) {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
@@ -120,6 +129,7 @@ impl Server {
         Server {
             child,
             addr,
+            tls_addr,
             admin,
             log,
         }

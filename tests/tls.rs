@@ -1,0 +1,508 @@
+//! The HTTPS listener against real clients: curl, `openssl s_client` and
+//! Python's ssl module, with certificates from `scripts/tls-certs.sh`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::tls::{cert, certs, curl, python, s_client, text};
+use common::{PATIENCE, Server, closed_by_server, sample};
+
+/// A server with HTTPS on a free port, the test certificate, and `args`.
+fn https_server(args: &[&str]) -> Server {
+    https_server_with("server", args)
+}
+
+/// [`https_server`] serving the certificate `name`.pem.
+fn https_server_with(name: &str, args: &[&str]) -> Server {
+    let (pem, key) = (cert(&format!("{name}.pem")), cert(&format!("{name}.key")));
+    let mut full = vec![
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        &pem,
+        "--tls-key-file",
+        &key,
+    ];
+    full.extend_from_slice(args);
+    let server = Server::start(&full);
+    assert!(server.tls_addr.is_some(), "{}", server.log());
+    server
+}
+
+/// `https://localhost:port/path` on `server`'s HTTPS listener.
+fn url(server: &Server, path: &str) -> String {
+    format!(
+        "https://localhost:{}{path}",
+        server.tls_addr.unwrap().port()
+    )
+}
+
+/// `--resolve` so that localhost is 127.0.0.1 whatever /etc/hosts says.
+fn resolve(server: &Server) -> String {
+    format!("localhost:{}:127.0.0.1", server.tls_addr.unwrap().port())
+}
+
+fn port(server: &Server) -> String {
+    server.tls_addr.unwrap().port().to_string()
+}
+
+/// Python: connect with TLS (verifying against the test CA unless told
+/// otherwise), send requests, print what came back.
+const PY_CLIENT: &str = r#"
+import socket, ssl, sys
+port, mode = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+def connect(session=None, max_version=None):
+    if max_version:
+        ctx.maximum_version = max_version
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return ctx.wrap_socket(s, server_hostname="localhost", session=session)
+def answers(t, n):
+    data = b""
+    while data.count(b"HTTP/1.1 200 OK") < n or not data.endswith(b"Hello, World!"):
+        chunk = t.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.count(b"HTTP/1.1 200 OK")
+if mode == "pipeline":
+    t = connect()
+    t.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    print("answers", answers(t, 200), t.version(), t.selected_alpn_protocol())
+elif mode == "resume":
+    ctx.set_alpn_protocols(["http/1.1"])
+    for version in [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2]:
+        first = connect(max_version=version)
+        first.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers(first, 1)
+        session = first.session
+        first.close()
+        second = connect(session=session, max_version=version)
+        second.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+        print(second.version(), "reused", second.session_reused, "answers", answers(second, 1),
+              second.selected_alpn_protocol())
+        second.close()
+"#;
+
+#[test]
+fn https_beside_http_serves_curl_openssl_and_python() {
+    let server = https_server(&[]);
+    let ca = cert("ca.pem");
+
+    let out = curl(&[
+        "-v",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve(&server),
+        &url(&server, "/plaintext"),
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Hello, World!"), "{said}");
+    assert!(said.contains("TLSv1.3"), "{said}");
+    assert!(said.contains("ALPN: server accepted http/1.1"), "{said}");
+    // The plain listener goes on beside it.
+    assert_eq!(server.get("/plaintext").status, 200);
+
+    for (flag, protocol) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let out = s_client(&[
+            flag,
+            "-connect",
+            &format!("127.0.0.1:{}", port(&server)),
+            "-servername",
+            "localhost",
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+            "-alpn",
+            "http/1.1",
+        ]);
+        let said = text(&out);
+        assert!(said.contains(&format!("New, {protocol}, Cipher is")), "{said}");
+        assert!(said.contains("Verify return code: 0 (ok)"), "{said}");
+        assert!(said.contains("ALPN protocol: http/1.1"), "{said}");
+    }
+
+    // 200 requests in one write, answered in order over one session.
+    let out = python(PY_CLIENT, &[&port(&server), "pipeline", &ca]);
+    assert_eq!(
+        text(&out).trim(),
+        "answers 200 TLSv1.3 None",
+        "{}",
+        text(&out)
+    );
+
+    // Tickets resume both versions, and ALPN is agreed again.
+    let out = python(PY_CLIENT, &[&port(&server), "resume", &ca]);
+    assert_eq!(
+        text(&out).trim(),
+        "TLSv1.3 reused True answers 1 http/1.1\nTLSv1.2 reused True answers 1 http/1.1",
+        "{}",
+        text(&out)
+    );
+
+    let metrics = server.metrics();
+    let full = "millrace_tls_handshakes_total{core=\"0\",kind=\"full\"}";
+    let resumed = "millrace_tls_handshakes_total{core=\"0\",kind=\"resumed\"}";
+    // curl, two s_clients, the pipelining client, the first of each pair.
+    assert_eq!(sample(&metrics, full), 6, "{metrics}");
+    assert_eq!(sample(&metrics, resumed), 2, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "millrace_tls_errors_total{core=\"0\"}"),
+        0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_client_refuses_what_it_should_and_the_server_refuses_old_versions() {
+    let ca = cert("ca.pem");
+    // Expired, for another host, from a CA nobody trusts: curl says the
+    // peer failed verification (exit 60).
+    for name in ["expired", "other-host", "stranger"] {
+        let server = https_server_with(name, &[]);
+        let out = curl(&[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve(&server),
+            &url(&server, "/plaintext"),
+        ]);
+        assert_eq!(out.status.code(), Some(60), "{name}: {}", text(&out));
+        let said = text(&out);
+        let why = match name {
+            "expired" => "expired",
+            "other-host" => "localhost",
+            _ => "issuer",
+        };
+        assert!(said.contains(why), "{name}: {said}");
+    }
+
+    // TLS 1.0 and 1.1: the server answers with an alert and nothing else.
+    let server = https_server(&[]);
+    for flag in ["-tls1", "-tls1_1"] {
+        let out = s_client(&[
+            flag,
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+            "-connect",
+            &format!("127.0.0.1:{}", port(&server)),
+        ]);
+        let said = text(&out);
+        assert!(!out.status.success(), "{flag}: {said}");
+        assert!(said.contains("alert"), "{flag}: {said}");
+        assert!(said.contains("Cipher is (NONE)"), "{flag}: {said}");
+    }
+    let metrics = server.metrics();
+    assert_eq!(
+        sample(&metrics, "millrace_tls_errors_total{core=\"0\"}"),
+        2,
+        "{metrics}"
+    );
+    // Nothing was served before those handshakes failed.
+    assert_eq!(
+        sample(
+            &metrics,
+            "millrace_tls_handshakes_total{core=\"0\",kind=\"full\"}"
+        ),
+        0
+    );
+}
+
+#[test]
+fn client_certificates_are_required_when_a_client_ca_is_set() {
+    let client_ca = cert("client-ca.pem");
+    let server = https_server(&["--tls-client-ca-file", &client_ca]);
+    let ca = cert("ca.pem");
+    let base = ["--cacert", &ca, "--resolve", &resolve(&server)];
+    let target = url(&server, "/plaintext");
+
+    let (client, client_key) = (cert("client.pem"), cert("client.key"));
+    let mut with_cert = base.to_vec();
+    with_cert.extend(["--cert", &client, "--key", &client_key, &target]);
+    let out = curl(&with_cert);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Hello, World!"));
+
+    // None, and one from a CA the server does not trust: refused.
+    let (stranger, stranger_key) = (cert("stranger-client.pem"), cert("stranger-client.key"));
+    let mut without = base.to_vec();
+    without.push(&target);
+    let mut strange = base.to_vec();
+    strange.extend(["--cert", &stranger, "--key", &stranger_key, &target]);
+    for (what, args) in [("no certificate", without), ("an untrusted one", strange)] {
+        let out = curl(&args);
+        assert!(!out.status.success(), "{what}: {}", text(&out));
+        assert!(!text(&out).contains("Hello"), "{what}: {}", text(&out));
+    }
+    let metrics = server.metrics();
+    assert_eq!(
+        sample(&metrics, "millrace_tls_errors_total{core=\"0\"}"),
+        2,
+        "{metrics}"
+    );
+}
+
+/// Python: handshake over memory BIOs, one request, then `how` breaks the
+/// stream: a record that does not decrypt, or a close_notify. Prints what
+/// the server did.
+const PY_BREAK: &str = r#"
+import socket, ssl, sys
+port, how, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+t = ctx.wrap_bio(inc, out, server_hostname="localhost")
+def pump():
+    data = out.read()
+    if data:
+        s.sendall(data)
+while True:
+    try:
+        t.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        pump()
+        inc.write(s.recv(65536))
+pump()
+t.write(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+pump()
+got = b""
+while b"Hello, World!" not in got:
+    try:
+        got += t.read(65536)
+    except ssl.SSLWantReadError:
+        inc.write(s.recv(65536))
+if how == "garbage":
+    # An application-data record whose tag cannot check out.
+    s.sendall(bytes([23, 3, 3, 0, 32]) + bytes(32))
+else:
+    try:
+        t.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    pump()
+rest = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    rest += chunk
+print("answered", b"200 OK" in got, "closed after", len(rest), "bytes")
+"#;
+
+#[test]
+fn garbage_alerts_and_stalled_handshakes_end_only_their_own_connection() {
+    let server = https_server(&["--tls-handshake-timeout-ms", "400"]);
+    let ca = cert("ca.pem");
+    let tls = server.tls_addr.unwrap();
+
+    // A connection that never speaks, one that stops inside its
+    // ClientHello: neither keeps anyone else waiting, both are closed when
+    // the handshake timeout passes.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(tls).unwrap();
+    let mut partial = TcpStream::connect(tls).unwrap();
+    partial.write_all(&[22, 3, 1, 0x02, 0x00, 1, 0]).unwrap();
+    for stream in [&silent, &partial] {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+    let out = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve(&server),
+        &url(&server, "/plaintext"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(closed_by_server(&mut silent));
+    assert!(closed_by_server(&mut partial));
+    assert!(started.elapsed() >= Duration::from_millis(350));
+
+    // Plain HTTP on the TLS port: an alert record, then the close.
+    let mut plain = TcpStream::connect(tls).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain
+        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert_eq!(answer.first(), Some(&21), "{answer:?}");
+
+    // Mid-stream: a record that does not decrypt ends the connection; a
+    // close_notify ends it cleanly.
+    for (how, expect) in [
+        ("garbage", "answered True closed after"),
+        ("close", "answered True closed after 0 bytes"),
+    ] {
+        let out = python(PY_BREAK, &[&tls.port().to_string(), how, &ca]);
+        assert!(out.status.success(), "{how}: {}", text(&out));
+        assert!(text(&out).starts_with(expect), "{how}: {}", text(&out));
+    }
+
+    // The server is none the worse.
+    let out = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve(&server),
+        &url(&server, "/plaintext"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = server.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "millrace_connection_timeouts_total{core=\"0\",kind=\"handshake\"}"
+        ),
+        2,
+        "{metrics}"
+    );
+    // The plaintext request and the bad record.
+    assert_eq!(
+        sample(&metrics, "millrace_tls_errors_total{core=\"0\"}"),
+        2,
+        "{metrics}"
+    );
+}
+
+/// The certificate the server presents now, as PEM, unverified.
+fn presented(server: &Server) -> String {
+    let out = python(
+        "import ssl, sys; print(ssl.get_server_certificate(('127.0.0.1', int(sys.argv[1]))))",
+        &[&port(server)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The PEM certificate in `path`, as Python prints it.
+fn pem_of(path: &std::path::Path) -> String {
+    let out = python(
+        "import ssl, sys; print(ssl.DER_cert_to_PEM_cert(ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())))",
+        &[path.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_certificate_reloads_on_sighup_and_on_change_and_a_bad_one_is_refused() {
+    let dir = std::env::temp_dir().join(format!("millrace-tls-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pem, key) = (dir.join("cert.pem"), dir.join("cert.key"));
+    let install = |name: &str| {
+        let source = certs();
+        std::fs::copy(source.join(format!("{name}.key")), &key).unwrap();
+        std::fs::copy(source.join(format!("{name}.pem")), &pem).unwrap();
+    };
+    install("server");
+    let server = Server::start(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        pem.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let source = certs();
+    assert_eq!(presented(&server), pem_of(&source.join("server.pem")));
+
+    // SIGHUP: new connections get the new certificate.
+    install("stranger");
+    server.signal(libc::SIGHUP);
+    wait_for("the SIGHUP reload", || {
+        server.log().contains("TLS certificate reloaded")
+    });
+    assert_eq!(presented(&server), pem_of(&source.join("stranger.pem")));
+
+    // A file that is not a certificate: an error, and the old one stays.
+    std::fs::write(&pem, "not a certificate\n").unwrap();
+    server.signal(libc::SIGHUP);
+    wait_for("the refused reload", || {
+        server.log().contains("TLS certificate not reloaded")
+    });
+    assert!(server.log().contains("cert.pem"), "{}", server.log());
+    assert_eq!(presented(&server), pem_of(&source.join("stranger.pem")));
+
+    // A change alone is noticed, no signal needed.
+    install("other-host");
+    wait_for("the reload on change", || {
+        presented(&server) == pem_of(&source.join("other-host.pem"))
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tls_options_are_checked() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let missing = cert("server.pem").replace("server.pem", "absent.pem");
+    let (pem, key, other_key) = (cert("server.pem"), cert("server.key"), cert("client.key"));
+    for (args, says) in [
+        (
+            vec!["--tls-listen", "127.0.0.1:0"],
+            "tls_listen needs tls_cert_file and tls_key_file",
+        ),
+        (vec!["--tls-cert-file", &pem], "need tls_listen"),
+        (
+            vec![
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert-file",
+                &missing,
+                "--tls-key-file",
+                &key,
+            ],
+            "absent.pem",
+        ),
+        (
+            vec![
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert-file",
+                &pem,
+                "--tls-key-file",
+                &other_key,
+            ],
+            "server.pem and",
+        ),
+        (
+            vec![
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert-file",
+                &pem,
+                "--tls-key-file",
+                &key,
+                "--tls-handshake-timeout-ms",
+                "0",
+            ],
+            "tls_handshake_timeout_ms must be at least 1",
+        ),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(says), "{args:?}: {said}");
+    }
+}
