@@ -947,7 +947,14 @@ fn open_loop_latency_shows_a_stall_that_closed_loop_timing_hides() {
 #[test]
 fn invalid_flags_get_clear_errors() {
     for (args, expected) in [
-        (&["https://127.0.0.1/"][..], "https is not supported"),
+        (
+            &["https://127.0.0.1:1/", "--ca-file", "/nonexistent/ca.pem"][..],
+            "/nonexistent/ca.pem",
+        ),
+        (
+            &["https://127.0.0.1:1/", "--insecure", "--ca-file", "x.pem"],
+            "drop --ca-file",
+        ),
         (&["127.0.0.1:80"], "expected a URL"),
         (&["http://127.0.0.1:1/", "-c", "0"], "--connections"),
         (&["http://127.0.0.1:1/", "-p", "0"], "--pipeline"),

@@ -123,7 +123,10 @@ fn https_beside_http_serves_curl_openssl_and_python() {
             "http/1.1",
         ]);
         let said = text(&out);
-        assert!(said.contains(&format!("New, {protocol}, Cipher is")), "{said}");
+        assert!(
+            said.contains(&format!("New, {protocol}, Cipher is")),
+            "{said}"
+        );
         assert!(said.contains("Verify return code: 0 (ok)"), "{said}");
         assert!(said.contains("ALPN protocol: http/1.1"), "{said}");
     }
@@ -505,4 +508,109 @@ fn tls_options_are_checked() {
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(said.contains(says), "{args:?}: {said}");
     }
+}
+
+/// `millrace load` with `args`; its JSON report and output.
+fn load(args: &[&str]) -> (serde_json::Value, std::process::Output) {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let json = std::env::temp_dir().join(format!(
+        "millrace-tls-load-{}-{run}.json",
+        std::process::id()
+    ));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    std::fs::remove_file(&json).unwrap();
+    (serde_json::from_str(&text).unwrap(), output)
+}
+
+fn number(report: &serde_json::Value, path: &str) -> u64 {
+    report
+        .pointer(path)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} missing from {report}"))
+}
+
+#[test]
+fn the_load_generator_measures_https_with_handshakes_apart() {
+    let server = https_server(&[]);
+    let ca = cert("ca.pem");
+    let target = url(&server, "/plaintext");
+    let target = target.replace("localhost", "127.0.0.1");
+
+    // Keep-alive: one full handshake per connection, verified, and every
+    // request answered.
+    let (report, output) = load(&[&target, "--ca-file", &ca, "-c", "2", "-p", "8", "-d", "1s"]);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(number(&report, "/tls/full_handshakes"), 2, "{report}");
+    assert_eq!(number(&report, "/tls/resumed_handshakes"), 0, "{report}");
+    assert_eq!(number(&report, "/errors/connect"), 0, "{report}");
+    let answered = number(&report, "/requests/answered");
+    assert!(answered > 100, "{report}");
+    assert_eq!(number(&report, "/statuses/2xx"), answered, "{report}");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("2 full + 0 resumed handshakes"), "{table}");
+
+    // A connection per request: after each connection's first, every
+    // handshake resumes; without resumption none does.
+    let per_request = [
+        &target,
+        "--ca-file",
+        &ca,
+        "-c",
+        "2",
+        "-n",
+        "40",
+        "-H",
+        "Connection: close",
+    ];
+    let (report, output) = load(&per_request);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(number(&report, "/requests/answered"), 40, "{report}");
+    assert_eq!(number(&report, "/tls/full_handshakes"), 2, "{report}");
+    assert_eq!(number(&report, "/tls/resumed_handshakes"), 38, "{report}");
+    let mut fresh = per_request.to_vec();
+    fresh.push("--no-resumption");
+    let (report, _) = load(&fresh);
+    assert_eq!(number(&report, "/tls/full_handshakes"), 40, "{report}");
+    assert_eq!(number(&report, "/tls/resumed_handshakes"), 0, "{report}");
+    // Handshakes are timed on their own.
+    assert!(report["tls"]["handshake_ms"]["max"].as_f64().unwrap() > 0.0);
+    let metrics = server.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "millrace_tls_handshakes_total{core=\"0\",kind=\"resumed\"}"
+        ),
+        38,
+        "{metrics}"
+    );
+
+    // The test CA is in no system store: verification fails, and says why.
+    let (report, output) = load(&[&target, "-c", "1", "-d", "300ms"]);
+    assert!(!output.status.success());
+    assert!(number(&report, "/errors/connect") >= 1, "{report}");
+    assert_eq!(number(&report, "/requests/answered"), 0, "{report}");
+    let error = report["tls"]["first_error"].as_str().unwrap_or_default();
+    assert!(error.contains("UnknownIssuer"), "{report}");
+    // --insecure takes any certificate.
+    let (report, output) = load(&[&target, "--insecure", "-c", "1", "-n", "5"]);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(number(&report, "/requests/answered"), 5, "{report}");
+
+    // TLS flags on a plain URL are a mistake.
+    let plain = format!("http://{}/plaintext", server.addr);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["load", &plain, "--ca-file", &ca])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file is for https URLs"));
 }

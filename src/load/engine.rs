@@ -8,6 +8,12 @@
 //! finish closing it); then submit and wait for a completion or the next
 //! deadline, and handle what completed. Latency is measured at the turn's
 //! start, once for every answer the turn reads.
+//!
+//! Over https a connection shakes hands before it is given any request,
+//! so a handshake's time is its own figure, never part of a request's
+//! latency (in an open loop, requests that come due meanwhile wait in the
+//! connection's queue, and that wait is theirs). Each thread keeps its own
+//! session cache: a reconnect resumes that thread's last session.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,6 +31,10 @@ use crate::ring::socket::{Received, RingSocket, SendOutcome};
 use crate::ring::token::{Owner, SocketOp, Token};
 use crate::ring::{Completion, Ring};
 use crate::rng::Rng;
+use crate::tls::client::connect as tls_connect;
+use crate::tls::{RecordLayer, Session};
+
+use super::options::TlsTarget;
 
 /// The load generator's operations on its ring.
 const OWNER: Owner = Owner(3);
@@ -77,6 +87,8 @@ pub struct ThreadPlan {
     pub ledger: bool,
     /// Where each second's latencies go once the second is over.
     pub intervals: Option<mpsc::Sender<Interval>>,
+    /// https: TLS to the target.
+    pub tls: Option<TlsTarget>,
 }
 
 /// When a run starts, is measured from, and ends; the same for every thread.
@@ -106,6 +118,8 @@ enum State {
     Idle,
     /// A connect is in flight.
     Connecting,
+    /// Connected, its TLS handshake under way: no request yet.
+    Handshaking,
     /// Sending requests and reading answers.
     Open,
     /// Its operations are being cancelled; then it is closed.
@@ -134,6 +148,12 @@ struct Conn {
     connect_counted: bool,
     /// Requests written this turn, not yet sent.
     out: Vec<u8>,
+    /// https: the session, from the connect until the close.
+    tls: Option<Box<Session>>,
+    /// https: sealed records not yet sent.
+    wire: Vec<u8>,
+    /// When the connect completed, for the handshake's time.
+    connected_at: Instant,
     /// Sent requests in order; answers come back in this order.
     waiting: VecDeque<Waiting>,
     /// Open loop: scheduled times of requests not yet sent.
@@ -154,6 +174,9 @@ impl Conn {
             connect_failures: 0,
             connect_counted: false,
             out: Vec::new(),
+            tls: None,
+            wire: Vec::new(),
+            connected_at: now,
             waiting: VecDeque::new(),
             queued: VecDeque::new(),
             reader: ResponseReader::new(max_response_head_bytes),
@@ -251,6 +274,10 @@ pub struct Engine {
     sweep_interval: Duration,
     next_progress: Instant,
     recv_buffers_exhausted: u64,
+    /// https: the client configuration (this thread's own session cache).
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// Scratch: the plaintext one receive's records carried.
+    plain: Vec<u8>,
 }
 
 impl Engine {
@@ -265,7 +292,16 @@ impl Engine {
         let conns = (0..plan.connections)
             .map(|_| Conn::new(plan.max_response_head_bytes, now))
             .collect();
+        let tls = match &plan.tls {
+            None => None,
+            Some(target) => Some((
+                target.client.build().map_err(io::Error::other)?,
+                target.server_name.clone(),
+            )),
+        };
         Ok(Engine {
+            tls,
+            plain: Vec::new(),
             ring,
             buffers,
             conns,
@@ -445,9 +481,12 @@ impl Engine {
                 let start = conn.queued.pop_front().expect("checked above");
                 recorder.fail(Failure::Timeout, None, start);
             }
-            if conn.state == State::Connecting
+            let handshake_late =
+                conn.state == State::Handshaking && now >= conn.connected_at + timeout;
+            if (conn.state == State::Connecting
                 && !conn.connect_counted
-                && now >= conn.connect_started + timeout
+                && now >= conn.connect_started + timeout)
+                || handshake_late
             {
                 if now >= recorder.measure_start {
                     let second = recorder.second();
@@ -498,12 +537,23 @@ impl Engine {
         self.conns[slot].touched = false;
         match self.conns[slot].state {
             State::Idle | State::Connecting => {}
-            State::Open => {
-                self.top_up(slot);
+            State::Handshaking | State::Open => {
+                if self.conns[slot].state == State::Open {
+                    self.top_up(slot);
+                }
                 let conn = &mut self.conns[slot];
                 let token = conn.token(slot);
+                let out = match &mut conn.tls {
+                    None => &mut conn.out,
+                    Some(session) => {
+                        if !conn.out.is_empty() || session.wants_seal() {
+                            session.seal(&mut conn.out, &mut conn.wire);
+                        }
+                        &mut conn.wire
+                    }
+                };
                 let socket = conn.socket.as_mut().expect("open has a socket");
-                socket.send(&mut self.ring, &mut conn.out, token);
+                socket.send(&mut self.ring, out, token);
                 socket.receive(&mut self.ring, token, self.buffers.group());
             }
             State::Closing => self.close_step(slot),
@@ -569,6 +619,8 @@ impl Engine {
         conn.reader = ResponseReader::new(self.plan.max_response_head_bytes);
         conn.partial.clear();
         conn.out.clear();
+        conn.tls = None;
+        conn.wire.clear();
         let at = if conn.connect_failures == 0 {
             self.now
         } else {
@@ -637,9 +689,23 @@ impl Engine {
             .expect("a current connection has a socket");
         let connected = socket.on_connect(result).is_ok();
         if connected && conn.state == State::Connecting {
-            conn.state = State::Open;
-            conn.connect_failures = 0;
             self.stats.connections_opened += 1;
+            conn.connected_at = self.now;
+            conn.state = State::Open;
+            if let Some((config, server_name)) = &self.tls {
+                match tls_connect(config, server_name) {
+                    Ok(session) => {
+                        conn.tls = Some(Box::new(session));
+                        conn.state = State::Handshaking;
+                    }
+                    Err(e) => {
+                        self.stats.handshakes.first_error.get_or_insert(e);
+                        conn.state = State::Closing;
+                    }
+                }
+            } else {
+                conn.connect_failures = 0;
+            }
         } else if conn.state == State::Connecting || !conn.connect_counted {
             if !conn.connect_counted && self.now >= self.timing.measure_start {
                 self.stats.fail(
@@ -655,6 +721,19 @@ impl Engine {
         self.touch(slot);
     }
 
+    /// A TLS handshake failed or the server closed during it: the
+    /// connection could not be made, and the next try backs off.
+    fn handshake_failed(&mut self, slot: usize) {
+        if self.now >= self.timing.measure_start {
+            let second = second_of(self.now, self.timing.measure_start);
+            self.stats.fail(Failure::Connect, None, second);
+        }
+        let conn = &mut self.conns[slot];
+        conn.connect_failures += 1;
+        conn.state = State::Closing;
+        self.touch(slot);
+    }
+
     fn on_send(&mut self, slot: usize, result: i32) {
         let conn = &mut self.conns[slot];
         let socket = conn
@@ -662,7 +741,7 @@ impl Engine {
             .as_mut()
             .expect("a current connection has a socket");
         let sent = socket.on_send(result);
-        if conn.state == State::Open
+        if matches!(conn.state, State::Open | State::Handshaking)
             && matches!(sent, SendOutcome::Cancelled | SendOutcome::Failed(_))
         {
             self.close(slot, Failure::Write);
@@ -687,13 +766,44 @@ impl Engine {
             .expect("a current connection has a socket");
         match socket.on_receive(result, flags) {
             Received::Provided { id, len } => {
-                if conn.state == State::Open {
+                let mut bytes = self.buffers.get(id, len);
+                let mut tls_failed = false;
+                if let Some(session) = &mut conn.tls
+                    && matches!(conn.state, State::Open | State::Handshaking)
+                {
+                    self.plain.clear();
+                    if let Err(e) = session.open(bytes, &mut self.plain) {
+                        self.stats
+                            .handshakes
+                            .first_error
+                            .get_or_insert_with(|| e.to_string());
+                        tls_failed = true;
+                    } else if conn.state == State::Handshaking && !session.is_handshaking() {
+                        conn.state = State::Open;
+                        conn.connect_failures = 0;
+                        if self.now >= self.timing.measure_start {
+                            let resumed = matches!(
+                                session.connection().handshake_kind(),
+                                Some(rustls::HandshakeKind::Resumed)
+                            );
+                            let took = self.now.saturating_duration_since(conn.connected_at);
+                            self.stats.handshakes.record(resumed, took);
+                        }
+                    }
+                    bytes = &self.plain;
+                }
+                if tls_failed {
+                    if conn.state == State::Handshaking {
+                        self.handshake_failed(slot);
+                    } else {
+                        self.close(slot, Failure::Read);
+                    }
+                } else if conn.state == State::Open && !bytes.is_empty() {
                     let mut recorder = Recorder {
                         stats: &mut self.stats,
                         now: self.now,
                         measure_start: self.timing.measure_start,
                     };
-                    let bytes = self.buffers.get(id, len);
                     match read_responses(conn, bytes, &mut recorder) {
                         ReadOutcome::Open => {}
                         ReadOutcome::ServerClosing => self.close(slot, Failure::Read),
@@ -728,16 +838,18 @@ impl Engine {
                     };
                     record_answer(&mut recorder, &request, response.status);
                 }
-                if self.conns[slot].state == State::Open {
-                    self.close(slot, Failure::Read);
+                match self.conns[slot].state {
+                    State::Open => self.close(slot, Failure::Read),
+                    State::Handshaking => self.handshake_failed(slot),
+                    _ => {}
                 }
             }
             // The engine's sockets receive into provided buffers only.
-            Received::Bytes(_) | Received::Failed(_) => {
-                if conn.state == State::Open {
-                    self.close(slot, Failure::Read);
-                }
-            }
+            Received::Bytes(_) | Received::Failed(_) => match conn.state {
+                State::Open => self.close(slot, Failure::Read),
+                State::Handshaking => self.handshake_failed(slot),
+                _ => {}
+            },
         }
         self.touch(slot);
     }

@@ -314,6 +314,7 @@ fn thread_plans(plan: &LoadPlan, intervals: &mpsc::Sender<Interval>) -> Vec<Thre
                 max_response_head_bytes: plan.max_response_head_bytes,
                 ledger: plan.ledger.is_some(),
                 intervals: Some(intervals.clone()),
+                tls: plan.tls.clone(),
             }
         })
         .collect()

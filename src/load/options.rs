@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::server::config::CoreSpec;
+use crate::tls::client::ClientTls;
 
 use super::report::Report;
 use super::scenario::Scenario;
@@ -36,8 +37,20 @@ pub enum WorkloadKind {
 /// `millrace load` flags.
 #[derive(clap::Args, Debug)]
 pub struct LoadOptions {
-    /// The server: http://HOST[:PORT][/PATH]. With --workload kv or events, the base the API paths go after
+    /// The server: http://HOST[:PORT][/PATH] or https://... With --workload kv or events, the base the API paths go after
     pub url: String,
+
+    /// https: trust the CA certificates in this PEM file instead of the system's
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// https: accept any certificate for any host name (a test server's own). Signatures are still checked, so handshakes cost what verified ones do, less the chain
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// https: no session resumption, a full handshake on every connection (by default a reconnect resumes its thread's last session with the server)
+    #[arg(long)]
+    pub no_resumption: bool,
 
     /// Connections, spread over the threads
     #[arg(short, long, default_value_t = 64)]
@@ -245,6 +258,9 @@ impl Outputs {
 pub struct Target {
     /// The URL as given.
     pub url: String,
+    /// `https`: TLS, with this host (brackets off an IPv6 address) as the
+    /// name the certificate must hold.
+    pub tls_host: Option<String>,
     /// `Host` header: the authority as given.
     pub authority: String,
     /// The resolved address.
@@ -254,14 +270,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parse and resolve `http://HOST[:PORT][/PATH]`.
+    /// Parse and resolve `http[s]://HOST[:PORT][/PATH]`.
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
-            return Err(format!(
-                "{url}: https is not supported; millrace load speaks plain HTTP/1.1"
-            ));
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false, 80)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true, 443)
         } else {
             return Err(format!(
                 "{url}: expected a URL such as http://127.0.0.1:8080/plaintext"
@@ -275,7 +289,7 @@ impl Target {
         if authority.is_empty() || authority.contains('@') {
             return Err(format!("{url}: expected a host such as 127.0.0.1:8080"));
         }
-        let (host, port) = split_host_port(authority)
+        let (host, port) = split_host_port(authority, default_port)
             .ok_or_else(|| format!("{url}: invalid host or port {authority:?}"))?;
         let address = (host, port)
             .to_socket_addrs()
@@ -284,6 +298,7 @@ impl Target {
             .ok_or_else(|| format!("{url}: {host} has no address"))?;
         Ok(Target {
             url: url.to_string(),
+            tls_host: tls.then(|| host.to_string()),
             authority: authority.to_string(),
             address,
             path,
@@ -297,11 +312,11 @@ impl Target {
     }
 }
 
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         let port = match after {
-            "" => 80,
+            "" => default_port,
             _ => after.strip_prefix(':')?.parse().ok()?,
         };
         return Some((host, port));
@@ -309,7 +324,7 @@ fn split_host_port(authority: &str) -> Option<(&str, u16)> {
     match authority.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
         Some(_) => None, // A bare IPv6 address must be in brackets.
-        None => Some((authority, 80)),
+        None => Some((authority, default_port)),
     }
 }
 
@@ -381,6 +396,17 @@ pub struct LoadPlan {
     pub hlog: Option<PathBuf>,
     /// See [`LoadOptions::ledger`].
     pub ledger: Option<PathBuf>,
+    /// https: how to speak TLS to the target.
+    pub tls: Option<TlsTarget>,
+}
+
+/// TLS to an https target.
+#[derive(Clone, Debug)]
+pub struct TlsTarget {
+    /// Verification and resumption.
+    pub client: ClientTls,
+    /// The name the certificate must hold (and the SNI sent).
+    pub server_name: String,
 }
 
 impl LoadOptions {
@@ -473,6 +499,39 @@ impl LoadOptions {
             return Err("--ledger records event ids: it needs --workload events".into());
         }
         let workload = self.workload(&target)?;
+        let tls = match &target.tls_host {
+            None => {
+                for (flag, given) in [
+                    ("--ca-file", self.ca_file.is_some()),
+                    ("--insecure", self.insecure),
+                    ("--no-resumption", self.no_resumption),
+                ] {
+                    if given {
+                        return Err(format!("{flag} is for https URLs"));
+                    }
+                }
+                None
+            }
+            Some(host) => {
+                if self.insecure && self.ca_file.is_some() {
+                    return Err("--insecure checks no certificate: drop --ca-file".into());
+                }
+                let client = ClientTls {
+                    ca_file: self.ca_file.clone(),
+                    insecure: self.insecure,
+                    identity: None,
+                    alpn: vec![crate::tls::server::ALPN_HTTP_1_1.to_vec()],
+                    resumption_sessions: if self.no_resumption { 0 } else { 16 },
+                };
+                // Each thread builds its own (its own session cache); a bad
+                // CA file is an error before any starts.
+                client.build()?;
+                Some(TlsTarget {
+                    client,
+                    server_name: host.clone(),
+                })
+            }
+        };
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -515,6 +574,7 @@ impl LoadOptions {
             outputs: self.outputs,
             hlog: self.hlog,
             ledger: self.ledger,
+            tls,
         })
     }
 
@@ -674,8 +734,14 @@ mod tests {
             Target::parse("http://127.0.0.1/api/").unwrap().base(),
             "/api"
         );
+        let target = Target::parse("https://localhost/x").unwrap();
+        assert_eq!(target.tls_host.as_deref(), Some("localhost"));
+        assert_eq!(target.address.port(), 443);
+        let target = Target::parse("https://[::1]:8443").unwrap();
+        assert_eq!(target.tls_host.as_deref(), Some("::1"));
+        assert_eq!(Target::parse("http://127.0.0.1/").unwrap().tls_host, None);
         for bad in [
-            "https://127.0.0.1/",
+            "ftp://127.0.0.1/",
             "127.0.0.1:8080",
             "http://",
             "http://127.0.0.1:x/",

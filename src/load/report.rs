@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::stats::{Errors, Latencies, Second, Stats};
+use super::stats::{Errors, Handshakes, Latencies, Second, Stats};
 
 /// Rows per halving of the remaining distance to 100% in `.hgrm` output, as
 /// HdrHistogram and wrk2 print it.
@@ -333,6 +333,36 @@ pub struct Report {
     /// Whether the generator kept up.
     #[serde(default)]
     pub generator: Generator,
+    /// TLS handshakes, for an https target: not part of any request's
+    /// latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsReport>,
+}
+
+/// The TLS handshakes of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TlsReport {
+    /// Full handshakes finished while measuring.
+    pub full_handshakes: u64,
+    /// Handshakes that resumed a session.
+    pub resumed_handshakes: u64,
+    /// From the TCP connect's completion to the handshake's end.
+    pub handshake_ms: Latency,
+    /// The first handshake failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+impl TlsReport {
+    /// The report of `handshakes`.
+    pub fn of(handshakes: &Handshakes) -> Self {
+        TlsReport {
+            full_handshakes: handshakes.full,
+            resumed_handshakes: handshakes.resumed,
+            handshake_ms: Latency::of(&handshakes.time),
+            first_error: handshakes.first_error.clone(),
+        }
+    }
 }
 
 impl Report {
@@ -381,6 +411,10 @@ impl Report {
             timeline: stats.timeline.clone(),
             interval_latency_ms: Vec::new(),
             generator: Generator::default(),
+            tls: shape
+                .url
+                .starts_with("https://")
+                .then(|| TlsReport::of(&stats.handshakes)),
             shape,
         }
     }
@@ -493,6 +527,21 @@ impl Report {
             group(r.unfinished),
             group(r.connections_opened)
         );
+        if let Some(tls) = &self.tls {
+            let h = &tls.handshake_ms;
+            let _ = writeln!(
+                out,
+                "  TLS          {} full + {} resumed handshakes; handshake p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (apart from request latency)",
+                group(tls.full_handshakes),
+                group(tls.resumed_handshakes),
+                h.p50,
+                h.p99,
+                h.max
+            );
+            if let Some(error) = &tls.first_error {
+                let _ = writeln!(out, "  TLS error    {error}");
+            }
+        }
         let g = &self.generator;
         let _ = write!(
             out,

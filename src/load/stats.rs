@@ -190,6 +190,54 @@ pub fn latency_histogram() -> Histogram<u64> {
         .expect("constant histogram bounds are valid")
 }
 
+/// TLS handshakes, apart from request latency: a request is issued only
+/// once its connection's handshake is done.
+#[derive(Clone, Debug)]
+pub struct Handshakes {
+    /// Full handshakes finished while measuring.
+    pub full: u64,
+    /// Handshakes that resumed a session while measuring.
+    pub resumed: u64,
+    /// Time from the TCP connect's completion to the handshake's end, in
+    /// nanoseconds.
+    pub time: Histogram<u64>,
+    /// The first handshake failure, as rustls put it.
+    pub first_error: Option<String>,
+}
+
+impl Handshakes {
+    fn new() -> Self {
+        Handshakes {
+            full: 0,
+            resumed: 0,
+            time: latency_histogram(),
+            first_error: None,
+        }
+    }
+
+    /// A handshake that took `took` finished.
+    pub fn record(&mut self, resumed: bool, took: Duration) {
+        if resumed {
+            self.resumed += 1;
+        } else {
+            self.full += 1;
+        }
+        self.time
+            .saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    fn add(&mut self, other: &Handshakes) {
+        self.full += other.full;
+        self.resumed += other.resumed;
+        self.time
+            .add(&other.time)
+            .expect("histograms share their bounds");
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+}
+
 /// Everything one thread (or, merged, the whole run) measured.
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -211,6 +259,8 @@ pub struct Stats {
     pub statuses: StatusClasses,
     /// Connections opened.
     pub connections_opened: u64,
+    /// TLS handshakes (none over plain HTTP).
+    pub handshakes: Handshakes,
     /// Open loop: how late the generator saw each measured request come
     /// due, in nanoseconds (its own delay, not the server's).
     pub send_lag: Histogram<u64>,
@@ -242,6 +292,7 @@ impl Stats {
             errors: Errors::default(),
             statuses: [0; 5],
             connections_opened: 0,
+            handshakes: Handshakes::new(),
             send_lag: latency_histogram(),
             cpu_busy: 0.0,
             timeline: Vec::new(),
@@ -441,6 +492,7 @@ impl Stats {
             *mine += theirs;
         }
         self.connections_opened += other.connections_opened;
+        self.handshakes.add(&other.handshakes);
         self.send_lag
             .add(&other.send_lag)
             .expect("histograms share their bounds");
