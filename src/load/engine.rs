@@ -781,6 +781,18 @@ impl Engine {
                     } else if conn.state == State::Handshaking && !session.is_handshaking() {
                         conn.state = State::Open;
                         conn.connect_failures = 0;
+                        let negotiated = &mut self.stats.handshakes.negotiated;
+                        if negotiated.is_none() {
+                            let tls = session.connection();
+                            *negotiated = Some(format!(
+                                "{:?} {:?}",
+                                tls.protocol_version()
+                                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+                                tls.negotiated_cipher_suite()
+                                    .map(|s| s.suite())
+                                    .unwrap_or(rustls::CipherSuite::Unknown(0))
+                            ));
+                        }
                         if self.now >= self.timing.measure_start {
                             let resumed = matches!(
                                 session.connection().handshake_kind(),

@@ -351,6 +351,9 @@ pub struct TlsReport {
     /// The first handshake failure, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// The version and cipher suite agreed on (the first handshake's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negotiated: Option<String>,
 }
 
 impl TlsReport {
@@ -361,6 +364,7 @@ impl TlsReport {
             resumed_handshakes: handshakes.resumed,
             handshake_ms: Latency::of(&handshakes.time),
             first_error: handshakes.first_error.clone(),
+            negotiated: handshakes.negotiated.clone(),
         }
     }
 }
@@ -531,7 +535,10 @@ impl Report {
             let h = &tls.handshake_ms;
             let _ = writeln!(
                 out,
-                "  TLS          {} full + {} resumed handshakes; handshake p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (apart from request latency)",
+                "  TLS          {}{} full + {} resumed handshakes; handshake p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (apart from request latency)",
+                tls.negotiated
+                    .as_deref()
+                    .map_or_else(String::new, |n| format!("{n}; ")),
                 group(tls.full_handshakes),
                 group(tls.resumed_handshakes),
                 h.p50,

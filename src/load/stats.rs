@@ -203,6 +203,8 @@ pub struct Handshakes {
     pub time: Histogram<u64>,
     /// The first handshake failure, as rustls put it.
     pub first_error: Option<String>,
+    /// The version and cipher suite the first handshake agreed on.
+    pub negotiated: Option<String>,
 }
 
 impl Handshakes {
@@ -212,6 +214,7 @@ impl Handshakes {
             resumed: 0,
             time: latency_histogram(),
             first_error: None,
+            negotiated: None,
         }
     }
 
@@ -234,6 +237,9 @@ impl Handshakes {
             .expect("histograms share their bounds");
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
+        }
+        if self.negotiated.is_none() {
+            self.negotiated.clone_from(&other.negotiated);
         }
     }
 }
