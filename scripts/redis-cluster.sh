@@ -17,10 +17,19 @@
 #          [--replicas R] [--port BASE] [--dir DIR] [--password P]
 #          [--node-timeout-ms MS] [--appendonly yes|no]
 #          [--appendfsync everysec|always|no] [--maxmemory BYTES]
-#          [--maxmemory-policy POLICY] [--all]
+#          [--maxmemory-policy POLICY] [--tls CERT_DIR] [--all]
 # Defaults: 3 masters, 0 replicas, port 7000, dir var/redis-cluster,
 # no password, node timeout 2000 ms (how long before a failover starts).
 # With --password, the default user needs it (ACL), and replicas use it too.
+#
+# --tls CERT_DIR (as scripts/tls-certs.sh makes it; made there if missing)
+# adds a tls-port to every node, its plain port + 1000, with CERT_DIR's
+# server.pem (valid for 127.0.0.1) and ca.pem; the cluster bus and
+# replication go over TLS too (tls-cluster, tls-replication), and the
+# cluster announces its TLS ports to TLS clients (in CLUSTER SLOTS and
+# SHARDS, MOVED and ASK) and its plain ports to the others. Clients need no
+# certificate of their own. start then prints the TLS seed list; the plain
+# ports keep serving. The other commands find the setting under DIR.
 #
 # Durability and memory (docs/reliability.md says what each setting means
 # for a 202): the append-only file is on and fsynced every second by
@@ -44,6 +53,7 @@ appendonly=yes
 appendfsync=everysec
 maxmemory=512mb
 maxmemory_policy=volatile-lru
+tls_dir=""
 all=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -57,6 +67,7 @@ while [ $# -gt 0 ]; do
     --appendfsync) appendfsync="$2"; shift 2 ;;
     --maxmemory) maxmemory="$2"; shift 2 ;;
     --maxmemory-policy) maxmemory_policy="$2"; shift 2 ;;
+    --tls) tls_dir="$2"; shift 2 ;;
     --all) all=1; shift ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -73,8 +84,22 @@ here="$(cd "$(dirname "$0")" && pwd)"
 nodes=$((masters * (replicas + 1)))
 auth=()
 [ -n "$password" ] && auth=(-a "$password" --no-auth-warning)
+# A node's TLS port is its plain port plus this.
+tls_offset=1000
+# A cluster started with --tls remembers it for the other commands.
+if [ -z "$tls_dir" ] && [ "$command" != start ] && [ -f "$dir/tls-dir" ]; then
+  tls_dir="$(cat "$dir/tls-dir")"
+fi
 
-cli() { redis-cli -h 127.0.0.1 -p "$1" "${auth[@]}" "${@:2}"; }
+# cli PORT ARGS...: redis-cli to the node whose plain port is PORT (over
+# TLS to its TLS port, for a TLS cluster).
+cli() {
+  if [ -n "$tls_dir" ]; then
+    redis-cli -h 127.0.0.1 -p $(($1 + tls_offset)) --tls --cacert "$tls_dir/ca.pem" "${auth[@]}" "${@:2}"
+  else
+    redis-cli -h 127.0.0.1 -p "$1" "${auth[@]}" "${@:2}"
+  fi
+}
 
 start() {
   if [ "$masters" -lt 3 ]; then
@@ -85,6 +110,11 @@ start() {
     need_packages redis-server
   fi
   mkdir -p "$dir"
+  if [ -n "$tls_dir" ]; then
+    "$here/tls-certs.sh" "$tls_dir"
+    tls_dir="$(realpath "$tls_dir")"
+    echo "$tls_dir" > "$dir/tls-dir"
+  fi
   local addresses=() p
   for p in $(seq "$port" $((port + nodes - 1))); do
     mkdir -p "$dir/$p"
@@ -109,9 +139,24 @@ start() {
         echo "requirepass $password"
         echo "masterauth $password"
       fi
+      if [ -n "$tls_dir" ]; then
+        echo "tls-port $((p + tls_offset))"
+        echo "tls-cert-file $tls_dir/server.pem"
+        echo "tls-key-file $tls_dir/server.key"
+        echo "tls-ca-cert-file $tls_dir/ca.pem"
+        echo "tls-auth-clients no"
+        echo "tls-cluster yes"
+        echo "tls-replication yes"
+        # The bus port stays the plain port's + 10000.
+        echo "cluster-port $((p + 10000))"
+      fi
     } > "$dir/$p/redis.conf"
     redis-server "$dir/$p/redis.conf"
-    addresses+=("127.0.0.1:$p")
+    if [ -n "$tls_dir" ]; then
+      addresses+=("127.0.0.1:$((p + tls_offset))")
+    else
+      addresses+=("127.0.0.1:$p")
+    fi
   done
   for p in $(seq "$port" $((port + nodes - 1))); do
     for _ in $(seq 1 100); do

@@ -7,7 +7,8 @@
 //!    responses, one connection's state), [`redis`]'s RESP, slots, layout
 //!    and cluster state machine, [`payload`] (FlatBuffers), the write-back
 //!    [`writeback::queue`] scripts and [`writeback::table`] rows,
-//!    [`metrics`], [`lifecycle`], [`rng`].
+//!    [`metrics`], [`lifecycle`], [`rng`], [`tls`] (rustls sessions as
+//!    record layers, certificates and their reloads).
 //! 2. [`ring`]: the io_uring layer: the ring and its one submission path,
 //!    tokens as (owner, operation), a socket on a ring
 //!    ([`ring::socket::RingSocket`]), provided buffers.

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 1),
     ("lifecycle", 1),
     ("rng", 1),
+    ("tls", 1),
     ("redis", 1),
     ("redis::resp", 1),
     ("redis::slot", 1),

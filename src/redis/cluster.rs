@@ -32,6 +32,7 @@ use super::resp::{self, Protocol, Reply, encode_command};
 use super::slot::{SLOT_COUNT, Slot};
 use super::topology::Topology;
 use crate::metrics::{Elapsed, REDIS_FAILURE_KINDS, RedisFigures, RedisNodeFigures};
+use crate::tls::client::ClientTls;
 
 /// The caller's name for a command, handed back with its reply.
 pub type CommandToken = u64;
@@ -72,6 +73,19 @@ pub struct ClusterConfig {
     /// slot's master, over a connection in `READONLY` mode. Replicas lag
     /// their master, so a read may miss a write just acknowledged.
     pub read_from_replicas: bool,
+    /// Speak TLS to every node (the cluster's `tls-port`s, which it
+    /// announces to TLS clients in its layout and redirects).
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS on the links to Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisTls {
+    /// How the nodes' certificates are checked, and the client's own.
+    pub client: ClientTls,
+    /// The name every node's certificate must hold; `None`: each node's
+    /// IP address, as the cluster announces it.
+    pub server_name: Option<String>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -83,6 +97,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("protocol", &self.protocol)
             .field("command_timeout", &self.command_timeout)
             .field("read_from_replicas", &self.read_from_replicas)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -125,6 +140,7 @@ impl ClusterConfig {
             retry_backoff_min: Duration::from_millis(10),
             retry_backoff_max: Duration::from_millis(500),
             read_from_replicas: false,
+            tls: None,
         }
     }
 }
@@ -995,7 +1011,7 @@ impl Cluster {
             return;
         }
         let parsed = match query {
-            LayoutQuery::Shards => Topology::from_shards(reply, asked),
+            LayoutQuery::Shards => Topology::from_shards(reply, asked, self.config.tls.is_some()),
             LayoutQuery::Slots => Topology::from_slots(reply, asked),
         };
         match parsed {

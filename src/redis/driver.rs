@@ -37,9 +37,10 @@ impl Client {
     pub fn connect(config: ClusterConfig) -> Result<Client, Error> {
         let ring = Ring::new(256).map_err(|e| Error::Unavailable(format!("io_uring: {e}")))?;
         let now = Instant::now();
+        let links = Links::new(&config).map_err(Error::Unavailable)?;
         let mut client = Client {
             ring,
-            links: Links::new(),
+            links,
             cluster: Cluster::new(config, now),
             completions: Vec::new(),
             outcomes: Vec::new(),

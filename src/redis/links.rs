@@ -7,16 +7,25 @@
 //! Each node's connection is a [`RingSocket`] with a receive buffer of its
 //! own; its operations carry tokens of [`OWNER`] whose slot is the node's
 //! index, so that they share a ring with other work.
+//!
+//! With TLS configured, a connection shakes hands before the cluster hears
+//! it is up (so the connect timeout covers the handshake), and the bytes
+//! between the cluster and the socket go through the connection's
+//! [`Session`]: the cluster never sees a record.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::cluster::{Action, Cluster, CommandToken};
+use rustls::ClientConfig;
+
+use super::cluster::{Action, Cluster, ClusterConfig, CommandToken};
 use super::command::Error;
 use super::resp::Reply;
 use crate::ring::Ring;
 use crate::ring::socket::{Received, RingSocket, SendOutcome};
 use crate::ring::token::{Owner, SocketOp, Token};
+use crate::tls::{RecordLayer, Session, client};
 
 /// The owner of the Redis links' operations on a ring.
 pub const OWNER: Owner = Owner(2);
@@ -28,7 +37,16 @@ const RECV_BUFFER_BYTES: usize = 64 * 1024;
 struct Conn {
     socket: Option<RingSocket>,
     generation: u16,
+    /// Where it connects.
+    address: Option<SocketAddr>,
+    /// The TCP connect completed.
+    tcp: bool,
+    /// Ready for the cluster's commands (with TLS: the handshake is done).
     connected: bool,
+    /// Its TLS session, when the links speak TLS.
+    tls: Option<Box<Session>>,
+    /// TLS records not yet sent.
+    wire: Vec<u8>,
     /// Closing, and why: cancels are out; when nothing is in flight the
     /// socket goes.
     closing: Option<String>,
@@ -52,12 +70,27 @@ pub struct Links {
     actions: Vec<Action>,
     /// Open nothing new: the owner is stopping.
     shutting_down: bool,
+    /// TLS to every node, and the name to check (`None`: the node's address).
+    tls: Option<(Arc<ClientConfig>, Option<String>)>,
+    /// Scratch: the plaintext one receive's records carried.
+    plain: Vec<u8>,
 }
 
 impl Links {
-    /// No connections yet.
-    pub fn new() -> Links {
-        Links::default()
+    /// No connections yet; TLS if `config` asks for it (a CA or client
+    /// certificate file that does not load is an error).
+    pub fn new(config: &ClusterConfig) -> Result<Links, String> {
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => Some((
+                tls.client.build().map_err(|e| format!("Redis TLS: {e}"))?,
+                tls.server_name.clone(),
+            )),
+        };
+        Ok(Links {
+            tls,
+            ..Links::default()
+        })
     }
 
     /// Before the ring waits: the cluster's time-driven work, connects and
@@ -118,8 +151,22 @@ impl Links {
                 }
                 match outcome {
                     Ok(()) => {
-                        conn.connected = true;
-                        cluster.on_connected(node, now);
+                        conn.tcp = true;
+                        match &self.tls {
+                            None => {
+                                conn.connected = true;
+                                cluster.on_connected(node, now);
+                            }
+                            Some((config, name)) => {
+                                let name = name.clone().unwrap_or_else(|| {
+                                    conn.address.map(|a| a.ip().to_string()).unwrap_or_default()
+                                });
+                                match client::connect(config, &name) {
+                                    Ok(session) => conn.tls = Some(Box::new(session)),
+                                    Err(e) => conn.closing = Some(format!("TLS: {e}")),
+                                }
+                            }
+                        }
                     }
                     Err(e) => conn.closing = Some(e.to_string()),
                 }
@@ -130,7 +177,26 @@ impl Links {
                     return;
                 }
                 match received {
-                    Received::Bytes(bytes) => cluster.on_received(node, bytes, now, sink),
+                    Received::Bytes(bytes) => match &mut conn.tls {
+                        None => cluster.on_received(node, bytes, now, sink),
+                        Some(session) => {
+                            self.plain.clear();
+                            if let Err(e) = session.open(bytes, &mut self.plain) {
+                                conn.closing = Some(format!("TLS: {e}"));
+                                return;
+                            }
+                            if !conn.connected && !session.is_handshaking() {
+                                conn.connected = true;
+                                cluster.on_connected(node, now);
+                            }
+                            if session.peer_closed() {
+                                conn.closing = Some("the server closed the connection".into());
+                            }
+                            if !self.plain.is_empty() {
+                                cluster.on_received(node, &self.plain, now, sink);
+                            }
+                        }
+                    },
                     Received::Closed => {
                         conn.closing = Some("the server closed the connection".into())
                     }
@@ -193,7 +259,11 @@ impl Links {
         }
         let conn = &mut self.conns[node];
         conn.generation = generation as u16;
+        conn.address = Some(address);
+        conn.tcp = false;
         conn.connected = false;
+        conn.tls = None;
+        conn.wire.clear();
         conn.closing = None;
         match RingSocket::connect(ring, address, conn.token(node)) {
             Ok(socket) => conn.socket = Some(socket.with_receive_buffer(RECV_BUFFER_BYTES)),
@@ -201,15 +271,31 @@ impl Links {
         }
     }
 
-    /// Send what the cluster wrote for `node`, or the rest of a partial send.
+    /// Send what the cluster wrote for `node` (sealed, with TLS, and the
+    /// handshake's own messages before it), or the rest of a partial send.
     fn start_send(&mut self, ring: &mut Ring, cluster: &mut Cluster, node: usize) {
         let conn = &mut self.conns[node];
-        if !conn.connected || conn.closing.is_some() {
+        if !conn.tcp || conn.closing.is_some() {
             return;
         }
         let token = conn.token(node);
-        if let Some(socket) = conn.socket.as_mut() {
-            socket.send(ring, cluster.output(node), token);
+        let Some(socket) = conn.socket.as_mut() else {
+            return;
+        };
+        match &mut conn.tls {
+            None if conn.connected => {
+                socket.send(ring, cluster.output(node), token);
+            }
+            None => {}
+            Some(session) => {
+                let output = cluster.output(node);
+                if conn.connected && !output.is_empty() || session.wants_seal() {
+                    let mut none = Vec::new();
+                    let plain = if conn.connected { output } else { &mut none };
+                    session.seal(plain, &mut conn.wire);
+                }
+                socket.send(ring, &mut conn.wire, token);
+            }
         }
     }
 
@@ -244,7 +330,10 @@ impl Links {
                 socket.close(ring);
             }
             conn.closing = None;
+            conn.tcp = false;
             conn.connected = false;
+            conn.tls = None;
+            conn.wire.clear();
             if connected {
                 cluster.on_closed(node, &why, now, sink);
             } else {
@@ -252,7 +341,7 @@ impl Links {
             }
             return;
         }
-        if conn.connected {
+        if conn.tcp {
             socket.receive(ring, token, 0);
         }
     }

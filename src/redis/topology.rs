@@ -26,8 +26,15 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Parse a `CLUSTER SHARDS` reply from the node at `asked`.
-    pub fn from_shards(reply: &Reply<'_>, asked: SocketAddr) -> Result<Topology, String> {
+    /// Parse a `CLUSTER SHARDS` reply from the node at `asked`; `tls`:
+    /// take each node's `tls-port` (the reply names both ports, whatever
+    /// the connection; `CLUSTER SLOTS` and redirects give the one that
+    /// matches it).
+    pub fn from_shards(
+        reply: &Reply<'_>,
+        asked: SocketAddr,
+        tls: bool,
+    ) -> Result<Topology, String> {
         let Reply::Array(shards) = reply else {
             return Err(unexpected("CLUSTER SHARDS", reply));
         };
@@ -57,7 +64,7 @@ impl Topology {
                             return Err(unexpected("shard nodes", value));
                         };
                         for node in nodes {
-                            let node = ShardNode::parse(node, asked)?;
+                            let node = ShardNode::parse(node, asked, tls)?;
                             if !node.online {
                                 continue;
                             }
@@ -138,17 +145,18 @@ struct ShardNode {
 }
 
 impl ShardNode {
-    fn parse(reply: &Reply<'_>, asked: SocketAddr) -> Result<ShardNode, String> {
+    fn parse(reply: &Reply<'_>, asked: SocketAddr, tls: bool) -> Result<ShardNode, String> {
         let entries = reply
             .entries()
             .ok_or_else(|| unexpected("a shard node", reply))?;
         let (mut ip, mut endpoint, mut port, mut master, mut online) =
             (None, None, None, false, true);
+        let port_field: &[u8] = if tls { b"tls-port" } else { b"port" };
         for (key, value) in entries {
             match key.bytes() {
                 Some(b"ip") => ip = value.bytes(),
                 Some(b"endpoint") => endpoint = value.bytes(),
-                Some(b"port") => port = value.integer(),
+                Some(field) if field == port_field => port = value.integer(),
                 Some(b"role") => master = value.bytes() == Some(b"master"),
                 Some(b"health") => online = value.bytes() == Some(b"online"),
                 _ => {}
@@ -157,7 +165,11 @@ impl ShardNode {
         let port = port
             .and_then(|p| u16::try_from(p).ok())
             .filter(|&p| p > 0)
-            .ok_or("a shard node without a port")?;
+            .ok_or(if tls {
+                "a shard node without a tls-port (is TLS on in the cluster?)"
+            } else {
+                "a shard node without a port"
+            })?;
         Ok(ShardNode {
             address: address(ip.or(endpoint), port, asked)?,
             master,
@@ -234,7 +246,8 @@ mod tests {
     #[test]
     fn parses_cluster_shards() {
         let asked: SocketAddr = ASKED.parse().unwrap();
-        let topology = Topology::from_shards(&parse(Protocol::Resp2, SHARDS_RESP2), asked).unwrap();
+        let topology =
+            Topology::from_shards(&parse(Protocol::Resp2, SHARDS_RESP2), asked, false).unwrap();
         assert_eq!(
             topology.shards,
             [
@@ -258,7 +271,7 @@ mod tests {
         let bytes = b"*1\r\n%2\r\n+slots\r\n*2\r\n:0\r\n:16383\r\n+nodes\r\n*1\r\n\
 %4\r\n+port\r\n:7000\r\n+ip\r\n+127.0.0.1\r\n+role\r\n+master\r\n+health\r\n+online\r\n";
         let asked: SocketAddr = ASKED.parse().unwrap();
-        let topology = Topology::from_shards(&parse(Protocol::Resp3, bytes), asked).unwrap();
+        let topology = Topology::from_shards(&parse(Protocol::Resp3, bytes), asked, false).unwrap();
         assert_eq!(topology.shards.len(), 1);
         assert!(topology.covers_every_slot());
     }
@@ -268,7 +281,7 @@ mod tests {
         let bytes = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n\
 *8\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$4\r\nfail\r\n";
         let asked: SocketAddr = ASKED.parse().unwrap();
-        let topology = Topology::from_shards(&parse(Protocol::Resp2, bytes), asked).unwrap();
+        let topology = Topology::from_shards(&parse(Protocol::Resp2, bytes), asked, false).unwrap();
         assert!(topology.shards.is_empty());
     }
 
@@ -296,8 +309,30 @@ mod tests {
                 Reply::Array(vec![Reply::Integer(99_999), Reply::Integer(1)]),
             ])]),
         ] {
-            assert!(Topology::from_shards(&reply, asked).is_err(), "{reply:?}");
+            assert!(
+                Topology::from_shards(&reply, asked, false).is_err(),
+                "{reply:?}"
+            );
             assert!(Topology::from_slots(&reply, asked).is_err(), "{reply:?}");
         }
+    }
+
+    #[test]
+    fn a_tls_client_takes_each_nodes_tls_port() {
+        let asked = ASKED.parse().unwrap();
+        let bytes = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n\
+*12\r\n$4\r\nport\r\n:7000\r\n$8\r\ntls-port\r\n:8000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n\
+$4\r\nrole\r\n$6\r\nmaster\r\n$6\r\nhealth\r\n$6\r\nonline\r\n$2\r\nid\r\n$1\r\nx\r\n";
+        let reply = parse(Protocol::Resp2, bytes);
+        let plain = Topology::from_shards(&reply, asked, false).unwrap();
+        assert_eq!(plain.shards[0].master, "127.0.0.1:7000".parse().unwrap());
+        let tls = Topology::from_shards(&reply, asked, true).unwrap();
+        assert_eq!(tls.shards[0].master, "127.0.0.1:8000".parse().unwrap());
+        // A cluster without TLS has no tls-port to give.
+        let without = b"*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n\
+*6\r\n$4\r\nport\r\n:7000\r\n$2\r\nip\r\n$9\r\n127.0.0.1\r\n$4\r\nrole\r\n$6\r\nmaster\r\n";
+        let error =
+            Topology::from_shards(&parse(Protocol::Resp2, without), asked, true).unwrap_err();
+        assert!(error.contains("tls-port"), "{error}");
     }
 }

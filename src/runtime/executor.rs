@@ -261,6 +261,10 @@ impl<A: Application> Executor<A> {
         ring.submitter()
             .register_files_sparse(config.direct_slots as u32)?;
         let now = Instant::now();
+        let links = match &config.redis {
+            None => Links::default(),
+            Some(redis) => Links::new(redis).map_err(io::Error::other)?,
+        };
         let io = Io::new(
             IoConfig {
                 max_redis_in_flight: config.max_redis_in_flight,
@@ -311,7 +315,7 @@ impl<A: Application> Executor<A> {
                 sampled: Vec::new(),
             },
             io,
-            links: Links::new(),
+            links,
             tasks: Tasks::default(),
             spawned: Vec::new(),
             finished: Vec::new(),

@@ -15,9 +15,10 @@ use crate::http::Limits;
 use crate::http::conn::MAX_PIPELINE_DEPTH;
 use crate::http::request::{HeadLimits, MAX_HEADERS_LIMIT};
 use crate::lifecycle::ReadinessChecks;
-use crate::redis::cluster::ClusterConfig;
+use crate::redis::cluster::{ClusterConfig, RedisTls};
 use crate::runtime::ExecutorConfig;
 use crate::server::admin::AdminLimits;
+use crate::tls::client::ClientTls;
 use crate::tls::server::TlsFiles;
 use crate::writeback::drain::WritebackConfig;
 use crate::writeback::table::Tables;
@@ -142,6 +143,16 @@ serve_options! {
     redis_seeds: String = String::new(), env "MILLRACE_REDIS_SEEDS";
     /// Time a Redis command may take before its request gets 503, in milliseconds [default: 1000]
     redis_command_timeout_ms: u64 = 1000, env "MILLRACE_REDIS_COMMAND_TIMEOUT_MS";
+    /// Speak TLS to Redis: redis_seeds name the nodes' tls-ports, and the cluster announces its TLS ports to TLS clients. Each node's certificate is verified, and its host: the IP address the cluster gives, or redis_tls_server_name [default: false]
+    redis_tls: bool = false, env "MILLRACE_REDIS_TLS";
+    /// PEM file of CAs to trust for Redis's certificates instead of the system's [default: empty]
+    redis_ca_file: String = String::new(), env "MILLRACE_REDIS_CA_FILE";
+    /// The name every Redis node's certificate must hold; empty: each node's IP address [default: empty]
+    redis_tls_server_name: String = String::new(), env "MILLRACE_REDIS_TLS_SERVER_NAME";
+    /// PEM file of a client certificate chain to present to Redis (tls-auth-clients yes), with redis_tls_key_file [default: empty]
+    redis_tls_cert_file: String = String::new(), env "MILLRACE_REDIS_TLS_CERT_FILE";
+    /// PEM file of that client certificate's private key [default: empty]
+    redis_tls_key_file: String = String::new(), env "MILLRACE_REDIS_TLS_KEY_FILE";
     /// Redis commands one executor may have in flight; beyond it a /v1 request is answered 503 at once (shedding overload at the door, not queueing it in Redis) [default: 4096]
     max_redis_in_flight: usize = 4096, env "MILLRACE_MAX_REDIS_IN_FLIGHT";
     /// Write-back stream partitions; must match the database core's [default: 16]
@@ -306,6 +317,9 @@ impl ServeConfig {
         self.redis_seed_list()?;
         self.admin_address()?;
         self.tls()?;
+        if let Some(tls) = self.redis_tls_settings()? {
+            tls.client.build().map_err(|e| format!("Redis TLS: {e}"))?;
+        }
         self.readiness_checks()?;
         if self.ack_replicas > 0 && self.ack_timeout_ms >= self.redis_command_timeout_ms {
             return Err("ack_timeout_ms must be below redis_command_timeout_ms".into());
@@ -461,7 +475,20 @@ impl ServeConfig {
         let seeds = self.redis_seed_list().ok().filter(|s| !s.is_empty())?;
         let mut config = ClusterConfig::new(seeds).credentials_from_env();
         config.command_timeout = Duration::from_millis(self.redis_command_timeout_ms);
+        // Checked by `validate`.
+        config.tls = self.redis_tls_settings().ok().flatten();
         Some(config)
+    }
+
+    /// TLS to Redis, if asked for.
+    pub fn redis_tls_settings(&self) -> Result<Option<RedisTls>, String> {
+        redis_tls(
+            self.redis_tls,
+            &self.redis_ca_file,
+            &self.redis_tls_server_name,
+            &self.redis_tls_cert_file,
+            &self.redis_tls_key_file,
+        )
     }
 
     /// Render as TOML, loadable with `--config`; a password in
@@ -524,6 +551,47 @@ impl ServeConfig {
             tls: None,
         }
     }
+}
+
+/// TLS to Redis from its options (`millrace serve`'s and `millrace
+/// writeback`'s are the same); a file option without `tls` is an error.
+pub fn redis_tls(
+    tls: bool,
+    ca_file: &str,
+    server_name: &str,
+    cert_file: &str,
+    key_file: &str,
+) -> Result<Option<RedisTls>, String> {
+    let path = |p: &str| (!p.trim().is_empty()).then(|| PathBuf::from(p.trim()));
+    let (ca, cert, key) = (path(ca_file), path(cert_file), path(key_file));
+    let name = (!server_name.trim().is_empty()).then(|| server_name.trim().to_owned());
+    if !tls {
+        if ca.is_some() || cert.is_some() || key.is_some() || name.is_some() {
+            return Err(
+                "redis_ca_file, redis_tls_server_name, redis_tls_cert_file and \
+                        redis_tls_key_file need redis_tls"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    }
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert, key)),
+        _ => {
+            return Err("redis_tls_cert_file and redis_tls_key_file go together".into());
+        }
+    };
+    Ok(Some(RedisTls {
+        client: ClientTls {
+            ca_file: ca,
+            insecure: false,
+            identity,
+            alpn: Vec::new(),
+            resumption_sessions: 64,
+        },
+        server_name: name,
+    }))
 }
 
 /// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.

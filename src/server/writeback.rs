@@ -28,6 +28,36 @@ pub struct WritebackOptions {
         required = true
     )]
     pub redis: Vec<SocketAddr>,
+    /// Speak TLS to Redis (--redis names the nodes' tls-ports); each node's certificate and host are verified
+    #[arg(long, env = "MILLRACE_REDIS_TLS")]
+    pub redis_tls: bool,
+    /// PEM file of CAs to trust for Redis's certificates instead of the system's
+    #[arg(
+        long,
+        env = "MILLRACE_REDIS_CA_FILE",
+        value_name = "FILE",
+        default_value = ""
+    )]
+    pub redis_ca_file: String,
+    /// The name every Redis node's certificate must hold [default: each node's IP address]
+    #[arg(long, env = "MILLRACE_REDIS_TLS_SERVER_NAME", default_value = "")]
+    pub redis_tls_server_name: String,
+    /// PEM file of a client certificate chain to present to Redis, with --redis-tls-key-file
+    #[arg(
+        long,
+        env = "MILLRACE_REDIS_TLS_CERT_FILE",
+        value_name = "FILE",
+        default_value = ""
+    )]
+    pub redis_tls_cert_file: String,
+    /// PEM file of that client certificate's private key
+    #[arg(
+        long,
+        env = "MILLRACE_REDIS_TLS_KEY_FILE",
+        value_name = "FILE",
+        default_value = ""
+    )]
+    pub redis_tls_key_file: String,
     /// PostgreSQL connection URL, such as postgres://user:password@127.0.0.1:5440/millrace; add ?sslmode=require for TLS (the certificate and host name verified)
     #[arg(long, env = "MILLRACE_POSTGRES_URL")]
     pub postgres: String,
@@ -97,11 +127,18 @@ impl WritebackOptions {
         if !(1..=1_000_000).contains(&self.batch_rows) {
             return Err("--batch-rows must be from 1 to 1000000".into());
         }
-        let mut config = WritebackConfig::new(
-            ClusterConfig::new(self.redis).credentials_from_env(),
-            self.postgres,
-            tables,
-        );
+        let mut redis = ClusterConfig::new(self.redis).credentials_from_env();
+        redis.tls = super::config::redis_tls(
+            self.redis_tls,
+            &self.redis_ca_file,
+            &self.redis_tls_server_name,
+            &self.redis_tls_cert_file,
+            &self.redis_tls_key_file,
+        )?;
+        if let Some(tls) = &redis.tls {
+            tls.client.build().map_err(|e| format!("Redis TLS: {e}"))?;
+        }
+        let mut config = WritebackConfig::new(redis, self.postgres, tables);
         db::check_url(&config.postgres_url, self.postgres_ca_file.as_deref())?;
         config.postgres_ca_file = self.postgres_ca_file;
         config.partitions = self.partitions;
