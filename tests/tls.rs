@@ -8,8 +8,10 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cluster::{RedisCluster, TLS_OFFSET};
+use common::postgres::Postgres;
 use common::tls::{cert, certs, curl, python, s_client, text};
-use common::{PATIENCE, Server, closed_by_server, sample};
+use common::{PATIENCE, Server, closed_by_server, kv, sample};
 
 /// A server with HTTPS on a free port, the test certificate, and `args`.
 fn https_server(args: &[&str]) -> Server {
@@ -613,4 +615,133 @@ fn the_load_generator_measures_https_with_handshakes_apart() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file is for https URLs"));
+}
+
+#[test]
+fn redis_links_speak_tls_verify_the_nodes_and_follow_redirects_to_tls_ports() {
+    let dir = certs();
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let cluster = RedisCluster::start_configured(3, 0, None, 2000, &["--tls", &dir_text]);
+    let postgres = Postgres::start();
+    let ca = cert("ca.pem");
+    // One TLS seed is enough: the layout names the others' TLS ports.
+    let seed = cluster
+        .tls_seed_list()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seed,
+        "--redis-tls",
+        "true",
+        "--redis-ca-file",
+        &ca,
+        "--postgres-url",
+        &postgres.url,
+    ]);
+
+    let mut stream = server.connect();
+    for i in 0..20 {
+        let response = kv(&mut stream, "PUT", &format!("key{i}"), b"before");
+        assert_eq!(response.status, 202, "{}", response.text());
+    }
+    // Every slot of the first master moves to the second, keys and all,
+    // after the server learned the layout: the first answers MOVED with the
+    // second's TLS port, which is taken.
+    let table = cluster.nodes_table();
+    let id = |port: u16| table.iter().find(|n| n.1 == port).unwrap().0.clone();
+    let reshard = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert", &ca, "--cluster", "reshard"])
+        .arg(format!("127.0.0.1:{}", cluster.port + TLS_OFFSET))
+        .args([
+            "--cluster-from",
+            &id(cluster.port),
+            "--cluster-to",
+            &id(cluster.port + 1),
+        ])
+        .args(["--cluster-slots", "16384", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(reshard.status.success(), "{}", text(&reshard));
+    for i in 0..20 {
+        let key = format!("key{i}");
+        assert_eq!(kv(&mut stream, "GET", &key, b"").text(), "before", "{key}");
+        let response = kv(&mut stream, "PUT", &key, b"after");
+        assert_eq!(response.status, 202, "{}", response.text());
+        assert_eq!(kv(&mut stream, "GET", &key, b"").text(), "after", "{key}");
+    }
+
+    // Every write lands in PostgreSQL through the database core's TLS links.
+    let deadline = Instant::now() + PATIENCE * 3;
+    let landed = "select count(*) from kv where value = 'after'";
+    while postgres.try_query(landed).as_deref() != Some("20") {
+        assert!(Instant::now() < deadline, "the writes did not land");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = server.metrics();
+    assert!(
+        sample_sum(&metrics, "millrace_redis_moved_total") >= 1,
+        "{metrics}"
+    );
+    // Only TLS ports were ever connected to.
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("millrace_redis_connects_total{"))
+    {
+        let port: u16 = line
+            .split("node=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|node| node.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        assert!(port >= cluster.port + TLS_OFFSET, "{line}");
+    }
+
+    // A name the certificates do not hold, a CA that did not sign them:
+    // refused at start, saying why.
+    let stranger = cert("stranger-ca.pem");
+    for (extra, says) in [
+        (
+            vec![
+                "--redis-ca-file",
+                &ca,
+                "--redis-tls-server-name",
+                "other.example",
+            ],
+            "not valid for name \"other.example\"",
+        ),
+        (vec!["--redis-ca-file", &stranger], "UnknownIssuer"),
+    ] {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-seeds",
+            &seed,
+            "--redis-tls",
+            "true",
+            "--admin-listen",
+            "",
+        ];
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(says), "{args:?}: {said}");
+    }
+}
+
+/// The sum of every sample of the family `name`.
+fn sample_sum(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

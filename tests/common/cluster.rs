@@ -16,9 +16,15 @@ pub struct RedisCluster {
     pub nodes: Vec<SocketAddr>,
     /// Password, if any.
     pub password: Option<String>,
-    /// This process's claim on the port range, removed on drop.
-    claim: PathBuf,
+    /// Its nodes also listen for TLS, each on its port + [`TLS_OFFSET`].
+    pub tls: bool,
+    /// This process's claims on the port ranges, removed on drop.
+    claims: Vec<PathBuf>,
 }
+
+/// How far above its plain port a node's TLS port is
+/// (scripts/redis-cluster.sh --tls).
+pub const TLS_OFFSET: u16 = 1000;
 
 impl RedisCluster {
     /// `masters` masters with `replicas` replicas each.
@@ -46,7 +52,8 @@ impl RedisCluster {
         script_options: &[&str],
     ) -> RedisCluster {
         let count = masters * (replicas + 1);
-        let (port, claim) = free_port_range(count);
+        let tls = script_options.contains(&"--tls");
+        let (port, claims) = free_port_range(count, tls);
         let dir =
             std::env::temp_dir().join(format!("millrace-redis-{}-{port}", std::process::id()));
         let mut command = Command::new(concat!(
@@ -77,7 +84,8 @@ impl RedisCluster {
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], port + i)))
                 .collect(),
             password: password.map(str::to_string),
-            claim,
+            tls,
+            claims,
         };
         assert!(
             output.status.success(),
@@ -96,6 +104,17 @@ impl RedisCluster {
     /// The seeds as `--redis-seeds` and `MILLRACE_REDIS_SEEDS` take them.
     pub fn seed_list(&self) -> String {
         let seeds: Vec<String> = self.nodes.iter().map(|s| s.to_string()).collect();
+        seeds.join(",")
+    }
+
+    /// The nodes' TLS ports as a seed list.
+    pub fn tls_seed_list(&self) -> String {
+        assert!(self.tls, "a cluster started without --tls");
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|s| format!("{}:{}", s.ip(), s.port() + TLS_OFFSET))
+            .collect();
         seeds.join(",")
     }
 
@@ -185,14 +204,16 @@ impl Drop for RedisCluster {
         .arg("--dir")
         .arg(&self.dir)
         .output();
-        let _ = std::fs::remove_file(&self.claim);
+        for claim in &self.claims {
+            let _ = std::fs::remove_file(claim);
+        }
     }
 }
 
 /// A base port with `count` free ports after it, and free bus ports
 /// (+10000), claimed with a file that other test processes respect: tests
 /// run in parallel processes, and two clusters on one range would join.
-fn free_port_range(count: usize) -> (u16, PathBuf) {
+fn free_port_range(count: usize, tls: bool) -> (u16, Vec<PathBuf>) {
     let claims = std::env::temp_dir().join("millrace-redis-ports");
     std::fs::create_dir_all(&claims).unwrap();
     let seed = claim_seed();
@@ -204,15 +225,30 @@ fn free_port_range(count: usize) -> (u16, PathBuf) {
         let Some(claim) = claim_range(&claims, base) else {
             continue;
         };
+        let mut held = vec![claim];
+        // TLS ports: the range TLS_OFFSET above, itself a base others claim.
+        let tls_base = base + usize::from(TLS_OFFSET);
+        if tls {
+            match claim_range(&claims, tls_base) {
+                Some(claim) => held.push(claim),
+                None => {
+                    let _ = std::fs::remove_file(&held[0]);
+                    continue;
+                }
+            }
+        }
         let free = (0..count).all(|i| {
             let port = (base + i) as u16;
             TcpListener::bind(("127.0.0.1", port)).is_ok()
                 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+                && (!tls || TcpListener::bind(("127.0.0.1", port + TLS_OFFSET)).is_ok())
         });
         if free {
-            return (base as u16, claim);
+            return (base as u16, held);
         }
-        let _ = std::fs::remove_file(&claim);
+        for claim in held {
+            let _ = std::fs::remove_file(claim);
+        }
     }
     panic!("no free port range for a Redis Cluster");
 }
