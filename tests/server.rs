@@ -502,3 +502,27 @@ fn napi_busy_polling_registers_on_each_ring_and_serves() {
         .unwrap_or_else(|| panic!("doctor reports NAPI:\n{text}"));
     assert!(line.contains(" ok "), "{line}");
 }
+
+/// Every response that closes its connection shuts that connection's
+/// write side: a shutdown still queued in the kernel when the socket's
+/// direct descriptor was closed and handed to the next connection once
+/// shut that one instead, and its client read an empty answer.
+#[test]
+fn closing_a_connection_never_shuts_the_next_one() {
+    let server = Server::start(&[]);
+    let http = format!("http://{}/plaintext", server.addr);
+    let output = Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["load", &http, "-c", "16", "-n", "10000"])
+        .args(["-H", "Connection: close", "--max-error-ratio", "0"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(table.contains("Errors       0 "), "{table}");
+    let metrics = server.metrics();
+    assert!(sample(&metrics, "millrace_connections_accepted_total{core=\"0\"}") >= 10000);
+}

@@ -213,7 +213,8 @@ impl Links {
                     conn.closing = Some(e.to_string());
                 }
             }
-            None => {}
+            // The links never shut a socket half.
+            Some(SocketOp::Shutdown) | None => {}
         }
     }
 

@@ -327,16 +327,29 @@ impl RingSocket {
     }
 
     /// Shut the write side (an accepted connection whose last response
-    /// is out); nothing waits for its completion.
-    pub fn shutdown_write(&mut self, ring: &mut Ring) {
+    /// is out). Its completion carries `token`'s [`SocketOp::Shutdown`],
+    /// and the socket is not idle until it comes: the kernel runs a
+    /// shutdown on a worker thread, where it looks its descriptor up, so a
+    /// direct descriptor closed and reused before then would have the next
+    /// connection shut instead.
+    pub fn shutdown_write(&mut self, ring: &mut Ring, token: Token) {
+        if self.armed.has(SocketOp::Shutdown) {
+            return;
+        }
         let entry = match self.raw_fd() {
             FdRef::Fixed(fd) => opcode::Shutdown::new(fd, libc::SHUT_WR).build(),
             FdRef::Owned(fd) => opcode::Shutdown::new(fd, libc::SHUT_WR).build(),
         }
-        .user_data(Token::IGNORED.encode());
-        // SAFETY: a shutdown points at no memory; the descriptor outlives
-        // it (a direct descriptor is closed through the ring, after it).
+        .user_data(token.with_op(SocketOp::Shutdown as u8).encode());
+        self.armed.set(SocketOp::Shutdown, true);
+        // SAFETY: a shutdown points at no memory; the descriptor is closed
+        // only once the socket is idle, after this completes.
         unsafe { ring.push(&entry) };
+    }
+
+    /// A shutdown's completion.
+    pub fn on_shutdown(&mut self) {
+        self.armed.set(SocketOp::Shutdown, false);
     }
 
     /// Let the socket go, nothing being in flight: a direct descriptor is

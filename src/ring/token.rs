@@ -29,6 +29,8 @@ pub enum SocketOp {
     Recv = 2,
     /// Sending.
     Send = 3,
+    /// Shutting the write side.
+    Shutdown = 4,
 }
 
 impl SocketOp {
@@ -41,6 +43,7 @@ impl SocketOp {
             1 => Some(SocketOp::Connect),
             2 => Some(SocketOp::Recv),
             3 => Some(SocketOp::Send),
+            4 => Some(SocketOp::Shutdown),
             _ => None,
         }
     }

@@ -445,6 +445,7 @@ impl<A: Application> Executor<A> {
                     op => match SocketOp::of(op) {
                         Some(SocketOp::Recv) => self.on_recv(completion),
                         Some(SocketOp::Send) => self.on_send(completion),
+                        Some(SocketOp::Shutdown) => self.on_shutdown(completion),
                         _ => {}
                     },
                 },
@@ -685,6 +686,14 @@ impl<A: Application> Executor<A> {
         self.touch(token.slot);
     }
 
+    fn on_shutdown(&mut self, completion: Completion) {
+        let token = completion.token;
+        if let Some(conn) = self.conns.get_mut(token.slot, token.generation) {
+            conn.socket.on_shutdown();
+            self.touch(token.slot);
+        }
+    }
+
     /// Redis completions handled: re-arm receives, finish closes.
     fn redis_settle(&mut self) {
         let (ring, links, now) = (&mut self.ring, &mut self.links, self.now);
@@ -827,7 +836,7 @@ impl<A: Application> Executor<A> {
             } else if conn.is_closing() {
                 // The final response is out: no more writes; read until the
                 // peer closes so that it sees the response, not a reset.
-                conn.socket.shutdown_write(&mut self.ring);
+                conn.socket.shutdown_write(&mut self.ring, token);
                 conn.life = Life::Lingering;
                 self.timers.arm(slot, TimerKind::Linger, self.now);
             } else if conn.read_closed || (draining && conn.http.is_idle()) {
