@@ -576,12 +576,18 @@ fn the_load_generator_measures_https_with_handshakes_apart() {
     let (report, output) = load(&per_request);
     assert!(output.status.success(), "{report}");
     assert_eq!(number(&report, "/requests/answered"), 40, "{report}");
+    assert_eq!(number(&report, "/errors/connect"), 0, "{report}");
+    // Two tickets come with each handshake, and each reconnect takes one.
+    // (A connection may reconnect as the last request goes out on the
+    // other: one handshake more than requests, at most, per connection.)
     assert_eq!(number(&report, "/tls/full_handshakes"), 2, "{report}");
-    assert_eq!(number(&report, "/tls/resumed_handshakes"), 38, "{report}");
+    let resumed = number(&report, "/tls/resumed_handshakes");
+    assert!((38..=40).contains(&resumed), "{report}");
     let mut fresh = per_request.to_vec();
     fresh.push("--no-resumption");
     let (report, _) = load(&fresh);
-    assert_eq!(number(&report, "/tls/full_handshakes"), 40, "{report}");
+    let full = number(&report, "/tls/full_handshakes");
+    assert!((40..=42).contains(&full), "{report}");
     assert_eq!(number(&report, "/tls/resumed_handshakes"), 0, "{report}");
     // Handshakes are timed on their own.
     assert!(report["tls"]["handshake_ms"]["max"].as_f64().unwrap() > 0.0);
@@ -591,7 +597,7 @@ fn the_load_generator_measures_https_with_handshakes_apart() {
             &metrics,
             "millrace_tls_handshakes_total{core=\"0\",kind=\"resumed\"}"
         ),
-        38,
+        resumed,
         "{metrics}"
     );
 

@@ -621,6 +621,12 @@ impl Engine {
         conn.out.clear();
         conn.tls = None;
         conn.wire.clear();
+        if !self.budget_left() && self.conns[slot].queued.is_empty() {
+            // Every budgeted request is issued and none waits for this
+            // connection: a new one would only add a handshake.
+            return;
+        }
+        let conn = &mut self.conns[slot];
         let at = if conn.connect_failures == 0 {
             self.now
         } else {

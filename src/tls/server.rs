@@ -107,9 +107,10 @@ fn build(files: &TlsFiles, ticketer: &Arc<dyn ProducesTickets>) -> Result<Server
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     config.ticketer = Arc::clone(ticketer);
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    // One ticket per handshake: a ticket resumes one connection, and each
-    // resumption brings the next.
-    config.send_tls13_tickets = 1;
+    // Two tickets per handshake (rustls's and OpenSSL's default): a ticket
+    // resumes one connection, and a client opening several at once (a
+    // browser, a pool) keeps one for each.
+    config.send_tls13_tickets = 2;
     Ok(config)
 }
 
