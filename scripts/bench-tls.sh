@@ -249,7 +249,7 @@ for round in $(seq 1 "$rounds"); do
       if [ "$links" = redis-plain ]; then
         start_millrace "$plain" "" "$seeds"
       else
-        start_millrace "$plain" "" "$tls_seeds" --redis-tls --redis-ca-file "$certs/ca.pem"
+        start_millrace "$plain" "" "$tls_seeds" --redis-tls true --redis-ca-file "$certs/ca.pem"
       fi
       for depth in 1 16; do
         record "$round" "$links" kv-put "$depth" "$(measure kv-put "http://127.0.0.1:$plain" "$depth")"

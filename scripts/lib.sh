@@ -49,21 +49,30 @@ build_base() {
   baseline="$dir/target/release/millrace"
 }
 
-# bench_redis NAME BASE [NOTE]: a benchmark's 3-master Redis Cluster on
-# $load_cpu, its files in var/NAME-redis (redis_dir), its first port BASE +
-# RANDOM % 600 (redis_port; keep BASE + 10600 below 32768: bus ports are
-# +10000 and the ephemeral range starts there), its seed list in seeds.
+# bench_redis NAME BASE [NOTE [OPTION...]]: a benchmark's 3-master Redis
+# Cluster on $load_cpu, its files in var/NAME-redis (redis_dir), its first
+# port BASE + RANDOM % 600 (redis_port; keep BASE + 10600 below 32768: bus
+# ports are +10000 and the ephemeral range starts there), its seed list in
+# seeds; OPTIONs go to scripts/redis-cluster.sh start (with --tls DIR, the
+# TLS ports' seed list is in tls_seeds).
 # Also makes $work and $pids (make_work), and an EXIT trap that stops them
 # and the cluster. Call from the repository root.
 bench_redis() {
   redis_dir="$PWD/var/$1-redis"
   redis_port=$(($2 + RANDOM % 600))
+  local what="${3:-}"
+  shift $(( $# < 3 ? $# : 3 ))
   make_work
   trap bench_redis_cleanup EXIT
   scripts/redis-cluster.sh stop --dir "$redis_dir" > /dev/null 2>&1 || true
-  step "a 3-master Redis Cluster on CPU $load_cpu${3:+ ($3)}"
+  step "a 3-master Redis Cluster on CPU $load_cpu${what:+ ($what)}"
+  local printed
+  printed=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$redis_dir" --port "$redis_port" "$@")
   # shellcheck disable=SC2034 # for the caller
-  seeds=$(taskset -c "$load_cpu" scripts/redis-cluster.sh start --dir "$redis_dir" --port "$redis_port")
+  seeds="127.0.0.1:$redis_port,127.0.0.1:$((redis_port + 1)),127.0.0.1:$((redis_port + 2))"
+  # With --tls the script printed the TLS ports.
+  # shellcheck disable=SC2034 # for the caller
+  tls_seeds="$printed"
 }
 
 bench_redis_cleanup() {

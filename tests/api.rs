@@ -920,3 +920,85 @@ fn overload_sheds_at_the_door_and_leaves_nothing() {
         "{metrics}"
     );
 }
+
+/// libpq's modes mean here what they say: `verify-full` (and `require`)
+/// check the certificate and the host name, `verify-ca` the certificate
+/// only. The server's certificate names 127.0.0.1 and localhost; the URL
+/// names another host and reaches 127.0.0.1 through `hostaddr`.
+#[test]
+fn postgres_verify_modes_check_the_host_name_only_where_they_say() {
+    let cluster = RedisCluster::start(3, 0);
+    let postgres = Postgres::start_tls();
+    let seeds = cluster.seed_list();
+    let ca = postgres.ca_file();
+    let ca = ca.to_str().unwrap();
+    let elsewhere = |mode: &str| {
+        let url = postgres
+            .url
+            .replace("@127.0.0.1:", "@db.elsewhere.example:");
+        format!("{url}?hostaddr=127.0.0.1&sslmode={mode}")
+    };
+    // verify-full and require: refused for the name, and retried (the
+    // database core waits out a database it cannot use).
+    for mode in ["verify-full", "require"] {
+        let server = Server::start(&[
+            "--redis-seeds",
+            &seeds,
+            "--postgres-url",
+            &elsewhere(mode),
+            "--postgres-ca-file",
+            ca,
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.log().contains("hostname mismatch") {
+            assert!(Instant::now() < deadline, "{mode}: {}", server.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!server.log().contains(":millrace@"), "{}", server.log());
+    }
+    // verify-ca: the chain is enough, and writes land over TLS.
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--postgres-url",
+        &elsewhere("verify-ca"),
+        "--postgres-ca-file",
+        ca,
+    ]);
+    let mut stream = server.connect();
+    assert_eq!(kv(&mut stream, "PUT", "chain-only", b"v").status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres.try_query("select count(*) from kv").as_deref() != Some("1") {
+        assert!(
+            Instant::now() < deadline,
+            "the write did not land: {}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        server
+            .log()
+            .contains("transport=\"TLS, the certificate verified, not the host name"),
+        "{}",
+        server.log()
+    );
+    // verify-full with a name the certificate holds: served.
+    let named = postgres.url.replace("@127.0.0.1:", "@localhost:");
+    let server = Server::start(&[
+        "--redis-seeds",
+        &seeds,
+        "--postgres-url",
+        &format!("{named}?sslmode=verify-full"),
+        "--postgres-ca-file",
+        ca,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .log()
+        .contains("transport=\"TLS, the certificate and the host name verified")
+    {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -203,10 +203,23 @@ fn a_client_refuses_what_it_should_and_the_server_refuses_old_versions() {
         assert!(said.contains("alert"), "{flag}: {said}");
         assert!(said.contains("Cipher is (NONE)"), "{flag}: {said}");
     }
+    // A client that offers ALPN without http/1.1 is refused with the alert
+    // that says so.
+    let out = s_client(&[
+        "-alpn",
+        "h2",
+        "-connect",
+        &format!("127.0.0.1:{}", port(&server)),
+    ]);
+    assert!(
+        text(&out).contains("no application protocol"),
+        "{}",
+        text(&out)
+    );
     let metrics = server.metrics();
     assert_eq!(
         sample(&metrics, "millrace_tls_errors_total{core=\"0\"}"),
-        2,
+        3,
         "{metrics}"
     );
     // Nothing was served before those handshakes failed.

@@ -80,11 +80,10 @@ impl Database {
         ca_file: Option<&Path>,
         tables: &Tables,
     ) -> Result<Database, String> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| format!("postgres_url: {e}"))?;
-        let (client, driver) = if config.get_ssl_mode() == SslMode::Require {
+        let (config, tls) = parse(url)?;
+        let (client, driver) = if let Some(check) = tls {
             let (client, connection) = config
-                .connect(tls_connector(ca_file)?)
+                .connect(tls_connector(ca_file, check)?)
                 .await
                 .map_err(|e| with_causes(&e))?;
             (client, tokio::task::spawn_local(drive(connection)))
@@ -311,9 +310,76 @@ where
     }
 }
 
-/// TLS 1.2 or later, the peer verified against the default CAs and
-/// `ca_file`'s.
-fn tls_connector(ca_file: Option<&Path>) -> Result<MakeTlsConnector, String> {
+/// What a TLS connection to PostgreSQL checks of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Its certificate chain and its host name (`require`, `verify-full`).
+    Full,
+    /// Its certificate chain only (`verify-ca`).
+    Chain,
+}
+
+/// `url` with libpq's `sslmode=verify-ca` or `verify-full` (which
+/// tokio-postgres does not read) replaced by `require`, and the check that
+/// mode asks for. Both the URL form (a query parameter) and the key=value
+/// form (a `sslmode=...` word, quoted or not) are read.
+fn split_sslmode(url: &str) -> (String, Option<Verify>) {
+    let verify = |value: &str| match value.trim_matches('\'') {
+        "verify-ca" => Some(Verify::Chain),
+        "verify-full" => Some(Verify::Full),
+        _ => None,
+    };
+    let mut found = None;
+    let rewritten = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|param| match param.split_once('=') {
+                        Some(("sslmode", value)) if verify(value).is_some() => {
+                            found = verify(value);
+                            "sslmode=require".to_owned()
+                        }
+                        _ => param.to_owned(),
+                    })
+                    .collect();
+                format!("{base}?{}", params.join("&"))
+            }
+        }
+    } else {
+        url.split(' ')
+            .map(|word| match word.split_once('=') {
+                Some(("sslmode", value)) if verify(value).is_some() => {
+                    found = verify(value);
+                    "sslmode=require".to_owned()
+                }
+                _ => word.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rewritten, found)
+}
+
+/// The connection settings in `url`, and whether (and how) it is TLS:
+/// `require` and `verify-full` check the chain and the host name,
+/// `verify-ca` the chain; anything else is plain TCP.
+fn parse(url: &str) -> Result<(tokio_postgres::Config, Option<Verify>), String> {
+    let (rewritten, verify) = split_sslmode(url);
+    let config: tokio_postgres::Config = rewritten
+        .parse()
+        .map_err(|e| format!("postgres_url: {e}"))?;
+    let tls = match config.get_ssl_mode() {
+        SslMode::Require => Some(verify.unwrap_or(Verify::Full)),
+        _ => None,
+    };
+    Ok((config, tls))
+}
+
+/// TLS 1.2 or later, the peer's chain verified against the default CAs
+/// and `ca_file`'s, and its host name unless `verify` is [`Verify::Chain`].
+fn tls_connector(ca_file: Option<&Path>, verify: Verify) -> Result<MakeTlsConnector, String> {
     let tls = |e: openssl::error::ErrorStack| format!("TLS set-up: {e}");
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls)?;
     builder
@@ -324,39 +390,86 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<MakeTlsConnector, String> {
             .set_ca_file(path)
             .map_err(|e| format!("postgres_ca_file {}: {e}", path.display()))?;
     }
-    Ok(MakeTlsConnector::new(builder.build()))
+    let mut connector = MakeTlsConnector::new(builder.build());
+    if verify == Verify::Chain {
+        connector.set_callback(|config, _host| {
+            config.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
 }
 
 /// How the connections to `url` are made, in words for the log: millrace
-/// negotiates nothing. Without `sslmode=require` (including `prefer`,
-/// PostgreSQL's own default) they are plain TCP, never a silent fallback.
+/// negotiates nothing. Without `sslmode=require`, `verify-ca` or
+/// `verify-full` (so with `prefer`, PostgreSQL's own default) they are
+/// plain TCP, never a silent fallback.
 pub fn transport(url: &str) -> &'static str {
-    match url
-        .parse::<tokio_postgres::Config>()
-        .map(|c| c.get_ssl_mode())
-    {
-        Ok(SslMode::Require) => "TLS, the certificate and the host name verified (sslmode=require)",
-        Ok(SslMode::Disable) => "plain TCP, no TLS (sslmode=disable)",
+    match parse(url) {
+        Ok((_, Some(Verify::Full))) => {
+            "TLS, the certificate and the host name verified (sslmode=require or verify-full)"
+        }
+        Ok((_, Some(Verify::Chain))) => {
+            "TLS, the certificate verified, not the host name (sslmode=verify-ca)"
+        }
+        Ok((config, None)) if config.get_ssl_mode() == SslMode::Disable => {
+            "plain TCP, no TLS (sslmode=disable)"
+        }
         _ => {
-            "plain TCP, no TLS: millrace uses TLS only with sslmode=require, and takes prefer (the default) as disable"
+            "plain TCP, no TLS: millrace uses TLS only with sslmode=require, verify-ca or verify-full, and takes prefer (the default) as disable"
         }
     }
 }
 
 /// Check that `url` parses and that a CA file comes only with TLS.
 pub fn check_url(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("postgres_url: {e}"))?;
-    if ca_file.is_some() && config.get_ssl_mode() != SslMode::Require {
-        return Err("postgres_ca_file is for TLS: add sslmode=require to postgres_url".into());
+    let (_, tls) = parse(url)?;
+    match (ca_file, tls) {
+        (Some(_), None) => Err(
+            "postgres_ca_file is for TLS: add sslmode=require (or verify-ca, verify-full) to postgres_url"
+                .into(),
+        ),
+        (Some(path), Some(verify)) => tls_connector(Some(path), verify).map(|_| ()),
+        (None, _) => Ok(()),
     }
-    if let Some(path) = ca_file {
-        tls_connector(Some(path))?;
-    }
-    Ok(())
 }
 
 impl Drop for Database {
     fn drop(&mut self) {
         self.driver.abort();
+    }
+}
+
+#[cfg(test)]
+mod sslmode_tests {
+    use super::*;
+
+    #[test]
+    fn libpq_verify_modes_become_require_and_say_what_to_check() {
+        let cases = [
+            ("postgres://u@h/db?sslmode=verify-full", Some(Verify::Full)),
+            (
+                "postgres://u@h/db?application_name=a&sslmode=verify-ca",
+                Some(Verify::Chain),
+            ),
+            ("postgres://u@h/db?sslmode=require", Some(Verify::Full)),
+            ("postgres://u@h/db?sslmode=prefer", None),
+            ("postgres://u@h/db", None),
+            ("host=h user=u sslmode=verify-ca", Some(Verify::Chain)),
+            ("host=h user=u sslmode='verify-full'", Some(Verify::Full)),
+            ("host=h user=u sslmode=disable", None),
+        ];
+        for (url, expected) in cases {
+            let (config, tls) = parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(tls, expected, "{url}");
+            if expected.is_some() {
+                assert_eq!(config.get_ssl_mode(), SslMode::Require, "{url}");
+            }
+        }
+        // A password that merely contains the words is left alone.
+        let (rewritten, found) = split_sslmode("postgres://u:sslmode=verify-ca@h/db");
+        assert_eq!(rewritten, "postgres://u:sslmode=verify-ca@h/db");
+        assert_eq!(found, None);
+        assert!(parse("postgres://u@h/db?sslmode=sometimes").is_err());
     }
 }
