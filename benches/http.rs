@@ -72,6 +72,7 @@ fn main() {
     let env = HttpEnv {
         limits: &limits,
         date: &date,
+        max_out_bytes: usize::MAX,
     };
     let mut http = HttpConnection::new();
     let mut out = Vec::new();

@@ -764,3 +764,120 @@ fn sample_sum(metrics: &str, name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+
+/// Python: pipeline N requests on one TLS connection without reading an
+/// answer, say so, wait for a line on stdin, then read every answer.
+const PY_FLOOD: &str = r#"
+import select, socket, ssl, sys
+port, n, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+data = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n" * n
+t.setblocking(False)
+sent = 0
+while sent < len(data):
+    try:
+        sent += t.send(data[sent:sent + 65536])
+    except (ssl.SSLWantWriteError, BlockingIOError):
+        if not select.select([], [t], [], 2)[1]:
+            break
+print("stalled", sent == len(data), flush=True)
+sys.stdin.readline()
+got = 0
+tail = b""
+marker = b"HTTP/1.1 200 OK"
+while got < n:
+    want_write = [t] if sent < len(data) else []
+    readable, writable, _ = select.select([t], want_write, [], 10)
+    if not readable and not writable:
+        break
+    if writable:
+        try:
+            sent += t.send(data[sent:sent + 65536])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            pass
+    while True:
+        try:
+            chunk = t.recv(1 << 20)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            break
+        if not chunk:
+            got = -got
+            break
+        text = tail + chunk
+        got += text.count(marker)
+        tail = text[-(len(marker) - 1):]
+    if got < 0:
+        break
+print("answered", got, flush=True)
+"#;
+
+/// With a client that writes and never reads, a connection stops being
+/// read once `tls_max_unsent_records` records wait to be sent, however
+/// deep the pipeline may go; once the client reads, all is answered.
+#[test]
+fn a_client_that_does_not_read_stops_being_read_at_the_record_limit() {
+    let requests = 200_000;
+    let mut in_flight_at = Vec::new();
+    for records in ["2", "100000"] {
+        let server = https_server(&[
+            "--max-pipeline-depth",
+            "32768",
+            "--tls-max-unsent-records",
+            records,
+        ]);
+        let mut client = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(PY_FLOOD)
+            .args([&port(&server), &requests.to_string(), &cert("ca.pem")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.starts_with("stalled"), "{line}");
+        let metrics = server.metrics();
+        in_flight_at.push(sample(
+            &metrics,
+            "millrace_http_requests_in_flight{core=\"0\"}",
+        ));
+        writeln!(client.stdin.as_mut().unwrap()).unwrap();
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), format!("answered {requests}"), "{records} records");
+        assert!(client.wait().unwrap().success());
+    }
+    // Two records hold a few hundred answers; the pipeline alone lets
+    // tens of thousands wait.
+    assert!(in_flight_at[0] < 2_000, "{in_flight_at:?}");
+    assert!(in_flight_at[1] > 10_000, "{in_flight_at:?}");
+}
+
+/// Behind a load balancer the PROXY header comes first, in the clear, and
+/// the TLS handshake after it.
+#[test]
+fn a_proxy_header_comes_before_the_handshake() {
+    let server = https_server(&["--proxy-protocol", "true", "--access-log-sample", "1"]);
+    let script = r#"
+import socket, ssl, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40123 443\r\n")
+t = ssl.create_default_context(cafile=sys.argv[2]).wrap_socket(s, server_hostname="localhost")
+t.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+print(t.recv(4096).split(b"\r\n")[0].decode())
+"#;
+    let out = python(script, &[&port(&server), &cert("ca.pem")]);
+    assert_eq!(text(&out).trim(), "HTTP/1.1 200 OK", "{}", text(&out));
+    let deadline = Instant::now() + PATIENCE;
+    while !server.log().contains("client=192.0.2.7:40123") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Without the header the connection is closed, TLS or not.
+    let mut bare = TcpStream::connect(server.tls_addr.unwrap()).unwrap();
+    bare.set_read_timeout(Some(PATIENCE)).unwrap();
+    bare.write_all(&[22, 3, 1, 0, 5, 1, 0, 0, 1, 0]).unwrap();
+    assert!(closed_by_server(&mut bare));
+}

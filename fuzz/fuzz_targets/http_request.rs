@@ -47,7 +47,11 @@ const LIMITS: Limits = Limits {
 
 /// Feed `pieces` in order, sending responses as a reactor would; return all output.
 fn run(pieces: &[&[u8]], date: &DateHeader) -> Vec<u8> {
-    let env = HttpEnv { limits: &LIMITS, date };
+    let env = HttpEnv {
+        limits: &LIMITS,
+        date,
+        max_out_bytes: usize::MAX,
+    };
     let mut conn = HttpConnection::new();
     let mut out = Vec::new();
     for piece in pieces {

@@ -36,6 +36,10 @@ pub struct HttpEnv<'a> {
     pub limits: &'a Limits,
     /// The cached `Date` header.
     pub date: &'a DateHeader,
+    /// Requests are answered only while the output buffer holds fewer
+    /// bytes than this (a TLS connection's room for records not yet
+    /// sealed); the rest wait, unparsed, as for a full pipeline.
+    pub max_out_bytes: usize,
 }
 
 /// A complete request as a handler sees it. Borrowed from the receive
@@ -388,6 +392,7 @@ impl HttpConnection {
         while !self.closing
             && !self.close_queued
             && self.unsent + self.queue.len() < env.limits.max_pipeline_depth
+            && out.len() < env.max_out_bytes
         {
             let rest = &data[pos..];
             let step = match self.body.take() {
@@ -673,6 +678,7 @@ mod tests {
         let env = HttpEnv {
             limits,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let mut out = Vec::new();
         for chunk in chunks {
@@ -746,6 +752,7 @@ mod tests {
         let env = HttpEnv {
             limits: &limits,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let input: String = (0..10).map(|i| get(&format!("/{i}"))).collect();
         let mut conn = HttpConnection::new();
@@ -761,6 +768,33 @@ mod tests {
         assert_eq!(conn.resume(&mut Echo, &mut out, &env), 0);
         assert!(conn.is_idle());
         let expected: Vec<String> = (0..10).map(|i| format!("/{i}|")).collect();
+        assert_eq!(bodies(&String::from_utf8(out).unwrap()), expected);
+    }
+
+    #[test]
+    fn a_full_output_buffer_holds_the_rest_unparsed() {
+        let date = DateHeader::new();
+        let mut env = HttpEnv {
+            limits: &LIMITS,
+            date: &date,
+            max_out_bytes: 1,
+        };
+        let input: String = (0..10).map(|i| get(&format!("/{i}"))).collect();
+        let mut conn = HttpConnection::new();
+        let mut out = Vec::new();
+        // One answer fills it; the others wait whole.
+        assert_eq!(conn.receive(input.as_bytes(), &mut Echo, &mut out, &env), 1);
+        assert_eq!(conn.phase(), Phase::Head);
+        let first = out.len();
+        // Still full: nothing more.
+        assert_eq!(conn.resume(&mut Echo, &mut out, &env), 0);
+        // Sent, and room for everything: the nine in order.
+        out.clear();
+        conn.responses_sent(1);
+        env.max_out_bytes = usize::MAX;
+        assert_eq!(conn.resume(&mut Echo, &mut out, &env), 9);
+        assert!(first > 0);
+        let expected: Vec<String> = (1..10).map(|i| format!("/{i}|")).collect();
         assert_eq!(bodies(&String::from_utf8(out).unwrap()), expected);
     }
 
@@ -924,6 +958,7 @@ mod tests {
         let env = HttpEnv {
             limits: &LIMITS,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let mut out = Vec::new();
         let mut conn = HttpConnection::new();
@@ -989,6 +1024,7 @@ mod tests {
         let env = HttpEnv {
             limits: &LIMITS,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let mut out = Vec::new();
         HttpConnection::new().receive(input, service, &mut out, &env);
@@ -1053,6 +1089,7 @@ mod tests {
         let env = HttpEnv {
             limits: &LIMITS,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let mut conn = HttpConnection::new();
         let mut out = Vec::new();
@@ -1101,6 +1138,7 @@ mod tests {
         let env = HttpEnv {
             limits: &LIMITS,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let mut conn = HttpConnection::new();
         let mut out = Vec::new();
@@ -1135,6 +1173,7 @@ mod tests {
         let env = HttpEnv {
             limits: &limits,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         let mut conn = HttpConnection::new();
         let mut out = Vec::new();
@@ -1162,6 +1201,7 @@ mod tests {
         let env = HttpEnv {
             limits: &LIMITS,
             date: &date,
+            max_out_bytes: usize::MAX,
         };
         // HTTP/1.0 with keep-alive, and HEAD: the late answer says keep-alive and has no body.
         let mut conn = HttpConnection::new();

@@ -103,6 +103,9 @@ impl TlsConn {
     }
 }
 
+/// Most plaintext one TLS record carries.
+pub const RECORD_PLAINTEXT_BYTES: usize = 16 * 1024;
+
 impl Connection {
     /// A connection just accepted at `now`.
     pub fn new(socket: RingSocket, http: HttpConnection, now: Instant) -> Self {
@@ -133,6 +136,13 @@ impl Connection {
                 .tls
                 .as_ref()
                 .is_none_or(|tls| tls.wire.is_empty() && !tls.session.wants_seal())
+    }
+
+    /// TLS records waiting to go out: those sealed and not yet sent, and
+    /// those the responses written this turn will become. `None` in the clear.
+    pub fn pending_records(&self) -> Option<usize> {
+        let tls = self.tls.as_ref()?;
+        Some(tls.unsent_records() + self.out.len().div_ceil(RECORD_PLAINTEXT_BYTES))
     }
 
     /// Its final words are written: an HTTP response that closes it, or a

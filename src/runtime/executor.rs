@@ -38,7 +38,7 @@ use crate::tls::server::{Acceptor, Certificates};
 use crate::writeback::lookup::LookupClient;
 
 use super::access_log::{AccessLog, Sample};
-use super::connection::{Connection, Life, Slab, TlsConn};
+use super::connection::{Connection, Life, RECORD_PLAINTEXT_BYTES, Slab, TlsConn};
 use super::door::{Door, Scheme};
 use super::io::{Io, IoConfig};
 use super::tasks::{Finished, Job, TaskFuture, Tasks};
@@ -193,8 +193,6 @@ pub struct Executor<A: Application> {
     last_accept_warning: Option<Instant>,
     /// Sessions for the HTTPS listener's connections.
     acceptor: Option<Acceptor>,
-    /// See [`ExecutorTls::max_unsent_records`].
-    tls_max_unsent_records: usize,
     /// Scratch: the plaintext one receive's records carried.
     tls_plain: Vec<u8>,
     /// See [`ExecutorConfig::max_connection_age`].
@@ -289,7 +287,6 @@ impl<A: Application> Executor<A> {
             doors,
             last_accept_warning: None,
             acceptor: tls.map(|tls| Acceptor::new(Arc::clone(&tls.certificates))),
-            tls_max_unsent_records: tls.map_or(usize::MAX, |tls| tls.max_unsent_records),
             tls_plain: Vec::new(),
             max_connection_age: config.max_connection_age,
             proxy_protocol: config.proxy_protocol,
@@ -305,6 +302,7 @@ impl<A: Application> Executor<A> {
             metrics: CoreMetrics::new(cpu, routes.len()),
             responder: Responder {
                 limits: config.limits,
+                tls_max_unsent_records: tls.map_or(usize::MAX, |tls| tls.max_unsent_records),
                 date: DateHeader::new(),
                 app,
                 index,
@@ -852,9 +850,8 @@ impl<A: Application> Executor<A> {
         }
 
         let records_drained = conn
-            .tls
-            .as_ref()
-            .is_none_or(|tls| tls.unsent_records() < self.tls_max_unsent_records);
+            .pending_records()
+            .is_none_or(|records| records < self.responder.tls_max_unsent_records);
         let want_recv = match conn.life {
             Life::Open => {
                 !conn.read_closed && !conn.http.is_paused(&self.responder.limits) && records_drained
@@ -1034,6 +1031,8 @@ impl<A: Application> Executor<A> {
 /// borrowed beside it.
 struct Responder<A> {
     limits: Limits,
+    /// See [`ExecutorTls::max_unsent_records`].
+    tls_max_unsent_records: usize,
     date: DateHeader,
     app: A,
     /// This executor's index among all executors (its metrics slot).
@@ -1080,9 +1079,20 @@ impl<A: Application> Responder<A> {
         now: Instant,
         step: impl FnOnce(&mut HttpConnection, &mut Bridge<'_, A>, &mut Vec<u8>, &HttpEnv<'_>) -> usize,
     ) -> usize {
+        // A TLS connection answers only while its records waiting to go
+        // out, those sealed and those its output will become, stay under
+        // the cap; what arrives meanwhile is kept, not parsed.
+        let max_out_bytes = match &conn.tls {
+            None => usize::MAX,
+            Some(tls) => {
+                let room = self.tls_max_unsent_records.saturating_sub(tls.unsent_records());
+                room.saturating_mul(RECORD_PLAINTEXT_BYTES)
+            }
+        };
         let env = HttpEnv {
             limits: &self.limits,
             date: &self.date,
+            max_out_bytes,
         };
         let mut bridge = Bridge {
             app: &mut self.app,
