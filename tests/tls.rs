@@ -846,7 +846,11 @@ fn a_client_that_does_not_read_stops_being_read_at_the_record_limit() {
         writeln!(client.stdin.as_mut().unwrap()).unwrap();
         line.clear();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert_eq!(line.trim(), format!("answered {requests}"), "{records} records");
+        assert_eq!(
+            line.trim(),
+            format!("answered {requests}"),
+            "{records} records"
+        );
         assert!(client.wait().unwrap().success());
     }
     // Two records hold a few hundred answers; the pipeline alone lets

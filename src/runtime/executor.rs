@@ -1085,7 +1085,9 @@ impl<A: Application> Responder<A> {
         let max_out_bytes = match &conn.tls {
             None => usize::MAX,
             Some(tls) => {
-                let room = self.tls_max_unsent_records.saturating_sub(tls.unsent_records());
+                let room = self
+                    .tls_max_unsent_records
+                    .saturating_sub(tls.unsent_records());
                 room.saturating_mul(RECORD_PLAINTEXT_BYTES)
             }
         };
