@@ -302,8 +302,9 @@ doc = {"command": command, "server_cpu": server_cpu, "load_cpu": load_cpu, "runs
                              for (c, d), v in redis.items()}}
 json.dump(doc, open(base + ".json", "w"), indent=2)
 with open(base + ".md", "w") as md:
-    md.write(f"# HTTPS: millrace against nginx\n\nCommand: `{command}` (server on CPU {server_cpu}, "
-             f"load generator and Redis on CPU {load_cpu}).\n\n")
+    md.write(f"HTTPS, millrace against nginx, requests (handshakes) per server CPU-second, medians of "
+             f"the rounds; server on CPU {server_cpu}, load generator and Redis on CPU {load_cpu}.\n"
+             f"Command: `{command}`\n\n")
     md.write("| server | case | depth | req/s | per server CPU-s | errors | agreed |\n|---|---|---|---|---|---|---|\n")
     for s in summary:
         md.write(f"| {s['server']} | {s['case']} | {s['depth']} | {s['requests_per_s']:,.0f} | "

@@ -11,7 +11,9 @@
 #   - write-back: rows/s through the database core vs a direct binary COPY
 #     and vs multi-row INSERT (scripts/bench-writeback.sh);
 #   - latency under load: open loop at 25/50/75/90% of each HTTP server's
-#     maximum, p50/p99/p99.9 (scripts/bench-latency.sh).
+#     maximum, p50/p99/p99.9 (scripts/bench-latency.sh);
+#   - HTTPS: millrace's TLS listener vs nginx with TLS, keep-alive and
+#     handshakes, and TLS on the Redis links (scripts/bench-tls.sh).
 #
 # Output, besides each part's own files in benches/results/<date>-<host>/:
 #   benches/results/<date>-<host>.json   every figure, the machine, and the
@@ -73,6 +75,8 @@ if [ "$runs" = 1 ]; then
   scripts/bench-writeback.sh --no-build --rounds "$rounds" --rows "$rows"
   step "latency under load"
   scripts/bench-latency.sh --no-build --duration "$duration"
+  step "HTTPS: millrace, nginx; TLS to Redis"
+  scripts/bench-tls.sh --no-build --rounds "$rounds" --duration "$duration" --redis-tls
 fi
 
 command="scripts/bench.sh"
@@ -110,6 +114,9 @@ if redis:
         "source": source(redis, f"Redis ops/s, {redis['method']['cluster']} ({os.path.basename(redis_files[-1])})")}
 report = {"date": http["date"], "command": command, "machine": machine(), "http": http, "api": api,
           "api_pipelined": api16, "writeback": writeback, "latency": latency, "plan_inputs": plan_inputs}
+# A report of runs from before the HTTPS part has none.
+if os.path.exists(f"{parts}-tls.json"):
+    report["tls"] = part("tls")
 json.dump(report, open(base + ".json", "w"), indent=2)
 json.dump(report, open("benches/results/latest.json", "w"), indent=2)
 sections = [("Raw HTTP", "http"), ("The API, depth 1", "api"), ("The API, depth 16", "api-p16"),
@@ -117,6 +124,8 @@ sections = [("Raw HTTP", "http"), ("The API, depth 1", "api"), ("The API, depth 
 m = report["machine"]
 lines = [f"# millrace benchmark report, {report['date']}", "",
          f"{m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}. Command: `{command}`.", ""]
+if "tls" in report:
+    sections.append(("HTTPS", "tls"))
 for title, name in sections:
     lines += [f"## {title}", "", open(f"{parts}-{name}.md").read().strip(), ""]
 lines += ["## Plots", "", f"![requests per server CPU-second]({os.path.basename(base)}-per-cpu.svg)", ""]
