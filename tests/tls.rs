@@ -48,6 +48,16 @@ fn resolve(server: &Server) -> String {
     format!("localhost:{}:127.0.0.1", server.tls_addr.unwrap().port())
 }
 
+/// curl to `path` on `server`'s HTTPS listener as `localhost`, trusting the
+/// test CA, with `extra` flags.
+fn curl_https(server: &Server, path: &str, extra: &[&str]) -> std::process::Output {
+    let (ca, resolve, url) = (cert("ca.pem"), resolve(server), url(server, path));
+    let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args)
+}
+
 fn port(server: &Server) -> String {
     server.tls_addr.unwrap().port().to_string()
 }
@@ -95,14 +105,7 @@ fn https_beside_http_serves_curl_openssl_and_python() {
     let server = https_server(&[]);
     let ca = cert("ca.pem");
 
-    let out = curl(&[
-        "-v",
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve(&server),
-        &url(&server, "/plaintext"),
-    ]);
+    let out = curl_https(&server, "/plaintext", &["-v"]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("Hello, World!"), "{said}");
@@ -166,18 +169,11 @@ fn https_beside_http_serves_curl_openssl_and_python() {
 
 #[test]
 fn a_client_refuses_what_it_should_and_the_server_refuses_old_versions() {
-    let ca = cert("ca.pem");
     // Expired, for another host, from a CA nobody trusts: curl says the
     // peer failed verification (exit 60).
     for name in ["expired", "other-host", "stranger"] {
         let server = https_server_with(name, &[]);
-        let out = curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve(&server),
-            &url(&server, "/plaintext"),
-        ]);
+        let out = curl_https(&server, "/plaintext", &[]);
         assert_eq!(out.status.code(), Some(60), "{name}: {}", text(&out));
         let said = text(&out);
         let why = match name {
@@ -236,25 +232,23 @@ fn a_client_refuses_what_it_should_and_the_server_refuses_old_versions() {
 fn client_certificates_are_required_when_a_client_ca_is_set() {
     let client_ca = cert("client-ca.pem");
     let server = https_server(&["--tls-client-ca-file", &client_ca]);
-    let ca = cert("ca.pem");
-    let base = ["--cacert", &ca, "--resolve", &resolve(&server)];
-    let target = url(&server, "/plaintext");
-
     let (client, client_key) = (cert("client.pem"), cert("client.key"));
-    let mut with_cert = base.to_vec();
-    with_cert.extend(["--cert", &client, "--key", &client_key, &target]);
-    let out = curl(&with_cert);
+    let out = curl_https(
+        &server,
+        "/plaintext",
+        &["--cert", &client, "--key", &client_key],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("Hello, World!"));
 
     // None, and one from a CA the server does not trust: refused.
     let (stranger, stranger_key) = (cert("stranger-client.pem"), cert("stranger-client.key"));
-    let mut without = base.to_vec();
-    without.push(&target);
-    let mut strange = base.to_vec();
-    strange.extend(["--cert", &stranger, "--key", &stranger_key, &target]);
-    for (what, args) in [("no certificate", without), ("an untrusted one", strange)] {
-        let out = curl(&args);
+    let strange = ["--cert", stranger.as_str(), "--key", stranger_key.as_str()];
+    for (what, extra) in [
+        ("no certificate", &[][..]),
+        ("an untrusted one", &strange[..]),
+    ] {
+        let out = curl_https(&server, "/plaintext", extra);
         assert!(!out.status.success(), "{what}: {}", text(&out));
         assert!(!text(&out).contains("Hello"), "{what}: {}", text(&out));
     }
@@ -330,13 +324,7 @@ fn garbage_alerts_and_stalled_handshakes_end_only_their_own_connection() {
     for stream in [&silent, &partial] {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
     }
-    let out = curl(&[
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve(&server),
-        &url(&server, "/plaintext"),
-    ]);
+    let out = curl_https(&server, "/plaintext", &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_millis(400));
     assert!(closed_by_server(&mut silent));
@@ -365,13 +353,7 @@ fn garbage_alerts_and_stalled_handshakes_end_only_their_own_connection() {
     }
 
     // The server is none the worse.
-    let out = curl(&[
-        "--cacert",
-        &ca,
-        "--resolve",
-        &resolve(&server),
-        &url(&server, "/plaintext"),
-    ]);
+    let out = curl_https(&server, "/plaintext", &[]);
     assert!(out.status.success(), "{}", text(&out));
     let metrics = server.metrics();
     assert_eq!(
