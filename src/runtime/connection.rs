@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::http::HttpConnection;
+use crate::metrics::TlsFigures;
 use crate::ring::Ring;
 use crate::ring::socket::{RingSocket, Sending};
 use crate::ring::token::Token;
@@ -101,6 +102,39 @@ impl TlsConn {
     pub fn unsent_records(&self) -> usize {
         self.wire_records + self.sending_records
     }
+
+    /// Take in the records a receive brought: their plaintext replaces
+    /// `plain`'s contents; a TLS error marks the session failed (its alert
+    /// goes out with the next send). Handshakes and errors are counted in
+    /// `figures`.
+    pub fn open(&mut self, wire: &[u8], plain: &mut Vec<u8>, figures: &mut TlsFigures) -> Opened {
+        plain.clear();
+        if let Err(e) = self.session.open(wire, plain) {
+            tracing::debug!(error = %e, "TLS error");
+            figures.errors += 1;
+            self.failed = true;
+        }
+        let established = !self.established && !self.failed && !self.session.is_handshaking();
+        if established {
+            self.established = true;
+            match self.session.connection().handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => figures.resumed_handshakes += 1,
+                _ => figures.full_handshakes += 1,
+            }
+        }
+        Opened {
+            established,
+            peer_closed: self.session.peer_closed(),
+        }
+    }
+}
+
+/// What [`TlsConn::open`] found.
+pub struct Opened {
+    /// The handshake finished with these records.
+    pub established: bool,
+    /// The peer sent `close_notify`: nothing more will come.
+    pub peer_closed: bool,
 }
 
 /// Most plaintext one TLS record carries.

@@ -1,7 +1,6 @@
 //! The executor: one thread, one io_uring ring, its listeners (HTTP, and
 //! HTTPS when configured), its connections and the tasks their handlers
-//! wait on. Nothing here is
-//! shared with another core.
+//! wait on. Nothing here is shared with another core.
 //!
 //! One turn of the loop: submit what was queued and wait for a completion
 //! or the next deadline; handle every completion (received bytes go
@@ -295,7 +294,8 @@ impl<A: Application> Executor<A> {
                 config.header_timeout,
                 config.idle_timeout,
                 config.close_linger,
-                tls.map_or(Duration::MAX, |tls| tls.handshake_timeout),
+                // Without TLS no connection waits on a handshake.
+                tls.map_or(Duration::ZERO, |tls| tls.handshake_timeout),
             ),
             touched: Vec::new(),
             completions: Vec::new(),
@@ -594,27 +594,12 @@ impl<A: Application> Executor<A> {
                 && !tls.failed
                 && !bytes.is_empty()
             {
-                self.tls_plain.clear();
-                if let Err(e) = tls.session.open(bytes, &mut self.tls_plain) {
-                    tracing::debug!(core = self.metrics.core, error = %e, "TLS error");
-                    self.metrics.tls.errors += 1;
-                    tls.failed = true;
-                }
-                if !tls.established && !tls.session.is_handshaking() && !tls.failed {
-                    tls.established = true;
-                    let resumed = matches!(
-                        tls.session.connection().handshake_kind(),
-                        Some(rustls::HandshakeKind::Resumed)
-                    );
-                    if resumed {
-                        self.metrics.tls.resumed_handshakes += 1;
-                    } else {
-                        self.metrics.tls.full_handshakes += 1;
-                    }
+                let opened = tls.open(bytes, &mut self.tls_plain, &mut self.metrics.tls);
+                if opened.established {
                     // The request head's deadline starts now.
                     self.timers.arm(token.slot, TimerKind::Header, self.now);
                 }
-                peer_closed = tls.session.peer_closed();
+                peer_closed = opened.peer_closed;
                 bytes = if tls.failed { &[] } else { &self.tls_plain };
             }
             if conn.life == Life::Open && !conn.read_closed && !bytes.is_empty() {
