@@ -546,9 +546,7 @@ impl Engine {
                 let out = match &mut conn.tls {
                     None => &mut conn.out,
                     Some(session) => {
-                        if !conn.out.is_empty() || session.wants_seal() {
-                            session.seal(&mut conn.out, &mut conn.wire);
-                        }
+                        session.seal(&mut conn.out, &mut conn.wire);
                         &mut conn.wire
                     }
                 };
@@ -787,26 +785,11 @@ impl Engine {
                     } else if conn.state == State::Handshaking && !session.is_handshaking() {
                         conn.state = State::Open;
                         conn.connect_failures = 0;
-                        let negotiated = &mut self.stats.handshakes.negotiated;
-                        if negotiated.is_none() {
-                            let tls = session.connection();
-                            *negotiated = Some(format!(
-                                "{:?} {:?}",
-                                tls.protocol_version()
-                                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
-                                tls.negotiated_cipher_suite()
-                                    .map(|s| s.suite())
-                                    .unwrap_or(rustls::CipherSuite::Unknown(0))
-                            ));
-                        }
-                        if self.now >= self.timing.measure_start {
-                            let resumed = matches!(
-                                session.connection().handshake_kind(),
-                                Some(rustls::HandshakeKind::Resumed)
-                            );
-                            let took = self.now.saturating_duration_since(conn.connected_at);
-                            self.stats.handshakes.record(resumed, took);
-                        }
+                        let took = self.now.saturating_duration_since(conn.connected_at);
+                        let measured = self.now >= self.timing.measure_start;
+                        self.stats
+                            .handshakes
+                            .finished(session.connection(), took, measured);
                     }
                     bytes = &self.plain;
                 }

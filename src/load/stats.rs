@@ -218,12 +218,25 @@ impl Handshakes {
         }
     }
 
-    /// A handshake that took `took` finished.
-    pub fn record(&mut self, resumed: bool, took: Duration) {
-        if resumed {
-            self.resumed += 1;
-        } else {
-            self.full += 1;
+    /// `conn`'s handshake finished, `took` after the TCP connect; counted
+    /// and timed if `measured`. The first one's version and cipher suite
+    /// are kept.
+    pub fn finished(&mut self, conn: &rustls::Connection, took: Duration, measured: bool) {
+        if self.negotiated.is_none() {
+            self.negotiated = Some(format!(
+                "{:?} {:?}",
+                conn.protocol_version()
+                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+                conn.negotiated_cipher_suite()
+                    .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite())
+            ));
+        }
+        if !measured {
+            return;
+        }
+        match conn.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => self.resumed += 1,
+            _ => self.full += 1,
         }
         self.time
             .saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));

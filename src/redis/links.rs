@@ -289,12 +289,14 @@ impl Links {
             }
             None => {}
             Some(session) => {
-                let output = cluster.output(node);
-                if conn.connected && !output.is_empty() || session.wants_seal() {
-                    let mut none = Vec::new();
-                    let plain = if conn.connected { output } else { &mut none };
-                    session.seal(plain, &mut conn.wire);
-                }
+                // Until the handshake is done the cluster's output waits.
+                let mut nothing = Vec::new();
+                let plain = if conn.connected {
+                    cluster.output(node)
+                } else {
+                    &mut nothing
+                };
+                session.seal(plain, &mut conn.wire);
                 socket.send(ring, &mut conn.wire, token);
             }
         }

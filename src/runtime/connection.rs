@@ -191,9 +191,7 @@ impl Connection {
         let out = match &mut self.tls {
             None => &mut self.out,
             Some(tls) => {
-                if !self.out.is_empty() || tls.session.wants_seal() {
-                    tls.wire_records += tls.session.seal(&mut self.out, &mut tls.wire);
-                }
+                tls.wire_records += tls.session.seal(&mut self.out, &mut tls.wire);
                 &mut tls.wire
             }
         };
