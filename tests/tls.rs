@@ -310,7 +310,7 @@ print("answered", b"200 OK" in got, "closed after", len(rest), "bytes")
 
 #[test]
 fn garbage_alerts_and_stalled_handshakes_end_only_their_own_connection() {
-    let server = https_server(&["--tls-handshake-timeout-ms", "400"]);
+    let server = https_server(&["--tls-handshake-timeout-ms", "1000"]);
     let ca = cert("ca.pem");
     let tls = server.tls_addr.unwrap();
 
@@ -326,10 +326,10 @@ fn garbage_alerts_and_stalled_handshakes_end_only_their_own_connection() {
     }
     let out = curl_https(&server, "/plaintext", &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(started.elapsed() < Duration::from_millis(1000));
     assert!(closed_by_server(&mut silent));
     assert!(closed_by_server(&mut partial));
-    assert!(started.elapsed() >= Duration::from_millis(350));
+    assert!(started.elapsed() >= Duration::from_millis(950));
 
     // Plain HTTP on the TLS port: an alert record, then the close.
     let mut plain = TcpStream::connect(tls).unwrap();
