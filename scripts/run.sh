@@ -6,7 +6,9 @@
 # starts the server with one executor pinned to SERVER_CPU and its database
 # core, and drives it from LOAD_CPU with millrace load, DURATION seconds each
 # after a 1 s warm-up: GET /plaintext closed loop at pipeline depth 1 and 16
-# and open loop at half the depth-1 rate (64 connections); then the API,
+# and open loop at half the depth-1 rate (64 connections), and over HTTPS
+# (its TLS listener, with a certificate scripts/tls-certs.sh makes) at
+# depth 1; then the API,
 # open loop: GET/PUT /v1/kv (90% reads over 10,000 keys, 5,000 requests/s)
 # and POST /v1/events (5,000 posts/s of 10 FlatBuffers events). It prints the
 # latency percentiles, waits for the write-back queue to drain, counts the
@@ -57,9 +59,12 @@ seeds=$(scripts/redis-cluster.sh start --dir "$stack/redis" --port "$redis_port"
 postgres_url=$(scripts/postgres.sh start --dir "$stack/postgres" --port "$pg_port")
 
 port=$(free_port)
+tls_port=$(free_port)
 admin_port=$(free_port)
-step "millrace serve on CPU $server_cpu, port $port (admin: $admin_port), with its database core"
+scripts/tls-certs.sh var/tls
+step "millrace serve on CPU $server_cpu, port $port, HTTPS $tls_port (admin: $admin_port), with its database core"
 MILLRACE_POSTGRES_URL="$postgres_url" "$millrace" serve --listen "127.0.0.1:$port" \
+  --tls-listen "127.0.0.1:$tls_port" --tls-cert-file var/tls/server.pem --tls-key-file var/tls/server.key \
   --admin-listen "127.0.0.1:$admin_port" --cores "$server_cpu," --redis-seeds "$seeds" &
 server=$!
 pids+=("$server")
@@ -80,6 +85,9 @@ load depth-16 -p 16
 rate=$(python3 -c 'import json, sys; print(max(1, int(json.load(open(sys.argv[1]))["requests_per_s"] / 2)))' "$work/depth-1.json")
 step "millrace load: open loop at $rate requests/s (half the depth-1 rate), 64 connections"
 load open-loop -R "$rate"
+step "millrace load: HTTPS, closed loop, 64 connections, depth 1 (certificate verified against var/tls/ca.pem)"
+url="https://127.0.0.1:$tls_port/plaintext"
+load https-depth-1 -p 1 --ca-file var/tls/ca.pem
 step "millrace load: GET/PUT /v1/kv, 90% reads over 10,000 keys, 5,000 requests/s, open loop, 16 connections"
 "$millrace" load "http://127.0.0.1:$port" --workload kv --read-ratio 0.9 --keys 10000 \
   --cores "$load_cpu," -c 16 -R 5000 -d "${duration}s" --warmup 1s --json "$work/kv.json" || [ $? -eq 1 ]
@@ -105,7 +113,7 @@ python3 - "$work" <<'PY'
 import json, os, sys
 print("| run | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | generator |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-for name in ("depth-1", "depth-16", "open-loop", "kv", "events"):
+for name in ("depth-1", "depth-16", "open-loop", "https-depth-1", "kv", "events"):
     r = json.load(open(os.path.join(sys.argv[1], name + ".json")))
     l = r["latency_ms"]
     errors = sum(v for v in r["errors"].values())
