@@ -6,7 +6,10 @@
 # byte by byte), http_response (the load generator's response reader, whole
 # and split in two, which must read the same responses), event_batch (the
 # FlatBuffers and JSON ingress of POST /v1/events, verified with limits), resp
-# (the RESP decoder, both protocols, each reply against its prefixes). Seeds are in fuzz/seeds/<target>; what libFuzzer finds goes
+# (the RESP decoder, both protocols, each reply against its prefixes),
+# proxy_header (the PROXY protocol header reader), tls_server (a TLS server
+# session fed arbitrary bytes, whole and cut in two, which must end the
+# same; its certificate from scripts/tls-certs.sh var/tls-test). Seeds are in fuzz/seeds/<target>; what libFuzzer finds goes
 # to fuzz/corpus/<target> (not committed). A crash leaves its input in
 # fuzz/artifacts/<target> and makes this script fail.
 #
@@ -26,7 +29,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$(dirname "$0")/.."
-[ ${#targets[@]} -gt 0 ] || targets=(http_request chunked http_response event_batch resp proxy_header)
+[ ${#targets[@]} -gt 0 ] || targets=(http_request chunked http_response event_batch resp proxy_header tls_server)
+scripts/tls-certs.sh var/tls-test
+export MILLRACE_FUZZ_TLS_DIR="$PWD/var/tls-test"
 
 if ! cargo fuzz --version > /dev/null 2>&1; then
   echo "== installing cargo-fuzz"
