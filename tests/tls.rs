@@ -799,7 +799,7 @@ print("answered", got, flush=True)
 /// deep the pipeline may go; once the client reads, all is answered.
 #[test]
 fn a_client_that_does_not_read_stops_being_read_at_the_record_limit() {
-    let requests = 200_000;
+    let requests = 100_000;
     let mut in_flight_at = Vec::new();
     for records in ["2", "100000"] {
         let server = https_server(&[
