@@ -526,3 +526,18 @@ fn closing_a_connection_never_shuts_the_next_one() {
     let metrics = server.metrics();
     assert!(sample(&metrics, "millrace_connections_accepted_total{core=\"0\"}") >= 10000);
 }
+
+/// SIGHUP reloads certificates; without an HTTPS listener it is logged and
+/// changes nothing (it used to end the process, as SIGHUP's default does).
+#[test]
+fn sighup_without_tls_is_logged_and_serving_goes_on() {
+    let mut server = Server::start(&[]);
+    server.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while !server.log().contains("SIGHUP: nothing to reload") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.running());
+    assert_eq!(server.get("/plaintext").status, 200);
+}
