@@ -18,17 +18,22 @@ fn https_server(args: &[&str]) -> Server {
     https_server_with("server", args)
 }
 
-/// [`https_server`] serving the certificate `name`.pem.
-fn https_server_with(name: &str, args: &[&str]) -> Server {
-    let (pem, key) = (cert(&format!("{name}.pem")), cert(&format!("{name}.key")));
-    let mut full = vec![
+/// The flags of an HTTPS listener on a free port serving `pem` and `key`.
+fn tls_flags<'a>(pem: &'a str, key: &'a str) -> Vec<&'a str> {
+    vec![
         "--tls-listen",
         "127.0.0.1:0",
         "--tls-cert-file",
-        &pem,
+        pem,
         "--tls-key-file",
-        &key,
-    ];
+        key,
+    ]
+}
+
+/// [`https_server`] serving the certificate `name`.pem.
+fn https_server_with(name: &str, args: &[&str]) -> Server {
+    let (pem, key) = (cert(&format!("{name}.pem")), cert(&format!("{name}.key")));
+    let mut full = tls_flags(&pem, &key);
     full.extend_from_slice(args);
     let server = Server::start(&full);
     assert!(server.tls_addr.is_some(), "{}", server.log());
@@ -464,39 +469,14 @@ fn tls_options_are_checked() {
             "tls_listen needs tls_cert_file and tls_key_file",
         ),
         (vec!["--tls-cert-file", &pem], "need tls_listen"),
+        (tls_flags(&missing, &key), "absent.pem"),
+        (tls_flags(&pem, &other_key), "server.pem and"),
         (
-            vec![
-                "--tls-listen",
-                "127.0.0.1:0",
-                "--tls-cert-file",
-                &missing,
-                "--tls-key-file",
-                &key,
-            ],
-            "absent.pem",
-        ),
-        (
-            vec![
-                "--tls-listen",
-                "127.0.0.1:0",
-                "--tls-cert-file",
-                &pem,
-                "--tls-key-file",
-                &other_key,
-            ],
-            "server.pem and",
-        ),
-        (
-            vec![
-                "--tls-listen",
-                "127.0.0.1:0",
-                "--tls-cert-file",
-                &pem,
-                "--tls-key-file",
-                &key,
-                "--tls-handshake-timeout-ms",
-                "0",
-            ],
+            [
+                tls_flags(&pem, &key),
+                vec!["--tls-handshake-timeout-ms", "0"],
+            ]
+            .concat(),
             "tls_handshake_timeout_ms must be at least 1",
         ),
     ] {
@@ -856,11 +836,9 @@ print(t.recv(4096).split(b"\r\n")[0].decode())
 "#;
     let out = python(script, &[&port(&server), &cert("ca.pem")]);
     assert_eq!(text(&out).trim(), "HTTP/1.1 200 OK", "{}", text(&out));
-    let deadline = Instant::now() + PATIENCE;
-    while !server.log().contains("client=192.0.2.7:40123") {
-        assert!(Instant::now() < deadline, "{}", server.log());
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the access log line", || {
+        server.log().contains("client=192.0.2.7:40123")
+    });
     // Without the header the connection is closed, TLS or not.
     let mut bare = TcpStream::connect(server.tls_addr.unwrap()).unwrap();
     bare.set_read_timeout(Some(PATIENCE)).unwrap();

@@ -446,20 +446,16 @@ fn supervise(
     let mut failure = None;
     let mut next_look = Instant::now() + CERTIFICATE_POLL_INTERVAL;
     loop {
-        match signals.wait(SUPERVISE_INTERVAL) {
-            Some(libc::SIGHUP) => reload(certificates, None),
-            Some(signal) => {
-                tracing::info!(signal = signal_name(signal), "draining");
-                break;
-            }
-            None => {}
+        if let Some(signal) = stop_signal(signals, SUPERVISE_INTERVAL, certificates) {
+            tracing::info!(signal = signal_name(signal), "draining");
+            break;
         }
         if let Some(certificates) = certificates
             && Instant::now() >= next_look
         {
             next_look = Instant::now() + CERTIFICATE_POLL_INTERVAL;
             if let Some(result) = certificates.reload_if_changed() {
-                reload(Some(certificates), Some(result));
+                log_reload(certificates, result);
             }
         }
         if let Some(stopped) = executors.iter().find(|e| e.thread.is_finished()) {
@@ -480,18 +476,15 @@ fn supervise(
     // accepting stops.
     let delay_end = Instant::now() + drain_delay;
     while Instant::now() < delay_end {
-        match signals.wait(delay_end.saturating_duration_since(Instant::now())) {
-            Some(libc::SIGHUP) => reload(certificates, None),
-            Some(signal) => exit_now(signal),
-            None => {}
+        let left = delay_end.saturating_duration_since(Instant::now());
+        if let Some(signal) = stop_signal(signals, left, certificates) {
+            exit_now(signal);
         }
     }
     drain(&executors, lifecycle);
     while !executors.iter().all(|e| e.thread.is_finished()) {
-        match signals.wait(SUPERVISE_INTERVAL) {
-            Some(libc::SIGHUP) => reload(certificates, None),
-            Some(signal) => exit_now(signal),
-            None => {}
+        if let Some(signal) = stop_signal(signals, SUPERVISE_INTERVAL, certificates) {
+            exit_now(signal);
         }
     }
     let errors = join_all(executors);
@@ -504,15 +497,32 @@ fn supervise(
     }
 }
 
-/// Load the HTTPS listener's files again (or report the reload `done`);
-/// a failure leaves the certificate in use.
-fn reload(certificates: Option<&Certificates>, done: Option<Result<(), String>>) {
-    let Some(certificates) = certificates else {
-        tracing::info!("SIGHUP: nothing to reload (no tls_listen)");
-        return;
-    };
+/// A signal that stops the server, if one arrives within `timeout`.
+/// SIGHUP is not one: it reloads the HTTPS listener's files, whenever it
+/// comes.
+fn stop_signal(
+    signals: &ShutdownSignals,
+    timeout: Duration,
+    certificates: Option<&Certificates>,
+) -> Option<i32> {
+    match (signals.wait(timeout), certificates) {
+        (Some(libc::SIGHUP), Some(certificates)) => {
+            log_reload(certificates, certificates.reload());
+            None
+        }
+        (Some(libc::SIGHUP), None) => {
+            tracing::info!("SIGHUP: nothing to reload (no tls_listen)");
+            None
+        }
+        (signal, _) => signal,
+    }
+}
+
+/// Say how a reload of the HTTPS listener's files went; a failure leaves
+/// the certificate in use.
+fn log_reload(certificates: &Certificates, result: Result<(), String>) {
     let files = certificates.files();
-    match done.unwrap_or_else(|| certificates.reload()) {
+    match result {
         Ok(()) => tracing::info!(
             cert = %files.cert.display(),
             "TLS certificate reloaded; new connections use it"
