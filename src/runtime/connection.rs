@@ -138,7 +138,7 @@ pub struct Opened {
 }
 
 /// Most plaintext one TLS record carries.
-pub const RECORD_PLAINTEXT_BYTES: usize = 16 * 1024;
+const RECORD_PLAINTEXT_BYTES: usize = 16 * 1024;
 
 impl Connection {
     /// A connection just accepted at `now`.
@@ -172,11 +172,17 @@ impl Connection {
                 .is_none_or(|tls| tls.wire.is_empty() && !tls.session.wants_seal())
     }
 
-    /// TLS records waiting to go out: those sealed and not yet sent, and
-    /// those the responses written this turn will become. `None` in the clear.
-    pub fn pending_records(&self) -> Option<usize> {
-        let tls = self.tls.as_ref()?;
-        Some(tls.unsent_records() + self.out.len().div_ceil(RECORD_PLAINTEXT_BYTES))
+    /// How many bytes its output buffer may hold before it answers (and
+    /// reads) no more: a TLS connection's room for records under
+    /// `max_unsent_records`, less those sealed and not yet sent; no bound
+    /// in the clear.
+    pub fn max_out_bytes(&self, max_unsent_records: usize) -> usize {
+        match &self.tls {
+            None => usize::MAX,
+            Some(tls) => max_unsent_records
+                .saturating_sub(tls.unsent_records())
+                .saturating_mul(RECORD_PLAINTEXT_BYTES),
+        }
     }
 
     /// Its final words are written: an HTTP response that closes it, or a

@@ -37,7 +37,7 @@ use crate::tls::server::{Acceptor, Certificates};
 use crate::writeback::lookup::LookupClient;
 
 use super::access_log::{AccessLog, Sample};
-use super::connection::{Connection, Life, RECORD_PLAINTEXT_BYTES, Slab, TlsConn};
+use super::connection::{Connection, Life, Slab, TlsConn};
 use super::door::{Door, Scheme};
 use super::io::{Io, IoConfig};
 use super::tasks::{Finished, Job, TaskFuture, Tasks};
@@ -834,9 +834,8 @@ impl<A: Application> Executor<A> {
             conn.flush(&mut self.ring, token);
         }
 
-        let records_drained = conn
-            .pending_records()
-            .is_none_or(|records| records < self.responder.tls_max_unsent_records);
+        let records_drained =
+            conn.out.len() < conn.max_out_bytes(self.responder.tls_max_unsent_records);
         let want_recv = match conn.life {
             Life::Open => {
                 !conn.read_closed && !conn.http.is_paused(&self.responder.limits) && records_drained
@@ -1065,21 +1064,11 @@ impl<A: Application> Responder<A> {
         step: impl FnOnce(&mut HttpConnection, &mut Bridge<'_, A>, &mut Vec<u8>, &HttpEnv<'_>) -> usize,
     ) -> usize {
         // A TLS connection answers only while its records waiting to go
-        // out, those sealed and those its output will become, stay under
-        // the cap; what arrives meanwhile is kept, not parsed.
-        let max_out_bytes = match &conn.tls {
-            None => usize::MAX,
-            Some(tls) => {
-                let room = self
-                    .tls_max_unsent_records
-                    .saturating_sub(tls.unsent_records());
-                room.saturating_mul(RECORD_PLAINTEXT_BYTES)
-            }
-        };
+        // out stay under the cap; what arrives meanwhile is kept, not parsed.
         let env = HttpEnv {
             limits: &self.limits,
             date: &self.date,
-            max_out_bytes,
+            max_out_bytes: conn.max_out_bytes(self.tls_max_unsent_records),
         };
         let mut bridge = Bridge {
             app: &mut self.app,
